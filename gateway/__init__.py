@@ -1,0 +1,1 @@
+"""puhui gateway."""

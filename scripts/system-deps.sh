@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages puhui runs against when they are missing:
+#   mosquitto (MQTT broker), influxdb (InfluxDB 1.x server, influxd), mbpoll (independent
+#   Modbus client used by tests and benchmarks as a reference).
+# Nothing is started: tests and the demo start private servers on free loopback ports.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have mosquitto || need+=(mosquitto)
+have influxd || need+=(influxdb)
+have mbpoll || need+=(mbpoll)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "puhui: installing Debian packages: ${need[*]}"
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  SUDO="sudo -n"
+else
+  echo "puhui: missing ${need[*]} and not root (and no password-less sudo)." >&2
+  echo "puhui: run as root:  apt-get update && apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# policy-rc.d keeps the packages' own services from starting on the default ports.
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
