@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from evidence.batch import GENESIS_PREV, SealedBatch, seal_batch
-from evidence.keys import GatewayKey, public_key_pem
+from evidence.keys import GatewayKey, PublicKey, public_key_pem
 from evidence.merkle import inclusion_proof, leaf_hash
 from evidence.records import IntervalRecord, Record, Stats, encode_record
 
@@ -67,7 +67,7 @@ def sample_batch(key: GatewayKey | None = None) -> SealedBatch:
     )  # fmt: skip
 
 
-def record_proof_document(batch: SealedBatch, index: int, key: GatewayKey) -> dict[str, object]:
+def record_proof_document(batch: SealedBatch, index: int, key: GatewayKey | PublicKey) -> dict[str, object]:
     """Everything a third party needs to verify one record on its own."""
     leaves = [leaf_hash(r) for r in batch.records]
     return {
@@ -75,7 +75,7 @@ def record_proof_document(batch: SealedBatch, index: int, key: GatewayKey) -> di
         "proof": inclusion_proof(leaves, index).to_json(),
         "header": batch.header_bytes.decode("ascii"),
         "signature": base64.b64encode(batch.signature).decode("ascii"),
-        "public_key_pem": public_key_pem(key.public_key).decode("ascii"),
+        "public_key_pem": public_key_pem(key if isinstance(key, PublicKey) else key.public_key).decode(),
     }
 
 
