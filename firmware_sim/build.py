@@ -1,0 +1,153 @@
+"""From a fleet device spec to a :class:`Device`: physics, meters and register maps.
+
+The kind table below is the explicit registry of device kinds (no scanning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from firmware_sim.config import (
+    DEFAULT_TOPICS,
+    DeviceSpec,
+    EvPhysics,
+    FleetConfig,
+    HeatingPhysics,
+    LoadPhysics,
+    PvHousePhysics,
+    PvPhysics,
+)
+from firmware_sim.device import Device, Endpoint
+from firmware_sim.meter import Meter
+from firmware_sim.physics import EvModel, HeatingModel, LoadModel, PvHouseModel, PvModel
+from firmware_sim.physics.noise import u01
+from firmware_sim.physics.sample import PowerModel
+from firmware_sim.registers import chargers, eastron, heatmeter, sunspec
+from firmware_sim.registers.base import UnitMap
+
+MQTT_MODULUS_WH = 1.0e9  # 1 000 000 kWh
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    modulus_wh: float
+    maps: Callable[[DeviceSpec], dict[int, UnitMap]]
+    quantity: str = "electric"
+    per_session: bool = False
+
+
+def _rated_w(spec: DeviceSpec) -> float:
+    ph = spec.config.physics
+    if isinstance(ph, PvPhysics | PvHousePhysics):
+        return ph.kwp * 1000.0 * 1.2 + getattr(ph, "peak_w", 0.0)
+    if isinstance(ph, HeatingPhysics):
+        return ph.rated_kw * 1000.0 * 1.2
+    if isinstance(ph, EvPhysics):
+        return ph.power_limit_kw * 1000.0 * 1.2
+    return ph.peak_w * 1.2
+
+
+def _unit(make: Callable[[DeviceSpec], UnitMap]) -> Callable[[DeviceSpec], dict[int, UnitMap]]:
+    return lambda spec: {spec.unit: make(spec)}
+
+
+def _alfen_units(spec: DeviceSpec) -> dict[int, UnitMap]:
+    ph = spec.config.physics
+    limit = ph.power_limit_kw if isinstance(ph, EvPhysics) else 11.0
+    units: dict[int, UnitMap] = {chargers.ALFEN_STATION_UNIT: chargers.AlfenStationMap(spec.config.sockets)}
+    for s in range(1, spec.config.sockets + 1):
+        units[s] = chargers.AlfenSocketMap(f"socket{s}", limit)
+    return units
+
+
+def _abb(spec: DeviceSpec) -> UnitMap:
+    ph = spec.config.physics
+    return chargers.AbbMap(ph.power_limit_kw if isinstance(ph, EvPhysics) else 11.0)
+
+
+KINDS: dict[str, KindSpec] = {
+    "sdm630": KindSpec(eastron.MODULUS_WH, _unit(lambda s: eastron.EastronMap(3))),
+    "sdm120": KindSpec(eastron.MODULUS_WH, _unit(lambda s: eastron.EastronMap(1))),
+    "sunspec_inverter": KindSpec(sunspec.MODULUS_WH, _unit(lambda s: sunspec.InverterMap(_rated_w(s)))),
+    "sunspec_meter": KindSpec(sunspec.MODULUS_WH, _unit(lambda s: sunspec.AcMeterMap(_rated_w(s)))),
+    "alfen": KindSpec(chargers.ALFEN_MODULUS_WH, _alfen_units),
+    "abb": KindSpec(chargers.ABB_MODULUS_WH, _unit(_abb), per_session=True),
+    "heat_meter": KindSpec(heatmeter.MODULUS_WH, _unit(lambda s: heatmeter.HeatMeterMap()), quantity="heat"),
+    "mqtt_tasmota": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
+    "mqtt_plain": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
+}
+
+
+def make_model(spec: DeviceSpec, seed: int, quantity: str = "electric") -> PowerModel:
+    """The physics model of a device (or of one socket, with its own seed)."""
+    ph, site = spec.config.physics, spec.site
+    if isinstance(ph, PvPhysics):
+        return PvModel(ph.kwp, site.latitude, site.longitude, ph.tilt, ph.cloudiness, seed=seed)
+    if isinstance(ph, PvHousePhysics):
+        pv = PvModel(ph.kwp, site.latitude, site.longitude, ph.tilt, ph.cloudiness, seed=seed)
+        return PvHouseModel(pv, LoadModel(ph.base_w, ph.peak_w, seed=seed))
+    if isinstance(ph, HeatingPhysics):
+        return HeatingModel(
+            ph.area_m2,
+            ph.loss_w_m2k,
+            ph.setpoint_c,
+            heater=ph.heater,
+            rated_kw=ph.rated_kw,
+            output="heat" if quantity == "heat" else "electric",
+            seed=seed,
+        )
+    if isinstance(ph, EvPhysics):
+        return EvModel(ph.power_limit_kw, ph.arrivals_per_day, ph.mean_energy_kwh, seed=seed)
+    assert isinstance(ph, LoadPhysics)
+    return LoadModel(ph.base_w, ph.peak_w, seed=seed)
+
+
+def initial_wh(spec: DeviceSpec) -> float:
+    """Starting counter: configured, or 1 000-10 000 kWh drawn from the seed (never 0,
+    which SunSpec clients read as "not implemented")."""
+    if spec.config.initial_kwh is not None:
+        return spec.config.initial_kwh * 1000.0
+    return round(1_000_000.0 + 9_000_000.0 * u01(spec.seed, 1, 0))
+
+
+def build_device(spec: DeviceSpec, fleet: FleetConfig, start: float) -> Device:
+    """A device whose meters start at clock time ``start`` (aligned to the step grid)."""
+    kind = KINDS[spec.kind]
+    channels = [f"socket{s}" for s in range(1, spec.config.sockets + 1)] if spec.kind == "alfen" else ["main"]
+    meters = {}
+    for i, ch in enumerate(channels):
+        seed = spec.seed * 16 + i
+        first = 0.0 if kind.per_session else initial_wh(spec) + 1000.0 * i
+        meters[ch] = Meter(
+            make_model(spec, seed, kind.quantity),
+            start=start,
+            step_s=fleet.step_s,
+            interval_s=fleet.truth_interval_s,
+            initial_wh=first,
+            modulus_wh=kind.modulus_wh,
+            quantity=kind.quantity,
+            channel=ch,
+            per_session=kind.per_session,
+        )
+    units = kind.maps(spec)
+    return Device(
+        name=spec.name,
+        kind=spec.kind,
+        site=spec.site.name,
+        seed=spec.seed,
+        serial=10_000_000 + spec.seed % 90_000_000,
+        meters=meters,
+        units=units,
+        endpoint=_endpoint(spec, fleet, units),
+    )
+
+
+def _endpoint(spec: DeviceSpec, fleet: FleetConfig, units: dict[int, UnitMap]) -> Endpoint:
+    if spec.kind in DEFAULT_TOPICS:
+        template = spec.config.topic or DEFAULT_TOPICS[spec.kind]
+        return Endpoint("mqtt", topic=template.format(site=spec.site.name, name=spec.name))
+    unit = spec.unit if spec.kind != "alfen" else chargers.ALFEN_STATION_UNIT
+    transport = "rtu" if spec.config.rtu_bus is not None else "tcp"
+    host = fleet.host if transport == "tcp" else None
+    return Endpoint(transport, host=host, port=spec.port, unit=unit, units=tuple(sorted(units)))

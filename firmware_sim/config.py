@@ -1,0 +1,274 @@
+"""Fleet files: closed pydantic models, validated without I/O, all errors reported at once.
+
+A fleet has a clock, a physics step, a ground-truth interval, an optional MQTT broker
+and control endpoint, and sites with devices. ``count: N`` on a device expands it into N
+devices named by ``name.format(i=...)`` with seeds ``seed + i`` (and ports ``port + i``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from firmware_sim.errors import FleetConfigError
+
+ZHANGJIAKOU = (40.77, 114.88)
+
+DeviceKind = Literal[
+    "sdm630",
+    "sdm120",
+    "sunspec_inverter",
+    "sunspec_meter",
+    "alfen",
+    "abb",
+    "heat_meter",
+    "mqtt_tasmota",
+    "mqtt_plain",
+]
+MQTT_KINDS = frozenset({"mqtt_tasmota", "mqtt_plain"})
+# Which physics each kind may meter (explicit table, no guessing).
+ALLOWED_PHYSICS: dict[str, frozenset[str]] = {
+    "sdm630": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+    "sdm120": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+    "sunspec_inverter": frozenset({"pv"}),
+    "sunspec_meter": frozenset({"pv_house", "load", "heating", "ev"}),
+    "alfen": frozenset({"ev"}),
+    "abb": frozenset({"ev"}),
+    "heat_meter": frozenset({"heating"}),
+    "mqtt_tasmota": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+    "mqtt_plain": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+}
+DEFAULT_TOPICS = {"mqtt_tasmota": "tele/{name}/SENSOR", "mqtt_plain": "puhui/{site}/{name}/reading"}
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PvPhysics(Closed):
+    model: Literal["pv"]
+    kwp: float = Field(gt=0, le=1000)
+    tilt: float = Field(default=30.0, ge=0, le=90)
+    cloudiness: float = Field(default=0.3, ge=0, le=1)
+
+
+class HeatingPhysics(Closed):
+    model: Literal["heating"]
+    area_m2: float = Field(default=120.0, gt=0)
+    loss_w_m2k: float = Field(default=1.8, gt=0, le=10)
+    setpoint_c: float = Field(default=18.0, ge=5, le=30)
+    heater: Literal["heat_pump", "electric_boiler"] = "heat_pump"
+    rated_kw: float = Field(default=12.0, gt=0)
+
+
+class EvPhysics(Closed):
+    model: Literal["ev"]
+    power_limit_kw: float = Field(default=11.0, gt=0, le=350)
+    arrivals_per_day: float = Field(default=2.0, ge=0)
+    mean_energy_kwh: float = Field(default=20.0, gt=0)
+
+
+class LoadPhysics(Closed):
+    model: Literal["load"]
+    base_w: float = Field(default=200.0, ge=0)
+    peak_w: float = Field(default=1500.0, ge=0)
+
+
+class PvHousePhysics(Closed):
+    model: Literal["pv_house"]
+    kwp: float = Field(gt=0, le=1000)
+    tilt: float = Field(default=30.0, ge=0, le=90)
+    cloudiness: float = Field(default=0.3, ge=0, le=1)
+    base_w: float = Field(default=200.0, ge=0)
+    peak_w: float = Field(default=1500.0, ge=0)
+
+
+Physics = Annotated[
+    PvPhysics | HeatingPhysics | EvPhysics | LoadPhysics | PvHousePhysics,
+    Field(discriminator="model"),
+]
+PHYSICS_TAGS = frozenset({"pv", "heating", "ev", "load", "pv_house"})
+
+
+class DeviceConfig(Closed):
+    """One device (or ``count`` alike devices) of a site."""
+
+    kind: DeviceKind
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:{}-]+$")
+    physics: Physics
+    count: int = Field(default=1, ge=1, le=5000)
+    seed: int | None = None
+    initial_kwh: float | None = Field(default=None, ge=0)
+    port: int | Literal["auto"] = "auto"  # Modbus TCP port (same port = units behind one gateway)
+    unit: int = Field(default=1, ge=1, le=247)
+    rtu_bus: str | None = None  # serve over Modbus RTU on a pseudo-terminal bus of this name
+    sockets: int = Field(default=2, ge=1, le=2)  # alfen only
+    topic: str | None = None  # MQTT kinds: template with {site}, {name}
+    interval_s: float = Field(default=10.0, gt=0)  # MQTT publish interval, simulated seconds
+    energy_decimals: int = Field(default=3, ge=0, le=9)  # mqtt_tasmota "Total" resolution
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DeviceConfig:
+        allowed = ALLOWED_PHYSICS[self.kind]
+        if self.physics.model not in allowed:
+            raise ValueError(
+                f"kind {self.kind} cannot meter physics {self.physics.model!r}"
+                f" (one of: {', '.join(sorted(allowed))})"
+            )
+        if self.count > 1 and "{i" not in self.name:
+            raise ValueError("count > 1 needs a name template with {i}, e.g. 'meter-{i:03d}'")
+        mqtt = self.kind in MQTT_KINDS
+        if mqtt and (self.port != "auto" or self.rtu_bus is not None):
+            raise ValueError("MQTT meters have no Modbus port or rtu_bus")
+        if not mqtt and self.topic is not None:
+            raise ValueError("topic is only for MQTT meters")
+        if self.rtu_bus is not None and self.port != "auto":
+            raise ValueError("give either port (Modbus TCP) or rtu_bus (Modbus RTU), not both")
+        return self
+
+
+class SiteConfig(Closed):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    latitude: float = Field(default=ZHANGJIAKOU[0], ge=-90, le=90)
+    longitude: float = Field(default=ZHANGJIAKOU[1], ge=-180, le=180)
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+
+class ClockConfig(Closed):
+    epoch: datetime.datetime = datetime.datetime(2025, 1, 15, tzinfo=datetime.UTC)
+    factor: float = Field(default=1.0, gt=0)
+
+    @property
+    def epoch_s(self) -> float:
+        e = self.epoch if self.epoch.tzinfo else self.epoch.replace(tzinfo=datetime.UTC)
+        return e.timestamp()
+
+
+class MqttConfig(Closed):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    connections: int = Field(default=1, ge=1, le=64)
+    qos: Literal[0, 1] = 0
+
+
+class ControlConfig(Closed):
+    port: int | Literal["auto"] = "auto"
+
+
+class FleetConfig(Closed):
+    """A whole fleet file."""
+
+    name: str = "fleet"
+    host: str = "127.0.0.1"
+    clock: ClockConfig = ClockConfig()
+    step_s: int = Field(default=10, ge=1, le=900)
+    truth_interval_s: int = Field(default=900, ge=1)
+    mqtt: MqttConfig | None = None
+    control: ControlConfig | None = ControlConfig()
+    sites: list[SiteConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> FleetConfig:
+        if self.truth_interval_s % self.step_s:
+            raise ValueError(f"truth_interval_s must be a multiple of step_s ({self.step_s})")
+        specs = expand(self)
+        names = [s.name for s in specs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"device names must be unique; repeated: {', '.join(dupes[:5])}")
+        if self.mqtt is None and any(s.kind in MQTT_KINDS for s in specs):
+            raise ValueError("MQTT meters need an 'mqtt:' broker section")
+        _check_shared_ports(specs)
+        return self
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One concrete device after ``count`` expansion."""
+
+    site: SiteConfig
+    config: DeviceConfig
+    name: str
+    seed: int
+    port: int | None  # None = auto
+    index: int
+    unit: int  # unit + index on an RTU bus, else the configured unit
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+
+def expand(fleet: FleetConfig) -> list[DeviceSpec]:
+    """Every device of every site, ``count`` expanded, in file order."""
+    out: list[DeviceSpec] = []
+    for site in fleet.sites:
+        for dev in site.devices:
+            base = dev.seed if dev.seed is not None else zlib.crc32(dev.name.encode())
+            for i in range(dev.count):
+                name = dev.name.format(i=i) if dev.count > 1 else dev.name
+                port = None if dev.port == "auto" else dev.port + i
+                unit = dev.unit + i if dev.rtu_bus is not None else dev.unit
+                out.append(DeviceSpec(site, dev, name, base + i, port, i, unit))
+    return out
+
+
+def _check_shared_ports(specs: Sequence[DeviceSpec]) -> None:
+    seen: dict[tuple[str, int | str], list[DeviceSpec]] = {}
+    for s in specs:
+        key: tuple[str, int | str] | None = None
+        if s.port is not None:
+            key = ("tcp", s.port)
+        elif s.config.rtu_bus is not None:
+            key = ("rtu", s.config.rtu_bus)
+        if key is None:
+            continue
+        for other in seen.setdefault(key, []):
+            if _units(s) & _units(other):
+                raise ValueError(f"{s.name} and {other.name} share {key[0]} {key[1]} and a unit id")
+        seen[key].append(s)
+
+
+def _units(s: DeviceSpec) -> set[int]:
+    return {s.unit} if s.kind != "alfen" else {200, *range(1, s.config.sockets + 1)}
+
+
+def _loc_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and loc[i - 1] == "physics" and part in PHYSICS_TAGS:
+            continue  # discriminator tag pydantic inserts
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def parse_fleet(data: Any, source: str = "fleet") -> FleetConfig:
+    """Validate already-loaded YAML/JSON data; raise :class:`FleetConfigError` with all errors."""
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_loc_path(err['loc'])}: {msg}")
+        raise FleetConfigError(source, problems) from exc
+
+
+def load_fleet(path: str | Path) -> FleetConfig:
+    """Read and validate a fleet YAML file."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise FleetConfigError(p.name, [f"cannot read: {exc}"]) from exc
+    return parse_fleet(data, p.name)
