@@ -1,0 +1,1 @@
+"""Modbus RTU driver: meters on a serial bus owned by one bus task (config model here)."""

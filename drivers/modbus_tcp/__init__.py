@@ -1,0 +1,1 @@
+"""Modbus TCP driver (network code comes with the firmware_sim issue; config model here)."""

@@ -1,0 +1,1 @@
+"""MQTT driver: JSON payloads mapped to quantities (config model here)."""

@@ -1,0 +1,19 @@
+"""The in-tree drivers, by the name a site config uses (explicit; no folder scanning).
+
+Maps a driver name to its connection model. The driver classes join this dict when the
+network half lands; third-party drivers would come through entry points.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from drivers.modbus_rtu.config import ModbusRtuConnection
+from drivers.modbus_tcp.config import ModbusTcpConnection
+from drivers.mqtt.config import MqttConnection
+
+CONNECTIONS: dict[str, type[BaseModel]] = {
+    "modbus_tcp": ModbusTcpConnection,
+    "modbus_rtu": ModbusRtuConnection,
+    "mqtt": MqttConnection,
+}

@@ -1,0 +1,371 @@
+"""Site configuration: closed pydantic models, YAML loading with every error at once.
+
+``load_site(path)`` reads a site YAML and the shipped profiles and returns a
+:class:`SiteConfig`, or raises :class:`gateway.errors.ConfigError` listing every problem as
+``site.yaml: meters[3].registers[1].type: 'flaot32' is not a type (float32?)``.
+Validation itself does no I/O: profiles are passed in (validation context), connecting
+happens when the gateway starts. Reference: docs/gateway-config.md.
+
+Other issues extend :class:`SiteConfig` with their own sections (sealing, outbox,
+uplink) by adding fields; unknown keys stay errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers.decode import RegisterType
+from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
+from drivers.modbus_tcp.config import ModbusTcpConnection
+from drivers.mqtt.config import MqttConnection, MqttSource
+from drivers.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
+from drivers.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from evidence.batch import GATEWAY_ID
+from gateway.errors import ConfigError
+from gateway.intervals import SeriesSpec, energy_rate_limit
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+QUANTITY = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+DEFAULT_POLL = {"fast": 5.0, "slow": 60.0}
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayInfo(Closed):
+    """Who this gateway is."""
+
+    id: str = Field(pattern=GATEWAY_ID.pattern, description="also used in MQTT topics")
+    site: str = Field(min_length=1)
+    description: str = ""
+
+
+class SystemClockConfig(Closed):
+    mode: Literal["system"] = "system"
+
+
+class FastClockConfig(Closed):
+    """Simulated time: ``epoch + factor * (wall - wall_start)`` (demo and tests)."""
+
+    mode: Literal["fast"]
+    epoch: float
+    factor: float = Field(gt=0, le=10_000)
+    wall_start: float | None = None
+
+
+ClockConfig = Annotated[SystemClockConfig | FastClockConfig, Field(discriminator="mode")]
+
+
+class Nameplate(Closed):
+    """What the meter and the installation are rated for."""
+
+    rated_power_kw: float = Field(gt=0, le=100_000)
+    meter_class: Literal["0.2S", "0.5S", "0.5", "1", "2", "A", "B", "C", "heat_1", "heat_2", "heat_3"]
+    counter_width: Literal[16, 32, 64] | None = Field(
+        default=None, description="bits at which counters wrap; default from the register type"
+    )
+
+
+class MeterBase(Closed):
+    """What every meter has, whatever its driver."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    scenario: Literal["pv", "ev_charging", "clean_heating"]
+    nameplate: Nameplate
+    counts: tuple[QUANTITY, ...] = Field(min_length=1, description="quantities that become intervals")
+    stats_quantity: QUANTITY | None = Field(default="power", description="gauge giving counter Stats")
+    reset_tolerance: float = Field(default=0.0, ge=0, description="counter decreases seen as jitter")
+    enabled: bool = True
+
+
+class ModbusMeterBase(MeterBase):
+    """A Modbus meter: unit id, a shipped profile or inline registers, poll groups."""
+
+    unit_id: int = Field(ge=0, le=255)
+    profile: str | None = None
+    registers: tuple[RegisterField, ...] = ()
+    poll: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], float] = Field(
+        default_factory=lambda: dict(DEFAULT_POLL), description="poll group -> seconds"
+    )
+    max_gap: int | None = Field(default=None, ge=0, le=124, description="overrides the profile's")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModbusMeterBase:
+        if (self.profile is None) == (not self.registers):
+            raise ValueError("give either a profile or inline registers (not both)")
+        problems = check_fields(self.registers)
+        problems += [f"poll.{g}: {s} s is not a period (> 0)" for g, s in self.poll.items() if not s > 0]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def fields(self, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
+        """The meter's static fields (empty for SunSpec: known after discovery)."""
+        return profiles[self.profile].fields if self.profile is not None else self.registers
+
+
+class ModbusTcpMeter(ModbusMeterBase):
+    driver: Literal["modbus_tcp"]
+    connection: ModbusTcpConnection
+
+
+class ModbusRtuMeter(ModbusMeterBase):
+    driver: Literal["modbus_rtu"]
+    connection: ModbusRtuConnection
+
+
+class MqttMeter(MeterBase):
+    driver: Literal["mqtt"]
+    connection: MqttConnection
+    source: MqttSource
+
+
+Meter = Annotated[ModbusTcpMeter | ModbusRtuMeter | MqttMeter, Field(discriminator="driver")]
+
+
+class SiteConfig(Closed):
+    """One gateway's site: identity, clock, interval length, buses and meters."""
+
+    gateway: GatewayInfo
+    clock: ClockConfig = Field(default_factory=SystemClockConfig)
+    interval_minutes: int = Field(default=15, ge=1, le=60)
+    grace_seconds: float = Field(default=30.0, ge=0, le=600, description="keep intervals open after end")
+    serial_buses: tuple[SerialBus, ...] = ()
+    meters: tuple[Meter, ...] = Field(min_length=1)
+
+    @field_validator("interval_minutes")
+    @classmethod
+    def _divides_hour(cls, minutes: int) -> int:
+        if 60 % minutes:
+            raise ValueError(f"{minutes} does not divide 60 (1-6, 10, 12, 15, 20, 30, 60)")
+        return minutes
+
+    @property
+    def interval_s(self) -> int:
+        return self.interval_minutes * 60
+
+
+def meter_quantities(meter: MeterBase, profiles: Mapping[str, Profile]) -> set[str]:
+    """Quantities a meter can deliver (SunSpec: every mapped point's quantity)."""
+    if isinstance(meter, MqttMeter):
+        return set(meter.source.fields)
+    assert isinstance(meter, ModbusMeterBase)
+    if meter.profile is None:
+        return {f.quantity for f in meter.registers if f.quantity}
+    profile = profiles[meter.profile]
+    if profile.sunspec is not None:
+        return {p.quantity for points in profile.sunspec.points.values() for p in points.values()}
+    return set(profile.quantities)
+
+
+def _unknown(name: str, known: set[str]) -> str:
+    hint = suggest(name, sorted(known))
+    return f"{name!r} is not a quantity of this meter" + (
+        f" ({hint}?)" if hint else f"; it has: {', '.join(sorted(known))}"
+    )
+
+
+# -- cross-references, checked on the raw data so they are reported with field errors ------
+
+
+def reference_issues(data: Any, profiles: Mapping[str, Profile]) -> list[Issue]:
+    """Duplicate ids, RTU meters on undeclared buses, two buses on one port, two meters with
+    one unit id on one bus, unknown profiles, counted quantities a meter does not have,
+    poll groups without a period. Checked on the raw data, so they are reported even when
+    the same meter has field errors; tolerant of malformed entries (those get field errors)."""
+    if not isinstance(data, dict):
+        return []
+    meter_list = _list(data.get("meters"))
+    issues = [i for n, m in enumerate(meter_list) if isinstance(m, dict) for i in _meter_refs(n, m, profiles)]
+    return issues + _bus_issues(data)
+
+
+def _bus_issues(data: dict[str, Any]) -> list[Issue]:
+    buses = [b for b in _list(data.get("serial_buses")) if isinstance(b, dict)]
+    meters = _list(data.get("meters"))
+    issues = _duplicates("serial_buses", buses, "id") + _duplicates("serial_buses", buses, "port")
+    issues += _duplicates("meters", meters, "id")
+    bus_ids = [str(b.get("id")) for b in buses]
+    on_bus: dict[tuple[str, object], int] = {}
+    for i, m in enumerate(meters):
+        if not isinstance(m, dict) or m.get("driver") != "modbus_rtu":
+            continue
+        bus = (m.get("connection") or {}).get("bus") if isinstance(m.get("connection"), dict) else None
+        if bus is not None and str(bus) not in bus_ids:
+            hint = suggest(str(bus), bus_ids)
+            msg = f"{bus!r} is not a serial bus" + (f" ({hint}?)" if hint else "; declare it in serial_buses")
+            issues.append(Issue(("meters", i, "connection", "bus"), msg))
+        key = (str(bus), m.get("unit_id"))
+        if bus is not None and key in on_bus:
+            msg = f"unit id {key[1]} is already used on bus {bus!r} by meters[{on_bus[key]}]"
+            issues.append(Issue(("meters", i, "unit_id"), msg))
+        on_bus.setdefault(key, i)
+    return issues
+
+
+def _meter_refs(i: int, m: dict[str, Any], profiles: Mapping[str, Profile]) -> list[Issue]:
+    name = m.get("profile")
+    if isinstance(name, str) and name not in profiles:
+        hint = suggest(name, list(profiles))
+        known = f" ({hint}?)" if hint else f"; shipped: {', '.join(sorted(profiles))}"
+        return [Issue(("meters", i, "profile"), f"{name!r} is not a shipped profile{known}")]
+    fields = _raw_fields(m, profiles)
+    if fields is None:
+        return []
+    quantities = set(fields)
+    counts = _list(m.get("counts"))
+    issues = [Issue(("meters", i, "counts", j), _unknown(q, quantities))
+              for j, q in enumerate(counts) if isinstance(q, str) and q not in quantities]  # fmt: skip
+    poll = m.get("poll", DEFAULT_POLL)
+    groups = {fields[q] for q in counts if isinstance(q, str) and fields.get(q)}
+    missing = sorted(g for g in groups if isinstance(poll, dict) and g not in poll)
+    if missing:
+        issues.append(Issue(("meters", i, "poll"), f"no period for poll group(s) {', '.join(missing)} "
+                                                   "of counted quantities"))  # fmt: skip
+    return issues
+
+
+def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str, str] | None:
+    """quantity -> poll group ("" when the driver has no groups), from raw meter data."""
+    if m.get("driver") == "mqtt":
+        source = m.get("source")
+        fields = source.get("fields") if isinstance(source, dict) else None
+        return {str(q): "" for q in fields} if isinstance(fields, dict) else None
+    name = m.get("profile")
+    if isinstance(name, str):
+        profile = profiles[name]
+        if profile.sunspec is not None:
+            return {p.quantity: p.group or DEFAULT_GROUP[p.kind]
+                    for points in profile.sunspec.points.values() for p in points.values()}  # fmt: skip
+        return {f.quantity: f.poll_group for f in profile.fields if f.quantity}
+    regs = m.get("registers")
+    if not isinstance(regs, list):
+        return None
+    return {
+        str(r["quantity"]): str(r.get("group") or DEFAULT_GROUP.get(str(r.get("kind", "gauge")), "fast"))
+        for r in regs
+        if isinstance(r, dict) and r.get("quantity")
+    }
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _duplicates(section: str, items: list[Any], key: str) -> list[Issue]:
+    seen: dict[object, int] = {}
+    out: list[Issue] = []
+    for i, item in enumerate(items):
+        value = item.get(key) if isinstance(item, dict) else None
+        if value is None:
+            continue
+        if value in seen:
+            out.append(Issue((section, i, key), f"{value!r} is already used by {section}[{seen[value]}]"))
+        seen.setdefault(value, i)
+    return out
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def parse_site(data: Any, file: str, profiles: Mapping[str, Profile]) -> SiteConfig:
+    """Validate parsed YAML (no I/O). Raises :class:`ConfigError` with every issue."""
+    issues: list[Issue] = []
+    site: SiteConfig | None = None
+    try:
+        site = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        issues += issues_from(exc, SiteConfig)
+    issues += reference_issues(data, profiles)
+    if issues or site is None:
+        raise ConfigError(file, sorted(issues, key=_order))
+    return site
+
+
+def _order(issue: Issue) -> tuple[tuple[int, str], ...]:
+    return tuple((p, "") if isinstance(p, int) else (-1, p) for p in issue.path)
+
+
+def load_site(path: Path, profiles: Mapping[str, Profile] | None = None) -> SiteConfig:
+    """Read and validate a site YAML (profiles default to the shipped ones)."""
+    data, issues = read_yaml(path)
+    if issues:
+        raise ConfigError(path.name, issues)
+    return parse_site(data, path.name, load_profiles() if profiles is None else profiles)
+
+
+def issue_paths(err: ConfigError) -> list[tuple[PathPart, ...]]:
+    """The paths an error names (tests, tooling)."""
+    return [i.path for i in err.issues]
+
+
+# -- series for the interval builder -------------------------------------------------------
+
+_WIDTH_OF = {RegisterType.UINT16: 16, RegisterType.UINT32: 32, RegisterType.ACC32: 32}
+
+
+def series_specs(
+    meter: MeterBase, fields: Sequence[RegisterField], poll: Mapping[str, float] | None = None
+) -> list[SeriesSpec]:
+    """The interval builder's series for a Modbus meter's counted quantities.
+
+    ``fields`` are the meter's fields (profile, inline, or SunSpec after discovery). A
+    counter wraps at 2^width x scale (width from the nameplate, else from an unsigned
+    16/32-bit register type; none for floats and for SunSpec scale-factor fields, whose
+    scale is only known at run time).
+    """
+    by_quantity = {f.quantity: f for f in fields if f.quantity}
+    poll = poll if poll is not None else getattr(meter, "poll", DEFAULT_POLL)
+    stats = by_quantity.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        f = by_quantity.get(q)
+        if f is None or f.kind == "info":
+            continue
+        period = poll.get(f.poll_group, DEFAULT_POLL["slow"])
+        if f.kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, f.unit, "gauge", period))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, f.unit, "counter", period,
+            modulus=_modulus(meter, f),
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, f.unit),
+            per_session=f.per_session,
+            stats_quantity=stats.quantity if stats is not None and stats.kind == "gauge" else None,
+            stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
+
+
+def mqtt_series_specs(meter: MqttMeter) -> list[SeriesSpec]:
+    """The interval builder's series for an MQTT meter."""
+    period = meter.source.expected_period_s
+    fields = meter.source.fields
+    stats = fields.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        f = fields[q]
+        if f.kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, f.unit, "gauge", period))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, f.unit, "counter", period,
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, f.unit),
+            stats_quantity=meter.stats_quantity if stats is not None and stats.kind == "gauge" else None,
+            stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
+
+
+def _modulus(meter: MeterBase, f: RegisterField) -> float | None:
+    if f.scale_factor is not None or f.per_session:
+        return None
+    width = meter.nameplate.counter_width or _WIDTH_OF.get(f.type)
+    return None if width is None or width >= 64 else float(2**width) * f.scale

@@ -1,0 +1,36 @@
+"""Errors of the gateway package.
+
+::
+
+    GatewayError
+    ├── ConfigError                 a site config file is unreadable or invalid
+    │                               (.issues: every problem, each with its path)
+    └── IntervalError               the interval builder was set up inconsistently
+
+Samples that are bad (NaN, late, out of order, from the future) are not errors: the
+interval builder counts them and flags the intervals they touch. Device failures are
+counted by the drivers' poll loops, not raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from drivers.yaml_models import Issue
+
+
+class GatewayError(Exception):
+    """Base class of every error raised by :mod:`gateway`."""
+
+
+class ConfigError(GatewayError):
+    """A site config that cannot be used; lists every problem in the file at once."""
+
+    def __init__(self, file: str, issues: Sequence[Issue]) -> None:
+        self.file = file
+        self.issues = tuple(issues)
+        super().__init__("\n".join(i.render(file) for i in self.issues))
+
+
+class IntervalError(GatewayError, ValueError):
+    """Inconsistent interval builder setup (interval length, duplicate series)."""

@@ -1,0 +1,248 @@
+"""Interval builder: boundaries, counters, flags, and the no-energy-lost properties."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.decode import Invalid
+from evidence.records import IntervalRecord, encode_record
+from gateway.errors import IntervalError
+from gateway.intervals import IntervalBuilder, SeriesSpec, energy_rate_limit
+from gateway.sample import Sample
+from puhui.clock import ManualClock
+
+L = 900
+T0 = 1_700_000_100 - 1_700_000_100 % L  # an interval boundary
+
+
+def counter(**kw: object) -> SeriesSpec:
+    base: dict[str, object] = dict(meter="m1", quantity="energy_import", unit="Wh", kind="counter",
+                                   poll_period=60.0, stats_quantity="power", stats_unit="W")
+    base.update(kw)
+    return SeriesSpec(**base)  # type: ignore[arg-type]
+
+
+def builder(
+    *specs: SeriesSpec, start: float = T0, future: float = 1e9
+) -> tuple[IntervalBuilder, ManualClock]:
+    """Tests feed samples without moving the clock, so the future limit is off by default."""
+    clock = ManualClock(start)
+    b = IntervalBuilder(specs or (counter(),), clock=clock, interval_s=L, grace_s=30.0, max_future_s=future)
+    return b, clock
+
+
+def feed(b: IntervalBuilder, readings: list[tuple[float, float]], quantity: str = "energy_import") -> None:
+    for t, v in readings:
+        b.add(Sample("m1", quantity, v, t))
+
+
+def test_full_interval_counter_and_power_stats() -> None:
+    b, _ = builder()
+    feed(b, [(T0 + 60 * i, 1000.0 + 10 * i) for i in range(16)])
+    feed(b, [(T0 + 60 * i + 1, 40.0 + i) for i in range(15)], "power")
+    [rec] = b.close_due(T0 + L + 30)
+    assert (rec.start, rec.end) == (T0, T0 + L)
+    assert rec.flags == ("first",)
+    assert rec.counter_start == 1000.0 and rec.counter_end == 1140.0 and rec.delta == 140.0
+    assert rec.counter_start_time_ms == T0 * 1000
+    assert rec.samples == 15 and rec.expected == 15 and rec.coverage == 1.0
+    assert rec.stats is not None and (rec.stats.min, rec.stats.avg, rec.stats.max) == (40.0, 47.0, 54.0)
+    assert rec.stats.unit == "W"
+    [nxt] = b.close_due(T0 + 2 * L + 30)
+    assert nxt.counter_start == 1140.0 and nxt.counter_start_time_ms == (T0 + 14 * 60) * 1000
+    assert nxt.counter_end_time_ms == (T0 + L) * 1000  # a reading at the boundary opens the next
+    assert nxt.delta == 10.0 and nxt.samples == 1 and "gap" in nxt.flags and "first" not in nxt.flags
+    encode_record(rec)
+
+
+def test_grace_keeps_interval_open_then_late_is_counted_not_merged() -> None:
+    b, _ = builder()
+    feed(b, [(T0 + 10, 5.0)])
+    assert b.close_due(T0 + L + 29) == []
+    feed(b, [(T0 + L - 1, 6.0)])  # within grace: merged
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.counter_end == 6.0
+    feed(b, [(T0 + L - 0.5, 6.5)])  # its interval is closed now
+    assert b.counts.late == 1
+    [nxt] = b.close_due(T0 + 2 * L + 30)
+    assert "late" in nxt.flags and nxt.counter_start == 6.0
+
+
+def test_empty_intervals_are_emitted_as_gaps_and_the_next_delta_spans_them() -> None:
+    b, _ = builder()
+    feed(b, [(T0 + 1, 100.0)])
+    feed(b, [(T0 + 3 * L + 1, 130.0)])
+    recs = b.close_due(T0 + 4 * L + 30)
+    assert [r.samples for r in recs] == [1, 0, 0, 1]
+    assert recs[1].counter_end is None and recs[1].delta is None and "gap" in recs[1].flags
+    assert recs[1].counter_start == 100.0
+    assert recs[3].delta == 30.0 and "gap" in recs[3].flags  # start bound is 3 intervals old
+
+
+def test_no_reading_at_all_gives_gap_records_with_null_counters() -> None:
+    b, _ = builder()
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.samples == 0 and rec.counter_start is None and rec.delta is None
+    assert rec.flags == ("gap",)
+
+
+def test_reset_excludes_the_jump() -> None:
+    b, _ = builder()
+    feed(b, [(T0 + 0, 5000.0), (T0 + 60, 5010.0), (T0 + 120, 3.0), (T0 + 180, 8.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert "reset" in rec.flags
+    assert rec.delta == 10.0 + 5.0  # before the reset + after the new counter's first reading
+    assert rec.counter_start == 5000.0 and rec.counter_end == 8.0
+
+
+def test_rollover_is_corrected() -> None:
+    b, _ = builder(counter(modulus=2.0**32))
+    feed(b, [(T0, 2.0**32 - 20), (T0 + 60, 2.0**32 - 5), (T0 + 120, 7.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert "rollover" in rec.flags and rec.delta == 27.0
+
+
+def test_big_drop_with_modulus_is_a_reset_not_a_rollover() -> None:
+    b, _ = builder(counter(modulus=2.0**32, max_rate=energy_rate_limit(10, "Wh")))
+    feed(b, [(T0, 4.0e9), (T0 + 60, 1000.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert "reset" in rec.flags and "rollover" not in rec.flags and rec.delta == 0.0
+
+
+def test_per_session_counter_counts_new_session_from_zero() -> None:
+    b, _ = builder(counter(per_session=True))
+    feed(b, [(T0, 7000.0), (T0 + 60, 7100.0), (T0 + 120, 50.0), (T0 + 180, 80.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.delta == 100.0 + 80.0 and "reset" not in rec.flags
+
+
+def test_jitter_below_tolerance_does_not_reset() -> None:
+    b, _ = builder(counter(reset_tolerance=0.5))
+    feed(b, [(T0, 100.0), (T0 + 60, 99.8), (T0 + 120, 101.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.flags == ("first", "gap") and rec.delta == 1.0
+
+
+def test_implausible_spike_rejected_and_confirmed_jump_becomes_reset() -> None:
+    rate = energy_rate_limit(5, "Wh")  # about 4.2 Wh/s
+    b, _ = builder(counter(max_rate=rate))
+    feed(b, [(T0, 100.0), (T0 + 60, 150.0), (T0 + 120, 1e9), (T0 + 180, 200.0)])
+    feed(b, [(T0 + 240, 90000.0), (T0 + 300, 90100.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert {"invalid_value", "reset"} <= set(rec.flags)
+    assert rec.delta == 50.0 + 50.0 + 100.0
+    assert rec.samples == 4
+
+
+def test_invalid_values_flagged_and_not_counted() -> None:
+    b, _ = builder()
+    feed(b, [(T0, 1.0), (T0 + 60, math.nan), (T0 + 120, -5.0)])
+    b.add(Sample("m1", "energy_import", Invalid("not_implemented"), T0 + 180))
+    [rec] = b.close_due(T0 + L + 30)
+    assert "invalid_value" in rec.flags and rec.samples == 1 and b.counts.invalid == 3
+
+
+def test_out_of_order_ignored_for_counter_used_for_gauge() -> None:
+    gauge = SeriesSpec("m1", "flow_temperature", "degC", "gauge", poll_period=60.0)
+    b, _ = builder(counter(), gauge)
+    feed(b, [(T0 + 120, 10.0), (T0 + 60, 9.0), (T0 + 180, 11.0)])
+    feed(b, [(T0 + 120, 50.0), (T0 + 60, 40.0)], "flow_temperature")
+    feed(b, [(T0 + 120, 50.0)], "flow_temperature")  # exact duplicate
+    recs = {r.quantity: r for r in b.close_due(T0 + L + 30)}
+    c, g = recs["energy_import"], recs["flow_temperature"]
+    assert "out_of_order" in c.flags and c.delta == 1.0 and c.counter_start == 10.0
+    assert g.kind == "gauge" and g.delta is None and g.stats is not None
+    assert (g.stats.min, g.stats.max, g.samples) == (40.0, 50.0, 2)
+    assert b.counts.duplicates == 1
+
+
+async def test_future_samples_are_rejected_as_clock_jump() -> None:
+    b, clock = builder(future=60.0)
+    feed(b, [(T0 + 10, 1.0), (T0 + 10_000, 999.0)])
+    await clock.set(T0 + L + 30)
+    [rec] = b.close_due()
+    assert "clock_jump" in rec.flags and rec.counter_end == 1.0 and b.counts.future == 1
+
+
+def test_first_partial_interval_expects_fewer_samples() -> None:
+    b, _ = builder(start=T0 + 600)
+    feed(b, [(T0 + 600 + 60 * i, float(i)) for i in range(5)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.expected == 5 and rec.samples == 5 and rec.flags == ("first",)
+
+
+def test_unrouted_samples_are_counted_and_bad_setup_raises() -> None:
+    b, _ = builder()
+    b.add(Sample("m1", "voltage_l1", 230.0, T0))
+    assert b.counts.unrouted == 1
+    with pytest.raises(IntervalError):
+        IntervalBuilder([counter()], clock=ManualClock(0), interval_s=7 * 60)
+    with pytest.raises(IntervalError):
+        IntervalBuilder([counter(), counter()], clock=ManualClock(0))
+
+
+def _run(readings: list[tuple[float, float]], spec: SeriesSpec) -> list[IntervalRecord]:
+    b, _ = builder(spec)
+    feed(b, readings)
+    return b.close_due(readings[-1][0] + 2 * L + 31)
+
+
+# sample times on a millisecond grid (distinct after adding T0), up to six intervals
+times = st.lists(st.integers(0, 6 * L * 1000), min_size=2, max_size=80, unique=True).map(
+    lambda xs: [x / 1000 for x in xs]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=times, steps=st.lists(st.integers(0, 5000), min_size=80, max_size=80),
+       first=st.integers(0, 10**9))  # fmt: skip
+def test_sum_of_deltas_is_last_minus_first(times: list[float], steps: list[int], first: int) -> None:
+    ts = sorted(T0 + t for t in times)
+    values, v = [], float(first)
+    for i, _ in enumerate(ts):
+        v += steps[i]
+        values.append(v)
+    recs = _run(list(zip(ts, values, strict=True)), counter())
+    assert sum(r.delta or 0.0 for r in recs) == values[-1] - values[0]
+    assert all((r.delta or 0.0) >= 0 and 0.0 <= r.coverage <= 1.0 for r in recs)
+    assert all(a.end == b.start for a, b in itertools.pairwise(recs))
+    with_data = [r for r in recs if r.counter_end is not None]
+    for a, b in itertools.pairwise(with_data):
+        assert b.counter_start == a.counter_end
+
+
+@settings(max_examples=200, deadline=None)
+@given(times, st.lists(st.integers(0, 1000), min_size=80, max_size=80), st.integers(0, 2**32 - 1))
+def test_rollover_is_flagged_and_no_energy_is_lost(times: list[float], steps: list[int], start: int) -> None:
+    m = 2**32
+    ts = sorted(T0 + t for t in times)
+    true, visible = start, []
+    for i, _ in enumerate(ts):
+        true += steps[i] if i else 0
+        visible.append(float(true % m))
+    recs = _run(list(zip(ts, visible, strict=True)), counter(modulus=float(m)))
+    assert sum(r.delta or 0.0 for r in recs) == true - start
+    wrapped = any(visible[i] < visible[i - 1] for i in range(1, len(visible)))
+    assert wrapped == any("rollover" in r.flags for r in recs)
+    assert all((r.delta or 0.0) >= 0 for r in recs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=times, steps=st.lists(st.integers(0, 1000), min_size=80, max_size=80),
+       start=st.integers(10**6, 10**9), cut=st.integers(1, 79), new=st.integers(0, 500))  # fmt: skip
+def test_reset_is_flagged_and_only_the_jump_is_excluded(
+    times: list[float], steps: list[int], start: int, cut: int, new: int
+) -> None:
+    ts = sorted(T0 + t for t in times)
+    cut = min(cut, len(ts) - 1)
+    old = [float(start + sum(steps[1 : i + 1])) for i in range(cut)]
+    replaced = [float(new + sum(steps[cut + 1 : j + 1])) for j in range(cut, len(ts))]
+    recs = _run(list(zip(ts, old + replaced, strict=True)), counter(modulus=2.0**32))
+    assert any("reset" in r.flags for r in recs)
+    assert all((r.delta or 0.0) >= 0 and 0 <= r.coverage <= 1 for r in recs)
+    assert sum(r.delta or 0.0 for r in recs) == (old[-1] - old[0]) + (replaced[-1] - replaced[0])
