@@ -33,7 +33,8 @@ Kind = Literal["counter", "gauge"]
 # what each flag means for crediting.
 FLAGS: frozenset[str] = frozenset(
     {
-        "gap",  # fewer samples than expected (coverage < 1), or no counter reading at a bound
+        "gap",  # fewer samples than expected, no counter reading at a bound, or the delta
+        # spans earlier intervals (counter_start older than the previous interval)
         "reset",  # counter went down: meter replaced or reset; delta excludes the jump
         "rollover",  # counter wrapped at its register width; delta corrected for the wrap
         "late",  # samples arrived after the interval had first been closed
