@@ -14,7 +14,7 @@ from firmware_sim import Fleet, control_request
 from firmware_sim.device import Device
 from firmware_sim.errors import ControlError
 from puhui.clock import ManualClock
-from sim.helpers import fleet_config
+from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration
 DT = ModbusClientMixin.DATATYPE

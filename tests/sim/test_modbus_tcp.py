@@ -12,7 +12,7 @@ from pymodbus.client.mixin import ModbusClientMixin
 
 from firmware_sim import Fleet
 from puhui.clock import FastClock, ManualClock
-from sim.helpers import fleet_config, mbpoll, run_blocking
+from tests.sim.helpers import fleet_config, mbpoll, run_blocking
 
 pytestmark = pytest.mark.integration
 DT = ModbusClientMixin.DATATYPE

@@ -13,7 +13,7 @@ import pytest
 from firmware_sim import Fleet
 from puhui.clock import ManualClock
 from puhui.servers import PrivateMosquitto
-from sim.helpers import fleet_config
+from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration
 DEADLINE = 10.0

@@ -9,7 +9,7 @@ from pymodbus.framer import FramerType
 
 from firmware_sim import Fleet
 from puhui.clock import ManualClock
-from sim.helpers import fleet_config
+from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration
 DT = ModbusClientMixin.DATATYPE

@@ -1,0 +1,541 @@
+"""Private Mosquitto and InfluxDB servers on free loopback ports.
+
+Used by the real-server test tier and by ``puhui demo``. Each server is the Debian binary
+run as a child process with a config file, data and log in its own work directory, bound
+to ``127.0.0.1`` only, so that parallel runs never collide and nothing listens beyond
+loopback.
+
+``start()`` after ``stop()`` (or ``kill()``) reuses the same ports and data directory:
+clients reconnect to the same address and InfluxDB keeps its data.
+
+Children die with their parent (``PR_SET_PDEATHSIG`` on Linux) so a killed test run does
+not leave servers behind. Linux delivers that signal when the *thread* that started the
+child exits, so it is only armed when ``start()`` runs on the main thread; a server
+started from a worker thread must be stopped explicitly.
+
+Errors::
+
+    ServerError
+     ├── ServerBinaryNotFound   the Debian package is not installed
+     └── ServerStartError       exited early or not ready in time (message has the log tail)
+          └── PortTaken         restart impossible: another process holds the port
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import ctypes
+import http.client
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
+
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+LOG_TAIL_LINES = 40
+_PORT_ATTEMPTS = 5
+_POLL_INTERVAL = 0.05
+_PR_SET_PDEATHSIG = 1
+_START_MARKER = "--- puhui: starting "
+
+
+class ServerError(Exception):
+    """Base class of every error raised by this module."""
+
+
+class ServerBinaryNotFound(ServerError):
+    """The server binary is not installed."""
+
+
+class ServerStartError(ServerError):
+    """The server exited before it was ready, or was not ready before the deadline."""
+
+
+class PortTaken(ServerStartError):
+    """A restart cannot reuse its port because another process now listens on it."""
+
+
+def find_binary(name: str, package: str) -> str:
+    """Path of the executable ``name``, looked up on PATH, then /usr/sbin and /usr/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/bin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise ServerBinaryNotFound(
+        f"{name} not found on PATH nor in /usr/sbin, /usr/bin: install the Debian package "
+        f"'{package}' (apt-get install mosquitto influxdb, or make system-deps)"
+    )
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """``count`` distinct ports that are free on 127.0.0.1 right now (the OS picks them)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:  # all bound at once, so the ports are distinct
+            sock.bind((LOOPBACK, 0))
+        return tuple(sock.getsockname()[1] for sock in socks)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now.
+
+    SO_REUSEADDR mimics what Mosquitto and Go servers set, so TIME_WAIT leftovers of a
+    stopped server do not count as taken, while a listening socket does.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this thread dies (Linux)."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in child
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+class _PortCollision(Exception):
+    """Internal: a freshly picked port was taken before the server bound it."""
+
+
+class PrivateServer(abc.ABC):
+    """A server binary run as a child process on private loopback ports and directories."""
+
+    binary: ClassVar[str]
+    package: ClassVar[str]
+    port_count: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        extra_config: str = "",
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        self._own_workdir = workdir is None
+        self._workdir = Path(workdir) if workdir is not None else None
+        self._extra_config = extra_config
+        self._ready_timeout = ready_timeout
+        self._ports: tuple[int, ...] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._command: list[str] = []
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """Always 127.0.0.1."""
+        return LOOPBACK
+
+    @property
+    def port(self) -> int:
+        """The client port, fixed at the first ``start()`` and kept across restarts."""
+        return self._require_ports()[0]
+
+    @property
+    def workdir(self) -> Path:
+        """Directory that holds config, data and log (created at the first start)."""
+        if self._workdir is None:
+            raise ServerError(f"{self.binary} has no work directory before start()")
+        return self._workdir
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file (stdout and stderr go there too)."""
+        return self.workdir / f"{self.binary}.log"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id while running, else None."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def command(self) -> list[str]:
+        """The command line of the last start."""
+        return list(self._command)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers; same ports and data as before."""
+        if self.running:
+            raise ServerError(f"{self.binary} is already running (pid {self.pid})")
+        binary = find_binary(self.binary, self.package)
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"puhui-{self.binary}-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        if self._ports is not None:
+            self._restart_on(binary, self._ports)
+            return self
+        collision: _PortCollision | None = None
+        for _ in range(_PORT_ATTEMPTS):
+            ports = free_ports(self.port_count)
+            try:
+                self._launch(binary, ports, fresh_ports=True)
+            except _PortCollision as exc:
+                collision = exc
+                continue
+            self._ports = ports
+            return self
+        raise ServerStartError(
+            f"{self.binary}: picked ports were taken {_PORT_ATTEMPTS} times; last: {collision}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL. Idempotent; ports and data are kept."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would. Ports and data are kept."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> Self:
+        """``stop()`` then ``start()`` on the same ports and data."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and remove the work directory if this object created it."""
+        self.stop()
+        if self._own_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=False)
+            self._workdir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the log file ('' if there is none yet)."""
+        if self._workdir is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open(encoding="utf-8", errors="replace") as log:
+            return "".join(deque(log, maxlen=lines))
+
+    # -- what each server defines ----------------------------------------------------
+
+    @abc.abstractmethod
+    def _config_text(self, ports: tuple[int, ...]) -> str:
+        """The config file for these ports."""
+
+    @abc.abstractmethod
+    def _command_line(self, binary: str, config: Path) -> list[str]:
+        """The command that runs the server with ``config``."""
+
+    @abc.abstractmethod
+    def _is_ready(self, ports: tuple[int, ...]) -> bool:
+        """One readiness probe; False while not answering yet."""
+
+    def _environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _require_ports(self) -> tuple[int, ...]:
+        if self._ports is None:
+            raise ServerError(f"{self.binary} has no port before the first start()")
+        return self._ports
+
+    def _restart_on(self, binary: str, ports: tuple[int, ...]) -> None:
+        taken = [p for p in ports if not port_is_free(p)]
+        if taken:
+            raise PortTaken(
+                f"{self.binary}: cannot start again on {LOOPBACK}:{taken[0]}: another process "
+                f"listens there now (ports {list(ports)} are kept across restarts so that "
+                f"clients reconnect to the same address)\nlast log lines:\n{self.log_tail()}"
+            )
+        try:
+            self._launch(binary, ports, fresh_ports=False)
+        except _PortCollision as exc:
+            raise PortTaken(str(exc)) from None
+
+    def _launch(self, binary: str, ports: tuple[int, ...], *, fresh_ports: bool) -> None:
+        config = self.workdir / f"{self.binary}.conf"
+        config.write_text(self._config_text(ports), encoding="utf-8")
+        self._command = self._command_line(binary, config)
+        with self.log_path.open("ab") as log:
+            log.write(f"{_START_MARKER}{shlex.join(self._command)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._environment(),
+                preexec_fn=_parent_death_hook(),  # only prctl runs in the child
+                start_new_session=False,
+            )
+        self._wait_ready(ports, fresh_ports=fresh_ports)
+
+    def _wait_ready(self, ports: tuple[int, ...], *, fresh_ports: bool) -> None:
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + self._ready_timeout
+        while True:
+            if self._is_ready(ports) and proc.poll() is None:
+                return
+            if proc.poll() is not None:
+                self._raise_exited(ports, proc.returncode, fresh_ports=fresh_ports)
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ServerStartError(
+                    self._failure(f"not ready within {self._ready_timeout:g} s; killed it")
+                )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(_POLL_INTERVAL)  # doubles as the poll pause, ends early on exit
+
+    def _raise_exited(self, ports: tuple[int, ...], code: int, *, fresh_ports: bool) -> None:
+        taken = [p for p in ports if not port_is_free(p)]
+        message = self._failure(f"exited with status {code} before it was ready")
+        this_run = self.log_tail().rpartition(_START_MARKER)[2]
+        if fresh_ports and (taken or "address already in use" in this_run.lower()):
+            raise _PortCollision(message)  # someone took a port we picked: pick others
+        if taken:
+            raise PortTaken(f"port {taken[0]} is taken by another process; {message}")
+        raise ServerStartError(message)
+
+    def _failure(self, what: str) -> str:
+        return (
+            f"{self.binary} {what}\n  command: {shlex.join(self._command)}\n"
+            f"  log: {self.log_path}\n--- last {LOG_TAIL_LINES} log lines ---\n{self.log_tail()}"
+        )
+
+
+def _run_as_user_line() -> str:
+    """Mosquitto started as root switches to user 'mosquitto', which cannot write our
+    private directory; naming the current user keeps it (a no-op when not root)."""
+    if os.geteuid() != 0:
+        return ""
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+
+
+class PrivateMosquitto(PrivateServer):
+    """Mosquitto 2.x on a free 127.0.0.1 port, anonymous access, log in the work dir."""
+
+    binary = "mosquitto"
+    package = "mosquitto"
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        persistence: bool = False,
+        extra_config: str = "",
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        super().__init__(workdir, extra_config=extra_config, ready_timeout=ready_timeout)
+        self._persistence = persistence
+
+    def _config_text(self, ports: tuple[int, ...]) -> str:
+        persistence = "persistence false\n"
+        if self._persistence:
+            store = self.workdir / "persistence"
+            store.mkdir(exist_ok=True)
+            persistence = f"persistence true\npersistence_location {store}/\n"
+        return (
+            "# written by puhui.servers.PrivateMosquitto\n"
+            f"listener {ports[0]} {LOOPBACK}\n"
+            "allow_anonymous true\n"
+            f"{persistence}"
+            f"log_dest file {self.log_path}\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+            "connection_messages true\n"
+            f"{_run_as_user_line()}"
+            f"{self._extra_config}\n"
+        )
+
+    def _command_line(self, binary: str, config: Path) -> list[str]:
+        return [binary, "-c", str(config)]
+
+    def _is_ready(self, ports: tuple[int, ...]) -> bool:
+        return mqtt_connack_ok(LOOPBACK, ports[0])
+
+
+def mqtt_connack_ok(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT to ``host:port`` is accepted (CONNACK code 0)."""
+    client_id = b"puhui-ready-probe"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
+    connect = bytes([0x10, len(variable)]) + variable
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(connect)
+            reply = _recv_exactly(sock, 4)
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except OSError:
+        return False
+    return reply == b"\x20\x02\x00\x00"
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class PrivateInfluxDB(PrivateServer):
+    """InfluxDB 1.x (``influxd``) with HTTP and RPC on free 127.0.0.1 ports.
+
+    Every other listener is disabled; usage reporting and the ``_internal`` monitor
+    store are off; meta, data and WAL live under the work directory. ``auth_enabled``
+    turns on HTTP authentication (1.x then lets the first ``CREATE USER ... WITH ALL
+    PRIVILEGES`` through without credentials). ``extra_config`` is appended as is, so it
+    can only add sections that the generated file does not already have.
+    """
+
+    binary = "influxd"
+    package = "influxdb"
+    port_count = 2  # HTTP API, RPC (backup/restore; cannot be disabled in 1.x)
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        auth_enabled: bool = False,
+        extra_config: str = "",
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        super().__init__(workdir, extra_config=extra_config, ready_timeout=ready_timeout)
+        self._auth_enabled = auth_enabled
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:41234``."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def rpc_port(self) -> int:
+        """The backup/restore RPC port (moved off the default 8088)."""
+        return self._require_ports()[1]
+
+    def _environment(self) -> dict[str, str]:
+        # INFLUXDB_* variables override the config file; keep ours authoritative.
+        return {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+
+    def _command_line(self, binary: str, config: Path) -> list[str]:
+        return [binary, "-config", str(config)]
+
+    def _is_ready(self, ports: tuple[int, ...]) -> bool:
+        return influx_ping_ok(LOOPBACK, ports[0])
+
+    def _config_text(self, ports: tuple[int, ...]) -> str:
+        root = self.workdir / "influxdb"
+        disabled = "".join(
+            f"[[{section}]]\n  enabled = false\n" for section in ("graphite", "collectd", "opentsdb", "udp")
+        )
+        # Debian's 1.6.7 renamed reporting-disabled to reporting-enabled; unknown keys are
+        # ignored, so both spellings are written.
+        return f"""# written by puhui.servers.PrivateInfluxDB
+reporting-disabled = true
+reporting-enabled = false
+bind-address = "{LOOPBACK}:{ports[1]}"
+
+[meta]
+  dir = "{root / "meta"}"
+  logging-enabled = false
+
+[data]
+  dir = "{root / "data"}"
+  wal-dir = "{root / "wal"}"
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "{LOOPBACK}:{ports[0]}"
+  auth-enabled = {"true" if self._auth_enabled else "false"}
+  log-enabled = false
+  suppress-write-log = true
+  access-log-path = ""
+  pprof-enabled = false
+  unix-socket-enabled = false
+
+[ifql]
+  enabled = false
+
+{disabled}
+[continuous_queries]
+  log-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+
+{self._extra_config}
+"""
+
+
+def influx_ping_ok(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether ``GET /ping`` on ``host:port`` answers 204 from an InfluxDB."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/ping")
+        response = conn.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return response.status == 204 and response.getheader("X-Influxdb-Version") is not None
