@@ -1,0 +1,68 @@
+"""Modbus TCP transport: one pymodbus connection per device, and a source factory.
+
+pymodbus' own retries and background reconnects are switched off (``retries=0``,
+``reconnect_delay=0``): :class:`drivers.modbus.source.ModbusSource` owns the policy, and
+a dropped connection is reopened by the next read.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from drivers.modbus.errors import DeviceUnreachable
+from drivers.modbus.source import ModbusSource, ReadPolicy, describe
+from drivers.modbus.transport import read_registers, reraise_if_cancelling
+from drivers.modbus_tcp.config import ModbusTcpConnection
+from drivers.plan import ReadRequest
+from drivers.profiles import RegisterField
+from puhui.clock import Clock
+
+
+class TcpRegisterReader:
+    """One TCP connection to one device (or RTU-over-TCP gateway), opened on first read."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
+        self.label = f"tcp {host}:{port}"
+        self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+
+    async def read(self, request: ReadRequest) -> list[int]:
+        if not self._client.connected:
+            await self._connect(request)
+        return await read_registers(self._client, request)
+
+    async def _connect(self, request: ReadRequest) -> None:
+        try:
+            connected = await self._client.connect()
+        except (ModbusException, OSError) as exc:
+            reraise_if_cancelling(exc)
+            raise DeviceUnreachable(f"{describe(request)}: cannot connect ({exc})") from exc
+        if not connected:
+            raise DeviceUnreachable(f"{describe(request)}: cannot connect")
+
+    async def reset(self) -> None:
+        self._client.close()
+
+    async def aclose(self) -> None:
+        self._client.close()
+
+
+def tcp_source(
+    meter: str,
+    connection: ModbusTcpConnection,
+    unit: int,
+    fields: Sequence[RegisterField],
+    clock: Clock,
+    *,
+    max_gap: int = 0,
+    policy: ReadPolicy | None = None,
+    rng: random.Random | None = None,
+) -> ModbusSource:
+    """A source for a Modbus TCP meter; timeout and retries come from ``connection`` unless
+    a ``policy`` is given."""
+    policy = policy or ReadPolicy(timeout_s=connection.timeout_s, retries=connection.retries)
+    reader = TcpRegisterReader(connection.host, connection.port, timeout_s=policy.timeout_s)
+    return ModbusSource(meter, fields, reader, clock, unit=unit, policy=policy, max_gap=max_gap, rng=rng)
