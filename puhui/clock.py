@@ -101,7 +101,7 @@ class ManualClock:
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
-        self._changed = asyncio.Condition() if _has_loop() else None
+        self._changed: asyncio.Condition | None = None  # made on first use, inside a loop
 
     def now(self) -> float:
         return self._now
@@ -130,11 +130,3 @@ class ManualClock:
         if self._changed is None:
             self._changed = asyncio.Condition()
         return self._changed
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
