@@ -7,6 +7,7 @@
     │   ├── MalformedRecord         a record's JSON or one of its fields
     │   ├── MalformedBatch          batch framing, header or signature line
     │   └── MalformedMessage        an ack / reject / enrolment message
+    │       └── MalformedEnrolment  an enrolment document (evidence.enrolment)
     ├── VerificationError           well-formed but not genuine
     │   ├── BadSignature            header signature does not verify with the key
     │   ├── KeyMismatch             header names another key id than the key given
@@ -73,3 +74,7 @@ class KeyFileError(EvidenceError):
 
 class InsecureKeyFile(KeyFileError):
     """A private key file is readable or writable by group or others."""
+
+
+class MalformedEnrolment(MalformedMessage):
+    """An enrolment document's framing, JSON or fields are invalid."""

@@ -26,7 +26,9 @@ from drivers.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields
 from drivers.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
 from evidence.batch import GATEWAY_ID
 from gateway.errors import ConfigError
+from gateway.evidence_config import EvidenceSettings, UplinkSettings
 from gateway.intervals import SeriesSpec, energy_rate_limit
+from gateway.status import StatusSettings
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 QUANTITY = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
@@ -43,6 +45,9 @@ class GatewayInfo(Closed):
     id: str = Field(pattern=GATEWAY_ID.pattern, description="also used in MQTT topics")
     site: str = Field(min_length=1)
     description: str = ""
+    grid_region: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_]*$", description="power grid region for grid emission factors"
+    )
 
 
 class SystemClockConfig(Closed):
@@ -137,6 +142,11 @@ class SiteConfig(Closed):
     grace_seconds: float = Field(default=30.0, ge=0, le=600, description="keep intervals open after end")
     serial_buses: tuple[SerialBus, ...] = ()
     meters: tuple[Meter, ...] = Field(min_length=1)
+    # Defaults: key /etc/puhui/gateway-key.pem, state /var/lib/puhui/gateway (see
+    # gateway/evidence_config.py); without an uplink the gateway seals and keeps batches.
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    uplink: UplinkSettings | None = None
+    status: StatusSettings = Field(default_factory=StatusSettings, description="local status endpoint")
 
     @field_validator("interval_minutes")
     @classmethod

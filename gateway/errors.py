@@ -34,3 +34,18 @@ class ConfigError(GatewayError):
 
 class IntervalError(GatewayError, ValueError):
     """Inconsistent interval builder setup (interval length, duplicate series)."""
+
+
+# -- evidence pipeline (gateway/store.py, gateway/uplink.py) ----------------------------
+#
+#   GatewayError
+#   ├── EvidenceStoreError          the state database cannot be used (other gateway, schema)
+#   └── UplinkSetupError            a file the uplink settings name cannot be used
+
+
+class EvidenceStoreError(GatewayError):
+    """The durable state database is unusable: another gateway's, a newer schema, corrupt."""
+
+
+class UplinkSetupError(GatewayError):
+    """The uplink cannot start: a key, password or certificate file named in its settings."""

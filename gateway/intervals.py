@@ -55,9 +55,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from drivers.decode import Invalid
 from evidence.records import IntervalRecord, Stats
@@ -66,6 +66,7 @@ from gateway.sample import Sample
 from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
+SNAPSHOT_VERSION = 1
 ROLLOVER_FRACTION = 0.01  # without a rate limit, a wrap is plausible below 1 % of the modulus
 
 
@@ -380,6 +381,52 @@ class IntervalBuilder:
         """The series this builder aggregates."""
         return [s.spec for s in self._series.values()]
 
+    # -- persistence across restarts -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The builder's state as plain JSON data, to persist with the records it emitted.
+
+        Per series: the next interval to emit, the counter bound (last accepted reading),
+        the carry (``counter_end`` of the last emitted interval), the pending rejected
+        rise, the last sample seen and the open intervals' accumulators. Restored into a
+        builder of the same series, the next interval's ``counter_start`` is the last
+        reading before the stop, so the energy across a restart is counted; intervals
+        missed while stopped are still emitted (``gap``), none twice.
+        """
+        return {
+            "version": SNAPSHOT_VERSION,
+            "interval_s": self.interval_s,
+            "series": [_series_state(s) for s in self._series.values()],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`snapshot` data; call right after construction.
+
+        Series the snapshot does not know start fresh; series the builder no longer has are
+        ignored (logged). If the interval length changed, only the counter readings carry
+        over (the next interval's delta spans the change and is flagged ``gap``).
+        Raises :class:`IntervalError` on data that is not a snapshot.
+        """
+        if not isinstance(state, Mapping) or state.get("version") != SNAPSHOT_VERSION:
+            raise IntervalError(f"not an interval builder snapshot (version {SNAPSHOT_VERSION})")
+        same_length = state.get("interval_s") == self.interval_s
+        if not same_length:
+            log.warning("interval length changed from %s s to %s s: restoring counter readings only",
+                        state.get("interval_s"), self.interval_s)  # fmt: skip
+        try:
+            for item in state["series"]:
+                series = self._series.get((item["meter"], item["quantity"]))
+                if series is None:
+                    log.warning("snapshot series %s/%s is not configured any more; ignored",
+                                item["meter"], item["quantity"])  # fmt: skip
+                    continue
+                _restore_series(series, item, whole=same_length)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntervalError(f"interval builder snapshot is malformed: {exc!r}") from exc
+        starts = [s.next_start for s in self._series.values()]
+        if starts:
+            self._next_due = min(starts) + self.interval_s + self.grace_s
+
 
 def _ms(t: float) -> int:
     return round(t * 1000)
@@ -413,3 +460,61 @@ def energy_rate_limit(rated_power_kw: float, unit: str, factor: float = 3.0) -> 
     if per_kwh is None or rated_power_kw <= 0:
         return None
     return factor * rated_power_kw * per_kwh / 3600.0
+
+
+# -- snapshot encoding: JSON has no infinities or NaN, so "none yet" is null ----------------
+
+
+def _pair(p: tuple[float, float] | None) -> list[float] | None:
+    return None if p is None else [p[0], p[1]]
+
+
+def _unpair(raw: Any) -> tuple[float, float] | None:
+    return None if raw is None else (float(raw[0]), float(raw[1]))
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _acc_state(start: int, a: _Acc) -> dict[str, Any]:
+    return {
+        "start": start, "samples": a.samples, "flags": sorted(a.flags), "first": _pair(a.first),
+        "end": _pair(a.end), "adjust": a.adjust, "late": a.late, "n": a.n, "lo": _finite(a.lo),
+        "hi": _finite(a.hi), "total": a.total,
+    }  # fmt: skip
+
+
+def _restore_acc(raw: Mapping[str, Any]) -> _Acc:
+    lo, hi = raw["lo"], raw["hi"]
+    return _Acc(
+        samples=int(raw["samples"]), flags=set(raw["flags"]), first=_unpair(raw["first"]),
+        end=_unpair(raw["end"]), adjust=float(raw["adjust"]), late=int(raw["late"]), n=int(raw["n"]),
+        lo=math.inf if lo is None else float(lo), hi=-math.inf if hi is None else float(hi),
+        total=float(raw["total"]),
+    )  # fmt: skip
+
+
+def _series_state(s: _Series) -> dict[str, Any]:
+    return {
+        "meter": s.spec.meter,
+        "quantity": s.spec.quantity,
+        "next_start": s.next_start,
+        "origin": s.origin,
+        "bound": _pair(s.bound),
+        "carry": _pair(s.carry),
+        "pending": _pair(s.pending),
+        "last_t": _finite(s.last_t),
+        "last_v": _finite(s.last_v),
+        "open": [_acc_state(start, a) for start, a in sorted(s.open.items())],
+    }
+
+
+def _restore_series(s: _Series, raw: Mapping[str, Any], *, whole: bool) -> None:
+    s.bound, s.carry, s.pending = _unpair(raw["bound"]), _unpair(raw["carry"]), _unpair(raw["pending"])
+    s.last_t = -math.inf if raw["last_t"] is None else float(raw["last_t"])
+    s.last_v = math.nan if raw["last_v"] is None else float(raw["last_v"])
+    if not whole:
+        return
+    s.next_start, s.origin = int(raw["next_start"]), float(raw["origin"])
+    s.open = {int(a["start"]): _restore_acc(a) for a in raw["open"]}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from drivers.modbus.source import PollResult
 from gateway.sample import Sample
 from puhui.clock import Clock
 
+log = logging.getLogger(__name__)
 Sink = Callable[[Sequence[Sample]], object]
 
 
@@ -78,7 +80,26 @@ class DeviceHealth:
     breaker: BreakerState = BreakerState.CLOSED
     polls_by_group: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def state(self) -> str:
+        """``unknown`` (not polled yet), ``up``, ``failing`` or ``breaker_open``."""
+        if self.breaker is BreakerState.OPEN:
+            return "breaker_open"
+        if self.consecutive_failures:
+            return "failing"
+        return "up" if self.ok else "unknown"
+
     def record(self, result: PollResult, groups: Iterable[str]) -> None:
+        before = self.state
+        self._count(result, groups)
+        after = self.state
+        if after != before:  # one log line per state change, not per failed poll
+            if after == "up":
+                log.info("device %s: %s -> up (latency %.3f s)", self.meter, before, result.latency_s)
+            else:
+                log.warning("device %s: %s -> %s: %s", self.meter, before, after, self.last_error)
+
+    def _count(self, result: PollResult, groups: Iterable[str]) -> None:
         self.polls += 1
         self.requests += result.requests
         self.breaker = result.breaker
@@ -121,8 +142,9 @@ class Poller:
             for s in self._schedules:
                 await stack.enter_async_context(s.source)
             group = await stack.enter_async_context(asyncio.TaskGroup())
+            now = self._clock.now()  # slots count from entry, not from when each task first runs
             for s in self._schedules:
-                self._tasks.append(group.create_task(self._run(s), name=f"poll:{s.source.meter}"))
+                self._tasks.append(group.create_task(self._run(s, now), name=f"poll:{s.source.meter}"))
             self._stack = stack.pop_all()
         return self
 
@@ -137,9 +159,8 @@ class Poller:
         async with self._changed:
             await self._changed.wait_for(lambda: predicate(self.health))
 
-    async def _run(self, schedule: Schedule) -> None:
+    async def _run(self, schedule: Schedule, now: float) -> None:
         periods = schedule.periods
-        now = self._clock.now()
         due = {g: next_slot(now, p) for g, p in periods.items()}
         health = self.health[schedule.source.meter]
         while True:

@@ -7,6 +7,7 @@ a dropped connection is reopened by the next read.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 
@@ -25,16 +26,36 @@ from puhui.clock import Clock
 class TcpRegisterReader:
     """One TCP connection to one device (or RTU-over-TCP gateway), opened on first read."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, *, timeout_s: float, idle_close_s: float | None = None) -> None:
         self.label = f"tcp {host}:{port}"
+        self.connects = 0
         self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        self._idle_close_s = idle_close_s
+        self._last_used: float | None = None
 
     async def read(self, request: ReadRequest) -> list[int]:
+        loop = asyncio.get_running_loop()
+        if self._stale(loop.time()):
+            # Devices like Alfen's chargers drop a connection idle for 60 s without a FIN we
+            # would notice; reopen before they do instead of losing a request to a dead socket.
+            self._client.close()
         if not self._client.connected:
             await self._connect(request)
-        return await read_registers(self._client, request)
+        try:
+            return await read_registers(self._client, request)
+        finally:
+            self._last_used = loop.time()  # idle time is physical time, not (fast) clock time
+
+    def _stale(self, now: float) -> bool:
+        return (
+            self._idle_close_s is not None
+            and self._last_used is not None
+            and self._client.connected
+            and now - self._last_used >= self._idle_close_s
+        )
 
     async def _connect(self, request: ReadRequest) -> None:
+        self.connects += 1
         try:
             connected = await self._client.connect()
         except (ModbusException, OSError) as exc:
@@ -48,6 +69,13 @@ class TcpRegisterReader:
 
     async def aclose(self) -> None:
         self._client.close()
+
+
+def tcp_reader(connection: ModbusTcpConnection, policy: ReadPolicy) -> TcpRegisterReader:
+    """The register reader for ``connection`` (idle close as configured)."""
+    return TcpRegisterReader(
+        connection.host, connection.port, timeout_s=policy.timeout_s, idle_close_s=connection.idle_close_s
+    )
 
 
 def tcp_source(
@@ -64,5 +92,5 @@ def tcp_source(
     """A source for a Modbus TCP meter; timeout and retries come from ``connection`` unless
     a ``policy`` is given."""
     policy = policy or ReadPolicy(timeout_s=connection.timeout_s, retries=connection.retries)
-    reader = TcpRegisterReader(connection.host, connection.port, timeout_s=policy.timeout_s)
+    reader = tcp_reader(connection, policy)
     return ModbusSource(meter, fields, reader, clock, unit=unit, policy=policy, max_gap=max_gap, rng=rng)

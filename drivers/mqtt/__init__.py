@@ -1,1 +1,5 @@
-"""MQTT driver: JSON payloads mapped to quantities (config model here)."""
+"""MQTT driver: JSON payloads mapped to quantities (config model in ``config``, client in ``driver``)."""
+
+from drivers.mqtt.driver import MqttHealth, MqttSubscriber
+
+__all__ = ["MqttHealth", "MqttSubscriber"]

@@ -1,0 +1,176 @@
+"""``puhui aggregator``: run the aggregator, manage the gateway registry, make its key.
+
+::
+
+    puhui aggregator run --config aggregator.yaml
+    puhui aggregator gateways --config aggregator.yaml add gw-1.enrolment
+    puhui aggregator gateways --config aggregator.yaml list
+    puhui aggregator gateways --config aggregator.yaml revoke gw-1 [--from 2026-03-01T00:00:00Z] [--key KID]
+    puhui aggregator keygen --out aggregator-key.pem
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aggregator.config import AggregatorConfig, load_config
+from aggregator.errors import AggregatorError
+from aggregator.registry import GatewayRegistry
+from aggregator.store import SQLiteEvidenceStore
+from evidence.errors import EvidenceError
+from evidence.keys import generate_key, public_key_pem, save_private_key
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = sub.add_parser("run", help="verify, store and acknowledge batches; feed InfluxDB")
+    p.add_argument("--config", type=Path, required=True, help="aggregator YAML config")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("gateways", help="the gateway registry: add, list, revoke")
+    p.add_argument("--config", type=Path, required=True, help="aggregator YAML config (for the store)")
+    gw = p.add_subparsers(dest="gateways_action", metavar="ACTION", required=True)
+    q = gw.add_parser("add", help="enrol a gateway from its enrolment document")
+    q.add_argument("document", type=Path)
+    q.set_defaults(func=_add)
+    q = gw.add_parser("list", help="enrolled gateways, keys and meters")
+    q.set_defaults(func=_list)
+    q = gw.add_parser("revoke", help="revoke a gateway's key(s) from a time on")
+    q.add_argument("gateway")
+    q.add_argument("--from", dest="from_time", help="ISO 8601 time or POSIX seconds (default: now)")
+    q.add_argument("--key", help="key id to revoke (default: every key of the gateway)")
+    q.set_defaults(func=_revoke)
+
+    p = sub.add_parser("keygen", help="make the aggregator's reply-signing key (PKCS#8 PEM, mode 0600)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_keygen)
+
+    # Hook: the methodology engine's ``reductions`` subcommand group goes here, as
+    #   from aggregator.methodology import cli as methodology_cli
+    #   methodology_cli.add_arguments(sub.add_parser("reductions", help="..."))
+    # (module aggregator.methodology.cli, being written separately; not imported yet).
+
+
+def _fail(message: str) -> int:
+    print(f"puhui aggregator: {message}", file=sys.stderr)
+    return 1
+
+
+def _config(args: argparse.Namespace) -> AggregatorConfig:
+    return load_config(args.config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from aggregator.service import Aggregator  # aiomqtt and httpx only when running
+
+    try:
+        config = _config(args)
+
+        async def main() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            # SIGTERM (systemd, docker stop) ends the run like Ctrl-C: tasks cancelled, store closed.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            async with Aggregator(config) as agg:
+                await agg.run_forever()
+
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        return 0
+    except (AggregatorError, EvidenceError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> tuple[SQLiteEvidenceStore, GatewayRegistry]:
+    store = SQLiteEvidenceStore(_config(args).store.path)
+    return store, GatewayRegistry(store)
+
+
+def _add(args: argparse.Namespace) -> int:
+    try:
+        data = args.document.read_bytes()
+        store, registry = _registry(args)
+        try:
+            entry = registry.enrol(data, at_ms=int(time.time() * 1000))
+        finally:
+            store.close()
+    except OSError as exc:
+        return _fail(f"{args.document}: {exc.strerror or exc}")
+    except (AggregatorError, EvidenceError) as exc:
+        return _fail(f"{args.document}: {exc}")
+    key = entry.keys[-1].key_id
+    print(f"enrolled {entry.gateway} (site {entry.site}, {len(entry.meters)} meters, key {key})")
+    return 0
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        store, registry = _registry(args)
+        try:
+            for g in registry.gateways():
+                batches = store.batch_count(g.gateway)
+                print(f"{g.gateway}\tsite={g.site}\tregion={g.region or '-'}\tbatches={batches}")
+                for k in g.keys:
+                    revoked = _ms(k.revoked_from_ms)
+                    print(
+                        f"  key {k.key_id}\tfrom seq {k.valid_from_seq}\t{k.source}\trevoked from {revoked}"
+                    )
+                for m in g.meters:
+                    print(f"  meter {m.meter}\t{m.scenario}\t{m.rated_power_kw} kW\tclass {m.meter_class}")
+        finally:
+            store.close()
+    except AggregatorError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def parse_time(text: str) -> int:
+    """POSIX seconds or ISO 8601 (naive means UTC) -> POSIX milliseconds."""
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    try:
+        from_ms = parse_time(args.from_time) if args.from_time else int(time.time() * 1000)
+    except ValueError as exc:
+        return _fail(f"--from {args.from_time!r}: {exc}")
+    try:
+        store, registry = _registry(args)
+        try:
+            ids = registry.revoke(args.gateway, from_ms=from_ms, key=args.key)
+        finally:
+            store.close()
+    except AggregatorError as exc:
+        return _fail(str(exc))
+    for kid in ids:
+        print(f"revoked {args.gateway} key {kid} from {_ms(from_ms)}")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = generate_key()
+    try:
+        save_private_key(key, args.out)
+    except EvidenceError as exc:
+        return _fail(str(exc))
+    print(f"key id {key.key_id}\n{public_key_pem(key.public_key).decode()}", end="")
+    return 0

@@ -1,0 +1,131 @@
+"""The aggregator's configuration: one closed YAML file.
+
+Example (``puhui aggregator run --config aggregator.yaml``)::
+
+    mqtt: {host: 127.0.0.1, port: 1883}
+    store: {path: /var/lib/puhui/evidence.sqlite3}
+    influx: {url: http://127.0.0.1:8086, database: puhui}
+    key_file: /etc/puhui/aggregator-key.pem
+
+Relative paths are relative to the config file's directory. Unknown keys are errors, and
+every problem is reported with the file and the path inside it
+(``aggregator.yaml: influx.url: ...``). Validation does no I/O beyond reading the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aggregator.errors import ConfigError
+from evidence.wire import SHARE_GROUP
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(_Closed):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None  # None: the broker assigns one
+    share_group: str = SHARE_GROUP
+    keepalive_s: int = Field(default=30, ge=5)
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+
+class StoreSettings(_Closed):
+    path: Path
+
+
+class InfluxSettings(_Closed):
+    url: str = Field(pattern=r"^https?://")
+    database: str = Field(min_length=1)
+    retention_policy: str | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    create_database: bool = True  # CREATE DATABASE at start (a no-op when it exists)
+    measurement: str = "puhui_interval"
+    batch_measurement: str = "puhui_batch"
+    max_batches_per_write: int = Field(default=8, ge=1)  # stored batches combined in one request
+    timeout_s: float = Field(default=10.0, gt=0)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> Self:
+        if self.token is not None and (self.username is not None or self.password is not None):
+            raise ValueError("give either token or username/password, not both")
+        return self
+
+
+class LimitSettings(_Closed):
+    max_batch_bytes: int = Field(default=8_000_000, ge=1024)
+    record_skew_s: float = Field(default=300.0, ge=0)  # record timestamps vs the batch's created_ms
+    batch_ahead_s: float = Field(default=300.0, ge=0)  # batch created_ms ahead of the aggregator clock
+    kept_rejected_bytes: int = Field(default=65536, ge=0)  # bytes of a too-large rejected payload kept
+
+
+class PlausibilitySettings(_Closed):
+    nameplate_factor: float = Field(default=1.2, gt=0)  # allowed energy = rated power x hours x factor
+    min_coverage: float = Field(default=0.5, ge=0, le=1)  # samples / expected below this: low_coverage
+    delta_tolerance_kwh: float = Field(default=1e-6, ge=0)  # |end - start - delta| allowed
+
+
+class AggregatorConfig(_Closed):
+    """Everything ``puhui aggregator run`` needs."""
+
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    store: StoreSettings
+    influx: InfluxSettings
+    key_file: Path
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
+
+    def resolved(self, base: Path) -> AggregatorConfig:
+        """Paths made absolute against ``base`` (the config file's directory)."""
+        store = self.store.model_copy(update={"path": base / self.store.path})
+        return self.model_copy(update={"store": store, "key_file": base / self.key_file})
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(data: Any, file: str) -> AggregatorConfig:
+    """Validate already-parsed YAML; raise :class:`ConfigError` listing every problem."""
+    try:
+        return AggregatorConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            where = _where(tuple(err["loc"]))
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            lines.append(f"{file}: {where}: {message}" if where else f"{file}: {message}")
+        raise ConfigError("\n".join(lines)) from exc
+
+
+def load_config(path: str | Path) -> AggregatorConfig:
+    """Read and validate a YAML config file; relative paths resolve against its folder."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{p}: {where}not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    return parse_config(data if data is not None else {}, str(p)).resolved(p.parent.absolute())

@@ -1,0 +1,308 @@
+"""Feeds InfluxDB from the evidence store: every verified interval, exactly once.
+
+The store is the source of truth and InfluxDB a view of it. Each stored batch starts in the
+outbox (``batches.influx_state = 0``); the writer takes the oldest pending batches, writes
+their points in one gzip-compressed request, and only then marks them written. If
+InfluxDB is down or slow, ingest and acknowledgements carry on and the outbox grows; the
+writer retries with jittered exponential backoff and catches up when the server is back.
+
+**Exactly once** comes from InfluxDB itself: a point is identified by measurement, tag set
+and timestamp, and writing the same point again *overwrites* it with the same fields. A
+crash between the write and the outbox update therefore rewrites identical points, which
+leaves one point per interval: at-least-once delivery of idempotent points. We rely on
+this deliberately: every point's identity is derived only from signed data
+(gateway, meter, quantity, interval start), never from arrival order or wall time.
+A consequence, documented in docs/influx-schema.md: if a gateway signs the same interval
+again in a later batch, the later one replaces the earlier one in InfluxDB (its
+``batch_seq`` field says which); the store keeps both.
+
+A request the server rejects as data (4xx other than auth and missing database) is split
+per batch; a batch that still fails is parked (``influx_state = 2`` with the server's
+message), logged and counted, so one bad point cannot block the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aggregator.config import InfluxSettings
+from aggregator.influx import (
+    InfluxAuthError,
+    InfluxDatabaseNotFound,
+    InfluxRejected,
+    InfluxUnavailable,
+    InfluxV1Client,
+    LineProtocolError,
+    Point,
+    encode_point,
+)
+from aggregator.store import EvidenceStore, PendingBatch
+from puhui.clock import Clock
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RunDb = Callable[..., Awaitable[Any]]
+
+STATUS_VERIFIED = "verified"
+_STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
+_PROBE_FIELD = " x=1i 0"  # what encode_point appends for the probe point below
+_prefixes: dict[tuple[str, str, str, str], str] = {}
+
+
+def _series(measurement: str, gateway: str, meter: str, quantity: str) -> str:
+    """Escaped ``measurement,gateway=..,meter=..,quantity=..``; validated by encode_point."""
+    key = (measurement, gateway, meter, quantity)
+    prefix = _prefixes.get(key)
+    if prefix is None:
+        probe = encode_point(
+            Point(measurement, {"gateway": gateway, "meter": meter, "quantity": quantity}, {"x": 1}, 0)
+        )
+        prefix = probe[: -len(_PROBE_FIELD)]
+        if len(_prefixes) > 100_000:
+            _prefixes.clear()
+        _prefixes[key] = prefix
+    return prefix
+
+
+def _text(value: str) -> str:
+    return '"' + value.translate(_STRING_ESCAPES) + '"'
+
+
+def _num(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    return f",{name}={float(value)!r}"
+
+
+def _int(name: str, value: Any) -> str:
+    return "" if value is None else f",{name}={int(value)}i"
+
+
+# The common case (every number present): one %-format, same bytes as the general path.
+_FAST_LINE = (
+    "%s unit=%s,kind=%s,delta=%r,counter_start=%r,counter_end=%r,counter_start_time_ms=%di,"
+    "counter_end_time_ms=%di,stat_unit=%s,stat_min=%r,stat_avg=%r,stat_max=%r,samples=%di,expected=%di,"
+    'interval_s=%di,flags="%s",issues="%s",plausible=%s,batch_seq=%di,batch_index=%di,chain="%s",'
+    'status="' + STATUS_VERIFIED + '" %d'
+)
+
+
+def interval_line(
+    measurement: str,
+    gateway: str,
+    seq: int,
+    verdict: str,
+    index: int,
+    r: Mapping[str, Any],
+    issues: Sequence[str],
+) -> str:
+    """One line of line protocol for one interval record (a decoded JSON dict)."""
+    stats = r["stats"]
+    a, b, d, ta, tb = (
+        r["counter_start"],
+        r["counter_end"],
+        r["delta"],
+        r["counter_start_time_ms"],
+        r["counter_end_time_ms"],
+    )
+    if (
+        stats is not None
+        and type(a) is float
+        and type(b) is float
+        and type(d) is float
+        and type(ta) is int
+        and type(tb) is int
+    ):
+        return _FAST_LINE % (
+            _series(measurement, gateway, r["meter"], r["quantity"]), _text(r["unit"]), _text(r["kind"]),
+            d, a, b, ta, tb, _text(stats["unit"]),
+            float(stats["min"]), float(stats["avg"]), float(stats["max"]),
+            r["samples"], r["expected"], r["end"] - r["start"], ",".join(r["flags"]), ",".join(issues),
+            "false" if issues else "true", seq, index, verdict, r["start"] * 1000,
+        )  # fmt: skip
+    fields = [
+        f"unit={_text(r['unit'])},kind={_text(r['kind'])}",
+        _num("delta", r["delta"]),
+        _num("counter_start", r["counter_start"]),
+        _num("counter_end", r["counter_end"]),
+        _int("counter_start_time_ms", r["counter_start_time_ms"]),
+        _int("counter_end_time_ms", r["counter_end_time_ms"]),
+        "" if stats is None else (
+            f",stat_unit={_text(stats['unit'])},stat_min={float(stats['min'])!r},"
+            f"stat_avg={float(stats['avg'])!r},stat_max={float(stats['max'])!r}"
+        ),
+        f",samples={r['samples']}i,expected={r['expected']}i,interval_s={r['end'] - r['start']}i",
+        f',flags="{",".join(r["flags"])}",issues="{",".join(issues)}"',
+        f",plausible={'false' if issues else 'true'}",
+        f',batch_seq={seq}i,batch_index={index}i,chain="{verdict}",status="{STATUS_VERIFIED}"',
+    ]  # fmt: skip
+    series = _series(measurement, gateway, r["meter"], r["quantity"])
+    return f"{series} {''.join(fields)} {r['start'] * 1000}"
+
+
+def batch_line(measurement: str, header: Mapping[str, Any], verdict: str, implausible: int) -> str:
+    """One point per stored batch (timestamp: the batch's created_ms)."""
+    series = _series(measurement, header["gateway"], "-", "-").split(",meter=")[0]
+    return (
+        f'{series} seq={header["seq"]}i,count={header["count"]}i,chain="{verdict}",'
+        f'status="{STATUS_VERIFIED}",key_id="{header["key_id"]}",root="{header["root"]}",'
+        f"implausible={implausible}i {header['created_ms']}"
+    )
+
+
+def batch_lines(settings: InfluxSettings, pending: PendingBatch) -> bytes:
+    """Rebuild a stored batch's lines from its exact bytes (after a restart or a cache miss)."""
+    lines = pending.data.split(b"\n")
+    header = json.loads(lines[0])
+    out = []
+    for index, raw in enumerate(lines[2:-1]):
+        record = json.loads(raw)
+        if record.get("type") != "interval":
+            continue
+        issues = pending.issues.get(index, ())
+        out.append(
+            interval_line(
+                settings.measurement, pending.gateway, pending.seq, pending.verdict, index, record, issues
+            )
+        )
+    out.append(batch_line(settings.batch_measurement, header, pending.verdict, len(pending.issues)))
+    return ("\n".join(out) + "\n").encode("utf-8")
+
+
+@dataclass
+class WriterStats:
+    points_written: int = 0
+    requests: int = 0
+    retries: int = 0
+    parked_batches: int = 0
+    batches_written: int = 0
+
+
+class InfluxWriter:
+    """Drains the store's InfluxDB outbox into one database, forever (cancel to stop)."""
+
+    def __init__(
+        self,
+        store: EvidenceStore,
+        client: InfluxV1Client,
+        settings: InfluxSettings,
+        *,
+        clock: Clock,
+        run_db: RunDb,
+        on_progress: Callable[[], None] = lambda: None,
+        cache_limit: int = 256,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._settings = settings
+        self._clock = clock
+        self._run_db = run_db
+        self._on_progress = on_progress
+        self._wakeup = asyncio.Event()
+        self._cache: dict[int, bytes] = {}
+        self._cache_limit = cache_limit
+        self.stats = WriterStats()
+
+    def offer(self, batch_id: int, lines: bytes) -> None:
+        """Lines ingest already built for a just-stored batch (saves re-decoding it)."""
+        if len(self._cache) < self._cache_limit:
+            self._cache[batch_id] = lines
+        self._wakeup.set()
+
+    def notify(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Write pending batches as they come; sleep until ingest stores more."""
+        if self._settings.create_database:
+            await self._retrying("create database", self._client.create_database)
+        while True:
+            self._wakeup.clear()
+            wrote = await self.drain_once()
+            if not wrote:
+                await self._wakeup.wait()
+
+    async def drain_once(self) -> int:
+        """Write up to ``max_batches_per_write`` pending batches; how many were handled."""
+        pending: list[PendingBatch] = await self._run_db(
+            self._store.pending_influx, self._settings.max_batches_per_write
+        )
+        if not pending:
+            return 0
+        bodies = {p.id: self._lines(p) for p in pending}
+        good = {i: b for i, b in bodies.items() if b is not None}
+        for i in set(bodies) - set(good):
+            await self._park(i, "a point cannot be encoded as line protocol (see the log)")
+        if good:
+            try:
+                await self._retrying("write", self._client.write, b"".join(good.values()), "ms")
+            except InfluxRejected as exc:
+                await self._isolate(good, exc)
+            else:
+                await self._written(good)
+        self._on_progress()
+        return len(pending)
+
+    def _lines(self, p: PendingBatch) -> bytes | None:
+        cached = self._cache.pop(p.id, None)
+        if cached is not None:
+            return cached
+        try:
+            return batch_lines(self._settings, p)
+        except LineProtocolError as exc:
+            log.error("batch %s#%s: cannot write to InfluxDB: %s", p.gateway, p.seq, exc)
+            return None
+
+    async def _written(self, bodies: Mapping[int, bytes]) -> None:
+        await self._run_db(self._store.mark_influx, list(bodies))
+        self.stats.requests += 1
+        self.stats.batches_written += len(bodies)
+        self.stats.points_written += sum(b.count(b"\n") for b in bodies.values())
+
+    async def _isolate(self, bodies: Mapping[int, bytes], exc: InfluxRejected) -> None:
+        """The server refused the data: write batch by batch, park those it still refuses."""
+        if len(bodies) == 1:
+            [batch_id] = bodies
+            await self._park(batch_id, f"HTTP {exc.status_code}: {exc.server_message}")
+            return
+        for batch_id, body in bodies.items():
+            try:
+                await self._retrying("write", self._client.write, body, "ms")
+            except InfluxRejected as one:
+                await self._park(batch_id, f"HTTP {one.status_code}: {one.server_message}")
+            else:
+                await self._written({batch_id: body})
+
+    async def _park(self, batch_id: int, reason: str) -> None:
+        log.error("InfluxDB outbox: batch id %s parked: %s", batch_id, reason)
+        await self._run_db(self._store.mark_influx, [batch_id], error=reason[:500])
+        self.stats.parked_batches += 1
+
+    async def _retrying(self, what: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Retry while the server is unavailable (or auth/database is being fixed)."""
+        delay = self._settings.retry_initial_s
+        while True:
+            try:
+                return await call(*args)
+            except InfluxDatabaseNotFound as exc:
+                problem: Exception = exc
+                if self._settings.create_database:
+                    await self._create_database_quietly()
+            except (InfluxUnavailable, InfluxAuthError) as exc:
+                problem = exc
+            self.stats.retries += 1
+            log.warning("InfluxDB %s failed (%s); retrying in %.1f s", what, problem, delay)
+            await self._clock.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._settings.retry_max_s)
+
+    async def _create_database_quietly(self) -> None:
+        try:
+            await self._client.create_database()
+        except (InfluxUnavailable, InfluxRejected) as exc:
+            log.warning("InfluxDB: cannot create database %s: %s", self._settings.database, exc)

@@ -1,0 +1,124 @@
+"""The running aggregator: ingest and the InfluxDB writer in one TaskGroup.
+
+::
+
+    async with Aggregator(config) as agg:      # opens the store, starts both tasks
+        async with asyncio.timeout(30):
+            await agg.wait_for(lambda a: a.ingest.stats.stored >= 10)
+
+Tasks: ``aggregator-ingest`` (MQTT -> verify -> store -> ack) and ``aggregator-influx``
+(store outbox -> InfluxDB). Store calls run on one dedicated thread
+(``puhui-store``): SQLite's commit and fsync then overlap with verification on the event
+loop, and the single thread serialises writes. Leaving the context cancels and awaits
+both tasks, then closes the InfluxDB client, the thread and the store. A task that fails
+(a bug, a broken store) ends the group and the error propagates from ``__aexit__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+from aggregator.config import AggregatorConfig
+from aggregator.influx import InfluxV1Client
+from aggregator.influx_writer import InfluxWriter
+from aggregator.ingest import BatchIngest
+from aggregator.registry import GatewayRegistry
+from aggregator.store import SQLiteEvidenceStore
+from evidence.keys import GatewayKey, load_private_key
+from puhui.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+class Aggregator:
+    """Ingest + InfluxDB writer over one evidence store, as an async context manager."""
+
+    def __init__(
+        self, config: AggregatorConfig, *, clock: Clock | None = None, key: GatewayKey | None = None
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self._key = key
+        self._stack = AsyncExitStack()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._changed = asyncio.Event()  # replaced by a fresh one at every change
+        self._running: list[asyncio.Task[None]] = []
+        self.connected = asyncio.Event()
+        self.store: SQLiteEvidenceStore
+        self.registry: GatewayRegistry
+        self.ingest: BatchIngest
+        self.writer: InfluxWriter
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        key = self._key or load_private_key(self.config.key_file)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-store")
+        self._stack.callback(executor.shutdown, wait=True)
+        loop = asyncio.get_running_loop()
+
+        async def run_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+
+        self.store = SQLiteEvidenceStore(self.config.store.path)
+        self._stack.callback(self.store.close)
+        self.registry = GatewayRegistry(self.store)
+        influx = self.config.influx
+        client = InfluxV1Client(
+            influx.url, influx.database, username=influx.username, password=influx.password,
+            token=influx.token, timeout=influx.timeout_s, retention_policy=influx.retention_policy,
+        )  # fmt: skip
+        await self._stack.enter_async_context(client)
+        self.writer = InfluxWriter(
+            self.store, client, influx, clock=self.clock, run_db=run_db, on_progress=self._progress
+        )
+        self.ingest = BatchIngest(
+            self.config, store=self.store, registry=self.registry, key=key, clock=self.clock,
+            run_db=run_db, on_stored=self.writer.offer, on_progress=self._progress,
+        )  # fmt: skip
+        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._stack.push_async_callback(self._cancel_tasks)
+        self._running = [
+            self._tasks.create_task(
+                self.ingest.serve(on_connected=self.connected.set), name="aggregator-ingest"
+            ),
+            self._tasks.create_task(self.writer.run(), name="aggregator-influx"),
+        ]
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._running:
+            task.cancel()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    def _progress(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for(self, predicate: Callable[[Aggregator], bool]) -> None:
+        """Wait until ``predicate(self)`` holds (checked whenever ingest or the writer moved).
+
+        Bound it with ``asyncio.timeout``.
+        """
+        while not predicate(self):
+            await self._changed.wait()
+
+    async def run_forever(self) -> None:
+        """Block until cancelled (the tasks run in the group)."""
+        await asyncio.Event().wait()

@@ -1,0 +1,575 @@
+"""The evidence store: exact signed batches, verdicts, gaps, rejections, the InfluxDB outbox.
+
+The store is the aggregator's source of truth. A batch is acknowledged only after
+:meth:`SQLiteEvidenceStore.store_batch` returned, i.e. after its transaction is durable
+(SQLite WAL, ``synchronous=FULL``: the WAL is fsynced at every commit). InfluxDB is fed from
+the store through an outbox (``batches.influx_state``), so the time series can always be
+rebuilt from the evidence.
+
+:class:`EvidenceStore` is the Protocol the rest of the aggregator uses; SQLite is the
+embedded default. A server database can replace it when several aggregators share the
+load: the unique key ``(gateway, seq)`` is what makes two aggregators agree (the loser
+gets :class:`StoreConflict` and re-reads the chain), and the outbox is per row, not a
+watermark, so commits in any order are written to InfluxDB exactly once.
+
+Schema (see docs/aggregator.md): ``meta``, ``gateways``, ``gateway_keys``, ``meters``,
+``batches``, ``intervals`` (one row per interval record: where it is in its batch and its
+plausibility issues), ``gaps``, ``rejections``, ``counter_state``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from aggregator.errors import StoreConflict, StoreError
+from aggregator.view import AttestedInterval, BatchRef, MeterInfo
+from evidence.records import IntervalRecord, decode_record
+
+SCHEMA_VERSION = 1
+INFLUX_PENDING, INFLUX_WRITTEN, INFLUX_FAILED = 0, 1, 2
+_PAGE = 2000  # interval rows fetched per query while iterating
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gateways (
+    gateway TEXT PRIMARY KEY, site TEXT NOT NULL, region TEXT,
+    enrolled_ms INTEGER NOT NULL, document BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS gateway_keys (
+    gateway TEXT NOT NULL, key_id TEXT NOT NULL, public_key BLOB NOT NULL,
+    valid_from_seq INTEGER NOT NULL, revoked_from_ms INTEGER, source TEXT NOT NULL,
+    added_ms INTEGER NOT NULL, PRIMARY KEY (gateway, key_id));
+CREATE TABLE IF NOT EXISTS meters (
+    gateway TEXT NOT NULL, meter TEXT NOT NULL, scenario TEXT NOT NULL,
+    rated_power_kw REAL NOT NULL, meter_class TEXT NOT NULL, PRIMARY KEY (gateway, meter));
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT NOT NULL, seq INTEGER NOT NULL,
+    header_sha256 TEXT NOT NULL, prev TEXT NOT NULL, key_id TEXT NOT NULL, root TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, count INTEGER NOT NULL,
+    verdict TEXT NOT NULL, data BLOB NOT NULL,
+    influx_state INTEGER NOT NULL DEFAULT 0, influx_error TEXT,
+    UNIQUE (gateway, seq));
+CREATE INDEX IF NOT EXISTS batches_influx_pending ON batches (id) WHERE influx_state = 0;
+CREATE TABLE IF NOT EXISTS intervals (
+    batch_id INTEGER NOT NULL, idx INTEGER NOT NULL, gateway TEXT NOT NULL,
+    meter TEXT NOT NULL, quantity TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+    issues TEXT, PRIMARY KEY (batch_id, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS intervals_by_meter ON intervals (gateway, meter, start);
+CREATE TABLE IF NOT EXISTS gaps (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, detected_ms INTEGER NOT NULL,
+    filled_ms INTEGER, explained_by_seq INTEGER, PRIMARY KEY (gateway, seq));
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT, seq INTEGER, header_sha256 TEXT,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, received_ms INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counter_state (
+    gateway TEXT NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL,
+    "end" INTEGER NOT NULL, counter_end REAL NOT NULL, PRIMARY KEY (gateway, meter, quantity));
+INSERT OR IGNORE INTO meta VALUES ('schema_version', 1), ('registry_version', 0);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """A gateway key: valid for batches from ``valid_from_seq`` on, until revoked or rotated."""
+
+    gateway: str
+    key_id: str
+    public_key_der: bytes
+    valid_from_seq: int
+    source: str  # "enrolment" | "rotation@<seq>"
+    added_ms: int
+    revoked_from_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEntry:
+    """An enrolled gateway with its meters and every key it ever had."""
+
+    gateway: str
+    site: str
+    region: str | None
+    enrolled_ms: int
+    meters: tuple[MeterInfo, ...]
+    keys: tuple[KeyEntry, ...]
+    document: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRow:
+    """Where an interval record sits in its batch, and its plausibility issues."""
+
+    index: int
+    meter: str
+    quantity: str
+    start: int
+    end: int
+    issues: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedBatch:
+    """Everything stored, in one transaction, for a verified batch the chain accepted."""
+
+    gateway: str
+    seq: int
+    header_sha256: str
+    prev: str
+    key_id: str
+    root: str
+    created_ms: int
+    received_ms: int
+    count: int
+    verdict: str  # append | gap | reorder
+    data: bytes  # the exact signed batch bytes
+    intervals: Sequence[IntervalRow] = ()
+    missing: Sequence[int] = ()  # sequence numbers this batch showed missing (gap)
+    counters: Mapping[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    new_key: KeyEntry | None = None  # announced by a key_rotation record
+    dropped_seqs: Sequence[int] = ()  # batches a drop record says the gateway discarded
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused batch, kept with its bytes for the record."""
+
+    gateway: str | None
+    seq: int | None
+    header_sha256: str | None
+    reason: str
+    detail: str
+    received_ms: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A stored batch whose points are not in InfluxDB yet."""
+
+    id: int
+    gateway: str
+    seq: int
+    verdict: str
+    data: bytes
+    issues: Mapping[int, tuple[str, ...]]  # leaf index -> issues (only implausible ones)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    gateway: str
+    seq: int
+    detected_ms: int
+    filled_ms: int | None
+    explained_by_seq: int | None
+
+
+class EvidenceStore(Protocol):
+    """What the aggregator needs from its evidence store (SQLite by default)."""
+
+    def store_batch(self, batch: AcceptedBatch) -> int: ...
+    def record_rejection(self, rejection: Rejection) -> None: ...
+    def chain_links(self, gateway: str) -> list[tuple[int, str, str]]: ...
+    def counter_state(self, gateway: str) -> dict[tuple[str, str], tuple[int, float]]: ...
+    def save_enrolment(self, entry: GatewayEntry, at_ms: int) -> None: ...
+    def add_key(self, entry: KeyEntry) -> None: ...
+    def revoke_key(self, gateway: str, key_id: str, from_ms: int) -> None: ...
+    def gateways(self) -> list[GatewayEntry]: ...
+    def registry_version(self) -> int: ...
+    def highest_seq(self, gateway: str) -> int: ...
+    def pending_influx(self, limit: int) -> list[PendingBatch]: ...
+    def mark_influx(self, ids: Collection[int], *, error: str | None = None) -> None: ...
+    def meters(self) -> list[MeterInfo]: ...
+    def attested_intervals(
+        self,
+        *,
+        gateway: str | None = None,
+        meters: Collection[str] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[AttestedInterval]: ...
+    def batch_bytes(self, gateway: str, seq: int) -> bytes | None: ...
+    def close(self) -> None: ...
+
+
+def _issues(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split(",")) if text else ()
+
+
+class SQLiteEvidenceStore:
+    """The embedded evidence store: one SQLite file in WAL mode.
+
+    Thread-safe: one connection for writes and one for reads, each behind its own lock, so
+    readers (methodologies, the InfluxDB writer, ``gateways list``) never wait for a commit.
+    Open one per process; several processes may open the same file (SQLite locking).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = self._connect()
+            self._w.executescript(_SCHEMA)
+            self._r = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{self.path}: cannot open the evidence store: {exc}") from exc
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at commit: an ack means durable
+        return conn
+
+    def close(self) -> None:
+        with self._wlock, self._rlock:
+            self._r.close()
+            self._w.close()
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _write(
+        self, what: str, statements: list[tuple[str, Sequence[object] | list[Sequence[object]]]]
+    ) -> None:
+        """Run statements in one IMMEDIATE transaction; executemany when given a list."""
+        with self._wlock:
+            try:
+                self._w.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        if isinstance(params, list):
+                            self._w.executemany(sql, params)
+                        else:
+                            self._w.execute(sql, params)
+                    self._w.execute("COMMIT")
+                except BaseException:
+                    self._w.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError as exc:
+                raise StoreConflict(f"{self.path}: {what}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {what}: {exc}") from exc
+
+    def store_batch(self, batch: AcceptedBatch) -> int:
+        """Store a verified batch with its intervals, gaps and chain effects; durable on return.
+
+        Raises :class:`StoreConflict` if ``(gateway, seq)`` is already stored.
+        """
+        b = batch
+        with self._wlock:
+            try:
+                self._w.execute("BEGIN IMMEDIATE")
+                try:
+                    batch_id = self._insert_batch(b)
+                    self._w.execute("COMMIT")
+                except BaseException:
+                    self._w.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError as exc:
+                raise StoreConflict(f"{self.path}: batch {b.gateway}#{b.seq}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: storing batch {b.gateway}#{b.seq}: {exc}") from exc
+        return batch_id
+
+    def _insert_batch(self, b: AcceptedBatch) -> int:
+        w = self._w
+        cur = w.execute(
+            "INSERT INTO batches (gateway, seq, header_sha256, prev, key_id, root, created_ms,"
+            " received_ms, count, verdict, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (b.gateway, b.seq, b.header_sha256, b.prev, b.key_id, b.root, b.created_ms,
+             b.received_ms, b.count, b.verdict, b.data),
+        )  # fmt: skip
+        batch_id = cur.lastrowid
+        assert batch_id is not None
+        gw = b.gateway
+        w.executemany(
+            'INSERT INTO intervals (batch_id, idx, gateway, meter, quantity, start, "end", issues)'
+            " VALUES (?,?,?,?,?,?,?,?)",
+            [(batch_id, r.index, gw, r.meter, r.quantity, r.start, r.end, ",".join(r.issues) or None)
+             for r in b.intervals],
+        )  # fmt: skip
+        w.executemany(
+            "INSERT OR IGNORE INTO gaps (gateway, seq, detected_ms) VALUES (?,?,?)",
+            [(gw, s, b.received_ms) for s in b.missing],
+        )
+        w.execute(
+            "UPDATE gaps SET filled_ms = ? WHERE gateway = ? AND seq = ? AND filled_ms IS NULL",
+            (b.received_ms, gw, b.seq),
+        )
+        w.executemany(
+            "INSERT INTO gaps (gateway, seq, detected_ms, explained_by_seq) VALUES (?,?,?,?)"
+            " ON CONFLICT (gateway, seq) DO UPDATE SET explained_by_seq = excluded.explained_by_seq",
+            [(gw, s, b.received_ms, b.seq) for s in b.dropped_seqs],
+        )
+        w.executemany(
+            'INSERT INTO counter_state (gateway, meter, quantity, "end", counter_end) VALUES (?,?,?,?,?)'
+            ' ON CONFLICT DO UPDATE SET "end" = excluded."end", counter_end = excluded.counter_end'
+            ' WHERE excluded."end" > counter_state."end"',
+            [(gw, m, q, end, value) for (m, q), (end, value) in b.counters.items()],
+        )
+        if b.new_key is not None:
+            self._insert_key(b.new_key)
+        return batch_id
+
+    def _insert_key(self, k: KeyEntry) -> None:
+        self._w.execute(
+            "INSERT INTO gateway_keys (gateway, key_id, public_key, valid_from_seq, revoked_from_ms,"
+            " source, added_ms) VALUES (?,?,?,?,?,?,?)",
+            (
+                k.gateway,
+                k.key_id,
+                k.public_key_der,
+                k.valid_from_seq,
+                k.revoked_from_ms,
+                k.source,
+                k.added_ms,
+            ),
+        )
+        self._w.execute("UPDATE meta SET value = value + 1 WHERE key = 'registry_version'")
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        r = rejection
+        self._write(
+            "recording a rejection",
+            [
+                (
+                    "INSERT INTO rejections (gateway, seq, header_sha256, reason, detail, received_ms, data)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (r.gateway, r.seq, r.header_sha256, r.reason, r.detail, r.received_ms, r.data),
+                )
+            ],
+        )
+
+    def save_enrolment(self, entry: GatewayEntry, at_ms: int) -> None:
+        """Insert or update the gateway and its meters, and add its (new) keys."""
+        e = entry
+        statements: list[tuple[str, Sequence[object] | list[Sequence[object]]]] = [
+            (
+                "INSERT INTO gateways VALUES (?,?,?,?,?) ON CONFLICT (gateway) DO UPDATE SET"
+                " site = excluded.site, region = excluded.region, document = excluded.document",
+                (e.gateway, e.site, e.region, at_ms, e.document),
+            ),
+            ("DELETE FROM meters WHERE gateway = ?", (e.gateway,)),
+            (
+                "INSERT INTO meters VALUES (?,?,?,?,?)",
+                [(e.gateway, m.meter, m.scenario, m.rated_power_kw, m.meter_class) for m in e.meters],
+            ),
+            (
+                "INSERT OR IGNORE INTO gateway_keys (gateway, key_id, public_key, valid_from_seq,"
+                " revoked_from_ms, source, added_ms) VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        k.gateway,
+                        k.key_id,
+                        k.public_key_der,
+                        k.valid_from_seq,
+                        k.revoked_from_ms,
+                        k.source,
+                        k.added_ms,
+                    )
+                    for k in e.keys
+                ],
+            ),
+            ("UPDATE meta SET value = value + 1 WHERE key = 'registry_version'", ()),
+        ]
+        self._write(f"enrolling {e.gateway}", statements)
+
+    def add_key(self, entry: KeyEntry) -> None:
+        with self._wlock:
+            try:
+                self._w.execute("BEGIN IMMEDIATE")
+                try:
+                    self._insert_key(entry)
+                    self._w.execute("COMMIT")
+                except BaseException:
+                    self._w.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: adding key {entry.key_id}: {exc}") from exc
+
+    def revoke_key(self, gateway: str, key_id: str, from_ms: int) -> None:
+        """Revoke from ``from_ms`` on (an earlier revocation time is kept)."""
+        self._write(
+            f"revoking {gateway} key {key_id}",
+            [
+                (
+                    "UPDATE gateway_keys SET revoked_from_ms = min(coalesce(revoked_from_ms, ?), ?)"
+                    " WHERE gateway = ? AND key_id = ?",
+                    (from_ms, from_ms, gateway, key_id),
+                ),
+                ("UPDATE meta SET value = value + 1 WHERE key = 'registry_version'", ()),
+            ],
+        )
+
+    def mark_influx(self, ids: Collection[int], *, error: str | None = None) -> None:
+        """Mark batches written to InfluxDB, or parked as failed with ``error``."""
+        state = INFLUX_WRITTEN if error is None else INFLUX_FAILED
+        self._write(
+            "updating the InfluxDB outbox",
+            [("UPDATE batches SET influx_state = ?, influx_error = ? WHERE id = ?",
+              [(state, error, i) for i in ids])],
+        )  # fmt: skip
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._rlock:
+            try:
+                return self._r.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: reading: {exc}") from exc
+
+    def chain_links(self, gateway: str) -> list[tuple[int, str, str]]:
+        """``(seq, header_sha256, prev)`` of every stored batch of ``gateway``, by seq."""
+        rows = self._read(
+            "SELECT seq, header_sha256, prev FROM batches WHERE gateway = ? ORDER BY seq", (gateway,)
+        )
+        return [(int(s), str(h), str(p)) for s, h, p in rows]
+
+    def highest_seq(self, gateway: str) -> int:
+        [(top,)] = self._read("SELECT coalesce(max(seq), 0) FROM batches WHERE gateway = ?", (gateway,))
+        return int(top)
+
+    def counter_state(self, gateway: str) -> dict[tuple[str, str], tuple[int, float]]:
+        rows = self._read(
+            'SELECT meter, quantity, "end", counter_end FROM counter_state WHERE gateway = ?', (gateway,)
+        )
+        return {(str(m), str(q)): (int(e), float(v)) for m, q, e, v in rows}
+
+    def registry_version(self) -> int:
+        [(version,)] = self._read("SELECT value FROM meta WHERE key = 'registry_version'")
+        return int(version)
+
+    def gateways(self) -> list[GatewayEntry]:
+        keys: dict[str, list[KeyEntry]] = {}
+        for row in self._read(
+            "SELECT gateway, key_id, public_key, valid_from_seq, source, added_ms, revoked_from_ms"
+            " FROM gateway_keys ORDER BY gateway, valid_from_seq, added_ms"
+        ):
+            entry = KeyEntry(*row)
+            keys.setdefault(entry.gateway, []).append(entry)
+        meters: dict[str, list[MeterInfo]] = {}
+        for info in self.meters():
+            meters.setdefault(info.gateway, []).append(info)
+        rows = self._read(
+            "SELECT gateway, site, region, enrolled_ms, document FROM gateways ORDER BY gateway"
+        )
+        return [
+            GatewayEntry(str(g), str(s), r, int(t), tuple(meters.get(str(g), ())),
+                         tuple(keys.get(str(g), ())), bytes(d))
+            for g, s, r, t, d in rows
+        ]  # fmt: skip
+
+    def gaps(self, gateway: str | None = None) -> list[Gap]:
+        sql = "SELECT gateway, seq, detected_ms, filled_ms, explained_by_seq FROM gaps"
+        rows = self._read(sql + (" WHERE gateway = ?" if gateway else "") + " ORDER BY gateway, seq",
+                          (gateway,) if gateway else ())  # fmt: skip
+        return [Gap(*row) for row in rows]
+
+    def rejections(self, gateway: str | None = None) -> list[Rejection]:
+        sql = "SELECT gateway, seq, header_sha256, reason, detail, received_ms, data FROM rejections"
+        rows = self._read(sql + (" WHERE gateway = ?" if gateway else "") + " ORDER BY id",
+                          (gateway,) if gateway else ())  # fmt: skip
+        return [Rejection(*row) for row in rows]
+
+    def batch_count(self, gateway: str | None = None) -> int:
+        where, params = (" WHERE gateway = ?", (gateway,)) if gateway else ("", ())
+        [(n,)] = self._read("SELECT count(*) FROM batches" + where, params)
+        return int(n)
+
+    def influx_backlog(self) -> tuple[int, int]:
+        """(batches pending, batches parked as failed) in the InfluxDB outbox."""
+        [(pending, failed)] = self._read(
+            "SELECT coalesce(sum(influx_state = 0), 0), coalesce(sum(influx_state = 2), 0) FROM batches"
+        )
+        return int(pending), int(failed)
+
+    def pending_influx(self, limit: int) -> list[PendingBatch]:
+        """The oldest ``limit`` batches not yet written to InfluxDB."""
+        rows = self._read(
+            "SELECT id, gateway, seq, verdict, data FROM batches WHERE influx_state = 0 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        if not rows:
+            return []
+        ids = [int(r[0]) for r in rows]
+        issues: dict[int, dict[int, tuple[str, ...]]] = {i: {} for i in ids}
+        marks = ",".join("?" * len(ids))
+        for batch_id, idx, text in self._read(
+            f"SELECT batch_id, idx, issues FROM intervals WHERE batch_id IN ({marks}) AND issues IS NOT NULL",
+            ids,
+        ):
+            issues[int(batch_id)][int(idx)] = _issues(str(text))
+        return [
+            PendingBatch(int(i), str(g), int(s), str(v), bytes(d), issues[int(i)]) for i, g, s, v, d in rows
+        ]
+
+    # -- the view for methodologies (aggregator.view) ------------------------------------
+
+    def meters(self) -> list[MeterInfo]:
+        """Every enrolled meter, with its gateway's grid region."""
+        rows = self._read(
+            "SELECT m.gateway, m.meter, m.scenario, m.rated_power_kw, m.meter_class, g.region"
+            " FROM meters m JOIN gateways g USING (gateway) ORDER BY m.gateway, m.meter"
+        )
+        return [MeterInfo(*row) for row in rows]
+
+    def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
+        """The exact signed bytes of a stored batch, or None."""
+        rows = self._read("SELECT data FROM batches WHERE gateway = ? AND seq = ?", (gateway, seq))
+        return bytes(rows[0][0]) if rows else None
+
+    def attested_intervals(
+        self,
+        *,
+        gateway: str | None = None,
+        meters: Collection[str] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[AttestedInterval]:
+        """Stored interval records, in arrival order (batch, then leaf index).
+
+        Filters: ``gateway``; ``meters`` (meter ids); ``start``/``end`` (POSIX seconds) keep
+        intervals lying within ``[start, end)``: ``interval.start >= start`` and
+        ``interval.end <= end``. Each record is decoded from the stored batch bytes.
+        """
+        where: list[str] = ["(i.batch_id, i.idx) > (?, ?)"]
+        params: list[object] = []
+        if gateway is not None:
+            where.append("i.gateway = ?")
+            params.append(gateway)
+        if meters is not None:
+            wanted = list(meters)
+            if not wanted:
+                return
+            where.append(f"i.meter IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if start is not None:
+            where.append("i.start >= ?")
+            params.append(start)
+        if end is not None:
+            where.append('i."end" <= ?')
+            params.append(end)
+        sql = (
+            "SELECT i.batch_id, i.idx, i.issues, b.gateway, b.seq, b.header_sha256, b.root, b.key_id"
+            f" FROM intervals i JOIN batches b ON b.id = i.batch_id WHERE {' AND '.join(where)}"
+            f" ORDER BY i.batch_id, i.idx LIMIT {_PAGE}"
+        )
+        after: tuple[int, int] = (-1, -1)
+        lines: tuple[int, list[bytes]] = (-1, [])
+        while True:
+            rows = self._read(sql, [*after, *params])
+            for batch_id, idx, issues, gw, seq, digest, root, kid in rows:
+                if lines[0] != batch_id:
+                    [(data,)] = self._read("SELECT data FROM batches WHERE id = ?", (batch_id,))
+                    lines = (int(batch_id), bytes(data).split(b"\n")[2:-1])
+                record = decode_record(lines[1][int(idx)])
+                if isinstance(record, IntervalRecord):
+                    ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
+                    yield AttestedInterval(ref, int(idx), record, _issues(issues))
+            if len(rows) < _PAGE:
+                return
+            after = (int(rows[-1][0]), int(rows[-1][1]))

@@ -1,0 +1,133 @@
+"""Gateway site configs for a running firmware_sim fleet (demo, end-to-end tests).
+
+:func:`site_for` maps every simulated device of one fleet site to the meter an installer
+would configure for it: the shipped profile of its kind, its endpoint (TCP port, RTU
+pseudo-terminal, MQTT topic), its scenario from its physics, and the quantities that count.
+The result is plain YAML-ready data; the caller adds the ``evidence`` and ``uplink``
+sections and validates it with :func:`gateway.config.parse_site` like any file.
+
+Main meters of a whole site (``load`` physics) are left out: they measure consumption that
+no methodology credits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from firmware_sim import Fleet
+from firmware_sim.config import DeviceSpec, expand
+from firmware_sim.device import Device
+
+SCENARIO = {"heating": "clean_heating", "pv": "pv", "pv_house": "pv", "ev": "ev_charging"}
+PROFILE = {
+    "sdm630": "sdm630",
+    "sdm120": "sdm120",
+    "sunspec_inverter": "sunspec",
+    "sunspec_meter": "sunspec",
+    "heat_meter": "heat-meter-converter",
+    "alfen": "alfen-socket",
+    "abb": "abb-terra-ac",
+}
+COUNTS = {
+    "sdm630": ["energy_import"],
+    "sdm120": ["energy_import"],
+    "sunspec_inverter": ["energy_generated"],
+    "sunspec_meter": ["energy_import", "energy_export"],
+    "heat_meter": ["heat_energy"],
+    "alfen": ["energy_delivered"],
+    "abb": ["session_energy"],
+}
+
+
+def _rated_kw(spec: DeviceSpec) -> float:
+    ph = spec.config.physics
+    for attr in ("rated_kw", "power_limit_kw", "kwp"):
+        value = getattr(ph, attr, None)
+        if value:  # a heat pump delivers up to COP x its electrical rating as heat
+            return float(value) * (4.0 if attr == "rated_kw" and spec.kind == "heat_meter" else 1.0)
+    return 30.0
+
+
+def _meter_class(kind: str) -> str:
+    return {"heat_meter": "heat_2", "alfen": "B", "abb": "B"}.get(kind, "1")
+
+
+def site_for(
+    fleet: Fleet,
+    site: str,
+    gateway_id: str,
+    *,
+    interval_minutes: int = 15,
+    poll_s: float = 60.0,
+    fast_poll_s: float | None = None,
+    timeout_s: float = 2.0,
+    mqtt: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """The site config (as data) of fleet site ``site``, for gateway ``gateway_id``."""
+    meters: list[dict[str, Any]] = []
+    buses: dict[str, str] = {}
+    specs = {s.name: s for s in expand(fleet.config)}
+    for name, dev in fleet.devices.items():
+        spec = specs[name]
+        if spec.site.name != site:
+            continue
+        scenario = SCENARIO.get(spec.config.physics.model)
+        if scenario is None:
+            continue
+        kind = spec.kind
+        base = {
+            "scenario": scenario,
+            "nameplate": {"rated_power_kw": _rated_kw(spec), "meter_class": _meter_class(kind)},
+        }
+        if kind in ("mqtt_plain", "mqtt_tasmota"):
+            if mqtt is None:
+                raise ValueError(f"{name}: an MQTT meter needs the broker (mqtt=(host, port))")
+            mqtt_meter = _mqtt_meter(dev, spec, mqtt)
+            meters.append({"id": name, "driver": "mqtt", **base, **mqtt_meter, "counts": ["energy"]})
+            continue
+        ep = dev.endpoint
+        poll = {"fast": fast_poll_s or poll_s, "slow": poll_s}
+        if ep.rtu_path is not None:
+            bus = buses.setdefault(ep.rtu_path, f"bus{len(buses) + 1}")
+            connection: dict[str, Any] = {"bus": bus}
+            driver = "modbus_rtu"
+        else:
+            connection = {"host": ep.host or "127.0.0.1", "port": ep.port, "timeout_s": timeout_s}
+            driver = "modbus_tcp"
+        units = [u for u in ep.units if u != 200] if kind == "alfen" else [ep.unit or 1]
+        for unit in units:
+            meter_id = f"{name}-s{unit}" if kind == "alfen" else name
+            meters.append({
+                "id": meter_id, "driver": driver, "connection": connection, "unit_id": unit,
+                "profile": PROFILE[kind], "counts": COUNTS[kind], "poll": poll, **base,
+            })  # fmt: skip
+    if not meters:
+        raise ValueError(f"fleet site {site!r} has no creditable devices")
+    return {
+        "gateway": {"id": gateway_id, "site": site},
+        "interval_minutes": interval_minutes,
+        "grace_seconds": min(30.0, 2 * poll_s),
+        "serial_buses": [
+            {"id": bus, "port": path, "baudrate": 115200, "inter_frame_delay_ms": 1}
+            for path, bus in buses.items()
+        ],
+        "meters": meters,
+    }
+
+
+def _mqtt_meter(dev: Device, spec: DeviceSpec, broker: tuple[str, int]) -> dict[str, Any]:
+    topic = dev.endpoint.topic
+    if spec.kind == "mqtt_tasmota":  # local time without zone in "Time": take receipt time
+        fields = {
+            "energy": {"path": "ENERGY.Total", "unit": "kWh", "kind": "counter"},
+            "power": {"path": "ENERGY.Power", "unit": "W"},
+        }
+        source: dict[str, Any] = {"topic": topic, "fields": fields}
+    else:
+        fields = {
+            "energy": {"path": "energy_kwh", "unit": "kWh", "kind": "counter"},
+            "power": {"path": "power_w", "unit": "W"},
+        }
+        source = {"topic": topic, "fields": fields, "time": {"path": "ts", "format": "epoch_s"}}
+    source["expected_period_s"] = float(spec.config.interval_s)
+    return {"connection": {"host": broker[0], "port": broker[1]}, "source": source}

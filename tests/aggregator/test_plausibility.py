@@ -1,0 +1,137 @@
+"""Plausibility checks (pure) and the ingest fast decoder's agreement with evidence.decode_record."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregator.config import LimitSettings, PlausibilitySettings
+from aggregator.ingest import _fast_interval
+from aggregator.plausibility import check_intervals
+from aggregator.view import MeterInfo
+from evidence import IntervalRecord, Stats, decode_record, encode_record
+from evidence.errors import MalformedRecord
+from evidence.records import FLAGS
+
+METERS = {"m": MeterInfo("gw", "m", "pv", 4.0, "1")}  # 4 kW x 0.25 h x 1.2 = 1.2 kWh allowed
+
+
+def _rec(start: int = 0, c0: float = 10.0, delta: float = 1.0, **kw: Any) -> dict[str, Any]:
+    base = IntervalRecord(
+        "m",
+        "energy_import",
+        "kWh",
+        start,
+        start + 900,
+        "counter",
+        c0,
+        start * 1000,
+        c0 + delta,
+        (start + 899) * 1000,
+        delta,
+        Stats("kW", 1.0, 2.0, 3.0),
+        90,
+        90,
+    )
+    obj = json.loads(encode_record(base))
+    obj.update(kw)
+    return obj
+
+
+def _check(
+    records: list[dict[str, Any]], state: Any = None, created_ms: int = 2_000_000
+) -> list[tuple[str, ...]]:
+    issues, _ = check_intervals(
+        records,
+        meters=METERS,
+        state=state or {},
+        created_ms=created_ms,
+        now_ms=created_ms,
+        settings=PlausibilitySettings(),
+        limits=LimitSettings(),
+    )
+    return issues
+
+
+def test_each_issue() -> None:
+    assert _check([_rec()]) == [()]
+    assert _check([_rec(delta=2.0)]) == [("energy_above_nameplate",)]
+    assert _check([_rec(stats={"unit": "W", "min": 1.0, "avg": 2.0, "max": 9000.0})]) == [
+        ("power_above_nameplate",)
+    ]
+    assert _check([_rec(stats={"unit": "kW", "min": 3.0, "avg": 2.0, "max": 3.0})]) == [
+        ("stats_inconsistent",)
+    ]
+    assert _check([_rec(counter_end=10.5)]) == [("delta_mismatch",)]
+    assert _check([_rec(counter_end=9.0, delta=-1.0)]) == [("counter_decrease", "negative_delta")]
+    assert _check([_rec(samples=10)]) == [("low_coverage",)]
+    assert _check([_rec(samples=91)]) == [("excess_samples",)]
+    assert _check([_rec(start=5000)], created_ms=5_000_000) == [("timestamp_skew",)]
+    assert _check([_rec(meter="other")]) == [("unknown_meter",)]
+    issues, _ = check_intervals(
+        [_rec()],
+        meters=METERS,
+        state={},
+        created_ms=10**13,
+        now_ms=0,
+        settings=PlausibilitySettings(),
+        limits=LimitSettings(),
+    )
+    assert issues == [("batch_time_ahead",)]
+
+
+def test_counters_are_monotonic_across_batches_unless_flagged() -> None:
+    issues, state = check_intervals(
+        [_rec(0, 10.0), _rec(900, 11.0)],
+        meters=METERS,
+        state={},
+        created_ms=2_000_000,
+        now_ms=2_000_000,
+        settings=PlausibilitySettings(),
+        limits=LimitSettings(),
+    )
+    assert issues == [(), ()] and state == {("m", "energy_import"): (1800, 12.0)}
+    later = 10_000_000
+    assert _check([_rec(1800, 5.0)], state, later) == [("counter_decrease",)]
+    assert _check([_rec(1800, 5.0, flags=["reset"])], state, later) == [()]
+    assert _check([_rec(1800, 12.0)], state, later) == [()]
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+values = st.one_of(st.none(), finite, st.integers(-10, 10), st.text(max_size=3), st.booleans(), st.just([]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(
+        [
+            "meter",
+            "start",
+            "end",
+            "kind",
+            "counter_start",
+            "counter_end_time_ms",
+            "delta",
+            "samples",
+            "expected",
+            "flags",
+            "stats",
+            "unit",
+        ]
+    ),
+    value=st.one_of(values, st.lists(st.sampled_from([*sorted(FLAGS), "bogus"]), max_size=3)),
+)
+def test_fast_decoder_accepts_exactly_what_decode_record_accepts(key: str, value: Any) -> None:
+    obj = _rec()
+    obj[key] = value
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    try:
+        record = decode_record(raw)
+    except MalformedRecord:
+        assert not _fast_interval(json.loads(raw))
+        return
+    if _fast_interval(json.loads(raw)):
+        assert isinstance(record, IntervalRecord)

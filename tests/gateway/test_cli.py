@@ -1,0 +1,144 @@
+"""``puhui gateway``: check a config, run against firmware_sim as a process, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from firmware_sim import Fleet
+from puhui.clock import FastClock
+from tests.sim.helpers import fleet_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _site(fleet: Fleet, clock: FastClock) -> dict[str, Any]:
+    d = fleet.devices
+    meters = [
+        {"id": "elec", "driver": "modbus_tcp", "unit_id": 3, "profile": "sdm630", "scenario": "clean_heating",
+         "connection": {"host": "127.0.0.1", "port": d["elec"].endpoint.port, "timeout_s": 1, "retries": 0},
+         "nameplate": {"rated_power_kw": 20, "meter_class": "1"}, "counts": ["energy_import"],
+         "poll": {"fast": 10, "slow": 10}},
+        {"id": "heat", "driver": "modbus_tcp", "unit_id": 1, "profile": "heat-meter-converter",
+         "scenario": "clean_heating",
+         "connection": {"host": "127.0.0.1", "port": d["heat"].endpoint.port, "timeout_s": 1, "retries": 0},
+         "nameplate": {"rated_power_kw": 40, "meter_class": "heat_2"}, "counts": ["heat_energy"],
+         "poll": {"fast": 10, "slow": 10}},
+    ]  # fmt: skip
+    spec = clock.spec
+    return {
+        "gateway": {"id": "gw-cli-1", "site": "cli-site"},
+        "clock": {"mode": "fast", "epoch": spec.epoch, "factor": spec.factor, "wall_start": spec.wall_start},
+        "interval_minutes": 1,
+        "grace_seconds": 0,
+        "meters": meters,
+    }
+
+
+async def _read_until(stream: asyncio.StreamReader, pattern: str, seen: list[str]) -> re.Match[str]:
+    async with asyncio.timeout(20):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError("process ended before: " + pattern + "\n" + "".join(seen))
+            seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+
+async def _get_json(port: int, path: str) -> Any:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return json.loads(data.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.integration
+async def test_run_polls_logs_state_changes_serves_status_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    cfg = fleet_config(
+        {"kind": "sdm630", "name": "elec", "unit": 3, "physics": {"model": "heating"}},
+        {"kind": "heat_meter", "name": "heat", "unit": 1, "physics": {"model": "heating"}},
+    )
+    clock = FastClock(cfg.clock.epoch_s, 20.0, time.time())
+    async with Fleet(cfg, clock=clock) as fleet:
+        site = tmp_path / "site.yaml"
+        site.write_text(yaml.safe_dump(_site(fleet, clock)))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "puhui", "gateway", "run", "--config", str(site), "--dry-run",
+            "--status-port", "0", cwd=REPO, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        seen: list[str] = []
+        try:
+            port = int(
+                (await _read_until(proc.stderr, r"status endpoint on http://127\.0\.0\.1:(\d+)/", seen))[1]
+            )
+            await _read_until(proc.stderr, r"device (elec|heat): unknown -> up", seen)
+            await _read_until(proc.stderr, r"device (elec|heat): unknown -> up", seen)
+            fleet.devices["heat"].set_faults(timeout=True)
+            await _read_until(proc.stderr, r"device heat: up -> failing", seen)
+            status = await _get_json(port, "/status")
+            assert status["gateway"] == "gw-cli-1"
+            assert status["devices"]["elec"]["state"] == "up"
+            assert status["devices"]["heat"]["state"] in {"failing", "breaker_open"}
+            fleet.devices["heat"].clear_faults()
+            await _read_until(proc.stderr, r"device heat: (failing|breaker_open) -> up", seen)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                rest = (await proc.stderr.read()).decode()
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    log = "".join(seen) + rest
+    assert code == 0, log
+    assert "gateway gw-cli-1: stopping" in rest
+    assert "Traceback" not in log
+    # one line per state change, not one per failed poll
+    assert len(re.findall(r"device heat: up -> failing", log)) == 1
+
+
+def test_check_reports_every_error_with_file_and_path(tmp_path: Path) -> None:
+    import subprocess
+
+    site = tmp_path / "bad.yaml"
+    site.write_text(
+        "gateway: {id: gw-1, site: s}\n"
+        "interval_minutes: 7\n"
+        "meters:\n"
+        "  - {id: m, driver: modbus_tcp, connection: {host: h}, unit_id: 1, profile: sdm63,\n"
+        "     scenario: pv, nameplate: {rated_power_kw: 5, meter_class: '1'}, counts: [energy_import]}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "puhui", "gateway", "check", "--config", str(site)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "bad.yaml: interval_minutes" in out.stderr
+    assert "bad.yaml: meters[0].profile: 'sdm63' is not a shipped profile (sdm630?)" in out.stderr
+
+
+def test_check_prints_the_plan_of_a_shipped_site() -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "puhui", "gateway", "check", "--config", "config/sites/zhangjiakou-school.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "gw-zjk-school-01" in out.stdout and "heat-pump-heat" in out.stdout
