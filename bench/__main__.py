@@ -15,7 +15,11 @@ from pathlib import Path
 
 from bench.common import Figure
 
-BENCHMARKS = ["bench.evidence_bench", "bench.bench_acquisition", "bench.bench_ingest"]  # explicit list: no folder scanning
+BENCHMARKS = [
+    "bench.evidence_bench",
+    "bench.bench_acquisition",
+    "bench.bench_ingest",
+]  # explicit list: no folder scanning
 RESULTS = Path(__file__).with_name("results.md")
 
 

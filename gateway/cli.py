@@ -218,9 +218,11 @@ def enrolment_for(site: SiteConfig, key: GatewayKey, *, created_ms: int) -> byte
     and every enabled meter with its scenario and nameplate."""
     meters = [
         EnrolledMeter(
-            id=m.id, scenario=m.scenario, rated_power_kw=m.nameplate.rated_power_kw,
+            id=m.id,
+            scenario=m.scenario,
+            rated_power_kw=m.nameplate.rated_power_kw,
             meter_class=m.nameplate.meter_class,
-        )  # fmt: skip
+        )
         for m in site.meters
         if m.enabled
     ]

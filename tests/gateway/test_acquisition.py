@@ -163,7 +163,10 @@ async def test_interval_deltas_equal_ground_truth_for_every_device_type_with_res
 ) -> None:
     broker = (mosquitto.host, mosquitto.port)
     cfg = fleet_config(
-        *DEVICES, step_s=PERIOD, truth_interval_s=PERIOD, mqtt={"host": broker[0], "port": broker[1], "qos": 1}
+        *DEVICES,
+        step_s=PERIOD,
+        truth_interval_s=PERIOD,
+        mqtt={"host": broker[0], "port": broker[1], "qos": 1},
     )
     start = cfg.clock.epoch_s
     clock = ManualClock(start)

@@ -136,8 +136,9 @@ def test_check_reports_every_error_with_file_and_path(tmp_path: Path) -> None:
 def test_check_prints_the_plan_of_a_shipped_site() -> None:
     import subprocess
 
+    site = "config/sites/zhangjiakou-school.yaml"
     out = subprocess.run(
-        [sys.executable, "-m", "puhui", "gateway", "check", "--config", "config/sites/zhangjiakou-school.yaml"],
+        [sys.executable, "-m", "puhui", "gateway", "check", "--config", site],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
