@@ -143,3 +143,41 @@ def test_check_prints_the_plan_of_a_shipped_site() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "gw-zjk-school-01" in out.stdout and "heat-pump-heat" in out.stdout
+
+
+def test_keygen_then_enrol_gives_a_document_the_aggregator_accepts(tmp_path: Path) -> None:
+    import subprocess
+
+    from evidence.enrolment import parse_enrolment
+    from evidence.keys import load_private_key
+
+    key_file = tmp_path / "keys" / "gw.pem"
+    key_file.parent.mkdir(mode=0o700)
+    data = yaml.safe_load((REPO / "config/sites/zhangjiakou-school.yaml").read_text())
+    data["gateway"]["grid_region"] = "north"
+    data["evidence"] = {"key_file": str(key_file), "state_dir": str(tmp_path / "state")}
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+
+    def puhui(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "puhui", "gateway", *args, "--config", str(site)],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    first = puhui("keygen")
+    assert first.returncode == 0, first.stderr
+    key = load_private_key(key_file)
+    assert key.key_id in first.stdout
+    again = puhui("keygen")  # never overwrites a key
+    assert again.returncode != 0 and load_private_key(key_file).key_id == key.key_id
+    doc_file = tmp_path / "enrol.json"
+    out = puhui("enrol", "--out", str(doc_file))
+    assert out.returncode == 0, out.stderr
+    doc = parse_enrolment(doc_file.read_bytes())
+    assert (doc.gateway, doc.site, doc.region, doc.key_id) == (
+        "gw-zjk-school-01", "zhangjiakou-school-7", "north", key.key_id,
+    )  # fmt: skip
+    assert [m.id for m in doc.meters] == [m["id"] for m in data["meters"]]
+    heat = next(m for m in doc.meters if m.id == "heat-pump-heat")
+    assert (heat.scenario, heat.rated_power_kw, heat.meter_class) == ("clean_heating", 36.0, "heat_2")
