@@ -19,6 +19,7 @@ BENCHMARKS = [
     "bench.evidence_bench",
     "bench.bench_acquisition",
     "bench.bench_ingest",
+    "bench.bench_outbox",
 ]  # explicit list: no folder scanning
 RESULTS = Path(__file__).with_name("results.md")
 

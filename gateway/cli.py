@@ -141,18 +141,15 @@ async def run_until_stopped(
 async def _open_sink(
     stack: contextlib.AsyncExitStack, site: SiteConfig, clock: Clock, dry_run: bool
 ) -> tuple[IntervalSink, Any]:
-    evidence = getattr(site, "evidence", None)
-    if dry_run or evidence is None:
-        if not dry_run:
-            log.warning("gateway %s: no evidence section: intervals stay in memory", site.gateway.id)
+    if dry_run:
+        log.warning("gateway %s: dry run: intervals stay in memory, nothing is sealed", site.gateway.id)
         return MemorySink(), dict
+    evidence = site.evidence
     from evidence.keys import load_private_key
     from gateway.pipeline import EvidencePipeline
 
     key = load_private_key(Path(evidence.key_file))
-    pipeline = EvidencePipeline(
-        evidence, getattr(site, "uplink", None), gateway_id=site.gateway.id, key=key, clock=clock
-    )
+    pipeline = EvidencePipeline(evidence, site.uplink, gateway_id=site.gateway.id, key=key, clock=clock)
     await stack.enter_async_context(pipeline)
     return pipeline, pipeline.status
 
@@ -176,9 +173,7 @@ def _keygen(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    evidence = getattr(site, "evidence", None)
-    if evidence is None:
-        return _fail(f"{args.config}: no evidence section (evidence.key_file names the key)")
+    evidence = site.evidence
     path = Path(evidence.key_file)
     key = generate_key()
     try:
@@ -197,9 +192,7 @@ def _enrol(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    evidence = getattr(site, "evidence", None)
-    if evidence is None:
-        return _fail(f"{args.config}: no evidence section (evidence.key_file names the key)")
+    evidence = site.evidence
     try:
         key = load_private_key(Path(evidence.key_file))
     except EvidenceError as exc:

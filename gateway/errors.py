@@ -5,7 +5,9 @@
     GatewayError
     ├── ConfigError                 a site config file is unreadable or invalid
     │                               (.issues: every problem, each with its path)
-    └── IntervalError               the interval builder was set up inconsistently
+    ├── IntervalError               the interval builder was set up inconsistently
+    ├── EvidenceStoreError          the state database cannot be used (other gateway, schema)
+    └── UplinkSetupError            a file the uplink settings name cannot be used
 
 Samples that are bad (NaN, late, out of order, from the future) are not errors: the
 interval builder counts them and flags the intervals they touch. Device failures are
@@ -37,10 +39,6 @@ class IntervalError(GatewayError, ValueError):
 
 
 # -- evidence pipeline (gateway/store.py, gateway/uplink.py) ----------------------------
-#
-#   GatewayError
-#   ├── EvidenceStoreError          the state database cannot be used (other gateway, schema)
-#   └── UplinkSetupError            a file the uplink settings name cannot be used
 
 
 class EvidenceStoreError(GatewayError):

@@ -21,8 +21,15 @@ T0 = 1_700_000_100 - 1_700_000_100 % L  # an interval boundary
 
 
 def counter(**kw: object) -> SeriesSpec:
-    base: dict[str, object] = dict(meter="m1", quantity="energy_import", unit="Wh", kind="counter",
-                                   poll_period=60.0, stats_quantity="power", stats_unit="W")
+    base: dict[str, object] = dict(
+        meter="m1",
+        quantity="energy_import",
+        unit="Wh",
+        kind="counter",
+        poll_period=60.0,
+        stats_quantity="power",
+        stats_unit="W",
+    )
     base.update(kw)
     return SeriesSpec(**base)  # type: ignore[arg-type]
 
