@@ -92,7 +92,7 @@ def _site(fleet: Fleet, clock: FastClock, tmp: Path, broker: PrivateMosquitto) -
             "aggregator_public_key": str(tmp / "aggregator.pub.pem"),
             "resend_after_s": 120,
             "reconnect": {"initial_s": 0.2, "max_s": 1.0},
-        },  # fmt: skip
+        },
     }
 
 
@@ -158,7 +158,7 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                 closed = list(tee.records)
                 async with asyncio.timeout(60):
                     while pipeline.status()["outbox_depth_batches"] or pipeline.status()["pending_records"]:
-                        await asyncio.sleep(0.1)
+                        await asyncio.sleep(0.1)  # noqa: ASYNC110 - the pipeline exposes counters, no event
             async with asyncio.timeout(60):
                 await agg.wait_for(lambda a: a.writer.stats.batches_written >= a.ingest.stats.stored)
             stored = list(agg.store.attested_intervals(gateway="gw-e2e-1"))
