@@ -158,7 +158,7 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                 closed = list(tee.records)
                 async with asyncio.timeout(60):
                     while pipeline.status()["outbox_depth_batches"] or pipeline.status()["pending_records"]:
-                        await asyncio.sleep(0.1)  # noqa: ASYNC110 - the pipeline exposes counters, no event
+                        await asyncio.sleep(0.1)
             async with asyncio.timeout(60):
                 await agg.wait_for(lambda a: a.writer.stats.batches_written >= a.ingest.stats.stored)
             stored = list(agg.store.attested_intervals(gateway="gw-e2e-1"))
