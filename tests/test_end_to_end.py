@@ -157,7 +157,10 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                     health = dict(gateway.poller.health)
                 closed = list(tee.records)
                 async with asyncio.timeout(60):
-                    while pipeline.status()["outbox_depth_batches"] or pipeline.status()["pending_records"]:
+                    drained = lambda s=pipeline.status: (
+                        not (s()["outbox_depth_batches"] or s()["pending_records"])
+                    )  # noqa: E731
+                    while not drained():  # noqa: ASYNC110 - the pipeline exposes counters, no event
                         await asyncio.sleep(0.1)
             async with asyncio.timeout(60):
                 await agg.wait_for(lambda a: a.writer.stats.batches_written >= a.ingest.stats.stored)
