@@ -157,10 +157,7 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                     health = dict(gateway.poller.health)
                 closed = list(tee.records)
                 async with asyncio.timeout(60):
-                    drained = lambda s=pipeline.status: (
-                        not (s()["outbox_depth_batches"] or s()["pending_records"])
-                    )  # noqa: E731
-                    while not drained():  # noqa: ASYNC110 - the pipeline exposes counters, no event
+                    while not _drained(pipeline):  # noqa: ASYNC110 - the pipeline exposes counters, no event
                         await asyncio.sleep(0.1)
             async with asyncio.timeout(60):
                 await agg.wait_for(lambda a: a.writer.stats.batches_written >= a.ingest.stats.stored)
@@ -199,6 +196,11 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                 break
             await asyncio.sleep(0.2)
     assert count == sum(r.delta is not None for r in closed)
+
+
+def _drained(pipeline: EvidencePipeline) -> bool:
+    status = pipeline.status()
+    return not (status["outbox_depth_batches"] or status["pending_records"])
 
 
 def _key(r: IntervalRecord) -> tuple[str, str, int]:
