@@ -235,3 +235,25 @@ async def test_silent_rtu_meter_fails_alone_and_the_bus_keeps_serving_the_others
         assert not bad.ok and bad.error is not None and bad.error.startswith("hp-0 (rtu rs485): unit 5 fc")
         assert good.ok and good.requests == 2 and alive.request_count == 2, good.error
         assert owner.frames == 3  # the silent meter's first request ended its poll
+
+
+@pytest.mark.integration
+async def test_idle_connection_is_reopened_before_the_device_drops_it() -> None:
+    """Alfen chargers drop a Modbus TCP connection idle for 60 s; with ``idle_close_s`` the
+    reader reopens it itself instead of losing a request to a dead socket."""
+    from drivers.modbus_tcp.driver import TcpRegisterReader
+
+    cfg = fleet_config(SDM)
+    clock = ManualClock(cfg.clock.epoch_s)
+    async with Fleet(cfg, clock=clock) as fleet:
+        port = fleet.devices["m"].endpoint.port or 0
+        request = ReadRequest(3, 4, 0, 2, ())
+        for idle_close_s, expected in ((None, 1), (0.05, 2)):
+            reader = TcpRegisterReader("127.0.0.1", port, timeout_s=2, idle_close_s=idle_close_s)
+            try:
+                assert len(await reader.read(request)) == 2
+                await asyncio.sleep(0.1)  # idle, in wall time: physical connections idle in wall time
+                assert len(await reader.read(request)) == 2
+                assert reader.connects == expected, idle_close_s
+            finally:
+                await reader.aclose()
