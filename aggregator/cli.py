@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError
+from aggregator.methodology import cli as methodology_cli
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from evidence.errors import EvidenceError
@@ -52,10 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_keygen)
 
-    # Hook: the methodology engine's ``reductions`` subcommand group goes here, as
-    #   from aggregator.methodology import cli as methodology_cli
-    #   methodology_cli.add_arguments(sub.add_parser("reductions", help="..."))
-    # (module aggregator.methodology.cli, being written separately; not imported yet).
+    methodology_cli.add_arguments(
+        sub.add_parser("reductions", help="compute, list, show and verify signed reduction statements")
+    )
 
 
 def _fail(message: str) -> int:

@@ -20,6 +20,7 @@ BENCHMARKS = [
     "bench.bench_acquisition",
     "bench.bench_ingest",
     "bench.bench_outbox",
+    "bench.bench_methodology",
 ]  # explicit list: no folder scanning
 RESULTS = Path(__file__).with_name("results.md")
 

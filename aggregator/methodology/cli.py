@@ -1,0 +1,209 @@
+"""``puhui aggregator reductions``: compute, list, show and verify reduction statements.
+
+Every command takes ``--db``, the aggregator's SQLite database: the evidence store
+(``aggregator.store.EvidenceStore``, imported only when a command runs) and the statement
+tables live there. Tests inject an evidence source with ``args.open_evidence``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from aggregator.methodology.engine import Period, Subject, Unit, compute
+from aggregator.methodology.errors import MethodologyError
+from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
+from aggregator.methodology.source import EvidenceSource
+from aggregator.methodology.statements import issue_statement
+from aggregator.methodology.store import StatementStore
+from aggregator.methodology.verify import verify_statement
+from aggregator.view import AttestedInterval, MeterInfo
+from evidence.errors import EvidenceError
+from evidence.keys import PublicKey, load_private_key, load_public_key
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("compute", help="compute, sign and store a statement for a subject and period")
+    _db(p)
+    p.add_argument("--key", type=Path, required=True, help="aggregator private key (PKCS#8 PEM, mode 0600)")
+    p.add_argument("--params", type=Path, required=True, help="parameter set file (config/methodologies/)")
+    p.add_argument("--gateway", required=True)
+    p.add_argument("--meter", action="append", default=[], help="a meter as its own unit (repeatable)")
+    p.add_argument("--unit", action="append", default=[], help="ID=METER+METER: meters earning as one unit")
+    p.add_argument("--start", type=_time, required=True, help="POSIX seconds or ISO 8601 with offset")
+    p.add_argument("--end", type=_time, required=True)
+    p.add_argument("--influx-url", help="also write the statement to InfluxDB (v1 HTTP API)")
+    p.add_argument("--influx-db", default="puhui")
+    p.set_defaults(func=_compute)
+    p = sub.add_parser("list", help="list stored statements")
+    _db(p)
+    p.add_argument("--gateway")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("show", help="print a stored statement (JSON)")
+    _db(p)
+    p.add_argument("statement", help="statement id (or a unique prefix of >= 8 hex digits)")
+    p.set_defaults(func=_show)
+    p = sub.add_parser("verify", help="verify a statement: signature, evidence, recomputed ER")
+    _db(p)
+    p.add_argument("--issuer", type=Path, required=True, help="aggregator public key (PEM or DER)")
+    p.add_argument("--params-dir", type=Path, default=PARAMS_DIR)
+    p.add_argument("statement")
+    p.set_defaults(func=_verify)
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, required=True, help="aggregator SQLite database")
+    p.set_defaults(open_evidence=_open_evidence_store)
+
+
+def _open_evidence_store(db: Path) -> EvidenceSource:
+    from aggregator.store import SQLiteEvidenceStore
+
+    return _StoreEvidence(SQLiteEvidenceStore(db))
+
+
+class _StoreEvidence:
+    """The evidence store as an :class:`EvidenceSource`: adds ``gateway_public_key`` from the
+    store's enrolment records until the store provides it itself."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def meters(self) -> list[MeterInfo]:
+        return list(self.store.meters())
+
+    def attested_intervals(self, **selection: Any) -> Iterator[AttestedInterval]:
+        return iter(self.store.attested_intervals(**selection))
+
+    def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
+        data = self.store.batch_bytes(gateway, seq)
+        return None if data is None else bytes(data)
+
+    def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None:
+        own = getattr(self.store, "gateway_public_key", None)
+        if own is not None:
+            return cast(PublicKey | None, own(gateway, key_id))
+        for entry in self.store.gateways():
+            for k in entry.keys if entry.gateway == gateway else ():
+                if k.key_id == key_id:
+                    return load_public_key(k.public_key_der)
+        return None
+
+
+def _time(text: str) -> int:
+    if text.lstrip("-").isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a UTC offset (e.g. +08:00)")
+    return int(moment.timestamp())
+
+
+def _fail(message: str) -> int:
+    print(f"puhui aggregator reductions: {message}", file=sys.stderr)
+    return 1
+
+
+def _subject(args: argparse.Namespace) -> Subject:
+    units = [Unit(m, (m,)) for m in args.meter]
+    for spec in args.unit:
+        uid, _, meters = spec.partition("=")
+        if not uid or not meters:
+            raise MethodologyError(f"--unit {spec!r}: expected ID=METER+METER")
+        units.append(Unit(uid, tuple(meters.split("+"))))
+    return Subject(args.gateway, tuple(units))
+
+
+def _compute(args: argparse.Namespace) -> int:
+    try:
+        key = load_private_key(args.key)
+        params = load_parameter_set(args.params)
+        source = args.open_evidence(args.db)
+        comp = compute(source, params, _subject(args), Period(args.start, args.end))
+        statement = issue_statement(comp, key, created_ms=time.time_ns() // 1_000_000)
+        with StatementStore(args.db) as store:
+            store.save(statement)
+    except (MethodologyError, EvidenceError, OSError) as exc:
+        return _fail(str(exc))
+    if args.influx_url:
+        asyncio.run(_to_influx(args.influx_url, args.influx_db, statement))
+    _summary(statement.body, statement.id)
+    return 0
+
+
+async def _to_influx(url: str, db: str, statement: Any) -> None:
+    from aggregator.influx import InfluxV1Client
+    from aggregator.methodology.influx import write_statement
+
+    async with InfluxV1Client(url, db) as client:
+        await write_statement(client, statement)
+
+
+def _summary(body: dict[str, Any], statement_id: str) -> None:
+    r, ev = body["result"], body["evidence"]
+    print(
+        f"statement {statement_id}\n  {body['methodology']['parameter_set']['id']} "
+        f"{body['methodology']['parameter_set']['version']}, period {body['period']['start']}"
+        f"..{body['period']['end']}\n  BE {r['be_tco2e']:.6f}  PE {r['pe_tco2e']:.6f}  LE {r['le_tco2e']:.6f}"
+        f"  ER {r['er_tco2e']:.6f} tCO2e\n  completeness {body['completeness']['value']:.4f}, "
+        f"intervals used {ev['intervals_used']}, excluded {ev['intervals_excluded']} "
+        f"{json.dumps(ev['excluded_by_reason'])}, missing {ev['intervals_missing']}"
+    )
+
+
+def _with_store(args: argparse.Namespace, action: Callable[[StatementStore], int]) -> int:
+    try:
+        with StatementStore(args.db) as store:
+            return action(store)
+    except (MethodologyError, OSError) as exc:
+        return _fail(str(exc))
+
+
+def _list(args: argparse.Namespace) -> int:
+    def run(store: StatementStore) -> int:
+        for s in store.list(gateway=args.gateway):
+            print(
+                f"{s.id}  {s.gateway}  {s.scenario}  {s.parameter_set} {s.parameter_version}  "
+                f"{s.period_start}..{s.period_end}  ER {s.er_tco2e:.6f} tCO2e"
+            )
+        return 0
+
+    return _with_store(args, run)
+
+
+def _show(args: argparse.Namespace) -> int:
+    def run(store: StatementStore) -> int:
+        st = store.get(args.statement)
+        if st is None:
+            return _fail(f"no statement {args.statement}")
+        print(json.dumps({"id": st.id, "body": st.body, "key_id": st.key_id}, indent=2, sort_keys=True))
+        return 0
+
+    return _with_store(args, run)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    def run(store: StatementStore) -> int:
+        st = store.get(args.statement)
+        document = None if st is None else store.document(st.id)
+        if document is None:
+            return _fail(f"no statement {args.statement}")
+        issuer = load_public_key(args.issuer.read_bytes())
+        report = verify_statement(
+            document, issuer_key=issuer, source=args.open_evidence(args.db), params_dir=args.params_dir
+        )
+        print(report, file=sys.stdout if report.ok else sys.stderr)
+        return 0 if report.ok else 1
+
+    try:
+        return _with_store(args, run)
+    except EvidenceError as exc:
+        return _fail(str(exc))

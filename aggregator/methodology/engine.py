@@ -1,0 +1,371 @@
+"""The methodology engine: attested intervals in, per-unit BE, PE, LE and ER out.
+
+Two layers:
+
+- :func:`evaluate`, the **array core**: a matrix of series x interval slots (activity in MWh
+  or GJ, and a status code per slot) for every meter of a subject and the whole period,
+  reduced with numpy. It knows nothing about records or batches; the benchmark feeds it
+  arrays directly.
+- :func:`compute`, the **object path**: reads :class:`AttestedInterval` from an
+  :class:`EvidenceSource`, applies the data policy (:mod:`.series`), and calls the core.
+
+Crediting rules applied here: a *unit* (a PV or EV meter, or a house's heating meters)
+earns for a slot only if every one of its series has a credited interval there; its
+completeness is credited time / period length; a unit below the parameter set's threshold
+earns nothing for the period; ER = max(0, BE - PE - LE) over the statement.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import numpy as np
+
+from aggregator.methodology.errors import ComputationError, IneligibleSubject
+from aggregator.methodology.ev import EVRules
+from aggregator.methodology.heating import HeatingRules
+from aggregator.methodology.params import (
+    EVMethod,
+    GridFactor,
+    HeatingMethod,
+    LoadedParameterSet,
+    ParameterSet,
+    resolve_grid_factor,
+)
+from aggregator.methodology.pv import PVRules
+from aggregator.methodology.scenario import ScenarioRules
+from aggregator.methodology.series import MISSING, OK, EvidenceIndex, SeriesArrays, build_series
+from aggregator.methodology.source import EvidenceSource
+from aggregator.view import AttestedInterval, MeterInfo
+
+CHINA_TZ = timezone(timedelta(hours=8))  # programme years are calendar years in China
+DEFAULT_INTERVAL_S = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A reporting period ``[start, end)`` in POSIX seconds."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ComputationError(f"period end {self.end} is not after start {self.start}")
+
+    @property
+    def seconds(self) -> int:
+        return self.end - self.start
+
+    @property
+    def year(self) -> int:
+        """Calendar year (China time) of the period's start: the EV baseline year."""
+        return datetime.fromtimestamp(self.start, CHINA_TZ).year
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What earns as one: a PV or EV meter, or one house's heat and electricity meters."""
+
+    id: str
+    meters: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The meters of one gateway a statement is for, grouped into units."""
+
+    gateway: str
+    units: tuple[Unit, ...]
+
+    @classmethod
+    def of_meters(cls, gateway: str, meters: Sequence[str]) -> Subject:
+        """One unit per meter."""
+        return cls(gateway, tuple(Unit(m, (m,)) for m in meters))
+
+    @property
+    def meters(self) -> tuple[str, ...]:
+        return tuple(m for u in self.units for m in u.meters)
+
+    def __post_init__(self) -> None:
+        meters = self.meters
+        if not meters:
+            raise ComputationError("a subject needs at least one meter")
+        dup = sorted(m for m, n in Counter(meters).items() if n > 1)
+        if dup:
+            raise ComputationError(f"meters {dup} appear in more than one unit")
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What the core computed: per-unit arrays (length U) and statement totals."""
+
+    completeness: np.ndarray
+    credited: np.ndarray
+    totals: dict[str, np.ndarray]  # credited activity per role and unit (MWh or GJ)
+    be: np.ndarray
+    pe: np.ndarray
+    le: np.ndarray
+    estimated: np.ndarray
+    used: int
+    missing: int
+    excluded: dict[str, int]
+    runs: list[list[tuple[int, int]]]  # per series row: credited [start, end) seconds
+
+    @property
+    def totals_be_pe_le(self) -> tuple[float, float, float]:
+        return float(self.be.sum()), float(self.pe.sum()), float(self.le.sum())
+
+    @property
+    def er(self) -> float:
+        be, pe, le = self.totals_be_pe_le
+        return max(0.0, be - pe - le)
+
+
+def rules_for(params: ParameterSet) -> ScenarioRules:
+    m = params.method
+    if isinstance(m, EVMethod):
+        return EVRules(m)
+    if isinstance(m, HeatingMethod):
+        return HeatingRules(m)
+    return PVRules(m)
+
+
+def evaluate(
+    series: SeriesArrays,
+    n_units: int,
+    rules: ScenarioRules,
+    grid: np.ndarray,
+    *,
+    period: Period,
+    interval_s: int,
+    threshold: float,
+) -> Evaluation:
+    """The array core: series x slots -> per-unit figures, counts and credited runs."""
+    ok = series.status == OK
+    rows = series.unit_of_row
+    valid_u = _all_per_unit(ok, rows, n_units)
+    activity, present = _activity(series, rules.roles, n_units)
+    rejects = rules.screen(activity, valid_u, present)
+    valid = valid_u.copy()
+    for mask in rejects.values():
+        valid &= ~mask
+    completeness = valid.sum(axis=1) * interval_s / period.seconds  # integers first: exact ratios
+    credited = completeness >= threshold
+    totals = {r: np.where(valid, a, 0.0).sum(axis=1) * credited for r, a in activity.items()}
+    figs = rules.figures(totals, present, grid, period.year)
+    used_rows = _per_row(valid & credited[:, None], rows, n_units)
+    excluded = _reason_counts(series, ok, _per_row(valid_u, rows, n_units), rejects, used_rows, credited)
+    return Evaluation(
+        completeness=completeness,
+        credited=credited,
+        totals=totals,
+        be=figs.be * credited,
+        pe=figs.pe * credited,
+        le=figs.le * credited,
+        estimated=figs.estimated,
+        used=int(used_rows.sum()),
+        missing=int((series.status == MISSING).sum()),
+        excluded=excluded,
+        runs=_runs(used_rows, period.start, interval_s),
+    )
+
+
+def _identity(rows: np.ndarray, n_units: int) -> bool:
+    return len(rows) == n_units and bool(np.array_equal(rows, np.arange(n_units)))
+
+
+def _all_per_unit(ok: np.ndarray, rows: np.ndarray, n_units: int) -> np.ndarray:
+    """Per unit and slot: every series of the unit is credited-quality (rows sorted by unit)."""
+    if _identity(rows, n_units):
+        return ok
+    out = np.zeros((n_units, ok.shape[1]), bool)
+    counts = np.bincount(rows, minlength=n_units)
+    has = counts > 0
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[has]
+    if len(starts):
+        out[has] = np.logical_and.reduceat(ok, starts, axis=0)
+    return out
+
+
+def _per_row(unit_mask: np.ndarray, rows: np.ndarray, n_units: int) -> np.ndarray:
+    return unit_mask if _identity(rows, n_units) else unit_mask[rows]
+
+
+def _activity(
+    series: SeriesArrays, roles: Sequence[str], n_units: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    roles_of = np.array([k.role for k in series.keys], dtype=object)
+    activity, present = {}, {}
+    for role in roles:
+        idx = np.flatnonzero(roles_of == role) if len(roles_of) else np.zeros(0, np.intp)
+        units = series.unit_of_row[idx]
+        if len(idx) == n_units and np.array_equal(units, np.arange(n_units)):
+            activity[role] = series.values[idx] if len(idx) != len(roles_of) else series.values
+        else:
+            a = np.zeros((n_units, series.values.shape[1]))
+            np.add.at(a, units, series.values[idx])
+            activity[role] = a
+        present[role] = np.bincount(units, minlength=n_units) > 0
+    return activity, present
+
+
+def _reason_counts(
+    series: SeriesArrays,
+    ok: np.ndarray,
+    unit_valid_rows: np.ndarray,
+    rejects: Mapping[str, np.ndarray],
+    used_rows: np.ndarray,
+    credited: np.ndarray,
+) -> dict[str, int]:
+    """Why each existing interval that was not used earned nothing (one reason each)."""
+    counts = np.bincount(series.status.ravel(), minlength=len(series.reasons))
+    out = {series.reasons[c]: int(n) for c, n in enumerate(counts) if c > MISSING and n}
+    out.update(series.off_grid)
+    rows, n_units = series.unit_of_row, len(credited)
+    left = ok & unit_valid_rows
+    _add(out, "partner_interval_excluded", int((ok & ~unit_valid_rows).sum()))
+    for reason, mask in rejects.items():
+        hit = left & _per_row(mask, rows, n_units)
+        _add(out, reason, int(hit.sum()))
+        left &= ~hit
+    _add(out, "period_below_completeness", int((left & ~used_rows).sum()))
+    return out
+
+
+def _add(out: dict[str, int], reason: str, n: int) -> None:
+    if n:
+        out[reason] = out.get(reason, 0) + n
+
+
+def _runs(used: np.ndarray, start: int, interval_s: int) -> list[list[tuple[int, int]]]:
+    """Credited runs per row, as [start, end) seconds."""
+    n_rows = used.shape[0]
+    padded = np.zeros((n_rows, used.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = used
+    edges = np.diff(padded, axis=1)
+    r_on, c_on = np.nonzero(edges == 1)
+    c_off = np.nonzero(edges == -1)[1]
+    pairs = np.stack((start + c_on * interval_s, start + c_off * interval_s), axis=1).tolist()
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(r_on, minlength=n_rows)))).tolist()
+    return [[(a, b) for a, b in pairs[bounds[r] : bounds[r + 1]]] for r in range(n_rows)]
+
+
+@dataclass(frozen=True, slots=True)
+class Computation:
+    """Everything a statement is made of."""
+
+    params: LoadedParameterSet
+    subject: Subject
+    period: Period
+    interval_s: int
+    meters: dict[str, MeterInfo]
+    grid: list[GridFactor]  # per unit
+    series: SeriesArrays
+    evidence: EvidenceIndex
+    result: Evaluation
+
+
+def compute(
+    source: EvidenceSource,
+    params: LoadedParameterSet,
+    subject: Subject,
+    period: Period,
+    *,
+    commissioned: Mapping[str, int] | None = None,
+) -> Computation:
+    """Compute a subject's reductions for a period from the evidence source."""
+    infos = _meter_infos(source, params.params, subject, period, commissioned or {})
+    intervals = list(
+        source.attested_intervals(
+            gateway=subject.gateway, meters=subject.meters, start=period.start, end=period.end
+        )
+    )
+    return compute_from(intervals, infos, params, subject, period)
+
+
+def compute_from(
+    intervals: Sequence[AttestedInterval],
+    infos: dict[str, MeterInfo],
+    params: LoadedParameterSet,
+    subject: Subject,
+    period: Period,
+) -> Computation:
+    """The object path over intervals already read (the verifier re-derives them)."""
+    items = list(intervals)
+    p = params.params
+    rules = rules_for(p)
+    interval_s = _interval_length(items, subject)
+    grid = [_grid_for(p, infos, u) for u in subject.units]
+    series, evidence = build_series(items, subject, rules, p.data_policy.flags, period, interval_s)
+    result = evaluate(
+        series,
+        len(subject.units),
+        rules,
+        np.array([g.value for g in grid]),
+        period=period,
+        interval_s=interval_s,
+        threshold=p.completeness.threshold,
+    )
+    return Computation(params, subject, period, interval_s, infos, grid, series, evidence, result)
+
+
+def _interval_length(items: Sequence[AttestedInterval], subject: Subject) -> int:
+    meters = set(subject.meters)
+    lengths = Counter(i.record.end - i.record.start for i in items if i.record.meter in meters)
+    return lengths.most_common(1)[0][0] if lengths else DEFAULT_INTERVAL_S
+
+
+def _grid_for(params: ParameterSet, infos: Mapping[str, MeterInfo], unit: Unit) -> GridFactor:
+    regions = sorted({(infos[m].region or "").lower() for m in unit.meters})
+    if len(regions) > 1:
+        raise ComputationError(f"unit {unit.id}: meters name different grid regions {regions}")
+    try:
+        return resolve_grid_factor(params, regions[0] or None)
+    except ValueError as exc:
+        raise ComputationError(f"unit {unit.id}: {exc}") from exc
+
+
+def _meter_infos(
+    source: EvidenceSource,
+    params: ParameterSet,
+    subject: Subject,
+    period: Period,
+    commissioned: Mapping[str, int],
+) -> dict[str, MeterInfo]:
+    known = {m.meter: m for m in source.meters() if m.gateway == subject.gateway}
+    missing = [m for m in subject.meters if m not in known]
+    if missing:
+        raise ComputationError(f"gateway {subject.gateway}: meters {missing} are not enrolled")
+    infos = {m: known[m] for m in subject.meters}
+    check_eligibility(params, infos, period, commissioned)
+    return infos
+
+
+def check_eligibility(
+    params: ParameterSet, infos: Mapping[str, MeterInfo], period: Period, commissioned: Mapping[str, int]
+) -> None:
+    """Scenario, size cap and crediting life; raise :class:`IneligibleSubject`."""
+    scenario = params.method.scenario
+    wrong = sorted(m for m, i in infos.items() if i.scenario != scenario)
+    if wrong:
+        raise IneligibleSubject(f"meters {wrong} are not enrolled for {scenario} ({params.id})")
+    cap = params.eligibility.max_rated_power_kw
+    if cap is not None:
+        big = sorted(f"{m} ({i.rated_power_kw} kW)" for m, i in infos.items() if i.rated_power_kw > cap.value)
+        if big:
+            raise IneligibleSubject(
+                f"{params.id}: {', '.join(big)} above the size cap {cap.value} kW ({cap.source})"
+            )
+    life = params.eligibility.crediting_life_years
+    for meter, since in commissioned.items():
+        if life is not None and meter in infos:
+            last = datetime.fromtimestamp(since, UTC).replace(tzinfo=None)
+            limit = last.replace(year=last.year + int(life.value)).replace(tzinfo=UTC).timestamp()
+            if period.end > limit:
+                raise IneligibleSubject(
+                    f"{meter}: period ends after the {life.value:g}-year crediting life ({life.source})"
+                )

@@ -1,0 +1,376 @@
+"""Versioned parameter sets: every factor and default a methodology uses, with its source.
+
+A parameter set is one YAML file in ``config/methodologies/`` validated by the closed models
+below (``extra="forbid"``: a typo is an error naming the file and the path inside it). A
+statement names the exact set by ``id``, ``version`` and ``sha256``, the SHA-256 of the
+file's exact bytes (what ``sha256sum FILE`` prints): any edit, even to a comment, is a new
+parameter set.
+
+Every factor carries ``value``, ``unit``, ``source`` and ``confidence``: ``documented`` (seen
+in the official text), ``secondary`` (seen only in a transcription) or ``assumed`` (an
+engineering default without an official source), as in the project's methodology reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aggregator.methodology.errors import ParameterSetError
+from evidence.records import FLAGS
+
+FORMAT = "puhui-methodology-params/1"
+PARAMS_DIR = Path(__file__).resolve().parents[2] / "config" / "methodologies"
+HASH_DEFINITION = "sha256 of the parameter file's exact bytes"
+Confidence = Literal["documented", "secondary", "assumed"]
+FlagPolicy = Literal["credit", "exclude"]
+# The reference's data-quality rules: data that are missing, rejected or of unknown time
+# never earn anything. A parameter set may not credit these flags.
+MUST_EXCLUDE = frozenset({"gap", "reset", "invalid_value", "clock_jump", "estimated"})
+
+
+EV_UNITS = {
+    "fuel_emission_factor": "kgCO2/L",
+    "fuel_consumption": "L/km",
+    "ev_consumption": "kWh/km",
+    "baseline_improvement_per_year": "1",
+    "grid_loss_fraction": "1",
+    "leakage_fraction": "1",
+}
+HEATING_UNITS = {
+    "baseline_efficiency": "1",
+    "coal_emission_factor": "tCO2/TJ",
+    "estimated_cop": "1",
+    "cop_min": "1",
+    "cop_max": "1",
+    "leakage_fraction": "1",
+}
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sourced(_Closed):
+    """Where a value comes from and how sure we are of it."""
+
+    source: str = Field(min_length=3)
+    confidence: Confidence
+    note: str = ""
+
+
+class Factor(Sourced):
+    """One numeric parameter with its unit and source."""
+
+    value: float
+    unit: str = Field(min_length=1)
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class AverageSeries(Sourced):
+    """Average grid emission factors by region and data year (e.g. the MEE/NBS notices)."""
+
+    kind: Literal["average"]
+    unit: Literal["tCO2/MWh"]
+    values: dict[str, dict[int, Annotated[float, Field(gt=0, lt=3)]]]
+
+
+class CombinedMarginSeries(Sourced):
+    """Operating and build margins by regional grid; EF = w_om x OM + w_bm x BM."""
+
+    kind: Literal["combined_margin"]
+    unit: Literal["tCO2/MWh"]
+    year: int
+    om: dict[str, Annotated[float, Field(gt=0, lt=3)]]
+    bm: dict[str, Annotated[float, Field(gt=0, lt=3)]]
+    weight_om: Factor
+    weight_bm: Factor
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CombinedMarginSeries:
+        if set(self.om) != set(self.bm):
+            raise ValueError(f"om and bm must name the same regions: {sorted(set(self.om) ^ set(self.bm))}")
+        if not math.isclose(self.weight_om.value + self.weight_bm.value, 1.0, abs_tol=1e-9):
+            raise ValueError("weight_om + weight_bm must be 1")
+        return self
+
+
+class FixedSeries(Sourced):
+    """One programme-specific factor (e.g. Shanghai's 0.42 kgCO2/kWh)."""
+
+    kind: Literal["fixed"]
+    unit: Literal["tCO2/MWh"]
+    region: str
+    value: float = Field(gt=0, lt=3)
+
+
+GridSeries = Annotated[AverageSeries | CombinedMarginSeries | FixedSeries, Field(discriminator="kind")]
+
+
+class GridFactorChoice(_Closed):
+    """Which series, region and data year a statement uses; a meter's enrolled region wins."""
+
+    series: str
+    region: str
+    year: int | None = None
+    use_meter_region: bool = True
+
+
+class Completeness(Sourced):
+    threshold: float = Field(ge=0, le=1)
+
+
+class DataPolicy(Sourced):
+    """What each record flag means for crediting: ``credit`` or ``exclude`` (earns nothing)."""
+
+    flags: dict[str, FlagPolicy]
+
+    @field_validator("flags")
+    @classmethod
+    def _all_flags(cls, flags: dict[str, FlagPolicy]) -> dict[str, FlagPolicy]:
+        missing, unknown = FLAGS - set(flags), set(flags) - FLAGS
+        if missing or unknown:
+            raise ValueError(f"must decide every flag: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        credited = sorted(f for f in MUST_EXCLUDE if flags[f] == "credit")
+        if credited:
+            raise ValueError(f"{credited} must be 'exclude' (data-quality rules: no interpolation)")
+        return flags
+
+
+class Eligibility(_Closed):
+    max_rated_power_kw: Factor | None = None
+    crediting_life_years: Factor | None = None
+
+
+def _expect_units(model: BaseModel, units: dict[str, str]) -> None:
+    wrong = [
+        f"{name}.unit must be {unit!r}, got {getattr(model, name).unit!r}"
+        for name, unit in units.items()
+        if getattr(model, name).unit != unit
+    ]
+    if wrong:
+        raise ValueError("; ".join(wrong))
+
+
+class PVMethod(_Closed):
+    """BE = EG x EF_grid; PE = LE = 0. EG is the quantity the programme credits."""
+
+    scenario: Literal["pv"]
+    credited_quantity: Literal["energy_export", "energy_generated"]
+    credited_quantity_basis: Sourced
+
+
+class EVMethod(_Closed):
+    """BE = E / EC_ev x SFC x EF_fuel x improvement^(year - base); PE = E x EF_grid x (1 + loss)."""
+
+    scenario: Literal["ev_charging"]
+    lifetime_quantities: list[str] = Field(min_length=1)
+    per_session_quantities: list[str]
+    per_session_counters: Literal["refuse", "convert"]
+    fuel_emission_factor: Factor
+    fuel_consumption: Factor
+    ev_consumption: Factor
+    baseline_improvement_per_year: Factor
+    improvement_base_year: int
+    grid_loss_fraction: Factor
+    leakage_fraction: Factor
+
+    @model_validator(mode="after")
+    def _units(self) -> EVMethod:
+        _expect_units(self, EV_UNITS)
+        return self
+
+
+class HeatingMethod(_Closed):
+    """BE = Q / eta_BL x EF_coal; PE = E x EF_grid; LE = leakage x BE."""
+
+    scenario: Literal["clean_heating"]
+    heat_quantities: list[str] = Field(min_length=1)
+    electricity_quantities: list[str] = Field(min_length=1)
+    baseline_efficiency: Factor
+    coal_emission_factor: Factor
+    estimated_cop: Factor
+    cop_min: Factor
+    cop_max: Factor
+    leakage_fraction: Factor
+
+    @model_validator(mode="after")
+    def _units(self) -> HeatingMethod:
+        _expect_units(self, HEATING_UNITS)
+        if not 0 < self.cop_min.value <= self.estimated_cop.value <= self.cop_max.value:
+            raise ValueError("need 0 < cop_min <= estimated_cop <= cop_max")
+        if not 0 < self.baseline_efficiency.value <= 1:
+            raise ValueError("baseline_efficiency must be in (0, 1]")
+        return self
+
+
+Method = Annotated[PVMethod | EVMethod | HeatingMethod, Field(discriminator="scenario")]
+
+
+class ParameterSet(_Closed):
+    """One versioned parameter set for one methodology."""
+
+    format: Literal["puhui-methodology-params/1"]
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{2,63}$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    title: str
+    programme: str
+    method: Method
+    grid_series: dict[str, GridSeries]
+    grid_factor: GridFactorChoice
+    completeness: Completeness
+    data_policy: DataPolicy
+    eligibility: Eligibility = Eligibility()
+
+    @model_validator(mode="after")
+    def _grid_choice_exists(self) -> ParameterSet:
+        if self.grid_factor.series not in self.grid_series:
+            raise ValueError(f"grid_factor.series {self.grid_factor.series!r} is not in grid_series")
+        resolve_grid_factor(self, None)  # the default region/year must resolve
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class GridFactor:
+    """The grid factor one meter gets: value in tCO2/MWh and where it comes from."""
+
+    value: float
+    series: str
+    region: str
+    year: int | None
+    source: str
+    confidence: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "unit": "tCO2/MWh",
+            "series": self.series,
+            "region": self.region,
+            "year": self.year,
+            "source": self.source,
+            "confidence": self.confidence,
+        }
+
+
+def resolve_grid_factor(params: ParameterSet, meter_region: str | None) -> GridFactor:
+    """The grid factor for a meter's region (or the set's default region). Raises ValueError
+    when the region or year is not in the series: no silent fallback to another region."""
+    choice = params.grid_factor
+    region = meter_region if (meter_region and choice.use_meter_region) else choice.region
+    s = params.grid_series[choice.series]
+    if isinstance(s, FixedSeries):
+        return GridFactor(s.value, choice.series, s.region, None, s.source, s.confidence)
+    if isinstance(s, CombinedMarginSeries):
+        if region not in s.om:
+            raise ValueError(f"region {region!r} is not in series {choice.series!r} ({sorted(s.om)})")
+        value = s.weight_om.value * s.om[region] + s.weight_bm.value * s.bm[region]
+        conf = "assumed" if "assumed" in (s.weight_om.confidence, s.weight_bm.confidence) else s.confidence
+        source = f"{s.source}; weights: {s.weight_om.source}"
+        return GridFactor(value, choice.series, region, s.year, source, conf)
+    years = s.values.get(region)
+    if years is None:
+        raise ValueError(f"region {region!r} is not in series {choice.series!r} ({sorted(s.values)})")
+    if choice.year not in years:
+        raise ValueError(f"series {choice.series!r} has no year {choice.year} for {region!r}")
+    return GridFactor(years[choice.year], choice.series, region, choice.year, s.source, s.confidence)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedParameterSet:
+    """A validated parameter set with the hash of the bytes it was read from."""
+
+    params: ParameterSet
+    sha256: str
+    path: Path | None = None
+
+    @property
+    def id(self) -> str:
+        return self.params.id
+
+    @property
+    def version(self) -> str:
+        return self.params.version
+
+    def reference(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version, "sha256": self.sha256, "hash": HASH_DEFINITION}
+
+
+def parse_parameter_set(data: bytes, name: str = "<parameters>") -> LoadedParameterSet:
+    """Validate parameter-file bytes; errors name ``name`` and every failing path."""
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ParameterSetError(f"{name}: not valid YAML: {exc}") from exc
+    try:
+        params = ParameterSet.model_validate(raw)
+    except ValidationError as exc:
+        raise ParameterSetError("\n".join(_issues(exc, name))) from exc
+    return LoadedParameterSet(params, hashlib.sha256(data).hexdigest())
+
+
+def load_parameter_set(path: str | Path) -> LoadedParameterSet:
+    """Read and validate one parameter file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ParameterSetError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    loaded = parse_parameter_set(data, str(p))
+    return LoadedParameterSet(loaded.params, loaded.sha256, p)
+
+
+def find_parameter_set(
+    set_id: str, version: str, sha256: str | None = None, directory: Path = PARAMS_DIR
+) -> LoadedParameterSet:
+    """The parameter set ``id``/``version`` in ``directory``; with ``sha256``, exactly those bytes."""
+    for path in sorted(directory.glob("*.yaml")):
+        loaded = load_parameter_set(path)
+        if loaded.id == set_id and loaded.version == version:
+            if sha256 is not None and loaded.sha256 != sha256:
+                raise ParameterSetError(
+                    f"{path}: parameter set {set_id} {version} has sha256 {loaded.sha256}, "
+                    f"the statement names {sha256}: the file was changed"
+                )
+            return loaded
+    raise ParameterSetError(f"{directory}: no parameter set {set_id} version {version}")
+
+
+def _issues(exc: ValidationError, name: str) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        path = _format_path([p for p in err["loc"] if not _is_tag(p)])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required, missing"
+        out.append(f"{name}: {path}: {msg}" if path else f"{name}: {msg}")
+    return out
+
+
+_TAGS = {"pv", "ev_charging", "clean_heating", "average", "combined_margin", "fixed"}
+
+
+def _is_tag(part: str | int) -> bool:
+    return isinstance(part, str) and (part in _TAGS or part.startswith("function-"))
+
+
+def _format_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,217 @@
+"""Reduction statements (``puhui-statement/1``): canonical JSON signed by the aggregator.
+
+A statement document is two lines, each ending in ``\\n``::
+
+    line 1  body: canonical JSON (sorted keys, no spaces, ASCII, shortest float repr, no NaN)
+    line 2  {"alg":"ECDSA-P256-SHA256","key_id":KID,"sig":BASE64(DER)}
+
+The signature (ECDSA P-256, SHA-256, RFC 6979) is over the exact bytes of line 1. The
+statement id is the hex SHA-256 of line 1. A parser rebuilds both lines from what it read
+and refuses any other spelling, as the batch format does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator.methodology.engine import Computation
+from aggregator.methodology.errors import StatementFormatError
+from aggregator.methodology.params import Factor
+from evidence.keys import SIGNATURE_ALGORITHM, GatewayKey
+
+FORMAT = "puhui-statement/1"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False, sort_keys=True)
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical JSON bytes of ``obj``."""
+    return _ENCODER.encode(obj).encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A signed statement: the body's exact bytes, the parsed body and the signature."""
+
+    body_bytes: bytes
+    body: dict[str, Any]
+    key_id: str
+    signature: bytes
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(self.body_bytes).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        return self.body_bytes + b"\n" + signature_line(self.key_id, self.signature) + b"\n"
+
+    @property
+    def er_tco2e(self) -> float:
+        return float(self.body["result"]["er_tco2e"])
+
+    @property
+    def gateway(self) -> str:
+        return str(self.body["subject"]["gateway"])
+
+    def credited_runs(self) -> list[tuple[str, str, int, int]]:
+        """(meter, quantity, start, end) of every credited run: the ledger entries."""
+        return [
+            (s["meter"], s["quantity"], int(a), int(b))
+            for s in self.body["evidence"]["series"]
+            for a, b in s["credited_runs"]
+        ]
+
+
+def signature_line(key_id: str, signature: bytes) -> bytes:
+    sig = base64.b64encode(signature).decode("ascii")
+    return _ENCODER.encode({"alg": SIGNATURE_ALGORITHM, "key_id": key_id, "sig": sig}).encode("ascii")
+
+
+def sign_statement(body: dict[str, Any], key: GatewayKey) -> Statement:
+    """Encode ``body`` canonically and sign it."""
+    if body.get("issuer", {}).get("key_id") != key.key_id:
+        raise StatementFormatError("body.issuer.key_id must name the signing key")
+    data = canonical(body)
+    return Statement(data, json.loads(data), key.key_id, key.sign(data))
+
+
+def issue_statement(comp: Computation, key: GatewayKey, *, created_ms: int) -> Statement:
+    """Build and sign the statement for a computation."""
+    return sign_statement(build_body(comp, issuer_key_id=key.key_id, created_ms=created_ms), key)
+
+
+def parse_statement(data: bytes) -> Statement:
+    """Split and validate a statement document (not its signature: see :mod:`.verify`)."""
+    lines = data.split(b"\n")
+    if len(lines) != 3 or lines[2] != b"":
+        raise StatementFormatError(
+            "a statement is a body line and a signature line, each ending in a newline"
+        )
+    body_bytes, sig_bytes = lines[0], lines[1]
+    try:
+        body = json.loads(body_bytes)
+        sig = json.loads(sig_bytes)
+        signature = base64.b64decode(sig["sig"], validate=True)
+        key_id = str(sig["key_id"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise StatementFormatError(f"statement is not valid: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise StatementFormatError(f"statement body format is not {FORMAT!r}")
+    if canonical(body) != body_bytes or signature_line(key_id, signature) != sig_bytes:
+        raise StatementFormatError("statement is not in canonical form")
+    if sig.get("alg") != SIGNATURE_ALGORITHM or body.get("issuer", {}).get("key_id") != key_id:
+        raise StatementFormatError("signature line does not match the body's issuer key")
+    return Statement(body_bytes, body, key_id, signature)
+
+
+def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dict[str, Any]:
+    """The statement body for a computation (the verifier rebuilds it and compares)."""
+    r = comp.result
+    be, pe, le = r.totals_be_pe_le
+    p = comp.params.params
+    units = [_unit(comp, i) for i in range(len(comp.subject.units))]
+    return {
+        "format": FORMAT,
+        "issuer": {"key_id": issuer_key_id},
+        "created_ms": created_ms,
+        "subject": {
+            "gateway": comp.subject.gateway,
+            "units": [{"id": u.id, "meters": list(u.meters)} for u in comp.subject.units],
+        },
+        "period": {"start": comp.period.start, "end": comp.period.end, "interval_s": comp.interval_s},
+        "methodology": {
+            "scenario": p.method.scenario,
+            "title": p.title,
+            "programme": p.programme,
+            "parameter_set": comp.params.reference(),
+        },
+        "parameters": _parameters(comp),
+        "activity": {role: float(t.sum()) for role, t in r.totals.items()},
+        "result": {
+            "unit": "tCO2e",
+            "be_tco2e": be,
+            "pe_tco2e": pe,
+            "le_tco2e": le,
+            "er_tco2e": r.er,
+            "er_floored_at_zero": be - pe - le < 0,
+            "estimated_activity": bool((r.estimated & r.credited).any()),
+        },
+        "completeness": {
+            "value": float(r.completeness.mean()) if len(units) else 0.0,
+            "threshold": p.completeness.threshold,
+            "units_below_threshold": [u["id"] for u in units if not u["credited"]],
+        },
+        "units": units,
+        "meters": [_meter(comp, m) for m in comp.subject.meters],
+        "evidence": _evidence(comp),
+    }
+
+
+def _unit(comp: Computation, i: int) -> dict[str, Any]:
+    r = comp.result
+    return {
+        "id": comp.subject.units[i].id,
+        "completeness": float(r.completeness[i]),
+        "credited": bool(r.credited[i]),
+        "estimated": bool(r.estimated[i]),
+        "activity": {role: float(t[i]) for role, t in r.totals.items()},
+        "grid_factor": comp.grid[i].to_json(),
+        "be_tco2e": float(r.be[i]),
+        "pe_tco2e": float(r.pe[i]),
+        "le_tco2e": float(r.le[i]),
+    }
+
+
+def _meter(comp: Computation, meter: str) -> dict[str, Any]:
+    m = comp.meters[meter]
+    return {
+        "meter": m.meter,
+        "scenario": m.scenario,
+        "rated_power_kw": m.rated_power_kw,
+        "meter_class": m.meter_class,
+        "region": m.region,
+    }
+
+
+def _parameters(comp: Computation) -> dict[str, Any]:
+    p = comp.params.params
+    method = p.method.model_dump(mode="json")
+    assumed = sorted(name for name, v in p.method if isinstance(v, Factor) and v.confidence == "assumed") + (
+        ["completeness.threshold"] if p.completeness.confidence == "assumed" else []
+    )
+    return {
+        "method": method,
+        "completeness_threshold": p.completeness.threshold,
+        "data_policy": dict(sorted(p.data_policy.flags.items())),
+        "assumed": assumed,
+    }
+
+
+def _evidence(comp: Computation) -> dict[str, Any]:
+    r, ev = comp.result, comp.evidence
+    seqs = sorted(ev.batches)
+    series = [
+        {"meter": k.meter, "quantity": k.quantity, "role": k.role, "credited_runs": [list(x) for x in runs]}
+        for k, runs in zip(comp.series.keys, r.runs, strict=True)
+    ]
+    return {
+        "gateway": comp.subject.gateway,
+        "seq_first": seqs[0] if seqs else None,
+        "seq_last": seqs[-1] if seqs else None,
+        "batches": [
+            {"seq": s, "header_sha256": b.header_sha256, "root": b.root, "key_id": b.key_id}
+            for s, b in ((s, ev.batches[s]) for s in seqs)
+        ],
+        "intervals_used": r.used,
+        "intervals_excluded": sum(r.excluded.values()),
+        "excluded_by_reason": dict(sorted(r.excluded.items())),
+        "intervals_missing": r.missing,
+        "implausible": [
+            {"meter": m, "quantity": q, "start": s, "issues": list(i)} for m, q, s, i in ev.implausible
+        ],
+        "series": series,
+    }

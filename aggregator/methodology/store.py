@@ -1,0 +1,175 @@
+"""Durable statements and the credited-interval ledger (SQLite, WAL).
+
+Tables (prefixed ``reduction_``, so they can share the aggregator's database file):
+
+- ``reduction_statements``: one row per statement: id (SHA-256 of the body), the document's
+  exact bytes, and columns to list by gateway, scenario and period.
+- ``reduction_ledger``: one row per credited run ``[start, end)`` of a series (gateway,
+  meter, quantity), naming the statement. A statement is stored only if none of its runs
+  overlaps a stored run of the same series: checked and inserted in one ``BEGIN IMMEDIATE``
+  transaction, so two writers cannot both credit an interval.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from aggregator.methodology.errors import DoubleClaim
+from aggregator.methodology.statements import Statement, parse_statement
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reduction_statements (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    scenario TEXT NOT NULL,
+    parameter_set TEXT NOT NULL,
+    parameter_version TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    period_end INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    er_tco2e REAL NOT NULL,
+    document BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reduction_ledger (
+    gateway TEXT NOT NULL,
+    meter TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    statement TEXT NOT NULL REFERENCES reduction_statements(id),
+    PRIMARY KEY (gateway, meter, quantity, start)
+);
+CREATE INDEX IF NOT EXISTS reduction_ledger_statement ON reduction_ledger(statement);
+"""
+_OVERLAP = (
+    "SELECT statement, start, end FROM reduction_ledger WHERE gateway = ? AND meter = ? "
+    "AND quantity = ? AND start < ? AND end > ? ORDER BY start"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStatement:
+    id: str
+    gateway: str
+    scenario: str
+    parameter_set: str
+    parameter_version: str
+    period_start: int
+    period_end: int
+    created_ms: int
+    er_tco2e: float
+
+
+class StatementStore:
+    """Statements and the ledger in a SQLite database file (WAL, synchronous=FULL)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def save(self, statement: Statement) -> None:
+        """Store a statement and its ledger runs; raise :class:`DoubleClaim` if any interval
+        it credits is already credited (or the statement is already stored)."""
+        b, sid = statement.body, statement.id  # the id hashes the body: compute it once
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_claims(statement, sid)
+            db.execute(
+                "INSERT INTO reduction_statements VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    sid,
+                    statement.gateway,
+                    b["methodology"]["scenario"],
+                    b["methodology"]["parameter_set"]["id"],
+                    b["methodology"]["parameter_set"]["version"],
+                    b["period"]["start"],
+                    b["period"]["end"],
+                    b["created_ms"],
+                    statement.er_tco2e,
+                    statement.to_bytes(),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO reduction_ledger VALUES (?,?,?,?,?,?)",
+                [(statement.gateway, m, q, s, e, sid) for m, q, s, e in statement.credited_runs()],
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _check_claims(self, statement: Statement, sid: str) -> None:
+        gw = statement.gateway
+        if self._db.execute("SELECT 1 FROM reduction_statements WHERE id = ?", (sid,)).fetchone():
+            raise DoubleClaim(f"statement {sid} is already stored")
+        by_series: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for meter, quantity, start, end in statement.credited_runs():
+            by_series.setdefault((meter, quantity), []).append((start, end))
+        clashes: list[str] = []
+        for (meter, quantity), runs in by_series.items():
+            lo, hi = min(s for s, _ in runs), max(e for _, e in runs)
+            stored = self._db.execute(_OVERLAP, (gw, meter, quantity, hi, lo)).fetchall()
+            clashes += [
+                f"{gw}/{meter}/{quantity} [{max(s, a)}, {min(e, b)}) already credited by statement {other}"
+                for other, s, e in stored
+                for a, b in runs
+                if s < b and e > a
+            ]
+        if clashes:
+            more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+            raise DoubleClaim(
+                f"statement {sid} would credit intervals twice: " + "; ".join(clashes[:5]) + more
+            )
+
+    def get(self, statement_id: str) -> Statement | None:
+        """A stored statement by id (a unique prefix of at least 8 hex digits also works)."""
+        rows = self._db.execute(
+            "SELECT document FROM reduction_statements WHERE id LIKE ? LIMIT 2",
+            (statement_id.lower() + "%" if len(statement_id) >= 8 else statement_id,),
+        ).fetchall()
+        return parse_statement(bytes(rows[0][0])) if len(rows) == 1 else None
+
+    def document(self, statement_id: str) -> bytes | None:
+        """The stored bytes exactly as kept (the verifier reads these)."""
+        row = self._db.execute(
+            "SELECT document FROM reduction_statements WHERE id = ?", (statement_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def list(self, *, gateway: str | None = None) -> list[StoredStatement]:
+        """Stored statements, oldest period first."""
+        sql = "SELECT id, gateway, scenario, parameter_set, parameter_version, period_start, period_end, "
+        sql += "created_ms, er_tco2e FROM reduction_statements"
+        args: tuple[str, ...] = ()
+        if gateway is not None:
+            sql, args = sql + " WHERE gateway = ?", (gateway,)
+        rows = self._db.execute(sql + " ORDER BY period_start, gateway, id", args).fetchall()
+        return [StoredStatement(*row) for row in rows]
+
+    def credited_by(self, gateway: str, meter: str, quantity: str, start: int) -> str | None:
+        """The statement that credited the interval starting at ``start``, if any."""
+        row = self._db.execute(
+            "SELECT statement FROM reduction_ledger WHERE gateway = ? AND meter = ? AND quantity = ? "
+            "AND start <= ? AND end > ?",
+            (gateway, meter, quantity, start, start),
+        ).fetchone()
+        return None if row is None else str(row[0])

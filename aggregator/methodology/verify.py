@@ -1,0 +1,226 @@
+"""Standalone verification of a reduction statement.
+
+:func:`verify_statement` trusts nothing the statement says about its figures:
+
+1. the document is canonical and its signature verifies with the issuer's public key;
+2. the parameter set named by id and version is found and hashes to the named sha256;
+3. every batch the statement lists, and every batch the evidence source holds with an
+   interval of the subject in the period, is re-read as bytes and verified (signature with
+   the gateway's key, record count, Merkle root); its header hash and root must match;
+4. the intervals are re-derived from those bytes (plausibility verdicts from the source),
+   the statement is recomputed with the engine and its body rebuilt;
+5. the rebuilt body must equal the signed one (numbers within a relative 1e-9).
+
+Any tampering with the stored statement (signature, step 1), with the parameter file
+(step 2), with a batch it names (step 3) or with the evidence's verdicts or coverage
+(step 5) makes verification fail, and every problem is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aggregator.methodology.engine import Period, Subject, Unit, check_eligibility, compute_from
+from aggregator.methodology.errors import MethodologyError, StatementFormatError
+from aggregator.methodology.params import PARAMS_DIR, LoadedParameterSet, find_parameter_set
+from aggregator.methodology.source import EvidenceSource
+from aggregator.methodology.statements import Statement, build_body, canonical, parse_statement
+from aggregator.view import AttestedInterval, BatchRef
+from evidence.batch import verify_batch
+from evidence.errors import EvidenceError
+from evidence.keys import PublicKey, key_id, verify_signature
+from evidence.records import IntervalRecord, decode_record
+
+REL_TOL = 1e-9
+
+
+@dataclass(slots=True)
+class VerificationReport:
+    statement_id: str
+    problems: list[str] = field(default_factory=list)
+    batches_checked: int = 0
+    recomputed_er_tco2e: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (
+                f"OK statement {self.statement_id}: signature, {self.batches_checked} batches and "
+                f"recomputed ER {self.recomputed_er_tco2e!r} tCO2e verified"
+            )
+        return f"NOT VERIFIED statement {self.statement_id}:\n  " + "\n  ".join(self.problems)
+
+
+def verify_statement(
+    document: bytes,
+    *,
+    issuer_key: PublicKey,
+    source: EvidenceSource,
+    params: LoadedParameterSet | None = None,
+    params_dir: Path = PARAMS_DIR,
+) -> VerificationReport:
+    """Verify a statement document; the report lists every problem found."""
+    try:
+        st = parse_statement(document)
+    except StatementFormatError as exc:
+        return VerificationReport("?", [f"format: {exc}"])
+    report = VerificationReport(st.id)
+    if not _signature_ok(st, issuer_key, report):
+        return report
+    loaded = _parameter_set(st, params, params_dir, report)
+    if loaded is None:
+        return report
+    try:
+        _recompute(st, loaded, source, report)
+    except MethodologyError as exc:
+        report.problems.append(f"recomputation: {exc}")
+    return report
+
+
+def _signature_ok(st: Statement, key: PublicKey, report: VerificationReport) -> bool:
+    if st.key_id != key_id(key):
+        report.problems.append(
+            f"signature: statement names issuer key {st.key_id}, offered key {key_id(key)}"
+        )
+        return False
+    try:
+        verify_signature(key, st.signature, st.body_bytes)
+    except EvidenceError as exc:
+        report.problems.append(f"signature: {exc}")
+        return False
+    return True
+
+
+def _parameter_set(
+    st: Statement, params: LoadedParameterSet | None, directory: Path, report: VerificationReport
+) -> LoadedParameterSet | None:
+    ref = st.body["methodology"]["parameter_set"]
+    if params is None:
+        try:
+            return find_parameter_set(ref["id"], ref["version"], ref["sha256"], directory)
+        except MethodologyError as exc:
+            report.problems.append(f"parameter set: {exc}")
+            return None
+    if (params.id, params.version, params.sha256) != (ref["id"], ref["version"], ref["sha256"]):
+        report.problems.append(
+            f"parameter set: statement names {ref['id']} {ref['version']} sha256 {ref['sha256']}, "
+            f"given {params.id} {params.version} sha256 {params.sha256}"
+        )
+        return None
+    return params
+
+
+def _recompute(
+    st: Statement, loaded: LoadedParameterSet, source: EvidenceSource, report: VerificationReport
+) -> None:
+    body = st.body
+    subject = Subject(
+        body["subject"]["gateway"], tuple(Unit(u["id"], tuple(u["meters"])) for u in body["subject"]["units"])
+    )
+    period = Period(body["period"]["start"], body["period"]["end"])
+    known = {m.meter: m for m in source.meters() if m.gateway == subject.gateway}
+    missing = [m for m in subject.meters if m not in known]
+    if missing:
+        report.problems.append(f"meters: {missing} are not enrolled at gateway {subject.gateway}")
+        return
+    infos = {m: known[m] for m in subject.meters}
+    check_eligibility(loaded.params, infos, period, {})
+    held = list(
+        source.attested_intervals(
+            gateway=subject.gateway, meters=subject.meters, start=period.start, end=period.end
+        )
+    )
+    issues = {(ai.batch.seq, ai.index): ai.issues for ai in held}
+    listed = {int(b["seq"]): b for b in body["evidence"]["batches"]}
+    seqs = {seq: listed.get(seq, {}) for seq in set(listed) | {ai.batch.seq for ai in held}}
+    intervals: list[AttestedInterval] = []
+    for seq in sorted(seqs):
+        intervals += _rederive(subject, seq, seqs[seq], issues, source, report)
+    if report.problems:
+        return
+    comp = compute_from(intervals, infos, loaded, subject, period)
+    rebuilt = json.loads(canonical(build_body(comp, issuer_key_id=st.key_id, created_ms=body["created_ms"])))
+    report.recomputed_er_tco2e = comp.result.er
+    _compare(body, rebuilt, "", report.problems)
+
+
+def _rederive(
+    subject: Subject,
+    seq: int,
+    listed: dict[str, Any],
+    issues: dict[tuple[int, int], tuple[str, ...]],
+    source: EvidenceSource,
+    report: VerificationReport,
+) -> list[AttestedInterval]:
+    gw, label = subject.gateway, f"batch {subject.gateway}#{seq}"
+    data = source.batch_bytes(gw, seq)
+    if data is None:
+        report.problems.append(f"evidence: {label} is not in the evidence store")
+        return []
+    kid = listed.get("key_id") or _header_key_id(data)
+    key = source.gateway_public_key(gw, kid)
+    if key is None:
+        report.problems.append(f"evidence: {label}: gateway key {kid} is unknown")
+        return []
+    try:
+        verified = verify_batch(data, key)
+    except EvidenceError as exc:
+        report.problems.append(f"evidence: {exc}")
+        return []
+    report.batches_checked += 1
+    h = verified.header
+    ref = BatchRef(gw, h.seq, verified.sealed.header_sha256, h.root, h.key_id)
+    if listed and (listed.get("header_sha256"), listed.get("root")) != (ref.header_sha256, ref.root):
+        report.problems.append(f"evidence: {label}: header hash or root differs from the statement's")
+    meters = set(subject.meters)
+    out = []
+    for i, raw in enumerate(verified.sealed.records):
+        try:
+            rec = decode_record(raw)
+        except EvidenceError as exc:
+            report.problems.append(f"evidence: {label} record {i}: {exc}")
+            continue
+        if isinstance(rec, IntervalRecord) and rec.meter in meters:
+            out.append(AttestedInterval(ref, i, rec, issues.get((seq, i), ())))
+    return out
+
+
+def _header_key_id(data: bytes) -> str:
+    try:
+        return str(json.loads(data.split(b"\n", 1)[0])["key_id"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _compare(signed: Any, rebuilt: Any, path: str, problems: list[str], limit: int = 20) -> None:
+    """Record where the signed body and the recomputed one differ."""
+    if len(problems) >= limit:
+        return
+    if isinstance(signed, dict) and isinstance(rebuilt, dict):
+        for k in sorted(set(signed) | set(rebuilt)):
+            if k not in signed or k not in rebuilt:
+                problems.append(f"recomputed: {path}.{k} present on one side only")
+            else:
+                _compare(signed[k], rebuilt[k], f"{path}.{k}", problems, limit)
+    elif isinstance(signed, list) and isinstance(rebuilt, list):
+        if len(signed) != len(rebuilt):
+            problems.append(f"recomputed: {path} has {len(signed)} items, recomputation {len(rebuilt)}")
+            return
+        for i, (a, b) in enumerate(zip(signed, rebuilt, strict=True)):
+            _compare(a, b, f"{path}[{i}]", problems, limit)
+    elif _is_number(signed) and _is_number(rebuilt):
+        if not math.isclose(signed, rebuilt, rel_tol=REL_TOL, abs_tol=1e-12):
+            problems.append(f"recomputed: {path} is {signed!r} in the statement, {rebuilt!r} recomputed")
+    elif signed != rebuilt:
+        problems.append(f"recomputed: {path} is {signed!r} in the statement, {rebuilt!r} recomputed")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
