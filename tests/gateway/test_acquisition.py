@@ -41,6 +41,7 @@ DEVICES: list[dict[str, Any]] = [
     {"kind": "sunspec_inverter", "name": "pv", "unit": 1, "physics": {"model": "pv", "kwp": 8.0}},
     {"kind": "sunspec_meter", "name": "grid", "unit": 1, "physics": {"model": "load"}},
     {"kind": "alfen", "name": "alfen", "sockets": 1, "physics": {"model": "ev"}},
+    {"kind": "abb", "name": "abb", "unit": 1, "physics": {"model": "ev", "arrivals_per_day": 500}},
     {"kind": "mqtt_plain", "name": "plug", "interval_s": PERIOD, "physics": {"model": "heating"}},
 ]  # fmt: skip
 
@@ -52,6 +53,7 @@ SERIES = [
     ("pv", "pv", "main", "energy_generated", 1.0, 1.0),
     ("grid", "grid", "main", "energy_import", 1.0, 1.0),
     ("alfen-1", "alfen", "socket1", "energy_delivered", 1e-3, 1.0),
+    ("abb", "abb", "main", "session_energy", 1.0, 1.0),
     ("plug", "plug", "main", "energy", 1e-9, 1e-3),
 ]
 
@@ -74,6 +76,8 @@ def _site(fleet: Fleet, broker: tuple[str, int]) -> SiteConfig:
          "scenario": "pv", "counts": ["energy_import"]},
         {"id": "alfen-1", "driver": "modbus_tcp", "connection": tcp("alfen"), "unit_id": 1,
          "profile": "alfen-socket", "scenario": "ev_charging", "counts": ["energy_delivered"]},
+        {"id": "abb", "driver": "modbus_tcp", "connection": tcp("abb"), "unit_id": 1,
+         "profile": "abb-terra-ac", "scenario": "ev_charging", "counts": ["session_energy"]},
     ]  # fmt: skip
     for m in meters:
         m["poll"] = {"fast": PERIOD, "slow": PERIOD}
@@ -196,6 +200,9 @@ async def test_interval_deltas_equal_ground_truth_for_every_device_type_with_res
         assert "reset" in flags[("hp-elec", "energy_import")]
         assert "rollover" in flags[("hp-heat", "heat_energy")]
         assert not {"reset", "rollover"} & flags[("pv", "energy_generated")]
+        # the ABB's per-session counter restarts with each session: no reset, and energy counted
+        assert not {"reset", "rollover"} & flags[("abb", "session_energy")]
+        assert sum(r.delta or 0 for r in series[("abb", "session_energy")]) > 0
         # a gauge has statistics, no delta
         temps = series[("hp-heat", "flow_temperature")]
         assert all(r.kind == "gauge" and r.stats is not None and r.delta is None for r in temps[1:])
