@@ -69,6 +69,7 @@ from evidence.wire import (
     gateway_from_topic,
     reject_topic,
 )
+from puhui.aio import publish
 from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ class BatchIngest:
             answer = self._internal_error(topic, data)
         if answer is not None:
             reply_topic, reply = answer
-            await client.publish(reply_topic, encode_reply(reply, self._key), qos=1)
+            await publish(client, reply_topic, encode_reply(reply, self._key), qos=1)
 
     def _internal_error(self, topic: str, data: bytes) -> tuple[str, Reply] | None:
         try:

@@ -35,6 +35,7 @@ import aiomqtt
 
 from firmware_sim.config import MqttConfig
 from firmware_sim.device import Device
+from puhui.aio import publish
 from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class MqttPublisher:
         while True:
             try:
                 async with aiomqtt.Client(
-                    self._cfg.host, self._cfg.port, identifier=self._client_id
+                    self._cfg.host, self._cfg.port, identifier=self._client_id, timeout=CLIENT_TIMEOUT_S
                 ) as client:
                     self.connected.set()
                     delay = 0.2
@@ -129,9 +130,12 @@ class MqttPublisher:
                 due, i = heapq.heappop(heap)
                 dev, interval, decimals = self._devices[i]
                 for raw in payloads(dev, due, decimals):
-                    await client.publish(dev.endpoint.topic or "", raw, qos=self._cfg.qos)
+                    await publish(client, dev.endpoint.topic or "", raw, qos=self._cfg.qos)
                     dev.publish_count += 1
                 heapq.heappush(heap, (_next_slot(max(due, now - interval), interval), i))
+
+
+CLIENT_TIMEOUT_S = 3.0  # bounds aiomqtt's connect, QoS 1 acknowledgements and graceful disconnect
 
 
 def _next_slot(t: float, interval: float) -> float:

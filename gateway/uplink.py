@@ -42,6 +42,7 @@ from evidence.wire import Ack, Reject, RejectReason, ack_topic, batch_topic, dec
 from gateway.errors import UplinkSetupError
 from gateway.evidence_config import BackoffSettings, UplinkSettings
 from gateway.store import EvidenceStore
+from puhui.aio import publish
 from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class Uplink:
                 del self._held[seq]
                 self.counts.resends += 1
             self._inflight[seq] = _InFlight(digest, now)
-            await client.publish(self._topics[0], data, qos=1)
+            await publish(client, self._topics[0], data, qos=1)
             self.counts.published += 1
             self._store.mark_sent(seq, self._now_ms())
 
