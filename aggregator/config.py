@@ -17,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aggregator.errors import ConfigError
 from evidence.wire import SHARE_GROUP
+from puhui.yaml_models import issues_from, read_yaml
 
 
 class _Closed(BaseModel):
@@ -95,37 +95,19 @@ class AggregatorConfig(_Closed):
         return self.model_copy(update={"store": store, "key_file": base / self.key_file})
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_config(data: Any, file: str) -> AggregatorConfig:
     """Validate already-parsed YAML; raise :class:`ConfigError` listing every problem."""
     try:
         return AggregatorConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            where = _where(tuple(err["loc"]))
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            lines.append(f"{file}: {where}: {message}" if where else f"{file}: {message}")
-        raise ConfigError("\n".join(lines)) from exc
+        issues = issues_from(exc, AggregatorConfig)
+        raise ConfigError("\n".join(i.render(file) for i in issues)) from exc
 
 
 def load_config(path: str | Path) -> AggregatorConfig:
     """Read and validate a YAML config file; relative paths resolve against its folder."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"{p}: {where}not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    data, issues = read_yaml(p)
+    if issues:
+        raise ConfigError("\n".join(i.render(str(p)) for i in issues))
     return parse_config(data if data is not None else {}, str(p)).resolved(p.parent.absolute())

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from drivers.decode import FieldFormat, RegisterType
 from drivers.errors import ProfileError, UnknownProfile
 from drivers.plan import RegisterSpan
-from drivers.yaml_models import Issue, issues_from, read_yaml, suggest
+from puhui.yaml_models import Issue, issues_from, read_yaml, suggest
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "config" / "profiles"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.#-]*$"

@@ -23,7 +23,7 @@ from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.mqtt.config import MqttConnection, MqttSource
 from drivers.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
-from drivers.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from puhui.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
 from evidence.batch import GATEWAY_ID
 from gateway.errors import ConfigError
 from gateway.evidence_config import EvidenceSettings, UplinkSettings

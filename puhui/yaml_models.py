@@ -1,6 +1,7 @@
 """YAML files validated by closed pydantic models, with errors an installer can act on.
 
-Shared by profiles (:mod:`drivers.profiles`) and site configs (:mod:`gateway.config`).
+Shared by profiles (:mod:`drivers.profiles`), site configs (:mod:`gateway.config`) and the
+aggregator's config (:mod:`aggregator.config`), which is why it lives in :mod:`puhui`.
 Every problem becomes an :class:`Issue` with a path inside the file
 (``meters[3].registers[1].type``) and a message saying what was expected; enum-like values
 and unknown keys get a "did you mean" suggestion (difflib). All of a file's problems are
