@@ -1,12 +1,27 @@
-"""``puhui demo``: the chain on one machine, on real servers.
+"""``puhui demo``: three carbon-inclusive sites on one machine, from meter to signed reduction.
 
-This is the foundation's demo: it shows the evidence path across a real Mosquitto and a
-real InfluxDB (private, on free loopback ports). A gateway seals signed, hash-chained
-batches of interval records and publishes them over MQTT; an aggregator verifies each
-batch (signature, Merkle root, chain), acknowledges it with a signed ack, writes the
-intervals to InfluxDB and reads them back with InfluxQL; finally one record is verified on
-its own from its inclusion proof. The intervals are synthetic until the simulated site,
-gateway acquisition and aggregator land (issues 4-9), which replace this demo.
+What runs (every process on 127.0.0.1, one fast clock shared through a FastClockSpec):
+
+- a private Mosquitto and InfluxDB (:mod:`puhui.servers`);
+- the firmware_sim fleet ``config/fleets/demo.yaml`` in this process: a Zhangjiakou
+  clean-heating village (heat pumps, heat meters, electric boilers on RS-485), a rooftop-PV
+  street (SunSpec inverters and grid meters, a Tasmota plug) and a charging depot (Alfen,
+  ABB), served over Modbus TCP/RTU and MQTT;
+- the aggregator, ``python -m puhui aggregator run``, with its key (``puhui aggregator
+  keygen``), the enrolled gateways (``puhui aggregator gateways add``), evidence store and
+  InfluxDB writer;
+- one gateway per site, ``python -m puhui gateway run``, with its key (``puhui gateway
+  keygen``), enrolment (``puhui gateway enrol``) and a site config from
+  :func:`puhui.sitegen.site_for` plus ``clock``/``evidence``/``uplink``/``status`` sections
+  (:mod:`puhui.demo_setup`).
+
+Faults injected on the way: a broker outage, a meter replaced (counter reset), a dead meter.
+Afterwards the methodology engine computes and signs one statement per scenario from the
+aggregator's evidence store (:mod:`puhui.demo_report`), and :mod:`puhui.demo_truth` checks
+every ER against ER computed from the simulator's ground truth with the same parameter set.
+
+Everything started here is stopped on exit, Ctrl-C included (``--keep-servers`` leaves
+Mosquitto and InfluxDB up). Files are under ``--out`` (default ``demo-out/``).
 """
 
 from __future__ import annotations
@@ -14,150 +29,472 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
+import logging
+import math
+import shutil
+import signal
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
-import aiomqtt
+import httpx
 
-from aggregator.influx import InfluxV1Client, Point, encode_points
-from evidence import (
-    ChainTracker,
-    IntervalRecord,
-    Stats,
-    encode_record,
-    generate_key,
-    seal_batch,
-    verify_batch,
+from puhui.clock import FastClock
+from puhui.demo_setup import (
+    INFLUX_DB,
+    REPO,
+    Child,
+    DemoMissing,
+    GatewayRun,
+    check_alive,
+    children,
+    drain,
+    enrol,
+    gateway_status,
+    make_gateway,
+    make_keys,
+    puhui_argv,
+    wait_gateways_ready,
+    write_aggregator_config,
 )
-from evidence.batch import GENESIS_PREV, SealedBatch, verify_record
-from evidence.keys import GatewayKey
-from evidence.wire import Ack, ack_topic, batch_subscription, batch_topic, decode_reply, encode_reply
-from puhui.servers import PrivateInfluxDB, PrivateMosquitto
+from puhui.servers import PrivateInfluxDB, PrivateMosquitto, ServerError, find_binary
 
-GATEWAY = "demo-gw-01"
-T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+DEFAULT_FLEET = REPO / "config" / "fleets" / "demo.yaml"
+MARKER = ".puhui-demo"
+KEPT = "servers-kept.pid"  # PIDs of the servers a --keep-servers run left running
+CHINA = timezone(timedelta(hours=8))
+__all__ = [
+    "INFLUX_DB",
+    "DemoMissing",
+    "Fault",
+    "Run",
+    "add_arguments",
+    "fmt_time",
+    "main",
+    "puhui_argv",
+    "utc",
+]
+
+
+@dataclass
+class Fault:
+    """One injected fault: what, when (clock seconds), and what was seen while it lasted."""
+
+    kind: str  # "broker_outage", "meter_replaced", "dead_meter"
+    target: str  # "mosquitto" or a device name
+    site: str | None
+    start: float
+    end: float
+    seen: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """Everything the report needs about a finished run."""
+
+    out: Path
+    period: tuple[int, int]
+    factor: float
+    poll_s: float
+    gateways: list[GatewayRun]
+    faults: list[Fault]
+    truth: dict[str, Any]
+    fleet_kinds: dict[str, str]
+    db: Path
+    aggregator_key: Path
+    aggregator_pub: Path
+    influx_url: str
+    notes: list[str]
+    wall: dict[str, float]
+
+
+# -- command line -----------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batches", type=int, default=12, help="batches to seal and send")
-    parser.add_argument("--per-batch", type=int, default=96, help="interval records per batch")
+    parser.add_argument("--days", type=float, default=3.0, help="simulated days to credit (default 3)")
+    parser.add_argument(
+        "--speed", type=float, default=1440.0, help="clock factor: simulated s per wall s (default 1440)"
+    )
+    parser.add_argument("--sites", help="comma-separated fleet sites to run (default: all three)")
+    parser.add_argument(
+        "--poll", type=float, default=300.0, help="meter poll period, simulated s (default 300)"
+    )
+    parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, help="fleet file (default demo.yaml)")
+    parser.add_argument("--no-faults", action="store_true", help="inject no faults")
+    parser.add_argument("--keep-servers", action="store_true", help="leave Mosquitto and InfluxDB running")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output directory (default demo-out/)"
+    )
     parser.set_defaults(func=main)
 
 
-def synthetic_batches(key: GatewayKey, batches: int, per_batch: int) -> list[SealedBatch]:
-    """Counter intervals of 8 meters whose deltas chain exactly (synthetic data)."""
-    out, prev, counters = [], GENESIS_PREV, [1000.0 + 100 * m for m in range(8)]
-    for seq in range(1, batches + 1):
-        records = []
-        for i in range(per_batch):
-            slot, meter = divmod((seq - 1) * per_batch + i, 8)
-            start = T0 + 900 * slot
-            delta = round(0.25 + 0.125 * ((slot + meter) % 7), 3)
-            rec = IntervalRecord(
-                f"meter-{meter}", "energy_import", "kWh", start, start + 900, "counter",
-                counters[meter], start * 1000 - 1500, counters[meter] + delta, (start + 900) * 1000 - 1500,
-                delta, Stats("W", 0.0, delta * 4000, delta * 8000), 90, 90,
-            )  # fmt: skip
-            counters[meter] += delta
-            records.append(encode_record(rec))
-        b = seal_batch(
-            records, key=key, gateway=GATEWAY, seq=seq, prev=prev, created_ms=int(time.time() * 1000)
-        )
-        out.append(b)
-        prev = b.header_sha256
+def main(args: argparse.Namespace) -> int:
+    print("puhui demo: meters -> gateways -> aggregator -> InfluxDB -> signed reductions")
+    problems = _prerequisites(args)
+    if problems:
+        print("\nCANNOT RUN THE DEMO:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_demo(args))
+    except DemoMissing as exc:
+        print(f"\nDEMO INCOMPLETE: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the demo started has been stopped", file=sys.stderr)
+        return 130
+    except asyncio.CancelledError:
+        print("\nterminated (SIGTERM): every process the demo started has been stopped", file=sys.stderr)
+        return 143
+
+
+def _prerequisites(args: argparse.Namespace) -> list[str]:
+    problems = []
+    for binary, package in (("mosquitto", "mosquitto"), ("influxd", "influxdb")):
+        try:
+            find_binary(binary, package)
+        except ServerError as exc:
+            problems.append(str(exc))
+    if not args.days > 0 or not args.speed > 0 or not args.poll > 0:
+        problems.append("--days, --speed and --poll must be > 0")
+    elif 900 % args.poll:
+        problems.append(f"--poll {args.poll:g}: must divide the 900 s interval (e.g. 60, 100, 150, 300, 450)")
+    if not args.fleet.is_file():
+        problems.append(f"{args.fleet}: no such fleet file")
+    return problems
+
+
+def prepare_out(out: Path) -> Path:
+    """A fresh output directory; a previous demo's is replaced, anything else is refused."""
+    out = out.absolute()
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise DemoMissing(f"{out} exists and is not a demo output directory: choose another --out")
+        kept = (out / KEPT).read_text().split() if (out / KEPT).exists() else []
+        alive = [p for p in kept if Path(f"/proc/{p}").exists()]
+        if alive:
+            raise DemoMissing(
+                f"the servers a --keep-servers run left in {out} still run: kill {' '.join(alive)}"
+            )
+        shutil.rmtree(out)
+    for sub in ("servers", "aggregator", "gateways", "logs", "statements"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by puhui demo; replaced by the next run\n", encoding="utf-8")
     return out
 
 
-async def aggregator(
-    broker: PrivateMosquitto,
-    influx: InfluxV1Client,
-    keys: tuple[GatewayKey, GatewayKey],
-    expected: int,
-    ready: asyncio.Event,
-) -> list[int]:
-    """Verify, chain-check, store in InfluxDB, then ack: returns accepted sequence numbers."""
-    (gw_key, agg_key), chain, accepted = keys, ChainTracker(), []
-    async with aiomqtt.Client(broker.host, broker.port, identifier="demo-aggregator") as client:
-        await client.subscribe(batch_subscription(), qos=1)
-        print("aggregator: subscribed; waiting for batches")
-        ready.set()
-        async for message in client.messages:
-            verified = verify_batch(bytes(message.payload), gw_key.public_key)
-            step = chain.observe(verified.header, verified.sealed.header_sha256)
-            points = [_point(r) for r in verified.sealed.records]
-            await influx.write(encode_points(points))
-            ack = Ack(
-                GATEWAY, verified.header.seq, verified.sealed.header_sha256, "stored", int(time.time() * 1000)
-            )
-            await client.publish(ack_topic(GATEWAY), encode_reply(ack, agg_key), qos=1)
-            accepted.append(verified.header.seq)
+# -- the run ------------------------------------------------------------------------------------
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    from puhui import demo_report
+
+    t_start = time.monotonic()
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM (timeout, a supervisor) stops everything like Ctrl-C
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    out = prepare_out(args.out)
+    log_to_file(out / "logs" / "demo.log")
+    broker = PrivateMosquitto(out / "servers" / "mosquitto")
+    influxd = PrivateInfluxDB(out / "servers" / "influxdb")
+    keep = bool(args.keep_servers)
+    try:
+        await _start_server(broker, keep)
+        await _start_server(influxd, keep)
+        print(f"  servers: mosquitto {broker.host}:{broker.port}, influxd {influxd.url} (private, loopback)")
+        run = await simulate(args, out, broker, influxd, t_start)
+        run.wall["report_start"] = time.monotonic() - t_start
+        code = await demo_report.report(run)
+        run.wall["total"] = time.monotonic() - t_start
+        print(
+            f"\nwall time: {run.wall['total']:.0f} s (setup {run.wall['setup']:.0f} s, "
+            f"simulation {run.wall['simulation']:.0f} s, drain {run.wall['drain']:.0f} s, "
+            f"report {run.wall['total'] - run.wall['report_start']:.0f} s)"
+        )
+        if keep:  # also after a failed check: that is when one wants to look
+            _print_kept(out, broker, influxd)
+            return code
+    except BaseException:
+        keep = False  # Ctrl-C or failure: stop everything
+        raise
+    finally:
+        if not keep:
+            broker.stop()
+            influxd.stop()
+    return code
+
+
+def log_to_file(path: Path) -> None:
+    """This process's log (the simulated fleet's reconnects and the like) goes to a file:
+    the terminal shows the demo's own story; every child process has its own log too."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+
+
+async def _start_server(server: PrivateMosquitto | PrivateInfluxDB, keep: bool) -> None:
+    # Started from the main thread a server dies with the demo (PR_SET_PDEATHSIG); a kept
+    # one is started from a worker thread so that it outlives the demo process.
+    if keep:
+        await asyncio.to_thread(server.start)
+    else:
+        server.start()
+
+
+def _print_kept(out: Path, broker: PrivateMosquitto, influxd: PrivateInfluxDB) -> None:
+    pids = f"{broker.pid} {influxd.pid}"
+    (out / KEPT).write_text(pids + "\n", encoding="utf-8")
+    print("\nservers left running (--keep-servers):")
+    print(
+        f"  mosquitto  {broker.host}:{broker.port}  pid {broker.pid}  (e.g. mosquitto_sub -h {broker.host} "
+        f"-p {broker.port} -t '#' -v, Debian package mosquitto-clients)"
+    )
+    print(
+        f"  influxd    {influxd.url}  pid {influxd.pid}  database {INFLUX_DB}  (e.g. curl -sG "
+        f"{influxd.url}/query --data-urlencode db={INFLUX_DB} "
+        "--data-urlencode 'q=SHOW MEASUREMENTS')"
+    )
+    print(f"  stop them: kill {pids}")
+
+
+def load_fleet_config(path: Path, sites: str | None, mqtt: tuple[str, int], poll: float) -> Any:
+    """The fleet file, cut to ``sites``, on the private broker, with ground truth logged per
+    poll period (the check sums it to 900 s intervals; finer truth also lets it show where
+    the gateway's readings fall)."""
+    from firmware_sim import load_fleet
+
+    config = load_fleet(path)
+    truth_s = math.gcd(int(poll), 900) if float(poll).is_integer() else 900
+    if truth_s % config.step_s == 0:
+        config = config.model_copy(update={"truth_interval_s": truth_s})
+    if sites:
+        wanted = [s.strip() for s in sites.split(",") if s.strip()]
+        known = [s.name for s in config.sites]
+        unknown = [s for s in wanted if s not in known]
+        if unknown:
+            raise DemoMissing(f"--sites: {unknown} not in {path.name} (sites: {', '.join(known)})")
+        config = config.model_copy(update={"sites": [s for s in config.sites if s.name in wanted]})
+    if config.mqtt is not None:
+        config = config.model_copy(
+            update={"mqtt": config.mqtt.model_copy(update={"host": mqtt[0], "port": mqtt[1]})}
+        )
+    return config
+
+
+def lead_seconds(n_gateways: int) -> float:
+    """Wall seconds between starting the fleet and the first credited interval: enough to
+    enrol and start the aggregator and gateways (python start-up on a busy 2-core box)."""
+    return 8.0 + 1.5 * n_gateways
+
+
+async def simulate(
+    args: argparse.Namespace, out: Path, broker: PrivateMosquitto, influxd: PrivateInfluxDB, t0: float
+) -> Run:
+    from firmware_sim import Fleet
+
+    config = load_fleet_config(args.fleet, args.sites, (broker.host, broker.port), args.poll)
+    factor = float(args.speed)
+    lead = lead_seconds(len(config.sites))
+    clock = FastClock(config.clock.epoch_s, factor, time.time() + lead)
+    notes: list[str] = []
+    wall: dict[str, float] = {}
+    async with Fleet(config, clock=clock) as fleet:
+        if fleet.config.mqtt is not None:
+            async with asyncio.timeout(20):
+                await fleet.wait_mqtt_connected()
+        kinds = {name: dev.kind for name, dev in fleet.devices.items()}
+        agg = write_aggregator_config(out, broker, influxd)
+        gateways = [make_gateway(out, fleet, s.name, args.poll, clock, broker, agg) for s in config.sites]
+        await make_keys(gateways, agg)
+        await enrol(gateways, agg, notes)
+        async with children(out, agg, gateways) as procs:
+            await wait_gateways_ready(gateways, procs, deadline_s=60 + 5 * len(gateways))
+            p0 = period_start(clock, config.clock.epoch_s, notes)
+            p1 = p0 + round(args.days * 86_400 / 900) * 900
+            if p1 <= p0:
+                raise DemoMissing("--days is shorter than one 15-minute interval")
+            wall["setup"] = time.monotonic() - t0
             print(
-                f"aggregator: {verified.header.label} verified ({verified.header.count} records, "
-                f"{step.verdict.value}), written, acked"
+                f"  period: {fmt_time(p0)} .. {fmt_time(p1)} ({(p1 - p0) / 86400:g} simulated days, "
+                f"clock x{factor:g}: about {(p1 - clock.now()) / factor:.0f} s of wall time)"
             )
-            if len(accepted) == expected:
-                return accepted
-    return accepted
-
-
-def _point(record: bytes) -> Point:
-    r = json.loads(record)
-    return Point(
-        "intervals",
-        {"meter": r["meter"], "quantity": r["quantity"]},
-        {"delta": r["delta"], "counter_end": r["counter_end"]},
-        r["end"] * 1_000_000_000,
+            faults = [] if args.no_faults else plan_faults(p0, p1, fleet.devices, config)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(inject_faults(faults, clock, fleet, broker, gateways), name="demo-faults")
+                tg.create_task(progress(clock, p0, p1, faults, procs), name="demo-progress")
+            wall["simulation"] = time.monotonic() - t0 - wall["setup"]
+            await drain(out / "aggregator" / "evidence.sqlite3", gateways, p1, clock, procs, notes)
+            wall["drain"] = time.monotonic() - t0 - wall["setup"] - wall["simulation"]
+            truth = fleet.truth()
+        (out / "truth.json").write_text(json.dumps(truth), encoding="utf-8")
+    return Run(
+        out=out,
+        period=(p0, p1),
+        factor=factor,
+        poll_s=float(args.poll),
+        gateways=gateways,
+        faults=faults,
+        truth=truth,
+        fleet_kinds=kinds,
+        db=agg["db"],
+        aggregator_key=agg["key"],
+        aggregator_pub=agg["pub"],
+        influx_url=influxd.url,
+        notes=notes,
+        wall=wall,
     )
 
 
-async def gateway(
-    broker: PrivateMosquitto, batches: list[SealedBatch], agg_key: GatewayKey, ready: asyncio.Event
-) -> set[int]:
-    acked: set[int] = set()
-    async with aiomqtt.Client(broker.host, broker.port, identifier=GATEWAY) as client:
-        await client.subscribe(ack_topic(GATEWAY), qos=1)
-        await ready.wait()
-        for b in batches:
-            await client.publish(batch_topic(GATEWAY), b.to_bytes(), qos=1)
-        async for message in client.messages:
-            reply = decode_reply(bytes(message.payload), agg_key.public_key)
-            acked.add(reply.seq or 0)
-            if len(acked) == len(batches):
-                return acked
-    return acked
+def fmt_time(t: float) -> str:
+    return datetime.fromtimestamp(t, CHINA).strftime("%Y-%m-%d %H:%M")
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> int:
-    gw_key, agg_key = generate_key(), generate_key()
-    batches = synthetic_batches(gw_key, args.batches, args.per_batch)
-    with PrivateMosquitto(workdir / "mosquitto") as broker, PrivateInfluxDB(workdir / "influxdb") as influxd:
-        print(f"mosquitto on {broker.host}:{broker.port}, influxd on {influxd.url}")
-        async with InfluxV1Client(influxd.url, "puhui_demo") as influx:
-            await influx.create_database()
-            ready = asyncio.Event()
-            async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
-                agg = tg.create_task(aggregator(broker, influx, (gw_key, agg_key), len(batches), ready))
-                gw = tg.create_task(gateway(broker, batches, agg_key, ready))
-            print(
-                f"gateway: {len(gw.result())} batches acknowledged; aggregator accepted {len(agg.result())}"
+def period_start(clock: FastClock, epoch: float, notes: list[str]) -> int:
+    """The fleet's epoch, or (if set-up took longer than planned) the first interval that
+    every gateway saw whole."""
+    now = clock.now()
+    if now + 60 <= epoch:
+        return int(epoch)
+    p0 = (math.floor(now / 900) + 2) * 900
+    notes.append(
+        f"set-up took longer than planned: the period starts at {fmt_time(p0)} instead of {fmt_time(epoch)}"
+    )
+    return p0
+
+
+# -- configs, keys, enrolment -------------------------------------------------------------------
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+# -- faults and progress ------------------------------------------------------------------------
+
+
+def plan_faults(p0: int, p1: int, devices: Any, config: Any) -> list[Fault]:
+    """A broker outage at 25 % of the period (10 %, at most 3 h), a heat pump's meter replaced
+    at 45 %, a PV grid meter dead from 50 % (15 %, at most 4 h): on a 3-day run, the outage
+    is on day 1 18:00-21:00, the replacement day 2 08:24, the dead meter day 2 12:00-16:00."""
+    span = p1 - p0
+    faults = [
+        Fault(
+            "broker_outage", "mosquitto", None, p0 + 0.25 * span, p0 + 0.25 * span + min(3 * 3600, 0.1 * span)
+        )
+    ]
+    sites = {d.name: d.site for d in devices.values()}
+    replaced = _pick(devices, "hp-01-elec", lambda d: d.kind == "sdm630" and d.name.endswith("-elec"))
+    if replaced is not None:
+        t = p0 + 0.45 * span
+        faults.append(Fault("meter_replaced", replaced, sites[replaced], t, t))
+    dead = _pick(devices, "house-02-grid", lambda d: d.kind == "sunspec_meter")
+    if dead is not None:
+        a = p0 + 0.5 * span
+        faults.append(Fault("dead_meter", dead, sites[dead], a, a + min(4 * 3600, 0.15 * span)))
+    return faults
+
+
+def _pick(devices: Any, preferred: str, fits: Callable[[Any], bool]) -> str | None:
+    if preferred in devices:
+        return preferred
+    return next((name for name, d in devices.items() if fits(d)), None)
+
+
+async def inject_faults(
+    faults: list[Fault], clock: FastClock, fleet: Any, broker: PrivateMosquitto, gateways: list[GatewayRun]
+) -> None:
+    events = sorted(
+        [(f.start, 0, f) for f in faults] + [(f.end, 1, f) for f in faults if f.end > f.start],
+        key=lambda e: (e[0], e[1]),
+    )
+    async with httpx.AsyncClient() as client:
+        for t, phase, f in events:
+            await clock.sleep_until(t)
+            if phase == 0:
+                await _fault_on(f, clock, fleet, broker)
+            else:
+                await _fault_off(f, clock, fleet, broker, gateways, client)
+
+
+async def _fault_on(f: Fault, clock: FastClock, fleet: Any, broker: PrivateMosquitto) -> None:
+    if f.kind == "broker_outage":
+        broker.stop()
+    elif f.kind == "meter_replaced":
+        dev = fleet.devices[f.target]
+        f.seen["counter_before_wh"] = dev.meter().counter_wh()
+        dev.reset_counter(now=clock.now())
+        f.seen["counter_after_wh"] = dev.meter().counter_wh()
+    elif f.kind == "dead_meter":
+        fleet.devices[f.target].set_faults(timeout=True)
+    f.seen["wall_on"] = time.time()
+
+
+async def _fault_off(
+    f: Fault,
+    clock: FastClock,
+    fleet: Any,
+    broker: PrivateMosquitto,
+    gateways: list[GatewayRun],
+    client: httpx.AsyncClient,
+) -> None:
+    if f.kind == "broker_outage":
+        depth = {}
+        for gw in gateways:  # what waited on disk while the broker was away
+            st = await gateway_status(gw, client)
+            ev = (st or {}).get("evidence") or {}
+            depth[gw.id] = (
+                ev.get("outbox_depth_batches"),
+                ev.get("oldest_unacked_age_s"),
+                ev.get("connected"),
             )
-            q = 'SELECT count("delta"), sum("delta") FROM "intervals"'
-            series = await influx.query(q)
-            count, total = series[0]["values"][0][1:3]
-            sealed = [json.loads(r)["delta"] for b in batches for r in b.records]
-            print(
-                f"InfluxDB: {q}\n  -> {count} intervals, {total:.3f} kWh "
-                f"(sealed: {len(sealed)} intervals, {sum(sealed):.3f} kWh)"
-            )
-    b = batches[3]
-    proof = verify_batch(b, gw_key.public_key).proof(5)
-    header = verify_record(b.records[5], proof, b.header_bytes, b.signature, gw_key.public_key)
-    print(f"one record verified alone from its inclusion proof ({len(proof.path)} hashes) in {header.label}")
-    return 0 if count == len(sealed) and abs(total - sum(sealed)) < 1e-6 else 1
+        f.seen["outbox_before_restart"] = depth
+        broker.start()
+    elif f.kind == "dead_meter":
+        fleet.devices[f.target].clear_faults()
+    f.seen["wall_off"] = time.time()
 
 
-def main(args: argparse.Namespace) -> int:
-    print(__doc__.strip().splitlines()[0])
-    with tempfile.TemporaryDirectory(prefix="puhui-demo-") as tmp:
-        return asyncio.run(run(args, Path(tmp)))
+async def progress(clock: FastClock, p0: int, p1: int, faults: list[Fault], procs: list[Child]) -> None:
+    """A bar on simulated time (stderr on a terminal; a line per simulated 12 h otherwise)."""
+    tty = sys.stderr.isatty()
+    next_line = p0
+    while True:
+        now = clock.now()
+        check_alive(procs)
+        active = [
+            f"{f.kind.replace('_', ' ')} ({f.target})"
+            for f in faults
+            if f.start <= now < max(f.end, f.start + 900)
+        ]
+        frac = min(1.0, max(0.0, (now - p0) / (p1 - p0)))
+        text = f"{_bar(frac)} {frac:4.0%}  {fmt_time(min(now, p1))}  {'; '.join(active)}"
+        if tty:
+            sys.stderr.write("\r" + text.ljust(110)[:110])
+            sys.stderr.flush()
+        elif now >= next_line or now >= p1:
+            print("  " + text, flush=True)
+            next_line = (math.floor(max(now, p0) / 43_200) + 1) * 43_200
+        if now >= p1:
+            if tty:
+                sys.stderr.write("\n")
+            return
+        await asyncio.sleep(0.5)
+
+
+def _bar(frac: float, width: int = 30) -> str:
+    full = int(frac * width)
+    return "[" + "#" * full + "-" * (width - full) + "]"
+
+
+# -- after the period -----------------------------------------------------------------------------
+
+
+def utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

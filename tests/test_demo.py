@@ -1,0 +1,66 @@
+"""``puhui demo`` end to end, small: one simulated day at the default speed (about 80 s).
+
+The demo runs as it does for a user (a subprocess: real Mosquitto and InfluxDB, the fleet,
+three gateway processes and the aggregator), with its faults. It must exit 0, and its
+ground-truth check must have passed for every scenario: a statement's ER within 0.5 % of
+ER computed from the simulator's truth over the intervals it credited.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+WALL_LIMIT_S = 240
+
+
+def run_demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "puhui", "demo", "--out", str(out), *args]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        stdout, _ = proc.communicate(timeout=WALL_LIMIT_S)
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # the demo stops what it started on Ctrl-C
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, "")
+
+
+@pytest.mark.timeout(WALL_LIMIT_S + 60)
+def test_one_simulated_day_passes_the_ground_truth_check(tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    result = run_demo(out, "--days", "1")
+    text = result.stdout
+    assert result.returncode == 0, text[-6000:]
+    assert "ER CHECK PASSED" in text, text[-6000:]
+    line = r"^  (clean_heating|pv|ev_charging) +statement ([0-9.]+) +truth ([0-9.]+) tCO2e .* (PASS|FAIL)$"
+    checks = re.findall(line, text, re.M)
+    assert {c[0] for c in checks} == {"clean_heating", "pv", "ev_charging"}, text[-6000:]
+    assert all(c[3] == "PASS" for c in checks)
+    assert all(float(c[2]) > 0 for c in checks), "a check against zero truth proves nothing"
+    statements = sorted(p.name.split("-")[0] for p in (out / "statements").glob("*.statement"))
+    assert statements == ["clean_heating", "ev_charging", "pv"]
+    for fault in ("broker outage", "meter replaced", "dead meter"):
+        assert fault in text
+    assert re.search(r"0 stored twice, 0 open chain gaps, 0 rejections", text), text[-6000:]
+
+
+def test_refuses_a_foreign_output_directory(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("not a demo's", encoding="utf-8")
+    result = run_demo(tmp_path, "--days", "1")
+    assert result.returncode == 3
+    assert "is not a demo output directory" in result.stdout
+    assert (tmp_path / "precious.txt").exists()
+    assert os.listdir(tmp_path) == ["precious.txt"]
