@@ -35,12 +35,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Python {platform.python_version()}"
 
 
+def number(value: float) -> str:
+    """Thousands separators for large figures, three significant digits for small ones."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def table(figures: list[Figure]) -> str:
     rows = ["| figure | value | unit | compared with | ratio |", "|---|---:|---|---|---:|"]
     for f in figures:
-        peer = f"{f.compared_with} ({f.peer_value:,.0f})" if f.peer_value else ""
+        peer = f"{f.compared_with} ({number(f.peer_value)})" if f.peer_value else ""
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
-        rows.append(f"| {f.name} | {f.value:,.0f} | {f.unit} | {peer} | {ratio} |")
+        rows.append(f"| {f.name} | {number(f.value)} | {f.unit} | {peer} | {ratio} |")
     return "\n".join(rows)
 
 

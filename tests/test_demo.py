@@ -1,9 +1,11 @@
-"""``puhui demo`` end to end, small: one simulated day at the default speed (about 80 s).
+"""``puhui demo`` end to end: a simulated week of the three sites (about 4 minutes).
 
 The demo runs as it does for a user (a subprocess: real Mosquitto and InfluxDB, the fleet,
 three gateway processes and the aggregator), with its faults. It must exit 0, and its
 ground-truth check must have passed for every scenario: a statement's ER within 0.5 % of
-ER computed from the simulator's truth over the intervals it credited.
+ER computed from the simulator's truth over the intervals it credited. This is also the
+methodology issue's end-to-end test: a week of a PV street, a charging depot and a heating
+village through gateways and aggregator.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
-WALL_LIMIT_S = 240
+WALL_LIMIT_S = 480
 
 
 def run_demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -39,9 +41,9 @@ def run_demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(WALL_LIMIT_S + 60)
-def test_one_simulated_day_passes_the_ground_truth_check(tmp_path: Path) -> None:
+def test_a_simulated_week_passes_the_ground_truth_check(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
-    result = run_demo(out, "--days", "1")
+    result = run_demo(out, "--days", "7", "--speed", "2880", "--poll", "450")
     text = result.stdout
     assert result.returncode == 0, text[-6000:]
     assert "ER CHECK PASSED" in text, text[-6000:]
