@@ -28,7 +28,6 @@ commit, so a crash in between makes the gateway resend and the batch deduplicate
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+import orjson
 
 from aggregator.config import AggregatorConfig
 from aggregator.errors import KeyRejected, StoreConflict, StoreError
@@ -155,13 +155,13 @@ def decode_records(
     intervals: list[tuple[int, dict[str, Any]]] = []
     drops: list[DropRecord] = []
     rotations: list[KeyRotationRecord] = []
-    loads = json.loads
+    loads = orjson.loads  # ~5x json.loads; stricter (NaN, >64-bit ints): then the reference path
     for index, raw in enumerate(sealed.records):
         try:
             obj = loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedRecord(f"{sealed.header.label}: record {index}: not JSON: {exc}") from exc
-        if _fast_interval(obj):
+        except orjson.JSONDecodeError:
+            obj = None  # decode_record below says what is wrong, or accepts what orjson would not
+        if obj is not None and _fast_interval(obj):
             intervals.append((index, obj))
             continue
         try:
