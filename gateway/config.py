@@ -140,6 +140,10 @@ class SiteConfig(Closed):
     clock: ClockConfig = Field(default_factory=SystemClockConfig)
     interval_minutes: int = Field(default=15, ge=1, le=60)
     grace_seconds: float = Field(default=30.0, ge=0, le=600, description="keep intervals open after end")
+    boundary_seconds: float = Field(
+        default=5.0, ge=0, le=60,
+        description="a counter reading this soon after a boundary closes the interval that ended (<= grace)",
+    )  # fmt: skip
     serial_buses: tuple[SerialBus, ...] = ()
     meters: tuple[Meter, ...] = Field(min_length=1)
     # Defaults: key /etc/puhui/gateway-key.pem, state /var/lib/puhui/gateway (see

@@ -4,7 +4,13 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
 
 - **Intervals** are ``[start, end)`` in clock seconds, aligned to the interval length from
   the POSIX epoch (UTC). A sample belongs to the interval containing its timestamp; one
-  taken exactly at a boundary opens the next interval.
+  taken exactly at a boundary opens the next interval, except for counters with a
+  ``boundary_s`` tolerance: a counter reading taken less than ``boundary_s`` after a
+  boundary is the *closing* reading of the interval that just ended (and so the opening
+  reading of the next). Polls are slot-aligned, so the reading of the boundary slot arrives
+  a few milliseconds to seconds after the boundary (request latency, a shared RS-485 bus);
+  without the tolerance every delta would cover ``[start - poll, end - poll)``. The
+  reading keeps its own time in ``counter_end_time_ms``: nothing is interpolated.
 - **Counters.** ``counter_end`` is the last accepted reading before ``end``;
   ``counter_start`` is the previous interval's ``counter_end`` (the last accepted reading
   before ``start``), carried across intervals, with their times in ms. ``delta =
@@ -157,11 +163,15 @@ class IntervalBuilder:
         interval_s: int = 900,
         grace_s: float = 30.0,
         max_future_s: float = 60.0,
+        boundary_s: float = 0.0,
     ) -> None:
         if not 60 <= interval_s <= 3600 or 3600 % interval_s:
             raise IntervalError(f"interval must be 1-60 minutes dividing an hour, got {interval_s} s")
         self.clock, self.interval_s, self.grace_s = clock, interval_s, grace_s
         self.max_future_s = max_future_s
+        if not 0 <= boundary_s < interval_s / 2:
+            raise IntervalError(f"boundary tolerance must be in [0, {interval_s / 2}) s, got {boundary_s}")
+        self.boundary_s = boundary_s
         self.counts = BuilderCounts()
         origin = clock.now()
         first = self._start_of(origin)
@@ -201,7 +211,10 @@ class IntervalBuilder:
             return
         start = self._start_of(sample.time)
         if series is not None:
-            self._route(series, sample, start)
+            if series.spec.kind == "counter" and self.boundary_s:
+                self._route(series, sample, self._start_of(sample.time - self.boundary_s))
+            else:
+                self._route(series, sample, start)
         for target in stats_targets or ():
             self._route_stats(target, sample, start)
 

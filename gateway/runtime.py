@@ -163,8 +163,10 @@ class Gateway:
         self.profiles = load_profiles() if profiles is None else profiles
         self.plan = plan_site(site, self.profiles)
         self.builder = IntervalBuilder(
-            self.plan.series, clock=clock, interval_s=site.interval_s, grace_s=site.grace_seconds
-        )
+            self.plan.series, clock=clock, interval_s=site.interval_s, grace_s=site.grace_seconds,
+            # the boundary reading must arrive while its interval is still open
+            boundary_s=min(site.boundary_seconds, site.grace_seconds),
+        )  # fmt: skip
         self.poller: Poller | None = None
         self.subscribers: list[MqttSubscriber] = []
         self.buses: dict[str, SerialBusOwner] = {}

@@ -94,7 +94,7 @@ def _site(fleet: Fleet, broker: tuple[str, int]) -> SiteConfig:
     data = {
         "gateway": {"id": "gw-test-1", "site": "test-site"},
         "interval_minutes": INTERVAL // 60,
-        "grace_seconds": 0,
+        "grace_seconds": 5,  # the boundary reading (taken at the boundary) closes its interval
         "serial_buses": [{"id": "bus1", "port": bus_path, "baudrate": 115200, "inter_frame_delay_ms": 1}],
         "meters": meters,
         "status": {"enabled": False},
