@@ -47,16 +47,6 @@ def truth_matrix(run: Run, comp: Computation, lag_s: int = 0) -> np.ndarray:
     return out
 
 
-def truth_step_s(run: Run) -> int:
-    """The length of the simulator's truth intervals in this run (the first may be partial)."""
-    for channels in run.truth["devices"].values():
-        for ch in channels.values():
-            lengths = [int(iv["end"] - iv["start"]) for iv in ch["intervals"][:3]]
-            if lengths:
-                return max(lengths)
-    return 900
-
-
 def truth_channel(run: Run, meter: str, quantity: str) -> tuple[str, str, str]:
     """Which simulated device, channel and direction a gateway meter's quantity measures."""
     m = re.fullmatch(r"(.+)-s(\d+)", meter)
@@ -139,8 +129,8 @@ def print_truth_check(run: Run, results: list[ScenarioResult]) -> bool:
     print(
         f"\nground-truth check: ER recomputed from fleet.truth() (true Wh per 900 s interval), same"
         f" parameter set, over the intervals each statement credited; limit {TOLERANCE:.1%}.\n"
-        "  (Metered deltas run between real readings, true energy between exact 900 s boundaries: they"
-        " differ by at\n  most one poll period's energy at each end of a credited run.)"
+        "  (Metered deltas run between the readings that close each interval, taken just after its"
+        " boundary;\n  true energy runs between the exact boundaries.)"
     )
     ok = True
     for r in results:
@@ -158,20 +148,10 @@ def print_truth_check(run: Run, results: list[ScenarioResult]) -> bool:
         passed = abs(diff) <= TOLERANCE
         ok &= passed
         r.check = {"er": er, "truth": er_used, "diff": diff, "passed": passed, "truth_all": er_all}
-        lag = int(run.poll_s)
-        if lag % truth_step_s(run) == 0 and lag < r.comp.interval_s:
-            er_lag, _ = truth_er(r.comp, truth_matrix(run, r.comp, lag), used)
-            lag_diff = (er - er_lag) / er_lag if er_lag else 0.0
-            r.check["truth_at_readings"] = er_lag
         print(
             f"  {r.scenario:14} statement {er:.6f}  truth {er_used:.6f} tCO2e  difference {diff:+.3%}  "
             f"{'PASS' if passed else 'FAIL'}"
         )
-        if "truth_at_readings" in r.check:
-            print(
-                f"  {'':14} truth {r.check['truth_at_readings']:.6f} over the readings' own times (each delta"
-                f" runs {lag} s early): difference {lag_diff:+.3%}"
-            )
         removed = np.broadcast_to(real, used.shape) & ~used
         if not removed.any():
             print(f"  {'':14} every interval of the period was credited (truth over all: {er_all:.6f})")
