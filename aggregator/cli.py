@@ -24,8 +24,8 @@ from aggregator.errors import AggregatorError
 from aggregator.methodology import cli as methodology_cli
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
+from evidence import cli as evidence_cli
 from evidence.errors import EvidenceError
-from evidence.keys import generate_key, public_key_pem, save_private_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("keygen", help="make the aggregator's reply-signing key (PKCS#8 PEM, mode 0600)")
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=_keygen)
+    p.set_defaults(func=evidence_cli.keygen)  # the same key file rules as any puhui key
 
     methodology_cli.add_arguments(
         sub.add_parser("reductions", help="compute, list, show and verify signed reduction statements")
@@ -163,14 +163,4 @@ def _revoke(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     for kid in ids:
         print(f"revoked {args.gateway} key {kid} from {_ms(from_ms)}")
-    return 0
-
-
-def _keygen(args: argparse.Namespace) -> int:
-    key = generate_key()
-    try:
-        save_private_key(key, args.out)
-    except EvidenceError as exc:
-        return _fail(str(exc))
-    print(f"key id {key.key_id}\n{public_key_pem(key.public_key).decode()}", end="")
     return 0

@@ -19,6 +19,7 @@ plausibility issues), ``gaps``, ``rejections``, ``counter_state``.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -231,19 +232,14 @@ class SQLiteEvidenceStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    def _write(
-        self, what: str, statements: list[tuple[str, Sequence[object] | list[Sequence[object]]]]
-    ) -> None:
-        """Run statements in one IMMEDIATE transaction; executemany when given a list."""
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction on the writer connection; errors name ``what``."""
         with self._wlock:
             try:
                 self._w.execute("BEGIN IMMEDIATE")
                 try:
-                    for sql, params in statements:
-                        if isinstance(params, list):
-                            self._w.executemany(sql, params)
-                        else:
-                            self._w.execute(sql, params)
+                    yield self._w
                     self._w.execute("COMMIT")
                 except BaseException:
                     self._w.execute("ROLLBACK")
@@ -253,26 +249,24 @@ class SQLiteEvidenceStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {what}: {exc}") from exc
 
+    def _write(
+        self, what: str, statements: list[tuple[str, Sequence[object] | list[Sequence[object]]]]
+    ) -> None:
+        """Run statements in one IMMEDIATE transaction; executemany when given a list."""
+        with self._transaction(what) as w:
+            for sql, params in statements:
+                if isinstance(params, list):
+                    w.executemany(sql, params)
+                else:
+                    w.execute(sql, params)
+
     def store_batch(self, batch: AcceptedBatch) -> int:
         """Store a verified batch with its intervals, gaps and chain effects; durable on return.
 
         Raises :class:`StoreConflict` if ``(gateway, seq)`` is already stored.
         """
-        b = batch
-        with self._wlock:
-            try:
-                self._w.execute("BEGIN IMMEDIATE")
-                try:
-                    batch_id = self._insert_batch(b)
-                    self._w.execute("COMMIT")
-                except BaseException:
-                    self._w.execute("ROLLBACK")
-                    raise
-            except sqlite3.IntegrityError as exc:
-                raise StoreConflict(f"{self.path}: batch {b.gateway}#{b.seq}: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: storing batch {b.gateway}#{b.seq}: {exc}") from exc
-        return batch_id
+        with self._transaction(f"batch {batch.gateway}#{batch.seq}"):
+            return self._insert_batch(batch)
 
     def _insert_batch(self, b: AcceptedBatch) -> int:
         w = self._w

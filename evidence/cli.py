@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("keygen", help="generate a P-256 key (PKCS#8 PEM, mode 0600)")
     p.add_argument("--out", type=Path, required=True, help="private key file to create")
-    p.set_defaults(func=_keygen)
+    p.set_defaults(func=keygen)
 
     p = sub.add_parser("verify-batch", help="verify batch files (signature, root, chain)")
     p.add_argument("--key", type=Path, required=True, help="gateway public key (PEM or DER)")
@@ -48,7 +48,8 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _keygen(args: argparse.Namespace) -> int:
+def keygen(args: argparse.Namespace) -> int:
+    """Create a P-256 key at ``args.out`` (0600, never overwritten); print its id and public key."""
     key = generate_key()
     try:
         save_private_key(key, args.out)
