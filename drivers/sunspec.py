@@ -183,12 +183,13 @@ def mapped_points(mapping: SunSpecMapping, model_id: int) -> dict[str, SunSpecPo
     """The point -> quantity map for ``model_id``; keys like ``"101-103,111-113"``."""
     out: dict[str, SunSpecPoint] = {}
     for key, points in mapping.points.items():
-        if model_id in _model_ids(key):
+        if model_id in model_ids(key):
             out.update(points)
     return out
 
 
-def _model_ids(key: str) -> set[int]:
+def model_ids(key: str) -> set[int]:
+    """Model ids of a mapping key like ``"101-103,111-113"``."""
     ids: set[int] = set()
     for part in key.split(","):
         lo, _, hi = part.strip().partition("-")

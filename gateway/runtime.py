@@ -175,10 +175,6 @@ class Gateway:
         self._closer: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
 
-    @property
-    def sources(self) -> dict[str, PollSource]:
-        return {s.source.meter: s.source for s in self._schedules}
-
     async def __aenter__(self) -> Gateway:
         state = self.sink.builder_state()
         if state is not None:

@@ -16,7 +16,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -213,19 +213,11 @@ def gateway_status(
     }
 
 
-def merge_health(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for p in parts:
-        out.update(p)
-    return out
-
-
 __all__ = [
     "Metrics",
     "StatusServer",
     "StatusSettings",
     "gateway_status",
-    "merge_health",
     "plain",
     "prometheus_text",
 ]

@@ -23,7 +23,15 @@ from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout
 from drivers.modbus.source import ModbusSource, PollResult, ReadPolicy, RegisterReader
 from drivers.plan import ReadRequest
 from drivers.profiles import RegisterField, SunSpecMapping
-from drivers.sunspec import ChainWalk, ModelBlock, SunSpecChain, block_fields, chain_fields, load_model
+from drivers.sunspec import (
+    ChainWalk,
+    ModelBlock,
+    SunSpecChain,
+    block_fields,
+    chain_fields,
+    load_model,
+    model_ids,
+)
 from puhui.clock import Clock
 
 
@@ -32,7 +40,7 @@ def template_fields(mapping: SunSpecMapping) -> tuple[RegisterField, ...]:
     fields: list[RegisterField] = []
     taken: set[str] = set()
     for key, points in mapping.points.items():
-        ids = _ids(key)
+        ids = model_ids(key)
         model_id = next((m for m in mapping.models if m in ids), None)
         if model_id is None:
             continue
@@ -40,14 +48,6 @@ def template_fields(mapping: SunSpecMapping) -> tuple[RegisterField, ...]:
         block = ModelBlock(model_id, 0, definition.length)
         fields.extend(block_fields(block, f"m{model_id}", points, taken))
     return tuple(fields)
-
-
-def _ids(key: str) -> set[int]:
-    out: set[int] = set()
-    for part in key.split(","):
-        lo, _, hi = part.strip().partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 class SunSpecSource:
