@@ -24,10 +24,9 @@ message), logged and counted, so one bad point cannot block the stream.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,7 +41,9 @@ from aggregator.influx import (
     Point,
     encode_point,
 )
+from aggregator.records import Interval, decode_records
 from aggregator.store import EvidenceStore, PendingBatch
+from evidence.batch import BatchHeader, parse_batch
 from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,19 @@ def _int(name: str, value: Any) -> str:
     return "" if value is None else f",{name}={int(value)}i"
 
 
+_texts: dict[str, str] = {}
+
+
+def _text_cached(value: str) -> str:
+    """:func:`_text` for the few values that repeat on every line (units, kinds)."""
+    text = _texts.get(value)
+    if text is None:
+        text = _text(value)
+        if len(_texts) < 1000:
+            _texts[value] = text
+    return text
+
+
 # The common case (every number present): one %-format, same bytes as the general path.
 _FAST_LINE = (
     "%s unit=%s,kind=%s,delta=%r,counter_start=%r,counter_end=%r,counter_start_time_ms=%di,"
@@ -93,86 +107,100 @@ _FAST_LINE = (
 )
 
 
+def interval_lines(
+    measurement: str,
+    gateway: str,
+    seq: int,
+    verdict: str,
+    items: Iterable[tuple[int, Interval, Sequence[str]]],
+) -> list[str]:
+    """One line of line protocol per ``(leaf index, interval record, issues)`` of one batch."""
+    out: list[str] = []
+    append = out.append
+    series: dict[tuple[str, str], str] = {}
+    text = _text_cached
+    for index, r, issues in items:
+        st = r.stats
+        a, b, d = r.counter_start, r.counter_end, r.delta
+        ta, tb = r.counter_start_time_ms, r.counter_end_time_ms
+        if (
+            st is None or type(a) is not float or type(b) is not float or type(d) is not float
+            or type(ta) is not int or type(tb) is not int
+        ):  # fmt: skip
+            append(interval_line(measurement, gateway, seq, verdict, index, r, issues))
+            continue
+        key = (r.meter, r.quantity)
+        prefix = series.get(key)
+        if prefix is None:
+            prefix = series[key] = _series(measurement, gateway, r.meter, r.quantity)
+        append(
+            _FAST_LINE % (
+                prefix, text(r.unit), text(r.kind), d, a, b, ta, tb, text(st.unit),
+                float(st.min), float(st.avg), float(st.max), r.samples, r.expected, r.end - r.start,
+                ",".join(r.flags), ",".join(issues), "false" if issues else "true", seq, index, verdict,
+                r.start * 1000,
+            )
+        )  # fmt: skip
+    return out
+
+
 def interval_line(
     measurement: str,
     gateway: str,
     seq: int,
     verdict: str,
     index: int,
-    r: Mapping[str, Any],
+    r: Interval,
     issues: Sequence[str],
 ) -> str:
-    """One line of line protocol for one interval record (a decoded JSON dict)."""
-    stats = r["stats"]
-    a, b, d, ta, tb = (
-        r["counter_start"],
-        r["counter_end"],
-        r["delta"],
-        r["counter_start_time_ms"],
-        r["counter_end_time_ms"],
-    )
-    if (
-        stats is not None
-        and type(a) is float
-        and type(b) is float
-        and type(d) is float
-        and type(ta) is int
-        and type(tb) is int
-    ):
-        return _FAST_LINE % (
-            _series(measurement, gateway, r["meter"], r["quantity"]), _text(r["unit"]), _text(r["kind"]),
-            d, a, b, ta, tb, _text(stats["unit"]),
-            float(stats["min"]), float(stats["avg"]), float(stats["max"]),
-            r["samples"], r["expected"], r["end"] - r["start"], ",".join(r["flags"]), ",".join(issues),
-            "false" if issues else "true", seq, index, verdict, r["start"] * 1000,
-        )  # fmt: skip
+    """One line of line protocol for one interval record (the general case, any value missing)."""
+    stats = r.stats
     fields = [
-        f"unit={_text(r['unit'])},kind={_text(r['kind'])}",
-        _num("delta", r["delta"]),
-        _num("counter_start", r["counter_start"]),
-        _num("counter_end", r["counter_end"]),
-        _int("counter_start_time_ms", r["counter_start_time_ms"]),
-        _int("counter_end_time_ms", r["counter_end_time_ms"]),
+        f"unit={_text(r.unit)},kind={_text(r.kind)}",
+        _num("delta", r.delta),
+        _num("counter_start", r.counter_start),
+        _num("counter_end", r.counter_end),
+        _int("counter_start_time_ms", r.counter_start_time_ms),
+        _int("counter_end_time_ms", r.counter_end_time_ms),
         "" if stats is None else (
-            f",stat_unit={_text(stats['unit'])},stat_min={float(stats['min'])!r},"
-            f"stat_avg={float(stats['avg'])!r},stat_max={float(stats['max'])!r}"
+            f",stat_unit={_text(stats.unit)},stat_min={float(stats.min)!r},"
+            f"stat_avg={float(stats.avg)!r},stat_max={float(stats.max)!r}"
         ),
-        f",samples={r['samples']}i,expected={r['expected']}i,interval_s={r['end'] - r['start']}i",
-        f',flags="{",".join(r["flags"])}",issues="{",".join(issues)}"',
+        f",samples={r.samples}i,expected={r.expected}i,interval_s={r.end - r.start}i",
+        f',flags="{",".join(r.flags)}",issues="{",".join(issues)}"',
         f",plausible={'false' if issues else 'true'}",
         f',batch_seq={seq}i,batch_index={index}i,chain="{verdict}",status="{STATUS_VERIFIED}"',
     ]  # fmt: skip
-    series = _series(measurement, gateway, r["meter"], r["quantity"])
-    return f"{series} {''.join(fields)} {r['start'] * 1000}"
+    series = _series(measurement, gateway, r.meter, r.quantity)
+    return f"{series} {''.join(fields)} {r.start * 1000}"
 
 
-def batch_line(measurement: str, header: Mapping[str, Any], verdict: str, implausible: int) -> str:
+def batch_line(measurement: str, h: BatchHeader, verdict: str, implausible: int) -> str:
     """One point per stored batch (timestamp: the batch's created_ms)."""
-    series = _series(measurement, header["gateway"], "-", "-").split(",meter=")[0]
+    series = _series(measurement, h.gateway, "-", "-").split(",meter=")[0]
     return (
-        f'{series} seq={header["seq"]}i,count={header["count"]}i,chain="{verdict}",'
-        f'status="{STATUS_VERIFIED}",key_id="{header["key_id"]}",root="{header["root"]}",'
-        f"implausible={implausible}i {header['created_ms']}"
+        f'{series} seq={h.seq}i,count={h.count}i,chain="{verdict}",'
+        f'status="{STATUS_VERIFIED}",key_id="{h.key_id}",root="{h.root}",'
+        f"implausible={implausible}i {h.created_ms}"
     )
 
 
 def batch_lines(settings: InfluxSettings, pending: PendingBatch) -> bytes:
     """Rebuild a stored batch's lines from its exact bytes (after a restart or a cache miss)."""
-    lines = pending.data.split(b"\n")
-    header = json.loads(lines[0])
-    out = []
-    for index, raw in enumerate(lines[2:-1]):
-        record = json.loads(raw)
-        if record.get("type") != "interval":
-            continue
-        issues = pending.issues.get(index, ())
-        out.append(
-            interval_line(
-                settings.measurement, pending.gateway, pending.seq, pending.verdict, index, record, issues
-            )
-        )
-    out.append(batch_line(settings.batch_measurement, header, pending.verdict, len(pending.issues)))
-    return ("\n".join(out) + "\n").encode("utf-8")
+    sealed = parse_batch(pending.data)
+    intervals, _, _ = decode_records(sealed)
+    lines = interval_lines(
+        settings.measurement, pending.gateway, pending.seq, pending.verdict,
+        ((index, record, pending.issues.get(index, ())) for index, record in intervals),
+    )  # fmt: skip
+    lines.append(batch_line(settings.batch_measurement, sealed.header, pending.verdict, len(pending.issues)))
+    return lines_bytes(lines)
+
+
+def lines_bytes(lines: Iterable[str]) -> bytes:
+    """Lines joined into a request body. A lone surrogate (which JSON allows and a signed record
+    may carry) cannot be UTF-8: it is written as a backslash escape rather than fail the batch."""
+    return "".join([line + "\n" for line in lines]).encode("utf-8", "backslashreplace")
 
 
 @dataclass

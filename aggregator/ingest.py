@@ -29,7 +29,6 @@ commit, so a crash in between makes the gateway resend and the batch deduplicate
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -37,12 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
-import orjson
 
 from aggregator.config import AggregatorConfig
 from aggregator.errors import KeyRejected, StoreConflict, StoreError
-from aggregator.influx_writer import batch_line, interval_line
+from aggregator.influx_writer import batch_line, interval_lines, lines_bytes
 from aggregator.plausibility import CounterState, check_intervals
+from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, EvidenceStore, IntervalRow, Rejection
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
@@ -57,7 +56,6 @@ from evidence.errors import (
     RootMismatch,
 )
 from evidence.keys import GatewayKey
-from evidence.records import FLAGS, DropRecord, KeyRotationRecord, decode_record
 from evidence.wire import (
     Ack,
     Reject,
@@ -81,14 +79,6 @@ _VERIFY_ERRORS: list[tuple[type[EvidenceError], RejectReason]] = [
     (RootMismatch, RejectReason.MERKLE_MISMATCH),
     (CountMismatch, RejectReason.MALFORMED),
 ]
-_INTERVAL_KEYS = (
-    "type", "meter", "quantity", "unit", "start", "end", "kind", "counter_start",
-    "counter_start_time_ms", "counter_end", "counter_end_time_ms", "delta", "stats", "samples",
-    "expected", "flags",
-)  # fmt: skip
-_STATS_KEYS = ("unit", "min", "avg", "max")
-
-
 @dataclass
 class IngestStats:
     """Counters of what ingest did (also logged)."""
@@ -109,72 +99,6 @@ class _Refused(Exception):
     def __init__(self, reason: RejectReason, detail: str, header: BatchHeader | None = None) -> None:
         super().__init__(detail)
         self.reason, self.detail, self.header = reason, detail, header
-
-
-def _is_num(v: Any) -> bool:
-    t = type(v)
-    return (t is float and math.isfinite(v)) or t is int
-
-
-def _is_opt_int(v: Any) -> bool:
-    return v is None or type(v) is int
-
-
-def _fast_interval(obj: Any) -> bool:
-    """True when ``obj`` is a valid interval record by the rules of evidence.decode_record.
-
-    The common case checked without building objects; anything else (other key order,
-    record types, errors) goes through decode_record, which explains the problem.
-    """
-    if type(obj) is not dict or tuple(obj) != _INTERVAL_KEYS or obj["type"] != "interval":
-        return False
-    st, d, a, b = obj["stats"], obj["delta"], obj["counter_start"], obj["counter_end"]
-    flags = obj["flags"]
-    try:
-        known_flags = type(flags) is list and FLAGS.issuperset(flags)  # FLAGS holds only str
-    except TypeError:  # an unhashable item
-        return False
-    return (
-        known_flags
-        and type(obj["meter"]) is str and type(obj["quantity"]) is str and type(obj["unit"]) is str
-        and type(obj["start"]) is int and type(obj["end"]) is int and obj["end"] > obj["start"]
-        and (obj["kind"] == "counter" or (obj["kind"] == "gauge" and d is None))
-        and (a is None or _is_num(a)) and (b is None or _is_num(b)) and (d is None or _is_num(d))
-        and _is_opt_int(obj["counter_start_time_ms"]) and _is_opt_int(obj["counter_end_time_ms"])
-        and type(obj["samples"]) is int and obj["samples"] >= 0
-        and type(obj["expected"]) is int and obj["expected"] >= 0
-        and (st is None or (type(st) is dict and tuple(st) == _STATS_KEYS and type(st["unit"]) is str
-                            and _is_num(st["min"]) and _is_num(st["avg"]) and _is_num(st["max"])))
-    )  # fmt: skip
-
-
-def decode_records(
-    sealed: SealedBatch,
-) -> tuple[list[tuple[int, dict[str, Any]]], list[DropRecord], list[KeyRotationRecord]]:
-    """Interval records as dicts (with leaf index), drop and key-rotation records."""
-    intervals: list[tuple[int, dict[str, Any]]] = []
-    drops: list[DropRecord] = []
-    rotations: list[KeyRotationRecord] = []
-    loads = orjson.loads  # ~5x json.loads; stricter (NaN, >64-bit ints): then the reference path
-    for index, raw in enumerate(sealed.records):
-        try:
-            obj = loads(raw)
-        except orjson.JSONDecodeError:
-            obj = None  # decode_record below says what is wrong, or accepts what orjson would not
-        if obj is not None and _fast_interval(obj):
-            intervals.append((index, obj))
-            continue
-        try:
-            record = decode_record(raw)
-        except MalformedRecord as exc:
-            raise MalformedRecord(f"{sealed.header.label}: record {index}: {exc}") from exc
-        if isinstance(record, DropRecord):
-            drops.append(record)
-        elif isinstance(record, KeyRotationRecord):
-            rotations.append(record)
-        else:
-            intervals.append((index, record.to_json()))
-    return intervals, drops, rotations
 
 
 class BatchIngest:
@@ -279,7 +203,7 @@ class BatchIngest:
 
     def _prepare(
         self, sealed: SealedBatch, digest: str, verdict: str, missing: tuple[int, ...], now_ms: int
-    ) -> tuple[AcceptedBatch, list[dict[str, Any]]]:
+    ) -> tuple[AcceptedBatch, list[Interval]]:
         h = sealed.header
         try:
             intervals, drops, rotations = decode_records(sealed)
@@ -301,7 +225,7 @@ class BatchIngest:
             limits=self._config.limits,
         )
         rows = [
-            IntervalRow(i, r["meter"], r["quantity"], r["start"], r["end"], found)
+            IntervalRow(i, r.meter, r.quantity, r.start, r.end, found)
             for (i, r), found in zip(intervals, issues, strict=True)
         ]
         accepted = AcceptedBatch(
@@ -314,7 +238,7 @@ class BatchIngest:
         return accepted, records
 
     async def _commit(
-        self, accepted: AcceptedBatch, records: list[dict[str, Any]], h: BatchHeader, digest: str, now_ms: int
+        self, accepted: AcceptedBatch, records: list[Interval], h: BatchHeader, digest: str, now_ms: int
     ) -> Ack:
         try:
             batch_id: int = await self._run_db(self._store.store_batch, accepted)
@@ -335,7 +259,7 @@ class BatchIngest:
         return Ack(h.gateway, h.seq, digest, "stored", now_ms)
 
     def _after_commit(
-        self, a: AcceptedBatch, records: list[dict[str, Any]], h: BatchHeader, digest: str, batch_id: int
+        self, a: AcceptedBatch, records: list[Interval], h: BatchHeader, digest: str, batch_id: int
     ) -> None:
         self._chains[h.gateway].observe(h, digest)
         self._counter_state(h.gateway).update(a.counters)
@@ -356,18 +280,16 @@ class BatchIngest:
         self._on_stored(batch_id, self._lines(a, records, h, implausible))
 
     def _lines(
-        self, a: AcceptedBatch, records: list[dict[str, Any]], h: BatchHeader, implausible: int
+        self, a: AcceptedBatch, records: list[Interval], h: BatchHeader, implausible: int
     ) -> bytes:
         """The batch's line protocol, from the dicts already decoded (the writer's fast path)."""
         m = self._config.influx.measurement
-        out = [
-            interval_line(m, a.gateway, a.seq, a.verdict, row.index, r, row.issues)
-            for row, r in zip(a.intervals, records, strict=True)
-        ]
-        header = {"gateway": h.gateway, "seq": h.seq, "count": h.count, "key_id": h.key_id, "root": h.root,
-                  "created_ms": h.created_ms}  # fmt: skip
-        out.append(batch_line(self._config.influx.batch_measurement, header, a.verdict, implausible))
-        return ("\n".join(out) + "\n").encode("utf-8")
+        lines = interval_lines(
+            m, a.gateway, a.seq, a.verdict,
+            ((row.index, r, row.issues) for row, r in zip(a.intervals, records, strict=True)),
+        )  # fmt: skip
+        lines.append(batch_line(self._config.influx.batch_measurement, h, a.verdict, implausible))
+        return lines_bytes(lines)
 
     async def _chain_step(self, h: BatchHeader, digest: str) -> Any:
         tracker = self._chains.get(h.gateway)

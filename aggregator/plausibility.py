@@ -28,17 +28,17 @@ Issue codes (docs/aggregator.md):
 ``stats_inconsistent``   not min <= avg <= max
 ======================== ===============================================================
 
-Records are checked as the dicts ``json.loads`` gives (the ingest hot path never builds
-objects for them); the counter state is the last ``(end, counter_end)`` per
-``(meter, quantity)``, carried across batches by the store.
+Records are read by attribute: :class:`aggregator.records.IntervalDoc` on the ingest hot
+path, :class:`evidence.records.IntervalRecord` otherwise. The counter state is the last
+``(end, counter_end)`` per ``(meter, quantity)``, carried across batches by the store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from aggregator.config import LimitSettings, PlausibilitySettings
+from aggregator.records import Interval
 from aggregator.view import MeterInfo
 
 # Energy units -> kWh, power units -> kW.
@@ -50,7 +50,7 @@ CounterState = dict[tuple[str, str], tuple[int, float]]
 
 
 def check_intervals(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Interval],
     *,
     meters: Mapping[str, MeterInfo],
     state: CounterState,
@@ -70,31 +70,31 @@ def check_intervals(
         found = issues[i]
         if ahead:
             found.append("batch_time_ahead")
-        meter = meters.get(r["meter"])
+        meter = meters.get(r.meter)
         if meter is None:
             found.append("unknown_meter")
         _check_times(r, latest_ms, found)
         _check_coverage(r, settings, found)
         _check_stats(r, meter, settings, found)
-        if r["kind"] == "counter":
+        if r.kind == "counter":
             _check_counter(r, meter, settings, found)
     moved = _check_continuity(records, state, settings, issues)
     return [tuple(sorted(x)) if x else () for x in issues], moved
 
 
-def _check_times(r: Mapping[str, Any], latest_ms: float, found: list[str]) -> None:
-    end_ms = r["end"] * 1000
-    t0, t1 = r["counter_start_time_ms"], r["counter_end_time_ms"]
+def _check_times(r: Interval, latest_ms: float, found: list[str]) -> None:
+    end_ms = r.end * 1000
+    t0, t1 = r.counter_start_time_ms, r.counter_end_time_ms
     if (
         end_ms > latest_ms
         or (t0 is not None and t0 > latest_ms)
-        or (t1 is not None and (t1 > latest_ms or t1 < r["start"] * 1000))
+        or (t1 is not None and (t1 > latest_ms or t1 < r.start * 1000))
     ):
         found.append("timestamp_skew")
 
 
-def _check_coverage(r: Mapping[str, Any], settings: PlausibilitySettings, found: list[str]) -> None:
-    samples, expected = r["samples"], r["expected"]
+def _check_coverage(r: Interval, settings: PlausibilitySettings, found: list[str]) -> None:
+    samples, expected = r.samples, r.expected
     if samples > expected:
         found.append("excess_samples")
     elif expected == 0 or samples < settings.min_coverage * expected:
@@ -102,27 +102,27 @@ def _check_coverage(r: Mapping[str, Any], settings: PlausibilitySettings, found:
 
 
 def _check_stats(
-    r: Mapping[str, Any], meter: MeterInfo | None, settings: PlausibilitySettings, found: list[str]
+    r: Interval, meter: MeterInfo | None, settings: PlausibilitySettings, found: list[str]
 ) -> None:
-    stats = r["stats"]
+    stats = r.stats
     if stats is None:
         return
-    if not stats["min"] <= stats["avg"] <= stats["max"]:
+    if not stats.min <= stats.avg <= stats.max:
         found.append("stats_inconsistent")
-    scale = POWER_KW.get(stats["unit"])
+    scale = POWER_KW.get(stats.unit)
     if (
         meter is not None
         and scale is not None
-        and stats["max"] * scale > meter.rated_power_kw * settings.nameplate_factor
+        and stats.max * scale > meter.rated_power_kw * settings.nameplate_factor
     ):
         found.append("power_above_nameplate")
 
 
 def _check_counter(
-    r: Mapping[str, Any], meter: MeterInfo | None, settings: PlausibilitySettings, found: list[str]
+    r: Interval, meter: MeterInfo | None, settings: PlausibilitySettings, found: list[str]
 ) -> None:
-    delta, a, b = r["delta"], r["counter_start"], r["counter_end"]
-    explained = not _EXPLAINED.isdisjoint(r["flags"])
+    delta, a, b = r.delta, r.counter_start, r.counter_end
+    explained = not _EXPLAINED.isdisjoint(r.flags)
     if delta is not None and delta < 0:
         found.append("negative_delta")
     if a is not None and b is not None and not explained:
@@ -130,15 +130,15 @@ def _check_counter(
             found.append("counter_decrease")
         elif delta is not None and abs((b - a) - delta) > settings.delta_tolerance_kwh + 1e-9 * abs(b):
             found.append("delta_mismatch")
-    scale = ENERGY_KWH.get(r["unit"])
+    scale = ENERGY_KWH.get(r.unit)
     if meter is not None and scale is not None and delta is not None:
-        hours = (r["end"] - r["start"]) / 3600
+        hours = (r.end - r.start) / 3600
         if delta * scale > meter.rated_power_kw * hours * settings.nameplate_factor:
             found.append("energy_above_nameplate")
 
 
 def _check_continuity(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Interval],
     state: CounterState,
     settings: PlausibilitySettings,
     issues: list[list[str]],
@@ -146,23 +146,23 @@ def _check_continuity(
     """Counters never go down from one interval to the next, across batches too."""
     moved: CounterState = {}
     order = sorted(
-        (i for i, r in enumerate(records) if r["kind"] == "counter"),
-        key=lambda i: (records[i]["meter"], records[i]["quantity"], records[i]["start"]),
+        (i for i, r in enumerate(records) if r.kind == "counter"),
+        key=lambda i: (records[i].meter, records[i].quantity, records[i].start),
     )
     for i in order:
         r = records[i]
-        key = (r["meter"], r["quantity"])
+        key = (r.meter, r.quantity)
         last = moved.get(key) or state.get(key)
-        a, b = r["counter_start"], r["counter_end"]
+        a, b = r.counter_start, r.counter_end
         if (
             last is not None
             and a is not None
-            and last[0] <= r["start"]
+            and last[0] <= r.start
             and a < last[1] - settings.delta_tolerance_kwh
-            and _EXPLAINED.isdisjoint(r["flags"])
+            and _EXPLAINED.isdisjoint(r.flags)
             and "counter_decrease" not in issues[i]
         ):
             issues[i].append("counter_decrease")
-        if b is not None and (last is None or r["end"] > last[0]):
-            moved[key] = (r["end"], float(b))
+        if b is not None and (last is None or r.end > last[0]):
+            moved[key] = (r.end, float(b))
     return moved

@@ -1,16 +1,17 @@
-"""Plausibility checks (pure) and the ingest fast decoder's agreement with evidence.decode_record."""
+"""Plausibility checks (pure) and the msgspec decoder's agreement with evidence.decode_record."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.config import LimitSettings, PlausibilitySettings
-from aggregator.ingest import _fast_interval
 from aggregator.plausibility import check_intervals
+from aggregator.records import IntervalDoc, decode_interval
 from aggregator.view import MeterInfo
 from evidence import IntervalRecord, Stats, decode_record, encode_record
 from evidence.errors import MalformedRecord
@@ -19,7 +20,7 @@ from evidence.records import FLAGS
 METERS = {"m": MeterInfo("gw", "m", "pv", 4.0, "1")}  # 4 kW x 0.25 h x 1.2 = 1.2 kWh allowed
 
 
-def _rec(start: int = 0, c0: float = 10.0, delta: float = 1.0, **kw: Any) -> dict[str, Any]:
+def _obj(start: int = 0, c0: float = 10.0, delta: float = 1.0, **kw: Any) -> dict[str, Any]:
     base = IntervalRecord(
         "m",
         "energy_import",
@@ -41,8 +42,12 @@ def _rec(start: int = 0, c0: float = 10.0, delta: float = 1.0, **kw: Any) -> dic
     return obj
 
 
+def _rec(start: int = 0, c0: float = 10.0, delta: float = 1.0, **kw: Any) -> IntervalDoc:
+    return msgspec.convert(_obj(start, c0, delta, **kw), IntervalDoc)
+
+
 def _check(
-    records: list[dict[str, Any]], state: Any = None, created_ms: int = 2_000_000
+    records: list[IntervalDoc], state: Any = None, created_ms: int = 2_000_000
 ) -> list[tuple[str, ...]]:
     issues, _ = check_intervals(
         records,
@@ -125,13 +130,33 @@ values = st.one_of(st.none(), finite, st.integers(-10, 10), st.text(max_size=3),
     value=st.one_of(values, st.lists(st.sampled_from([*sorted(FLAGS), "bogus"]), max_size=3)),
 )
 def test_fast_decoder_accepts_exactly_what_decode_record_accepts(key: str, value: Any) -> None:
-    obj = _rec()
+    obj = _obj()
     obj[key] = value
     raw = json.dumps(obj, separators=(",", ":")).encode()
     try:
         record = decode_record(raw)
     except MalformedRecord:
-        assert not _fast_interval(json.loads(raw))
+        assert decode_interval(raw) is None
         return
-    if _fast_interval(json.loads(raw)):
+    doc = decode_interval(raw)
+    if doc is not None:  # None: the fallback (decode_record) takes it, which is allowed
         assert isinstance(record, IntervalRecord)
+        assert msgspec.to_builtins(doc) | {"flags": sorted(doc.flags)} == record.to_json()
+
+
+def test_fast_decoder_takes_the_common_case_and_refers_the_rest() -> None:
+    raw = json.dumps(_obj(), separators=(",", ":")).encode()
+    assert decode_interval(raw) == _rec()
+    no_type = _obj()
+    del no_type["type"]
+    extra = _obj(note="x")
+    for refused in (
+        json.dumps(no_type).encode(),
+        json.dumps(extra).encode(),
+        raw.replace(b'"counter_start":10.0', b'"counter_start":NaN'),
+        raw.replace(b'"counter_start":10.0', b'"counter_start":1e999'),
+        raw.replace(b'"meter":"m"', b'"meter":"\\ud800"'),
+        raw.replace(b'"end":900', b'"end":0'),
+        raw.replace(b'"delta":1.0', b'"delta":true'),
+    ):
+        assert decode_interval(refused) is None, refused
