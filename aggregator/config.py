@@ -73,6 +73,13 @@ class LimitSettings(_Closed):
     kept_rejected_bytes: int = Field(default=65536, ge=0)  # bytes of a too-large rejected payload kept
 
 
+class IngestSettings(_Closed):
+    """Group commit: batches staged while the store commits wait, then go in one transaction."""
+
+    max_group_batches: int = Field(default=32, ge=1)  # batches (and rejections) per transaction
+    queue_batches: int = Field(default=16, ge=1)  # staged, waiting for the store: then backpressure
+
+
 class PlausibilitySettings(_Closed):
     nameplate_factor: float = Field(default=1.2, gt=0)  # allowed energy = rated power x hours x factor
     min_coverage: float = Field(default=0.5, ge=0, le=1)  # samples / expected below this: low_coverage
@@ -87,6 +94,7 @@ class AggregatorConfig(_Closed):
     influx: InfluxSettings
     key_file: Path
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
 
     def resolved(self, base: Path) -> AggregatorConfig:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aggregator.config import InfluxSettings
+from aggregator.errors import StoreError
 from aggregator.influx import (
     InfluxAuthError,
     InfluxDatabaseNotFound,
@@ -53,22 +54,30 @@ RunDb = Callable[..., Awaitable[Any]]
 STATUS_VERIFIED = "verified"
 _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 _PROBE_FIELD = " x=1i 0"  # what encode_point appends for the probe point below
-_prefixes: dict[tuple[str, str, str, str], str] = {}
+_prefixes: dict[tuple[str, ...], str] = {}
 
 
-def _series(measurement: str, gateway: str, meter: str, quantity: str) -> str:
-    """Escaped ``measurement,gateway=..,meter=..,quantity=..``; validated by encode_point."""
-    key = (measurement, gateway, meter, quantity)
+def _prefix(measurement: str, *tags: str) -> str:
+    """Escaped ``measurement,key=value,...`` for tag pairs ``k1, v1, k2, v2, ...``; validated
+    (and sorted) by encode_point. Empty values are left out (line protocol has no empty tag)."""
+    key = (measurement, *tags)
     prefix = _prefixes.get(key)
     if prefix is None:
-        probe = encode_point(
-            Point(measurement, {"gateway": gateway, "meter": meter, "quantity": quantity}, {"x": 1}, 0)
-        )
-        prefix = probe[: -len(_PROBE_FIELD)]
+        pairs = {tags[i]: tags[i + 1] for i in range(0, len(tags), 2) if tags[i + 1]}
+        prefix = encode_point(Point(measurement, pairs, {"x": 1}, 0))[: -len(_PROBE_FIELD)]
         if len(_prefixes) > 100_000:
             _prefixes.clear()
         _prefixes[key] = prefix
     return prefix
+
+
+def _series(measurement: str, gateway: str, r: Interval) -> str:
+    """The interval point's series: where it was measured and what it is (docs/influx-schema.md)."""
+    st = r.stats
+    return _prefix(
+        measurement, "gateway", gateway, "meter", r.meter, "quantity", r.quantity, "unit", r.unit,
+        "kind", r.kind, "stat_unit", "" if st is None else st.unit, "status", STATUS_VERIFIED,
+    )  # fmt: skip
 
 
 def _text(value: str) -> str:
@@ -85,25 +94,11 @@ def _int(name: str, value: Any) -> str:
     return "" if value is None else f",{name}={int(value)}i"
 
 
-_texts: dict[str, str] = {}
-
-
-def _text_cached(value: str) -> str:
-    """:func:`_text` for the few values that repeat on every line (units, kinds)."""
-    text = _texts.get(value)
-    if text is None:
-        text = _text(value)
-        if len(_texts) < 1000:
-            _texts[value] = text
-    return text
-
-
 # The common case (every number present): one %-format, same bytes as the general path.
 _FAST_LINE = (
-    "%s unit=%s,kind=%s,delta=%r,counter_start=%r,counter_end=%r,counter_start_time_ms=%di,"
-    "counter_end_time_ms=%di,stat_unit=%s,stat_min=%r,stat_avg=%r,stat_max=%r,samples=%di,expected=%di,"
-    'interval_s=%di,flags="%s",issues="%s",plausible=%s,batch_seq=%di,batch_index=%di,chain="%s",'
-    'status="' + STATUS_VERIFIED + '" %d'
+    "%s delta=%r,counter_start=%r,counter_end=%r,counter_start_time_ms=%di,counter_end_time_ms=%di,"
+    "stat_min=%r,stat_avg=%r,stat_max=%r,samples=%di,expected=%di,interval_s=%di,"
+    'flags="%s",issues="%s",plausible=%s,batch_seq=%di,batch_index=%di %d'
 )
 
 
@@ -111,15 +106,12 @@ def interval_lines(
     measurement: str,
     gateway: str,
     seq: int,
-    verdict: str,
-    items: Iterable[tuple[int, Interval, Sequence[str]]],
+    index_records: Iterable[tuple[int, Interval, Sequence[str]]],
 ) -> list[str]:
     """One line of line protocol per ``(leaf index, interval record, issues)`` of one batch."""
     out: list[str] = []
     append = out.append
-    series: dict[tuple[str, str], str] = {}
-    text = _text_cached
-    for index, r, issues in items:
+    for index, r, issues in index_records:
         st = r.stats
         a, b, d = r.counter_start, r.counter_end, r.delta
         ta, tb = r.counter_start_time_ms, r.counter_end_time_ms
@@ -127,59 +119,44 @@ def interval_lines(
             st is None or type(a) is not float or type(b) is not float or type(d) is not float
             or type(ta) is not int or type(tb) is not int
         ):  # fmt: skip
-            append(interval_line(measurement, gateway, seq, verdict, index, r, issues))
+            append(interval_line(measurement, gateway, seq, index, r, issues))
             continue
-        key = (r.meter, r.quantity)
-        prefix = series.get(key)
-        if prefix is None:
-            prefix = series[key] = _series(measurement, gateway, r.meter, r.quantity)
         append(
             _FAST_LINE % (
-                prefix, text(r.unit), text(r.kind), d, a, b, ta, tb, text(st.unit),
-                float(st.min), float(st.avg), float(st.max), r.samples, r.expected, r.end - r.start,
-                ",".join(r.flags), ",".join(issues), "false" if issues else "true", seq, index, verdict,
-                r.start * 1000,
+                _series(measurement, gateway, r), d, a, b, ta, tb, float(st.min), float(st.avg),
+                float(st.max), r.samples, r.expected, r.end - r.start, ",".join(r.flags), ",".join(issues),
+                "false" if issues else "true", seq, index, r.start * 1000,
             )
         )  # fmt: skip
     return out
 
 
 def interval_line(
-    measurement: str,
-    gateway: str,
-    seq: int,
-    verdict: str,
-    index: int,
-    r: Interval,
-    issues: Sequence[str],
+    measurement: str, gateway: str, seq: int, index: int, r: Interval, issues: Sequence[str]
 ) -> str:
-    """One line of line protocol for one interval record (the general case, any value missing)."""
+    """One line of line protocol for one interval record (the general case: values missing)."""
     stats = r.stats
     fields = [
-        f"unit={_text(r.unit)},kind={_text(r.kind)}",
         _num("delta", r.delta),
         _num("counter_start", r.counter_start),
         _num("counter_end", r.counter_end),
         _int("counter_start_time_ms", r.counter_start_time_ms),
         _int("counter_end_time_ms", r.counter_end_time_ms),
         "" if stats is None else (
-            f",stat_unit={_text(stats.unit)},stat_min={float(stats.min)!r},"
-            f"stat_avg={float(stats.avg)!r},stat_max={float(stats.max)!r}"
+            f",stat_min={float(stats.min)!r},stat_avg={float(stats.avg)!r},stat_max={float(stats.max)!r}"
         ),
         f",samples={r.samples}i,expected={r.expected}i,interval_s={r.end - r.start}i",
         f',flags="{",".join(r.flags)}",issues="{",".join(issues)}"',
         f",plausible={'false' if issues else 'true'}",
-        f',batch_seq={seq}i,batch_index={index}i,chain="{verdict}",status="{STATUS_VERIFIED}"',
+        f",batch_seq={seq}i,batch_index={index}i",
     ]  # fmt: skip
-    series = _series(measurement, gateway, r.meter, r.quantity)
-    return f"{series} {''.join(fields)} {r.start * 1000}"
+    return f"{_series(measurement, gateway, r)} {''.join(fields)[1:]} {r.start * 1000}"
 
 
 def batch_line(measurement: str, h: BatchHeader, verdict: str, implausible: int) -> str:
     """One point per stored batch (timestamp: the batch's created_ms)."""
-    series = _series(measurement, h.gateway, "-", "-").split(",meter=")[0]
     return (
-        f'{series} seq={h.seq}i,count={h.count}i,chain="{verdict}",'
+        f'{_prefix(measurement, "gateway", h.gateway)} seq={h.seq}i,count={h.count}i,chain="{verdict}",'
         f'status="{STATUS_VERIFIED}",key_id="{h.key_id}",root="{h.root}",'
         f"implausible={implausible}i {h.created_ms}"
     )
@@ -190,7 +167,7 @@ def batch_lines(settings: InfluxSettings, pending: PendingBatch) -> bytes:
     sealed = parse_batch(pending.data)
     intervals, _, _ = decode_records(sealed)
     lines = interval_lines(
-        settings.measurement, pending.gateway, pending.seq, pending.verdict,
+        settings.measurement, pending.gateway, pending.seq,
         ((index, record, pending.issues.get(index, ())) for index, record in intervals),
     )  # fmt: skip
     lines.append(batch_line(settings.batch_measurement, sealed.header, pending.verdict, len(pending.issues)))
@@ -223,6 +200,7 @@ class InfluxWriter:
         *,
         clock: Clock,
         run_db: RunDb,
+        run_read: RunDb | None = None,
         on_progress: Callable[[], None] = lambda: None,
         cache_limit: int = 256,
     ) -> None:
@@ -231,6 +209,9 @@ class InfluxWriter:
         self._settings = settings
         self._clock = clock
         self._run_db = run_db
+        self._run_read = run_read or run_db  # reads need not queue behind ingest's commits
+        self._marking: set[int] = set()  # written, being marked in the store
+        self._mark_task: asyncio.Task[None] | None = None
         self._on_progress = on_progress
         self._wakeup = asyncio.Event()
         self._cache: dict[int, bytes] = {}
@@ -250,20 +231,26 @@ class InfluxWriter:
         """Write pending batches as they come; sleep until ingest stores more."""
         if self._settings.create_database:
             await self._retrying("create database", self._client.create_database)
-        while True:
-            self._wakeup.clear()
-            wrote = await self.drain_once()
-            if not wrote:
-                await self._wakeup.wait()
+        try:
+            while True:
+                self._wakeup.clear()
+                wrote = await self.drain_once()
+                if not wrote:
+                    await self._wakeup.wait()
+        finally:
+            if self._mark_task is not None:
+                self._mark_task.cancel()  # unmarked batches are written again: same points
 
     async def drain_once(self) -> int:
         """Write up to ``max_batches_per_write`` pending batches; how many were handled."""
-        pending: list[PendingBatch] = await self._run_db(
-            self._store.pending_influx, self._settings.max_batches_per_write
+        known = set(self._cache)  # only drain_once takes from the cache: these stay in it
+        pending: list[PendingBatch] = await self._run_read(
+            self._store.pending_influx, self._settings.max_batches_per_write, known, set(self._marking)
         )
         if not pending:
             return 0
-        bodies = {p.id: self._lines(p) for p in pending}
+        # Lines offered meanwhile are taken too; a batch in `known` is still cached (no data).
+        bodies = {p.id: self._cache.pop(p.id, None) or self._lines(p) for p in pending}
         good = {i: b for i, b in bodies.items() if b is not None}
         for i in set(bodies) - set(good):
             await self._park(i, "a point cannot be encoded as line protocol (see the log)")
@@ -278,9 +265,6 @@ class InfluxWriter:
         return len(pending)
 
     def _lines(self, p: PendingBatch) -> bytes | None:
-        cached = self._cache.pop(p.id, None)
-        if cached is not None:
-            return cached
         try:
             return batch_lines(self._settings, p)
         except LineProtocolError as exc:
@@ -288,10 +272,25 @@ class InfluxWriter:
             return None
 
     async def _written(self, bodies: Mapping[int, bytes]) -> None:
-        await self._run_db(self._store.mark_influx, list(bodies))
+        """Count the write and mark it in the store, overlapping the next write: one mark is
+        in flight at a time, and its batches are not read as pending meanwhile."""
         self.stats.requests += 1
         self.stats.batches_written += len(bodies)
         self.stats.points_written += sum(b.count(b"\n") for b in bodies.values())
+        if self._mark_task is not None:
+            await self._mark_task
+        ids = list(bodies)
+        self._marking.update(ids)
+        self._mark_task = asyncio.create_task(self._mark(ids), name="aggregator-influx-mark")
+
+    async def _mark(self, ids: list[int]) -> None:
+        try:
+            await self._run_db(self._store.mark_influx, ids)
+        except StoreError as exc:  # the points are in InfluxDB; they will be written again
+            log.error("InfluxDB outbox: %d written batches not marked: %s", len(ids), exc)
+        finally:
+            self._marking.difference_update(ids)
+        self._on_progress()
 
     async def _isolate(self, bodies: Mapping[int, bytes], exc: InfluxRejected) -> None:
         """The server refused the data: write batch by batch, park those it still refuses."""

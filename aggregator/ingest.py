@@ -28,10 +28,12 @@ commit, so a crash in between makes the gateway resend and the batch deduplicate
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +47,7 @@ from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, EvidenceStore, IntervalRow, Rejection
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
-from evidence.chain import ChainTracker, ChainVerdict
+from evidence.chain import ChainStep, ChainTracker, ChainVerdict
 from evidence.errors import (
     BadSignature,
     CountMismatch,
@@ -101,8 +103,44 @@ class _Refused(Exception):
         self.reason, self.detail, self.header = reason, detail, header
 
 
+@dataclass(eq=False)
+class _Staged:
+    """One message between staging and its answer (see :meth:`BatchIngest.pipeline`)."""
+
+    gateway: str | None  # None: the topic names no gateway (recorded, not answered)
+    gen: int  # the gateway's generation when staged; stale if it moved before the answer
+    reply: Reply | None = None  # decided at staging: a refusal or a duplicate's ack
+    rejection: Rejection | None = None  # recorded in the store with the group
+    accepted: AcceptedBatch | None = None  # to store; answered after the group's commit
+    lines: bytes = b""  # its InfluxDB line protocol, built while staging
+    header: BatchHeader | None = None
+    answer: tuple[str, Reply] | None = None  # the reply and its topic, once decided
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Feed = Callable[[str, bytes], Awaitable[None]]
+Send = Callable[[str, Reply], Awaitable[None]]
+
+
 class BatchIngest:
-    """Verifies, checks and stores batches; answers with signed replies."""
+    """Verifies, checks and stores batches; answers with signed replies.
+
+    Two ways in: :meth:`process` takes one message from start to answer (one transaction
+    per batch); :meth:`pipeline` (what :meth:`serve` uses) stages message N+1 while the
+    store commits the batches before it, and commits the batches waiting at that moment in
+    one transaction (group commit: one fsync for the group). Either way a batch is
+    acknowledged only after the transaction holding it is durable.
+
+    **Optimistic state.** Staging checks a batch against the chain and counter state
+    *including* batches staged before it but not yet committed, and applies its own effect
+    at once, so the next batch of the same gateway is checked as if it were stored. If a
+    commit fails, that gateway's state is dropped (reloaded from the store when next
+    needed) and its generation moves: every answer staged under the old generation that
+    depended on the lost batch (a later batch, a duplicate's ack) is turned into an
+    ``internal`` reject instead, so the gateway resends it and nothing is acknowledged that
+    is not stored. A batch that announces a new key is a barrier: the next message is staged
+    only after its commit, since it may be signed by that key.
+    """
 
     def __init__(
         self,
@@ -126,28 +164,101 @@ class BatchIngest:
         self._on_progress = on_progress
         self._chains: dict[str, ChainTracker] = {}
         self._counters: dict[str, CounterState] = {}
+        self._gen: Counter[str] = Counter()
+        self._inflight: Counter[str] = Counter()  # staged, not yet answered, per gateway
         self.stats = IngestStats()
 
-    # -- one message -------------------------------------------------------------------
+    # -- the two ways in ---------------------------------------------------------------
 
     async def process(self, topic: str, payload: bytes) -> tuple[str, Reply] | None:
-        """Handle one message; the reply and its topic (None when the topic names no gateway)."""
+        """Handle one message alone: stage, commit, answer. The reply and its topic (None when
+        the topic names no gateway). Not for use while a :meth:`pipeline` is open."""
+        item = await self._stage_safely(topic, payload)
+        await self._commit_group([item])
+        return item.answer
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self, send: Send) -> AsyncIterator[Feed]:
+        """Stage messages as they come; commit them in groups; answer each through ``send``.
+
+        ``await feed(topic, payload)`` returns once the message is staged (or waits while
+        ``ingest.queue_batches`` are waiting for the store: backpressure). Answers go out in
+        arrival order, each after the commit of its group. Leaving the block normally waits
+        for every answer; leaving it by an error or a cancellation abandons the unanswered
+        ones (never acknowledged, so their gateways resend) and drops the optimistic state.
+        """
+        settings = self._config.ingest
+        queue: asyncio.Queue[_Staged] = asyncio.Queue(settings.queue_batches)
+
+        async def commit_forever() -> None:
+            while True:
+                items = [await queue.get()]
+                while len(items) < settings.max_group_batches and not queue.empty():
+                    items.append(queue.get_nowait())
+                await self._commit_group(items)
+                for item in items:
+                    if item.answer is not None:
+                        await send(*item.answer)
+                    queue.task_done()
+
+        async def feed(topic: str, payload: bytes) -> None:
+            item = await self._stage_safely(topic, payload)
+            await queue.put(item)
+            if item.accepted is not None and item.accepted.new_key is not None:
+                await item.done.wait()
+            else:
+                await asyncio.sleep(0)  # staging is CPU: let the committer and the writer move
+
+        finished = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                committer = tg.create_task(commit_forever(), name="aggregator-commit")
+                try:
+                    yield feed
+                    await queue.join()
+                    finished = True
+                finally:
+                    committer.cancel()
+        finally:
+            if not finished:
+                self._forget_all()
+
+    # -- staging -----------------------------------------------------------------------
+
+    async def _stage_safely(self, topic: str, payload: bytes) -> _Staged:
+        """:meth:`_stage`, with a bug answered as an ``internal`` reject (and logged)."""
+        try:
+            return await self._stage(topic, payload)
+        except Exception:  # the loop's supervisor: count, answer, go on (the bug is logged)
+            log.exception("ingest: internal error on %s (batch #%s)", topic, _best_effort_seq(payload))
+            self.stats.rejected[RejectReason.INTERNAL.value] += 1
+            try:
+                gateway: str | None = gateway_from_topic(topic)
+            except MalformedMessage:
+                gateway = None
+            now_ms = int(self._clock.now() * 1000)
+            seq = _best_effort_seq(payload)
+            item = _Staged(gateway, self._gen[gateway or ""])
+            if gateway is not None:
+                reject = Reject(gateway, seq, None, RejectReason.INTERNAL.value, "internal error", now_ms)
+                item.reply = reject
+            return item
+
+    async def _stage(self, topic: str, payload: bytes) -> _Staged:
         self.stats.received += 1
         now_ms = int(self._clock.now() * 1000)
         try:
             gateway = gateway_from_topic(topic)
         except MalformedMessage as exc:
-            await self._refuse(None, _Refused(RejectReason.MALFORMED, str(exc)), payload, now_ms)
-            return None
+            return self._refusal(None, _Refused(RejectReason.MALFORMED, str(exc)), payload, now_ms)
+        item = _Staged(gateway, self._gen[gateway])
         try:
-            reply: Reply = await self._accept(gateway, payload, now_ms)
+            await self._check(item, payload, now_ms)
         except _Refused as refused:
-            reply = await self._refuse(gateway, refused, payload, now_ms)
-        finally:
-            self._on_progress()
-        return (ack_topic(gateway) if isinstance(reply, Ack) else reject_topic(gateway)), reply
+            return self._refusal(gateway, refused, payload, now_ms)
+        return item
 
-    async def _refuse(self, gateway: str | None, r: _Refused, payload: bytes, now_ms: int) -> Reject:
+    def _refusal(self, gateway: str | None, r: _Refused, payload: bytes, now_ms: int) -> _Staged:
         h = r.header
         seq = h.seq if h is not None else _best_effort_seq(payload)
         digest = header_hash(payload.split(b"\n", 1)[0]) if h is not None else None
@@ -162,14 +273,16 @@ class BatchIngest:
             if r.reason is RejectReason.TOO_LARGE
             else payload
         )
-        rejection = Rejection(gateway, seq, digest, r.reason.value, r.detail, now_ms, kept)
-        try:
-            await self._run_db(self._store.record_rejection, rejection)
-        except StoreError as exc:
-            log.error("gateway %s batch #%s: rejection not recorded: %s", gateway, seq, exc)
-        return Reject(gateway or "", seq, digest, r.reason.value, r.detail[:500], now_ms)
+        item = _Staged(gateway, self._gen[gateway or ""])
+        item.rejection = Rejection(gateway, seq, digest, r.reason.value, r.detail, now_ms, kept)
+        if gateway is not None:
+            item.reply = Reject(gateway, seq, digest, r.reason.value, r.detail[:500], now_ms)
+        return item
 
-    async def _accept(self, gateway: str, payload: bytes, now_ms: int) -> Ack:
+    async def _check(self, item: _Staged, payload: bytes, now_ms: int) -> None:
+        """Verify and check a batch; on acceptance apply its effect to the optimistic state."""
+        gateway = item.gateway
+        assert gateway is not None
         if len(payload) > self._config.limits.max_batch_bytes:
             raise _Refused(
                 RejectReason.TOO_LARGE, f"{len(payload)} bytes > {self._config.limits.max_batch_bytes}"
@@ -191,15 +304,20 @@ class BatchIngest:
             reason = next((r for t, r in _VERIFY_ERRORS if isinstance(exc, t)), RejectReason.MALFORMED)
             raise _Refused(reason, str(exc), h) from exc
         digest = verified.sealed.header_sha256
-        step = await self._chain_step(h, digest)
+        tracker, step = await self._chain_step(h, digest)
+        item.header = h
         if step.verdict is ChainVerdict.DUPLICATE:
             self.stats.duplicates += 1
             log.info("gateway %s batch #%s: duplicate, acknowledged again", gateway, h.seq)
-            return Ack(gateway, h.seq, digest, "duplicate", now_ms)
+            item.reply = Ack(gateway, h.seq, digest, "duplicate", now_ms)
+            return
         if step.verdict is ChainVerdict.FORK:
             raise _Refused(RejectReason.FORK, f"{h.label}: {step.reason}", h)
-        accepted, records = self._prepare(sealed, digest, step.verdict.value, step.missing, now_ms)
-        return await self._commit(accepted, records, h, digest, now_ms)
+        item.accepted, records = self._prepare(sealed, digest, step.verdict.value, step.missing, now_ms)
+        item.lines = self._lines(item.accepted, records, h)
+        tracker.observe(h, digest)
+        self._counter_state(gateway).update(item.accepted.counters)
+        self._inflight[gateway] += 1
 
     def _prepare(
         self, sealed: SealedBatch, digest: str, verdict: str, missing: tuple[int, ...], now_ms: int
@@ -237,32 +355,88 @@ class BatchIngest:
         )  # fmt: skip
         return accepted, records
 
-    async def _commit(
-        self, accepted: AcceptedBatch, records: list[Interval], h: BatchHeader, digest: str, now_ms: int
-    ) -> Ack:
+    # -- committing and answering ------------------------------------------------------
+
+    async def _commit_group(self, items: list[_Staged]) -> None:
+        """Store the group's batches and rejections in one transaction, then decide each answer."""
+        live = [i for i in items if i.accepted is not None and i.gen == self._gen[i.gateway or ""]]
+        rejections = [i.rejection for i in items if i.rejection is not None]
+        results: list[int | StoreError | None]
         try:
-            batch_id: int = await self._run_db(self._store.store_batch, accepted)
-        except StoreConflict:
+            if live or rejections:
+                stored = await self._run_db(self._store.store_group, [i.accepted for i in live], rejections)
+                results = list(stored)
+            else:
+                results = []
+        except StoreError as exc:
+            log.error("ingest: evidence store failed for %d batches: %s", len(live), exc)
+            for i in items:
+                if i.accepted is not None and i.gateway is not None:
+                    self._forget(i.gateway)
+            results = [exc] * len(live)
+        outcome = dict(zip(map(id, live), results, strict=True))
+        for item in items:
+            try:
+                reply = await self._answer(item, outcome.get(id(item)))
+            except Exception:  # a bug: answer it, keep going (state reloads from the store)
+                log.exception("ingest: internal error answering gateway %s", item.gateway)
+                self._forget_all()
+                reply = None if item.gateway is None else Reject(
+                    item.gateway, item.header.seq if item.header else None, None,
+                    RejectReason.INTERNAL.value, "internal error", int(self._clock.now() * 1000),
+                )  # fmt: skip
+            if reply is not None and item.gateway is not None:
+                topic = ack_topic(item.gateway) if isinstance(reply, Ack) else reject_topic(item.gateway)
+                item.answer = (topic, reply)
+            item.done.set()
+        self._on_progress()
+
+    async def _answer(self, item: _Staged, result: int | StoreError | None) -> Reply | None:
+        gateway, h, a = item.gateway, item.header, item.accepted
+        now_ms = int(self._clock.now() * 1000)
+        if a is None:
+            if isinstance(item.reply, Ack) and gateway is not None and item.gen != self._gen[gateway]:
+                # A duplicate of a batch that was staged, not stored, when its commit failed.
+                return await self._late_refusal(item, "not acknowledged: an earlier batch of this gateway"
+                                                " failed to store; resend", now_ms)  # fmt: skip
+            return item.reply
+        assert gateway is not None and h is not None
+        self._inflight[gateway] -= 1
+        if isinstance(result, int):
+            self._after_commit(a, item.lines, h, result)
+            return Ack(gateway, h.seq, a.header_sha256, "stored", now_ms)
+        if isinstance(result, StoreConflict):
             # Another aggregator stored this seq meanwhile: the chain decides what we saw.
-            self._chains.pop(h.gateway, None)
-            self._counters.pop(h.gateway, None)
-            step = await self._chain_step(h, digest)
+            self._forget(gateway)
+            _, step = await self._chain_step(h, a.header_sha256)
             if step.verdict is ChainVerdict.DUPLICATE:
                 self.stats.duplicates += 1
-                return Ack(h.gateway, h.seq, digest, "duplicate", now_ms)
-            raise _Refused(
-                RejectReason.FORK, f"{h.label}: another batch was stored for this seq", h
-            ) from None
-        except StoreError as exc:
-            raise _Refused(RejectReason.INTERNAL, f"{h.label}: evidence store failed: {exc}", h) from exc
-        self._after_commit(accepted, records, h, digest, batch_id)
-        return Ack(h.gateway, h.seq, digest, "stored", now_ms)
+                return Ack(gateway, h.seq, a.header_sha256, "duplicate", now_ms)
+            return await self._late_refusal(
+                item, "another batch was stored for this seq", now_ms, RejectReason.FORK
+            )
+        if isinstance(result, StoreError):
+            return await self._late_refusal(item, f"evidence store failed: {result}", now_ms)
+        return await self._late_refusal(
+            item, "not stored: an earlier batch of this gateway failed to store; resend", now_ms
+        )
 
-    def _after_commit(
-        self, a: AcceptedBatch, records: list[Interval], h: BatchHeader, digest: str, batch_id: int
-    ) -> None:
-        self._chains[h.gateway].observe(h, digest)
-        self._counter_state(h.gateway).update(a.counters)
+    async def _late_refusal(
+        self, item: _Staged, detail: str, now_ms: int, reason: RejectReason = RejectReason.INTERNAL
+    ) -> Reject:
+        """A refusal decided after the commit: logged, counted and recorded on its own."""
+        h = item.header
+        assert item.gateway is not None and h is not None
+        data = b"" if item.accepted is None else item.accepted.data
+        refused = self._refusal(item.gateway, _Refused(reason, f"{h.label}: {detail}", h), data, now_ms)
+        assert refused.rejection is not None and isinstance(refused.reply, Reject)
+        try:
+            await self._run_db(self._store.record_rejection, refused.rejection)
+        except StoreError as exc:
+            log.error("gateway %s batch #%s: rejection not recorded: %s", item.gateway, h.seq, exc)
+        return refused.reply
+
+    def _after_commit(self, a: AcceptedBatch, lines: bytes, h: BatchHeader, batch_id: int) -> None:
         if a.new_key is not None:
             self._registry.added(a.new_key)
             log.warning("gateway %s: key %s announced, valid from seq %s", h.gateway, a.new_key.key_id,
@@ -277,29 +451,34 @@ class BatchIngest:
             log.warning("gateway %s batch #%s: gap, missing %s", h.gateway, h.seq, list(a.missing))
         elif a.verdict == ChainVerdict.REORDER.value:
             s.reorders += 1
-        self._on_stored(batch_id, self._lines(a, records, h, implausible))
+        self._on_stored(batch_id, lines)
 
-    def _lines(
-        self, a: AcceptedBatch, records: list[Interval], h: BatchHeader, implausible: int
-    ) -> bytes:
-        """The batch's line protocol, from the dicts already decoded (the writer's fast path)."""
+    def _lines(self, a: AcceptedBatch, records: list[Interval], h: BatchHeader) -> bytes:
+        """The batch's line protocol, from the records already decoded (the writer's fast path)."""
+        implausible = sum(1 for row in a.intervals if row.issues)
         m = self._config.influx.measurement
         lines = interval_lines(
-            m, a.gateway, a.seq, a.verdict,
+            m, a.gateway, a.seq,
             ((row.index, r, row.issues) for row, r in zip(a.intervals, records, strict=True)),
         )  # fmt: skip
         lines.append(batch_line(self._config.influx.batch_measurement, h, a.verdict, implausible))
         return lines_bytes(lines)
 
-    async def _chain_step(self, h: BatchHeader, digest: str) -> Any:
-        tracker = self._chains.get(h.gateway)
+    # -- chain and counter state -------------------------------------------------------
+
+    async def _chain_step(self, h: BatchHeader, digest: str) -> tuple[ChainTracker, ChainStep]:
+        gateway = h.gateway
+        tracker = self._chains.get(gateway)
         if tracker is None:
-            tracker = self._chains[h.gateway] = await self._load_chain(h.gateway)
+            tracker = self._chains[gateway] = await self._load_chain(gateway)
         step = tracker.check(h, digest)
-        if step.verdict is ChainVerdict.GAP:  # maybe stored meanwhile by another aggregator
-            tracker = self._chains[h.gateway] = await self._load_chain(h.gateway)
+        if step.verdict is ChainVerdict.GAP and not self._inflight[gateway]:
+            # Maybe stored meanwhile by another aggregator. (With batches of this gateway in
+            # flight, the store is behind our own state: keep it; the store does not record
+            # a gap for a seq it holds.)
+            tracker = self._chains[gateway] = await self._load_chain(gateway)
             step = tracker.check(h, digest)
-        return step
+        return tracker, step
 
     async def _load_chain(self, gateway: str) -> ChainTracker:
         tracker = ChainTracker()
@@ -313,6 +492,17 @@ class BatchIngest:
             state = self._counters[gateway] = self._store.counter_state(gateway)
         return state
 
+    def _forget(self, gateway: str) -> None:
+        """Drop a gateway's optimistic state; answers staged on it become stale."""
+        self._gen[gateway] += 1
+        self._chains.pop(gateway, None)
+        self._counters.pop(gateway, None)
+
+    def _forget_all(self) -> None:
+        for gateway in set(self._chains) | set(self._counters) | set(self._inflight):
+            self._forget(gateway)
+        self._inflight.clear()
+
     # -- MQTT ----------------------------------------------------------------------------
 
     async def serve(self, on_connected: Callable[[], None] = lambda: None) -> None:
@@ -325,42 +515,27 @@ class BatchIngest:
                     mqtt.host, mqtt.port, identifier=mqtt.client_id, username=mqtt.username,
                     password=mqtt.password, keepalive=mqtt.keepalive_s,
                 ) as client:  # fmt: skip
+
+                    async def send(topic: str, reply: Reply, client: aiomqtt.Client = client) -> None:
+                        await publish(client, topic, encode_reply(reply, self._key), qos=1)
+
                     await client.subscribe(batch_subscription(mqtt.share_group), qos=1)
                     log.info("ingest: subscribed to %s on %s:%s", batch_subscription(mqtt.share_group),
                              mqtt.host, mqtt.port)  # fmt: skip
                     delay = mqtt.reconnect_initial_s
                     on_connected()
-                    async for message in client.messages:
-                        await self._handle(client, str(message.topic), message.payload)
-            except aiomqtt.MqttError as exc:
+                    async with self.pipeline(send) as feed:
+                        async for message in client.messages:
+                            payload = message.payload
+                            data = payload if isinstance(payload, bytes) else str(payload).encode()
+                            await feed(str(message.topic), data)
+            except* aiomqtt.MqttError as group:
+                exc = group.exceptions[0]
                 log.warning(
                     "ingest: MQTT %s:%s: %s; reconnecting in %.1f s", mqtt.host, mqtt.port, exc, delay
                 )
                 await self._clock.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, mqtt.reconnect_max_s)
-
-    async def _handle(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
-        data = payload if isinstance(payload, bytes) else str(payload).encode()
-        try:
-            answer = await self.process(topic, data)
-        except Exception:  # the loop's supervisor: count, answer, go on (the bug is logged)
-            log.exception("ingest: internal error on %s (batch #%s)", topic, _best_effort_seq(data))
-            self.stats.rejected[RejectReason.INTERNAL.value] += 1
-            answer = self._internal_error(topic, data)
-        if answer is not None:
-            reply_topic, reply = answer
-            await publish(client, reply_topic, encode_reply(reply, self._key), qos=1)
-
-    def _internal_error(self, topic: str, data: bytes) -> tuple[str, Reply] | None:
-        try:
-            gateway = gateway_from_topic(topic)
-        except MalformedMessage:
-            return None
-        now_ms = int(self._clock.now() * 1000)
-        reject = Reject(
-            gateway, _best_effort_seq(data), None, RejectReason.INTERNAL.value, "internal error", now_ms
-        )
-        return reject_topic(gateway), reject
 
 
 def _best_effort_seq(payload: bytes) -> int | None:

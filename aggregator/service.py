@@ -7,10 +7,12 @@
             await agg.wait_for(lambda a: a.ingest.stats.stored >= 10)
 
 Tasks: ``aggregator-ingest`` (MQTT -> verify -> store -> ack) and ``aggregator-influx``
-(store outbox -> InfluxDB). Store calls run on one dedicated thread
-(``puhui-store``): SQLite's commit and fsync then overlap with verification on the event
-loop, and the single thread serialises writes. Leaving the context cancels and awaits
-both tasks, then closes the InfluxDB client, the thread and the store. A task that fails
+(store outbox -> InfluxDB). Store writes run on one dedicated thread (``puhui-store``):
+SQLite's commit and fsync then overlap with verification on the event loop, and the single
+thread serialises writes. The writer's outbox reads run on another (``puhui-store-read``,
+the store's reader connection), so they do not wait behind ingest's group commits.
+Leaving the context cancels and awaits both tasks, then closes the InfluxDB client, the
+threads and the store. A task that fails
 (a bug, a broken store) ends the group and the error propagates from ``__aexit__``.
 """
 
@@ -35,6 +37,30 @@ from evidence.keys import GatewayKey, load_private_key
 from puhui.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
+
+
+class StoreThreads:
+    """The store's two threads: ``run_db`` (writes, serialised) and ``run_read`` (the writer's
+    outbox reads). A context manager: leaving it waits for the calls under way."""
+
+    def __init__(self) -> None:
+        self._write = ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-store")
+        self._read = ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-store-read")
+
+    async def run_db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write, functools.partial(fn, *args, **kwargs))
+
+    async def run_read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read, functools.partial(fn, *args, **kwargs))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._write.shutdown(wait=True)
+        self._read.shutdown(wait=True)
 
 
 class Aggregator:
@@ -66,12 +92,8 @@ class Aggregator:
 
     async def _start(self) -> None:
         key = self._key or load_private_key(self.config.key_file)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-store")
-        self._stack.callback(executor.shutdown, wait=True)
-        loop = asyncio.get_running_loop()
-
-        async def run_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+        threads = self._stack.enter_context(StoreThreads())
+        run_db, run_read = threads.run_db, threads.run_read
 
         self.store = SQLiteEvidenceStore(self.config.store.path)
         self._stack.callback(self.store.close)
@@ -83,8 +105,9 @@ class Aggregator:
         )  # fmt: skip
         await self._stack.enter_async_context(client)
         self.writer = InfluxWriter(
-            self.store, client, influx, clock=self.clock, run_db=run_db, on_progress=self._progress
-        )
+            self.store, client, influx, clock=self.clock, run_db=run_db, run_read=run_read,
+            on_progress=self._progress,
+        )  # fmt: skip
         self.ingest = BatchIngest(
             self.config, store=self.store, registry=self.registry, key=key, clock=self.clock,
             run_db=run_db, on_stored=self.writer.offer, on_progress=self._progress,

@@ -22,7 +22,7 @@ from tests.aggregator.ingest_support import GatewayPeer, SimGateway, gateway_pee
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-N_BATCHES = 40
+N_BATCHES = 400  # many small batches: with group commit, 40 were all acked at once
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -80,7 +80,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(
     proc = _start(config, log)
     try:
         async with gateway_peer(mosquitto.port, agg_key.public_key) as peer:
-            await _resend_until_acked(peer, batches, goal=5)
+            await _resend_until_acked(peer, batches, goal=1)
             os.kill(proc.pid, signal.SIGKILL)  # mid-stream: the rest are in flight
             proc.wait()
             acked_before = {(r.gateway, r.seq, r.header_sha256) for r in peer.replies if isinstance(r, Ack)}

@@ -17,7 +17,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 name = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=6).filter(
     lambda s: not s.endswith("\\")
 )
-stats = st.builds(StatsDoc, unit=st.sampled_from(["kW", "W", '"q\\']), min=finite, avg=finite, max=finite)
+stats = st.builds(StatsDoc, unit=st.sampled_from(["kW", "W", '"q,= x']), min=finite, avg=finite, max=finite)
 
 
 @st.composite
@@ -27,7 +27,7 @@ def records(draw: Any) -> IntervalDoc:
         type="interval",
         meter=draw(name),
         quantity=draw(st.sampled_from(["energy_import", "heat energy"])),
-        unit=draw(st.sampled_from(["kWh", 'we"ird\\'])),
+        unit=draw(st.sampled_from(["kWh", 'we"i,r=d x'])),
         start=start,
         end=start + draw(st.integers(1, 3600)),
         kind=draw(st.sampled_from(["counter", "gauge"])),
@@ -43,10 +43,8 @@ def records(draw: Any) -> IntervalDoc:
     )
 
 
-def reference(
-    gateway: str, seq: int, verdict: str, index: int, r: IntervalDoc, issues: tuple[str, ...]
-) -> str:
-    fields: dict[str, Any] = {"unit": r.unit, "kind": r.kind}
+def reference(gateway: str, seq: int, index: int, r: IntervalDoc, issues: tuple[str, ...]) -> str:
+    fields: dict[str, Any] = {}
     for key in ("delta", "counter_start", "counter_end"):
         if getattr(r, key) is not None:
             fields[key] = float(getattr(r, key))
@@ -54,14 +52,16 @@ def reference(
         if getattr(r, key) is not None:
             fields[key] = getattr(r, key)
     if r.stats is not None:
-        fields |= {"stat_unit": r.stats.unit, "stat_min": r.stats.min, "stat_avg": r.stats.avg,
-                   "stat_max": r.stats.max}  # fmt: skip
+        fields |= {"stat_min": r.stats.min, "stat_avg": r.stats.avg, "stat_max": r.stats.max}
     fields |= {
         "samples": r.samples, "expected": r.expected, "interval_s": r.end - r.start,
         "flags": ",".join(r.flags), "issues": ",".join(issues), "plausible": not issues,
-        "batch_seq": seq, "batch_index": index, "chain": verdict, "status": STATUS_VERIFIED,
+        "batch_seq": seq, "batch_index": index,
     }  # fmt: skip
-    tags = {"gateway": gateway, "meter": r.meter, "quantity": r.quantity}
+    tags = {"gateway": gateway, "meter": r.meter, "quantity": r.quantity, "unit": r.unit, "kind": r.kind,
+            "status": STATUS_VERIFIED}  # fmt: skip
+    if r.stats is not None:
+        tags["stat_unit"] = r.stats.unit
     return encode_point(Point("puhui_interval", tags, fields, r.start * 1000))
 
 
@@ -72,8 +72,8 @@ def reference(
 )
 def test_lines_equal_the_generic_encoder(rows: list[tuple[IntervalDoc, tuple[str, ...]]], seq: int) -> None:
     items = [(i * 3, r, issues) for i, (r, issues) in enumerate(rows)]
-    got = interval_lines("puhui_interval", "gw a", seq, "next", items)
-    assert got == [reference("gw a", seq, "next", i, r, issues) for i, r, issues in items]
+    got = interval_lines("puhui_interval", "gw a", seq, items)
+    assert got == [reference("gw a", seq, i, r, issues) for i, r, issues in items]
 
 
 def test_evidence_interval_records_take_the_same_path() -> None:
@@ -81,6 +81,6 @@ def test_evidence_interval_records_take_the_same_path() -> None:
                             Stats("kW", 1.0, 2.0, 3.0), 90, 90, ("first",))  # fmt: skip
     doc = IntervalDoc("interval", "m", "energy_import", "kWh", 0, 900, "counter", 1.0, 5, 2.0, 895_000, 1.0,
                       StatsDoc("kW", 1.0, 2.0, 3.0), 90, 90, ("first",))  # fmt: skip
-    lines = interval_lines("puhui_interval", "gw", 1, "next", [(0, record, ()), (1, doc, ())])
+    lines = interval_lines("puhui_interval", "gw", 1, [(0, record, ()), (1, doc, ())])
     assert lines[0].replace("batch_index=0i", "batch_index=1i") == lines[1]
     assert ",counter_end=2.0," in lines[0] and ",plausible=true," in lines[0]

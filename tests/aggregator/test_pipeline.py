@@ -1,0 +1,166 @@
+"""Ingest's pipeline (group commit with optimistic chain state) against a real SQLite store.
+
+The invariant under every test: a batch is acknowledged only when it is durable in the store
+(checked through the store's own reader connection at the moment the ack is sent), and every
+batch that is not stored is answered with a reject, so its gateway resends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from aggregator.config import AggregatorConfig
+from aggregator.errors import StoreConflict, StoreError
+from aggregator.ingest import BatchIngest
+from aggregator.registry import GatewayRegistry
+from aggregator.service import StoreThreads
+from aggregator.store import AcceptedBatch, Rejection, SQLiteEvidenceStore
+from evidence import KeyRotationRecord, SealedBatch, generate_key
+from evidence.keys import public_key_b64
+from evidence.wire import Ack, Reject, RejectReason, Reply, batch_topic
+from puhui.clock import SystemClock
+from tests.aggregator.ingest_support import SimGateway
+
+AGG_KEY = generate_key()
+
+
+class SlowStore(SQLiteEvidenceStore):
+    """The real store, with each commit held back (so groups form) and faults on demand."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.delay_s = 0.02
+        self.fail_seqs: set[tuple[str, int]] = set()  # a group holding one of these fails (once)
+        self.groups: list[int] = []
+
+    def store_group(
+        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
+    ) -> list[int | StoreConflict | None]:
+        time.sleep(self.delay_s)
+        hit = {(b.gateway, b.seq) for b in batches} & self.fail_seqs
+        if hit:
+            self.fail_seqs -= hit
+            raise StoreError(f"injected: disk full while storing {sorted(hit)}")
+        self.groups.append(len(batches))
+        return super().store_group(batches, rejections)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, threads: StoreThreads) -> None:
+        config = AggregatorConfig.model_validate(
+            {"store": {"path": str(tmp_path / "e.sqlite3")},
+             "influx": {"url": "http://127.0.0.1:9", "database": "unused"},
+             "key_file": str(tmp_path / "unused.pem")}
+        )  # fmt: skip
+        self.store = SlowStore(config.store.path)
+        self.registry = GatewayRegistry(self.store)
+        self.ingest = BatchIngest(config, store=self.store, registry=self.registry, key=AGG_KEY,
+                                  clock=SystemClock(), run_db=threads.run_db)  # fmt: skip
+        self.replies: list[Reply] = []
+
+    async def send(self, topic: str, reply: Reply) -> None:
+        if isinstance(reply, Ack):  # durable at the moment it is acknowledged
+            assert self.store.batch_bytes(reply.gateway, reply.seq) is not None, reply
+        self.replies.append(reply)
+
+    async def run(self, messages: Sequence[tuple[str, SealedBatch]]) -> list[Reply]:
+        before = len(self.replies)
+        async with self.ingest.pipeline(self.send) as feed:
+            for gateway, sealed in messages:
+                await feed(batch_topic(gateway), sealed.to_bytes())
+        return self.replies[before:]
+
+    def stored_seqs(self, gateway: str) -> list[int]:
+        return sorted(seq for seq, _, _ in self.store.chain_links(gateway))
+
+
+@pytest_asyncio.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    with StoreThreads() as threads:
+        h = Harness(tmp_path, threads)
+        yield h
+        h.store.close()
+
+
+def _gateways(h: Harness, *names: str) -> list[SimGateway]:
+    gws = [SimGateway(n, meters=("pv-01",)) for n in names]
+    for gw in gws:
+        h.registry.enrol(gw.enrolment(), at_ms=0)
+    return gws
+
+
+async def test_batches_are_committed_in_groups_and_answered_in_arrival_order(harness: Harness) -> None:
+    a, b = _gateways(harness, "gw-a", "gw-b")
+    messages = []
+    for _ in range(20):
+        messages += [("gw-a", a.next_batch(1)), ("gw-b", b.next_batch(1))]
+    messages.insert(5, messages[2])  # a duplicate while the original may still be in flight
+    replies = await harness.run(messages)
+    assert [(r.gateway, r.seq) for r in replies] == [(g, s.header.seq) for g, s in messages]
+    assert all(isinstance(r, Ack) for r in replies)
+    assert [r.status for r in replies if isinstance(r, Ack)].count("duplicate") == 1
+    assert harness.stored_seqs("gw-a") == harness.stored_seqs("gw-b") == list(range(1, 21))
+    assert max(harness.store.groups) > 1 and sum(harness.store.groups) == 40
+    assert harness.store.gaps("gw-a") == harness.store.gaps("gw-b") == []
+
+
+async def test_a_failed_commit_is_never_acknowledged_and_resending_heals(harness: Harness) -> None:
+    a, b = _gateways(harness, "gw-a", "gw-b")
+    batches_a = [a.next_batch(1) for _ in range(12)]
+    batches_b = [b.next_batch(1) for _ in range(12)]
+    harness.store.fail_seqs = {("gw-a", 4)}
+    messages = [
+        m for pair in zip(batches_a, batches_b, strict=True) for m in (("gw-a", pair[0]), ("gw-b", pair[1]))
+    ]
+    messages.insert(9, ("gw-a", batches_a[3]))  # a duplicate of the batch whose commit fails
+    replies = await harness.run(messages)
+
+    acked = {(r.gateway, r.seq) for r in replies if isinstance(r, Ack)}
+    refused = [r for r in replies if isinstance(r, Reject)]
+    assert ("gw-a", 4) not in acked and refused
+    assert {r.reason for r in refused} == {RejectReason.INTERNAL.value}
+    for gateway in ("gw-a", "gw-b"):  # what is acknowledged is exactly what is stored
+        assert {s for g, s in acked if g == gateway} == set(harness.stored_seqs(gateway))
+
+    # The gateways resend what was refused, in their order: everything ends up stored once.
+    again = [(g, s) for g, s in messages if (g, s.header.seq) not in acked]
+    unique = list({(g, s.header.seq): (g, s) for g, s in again}.values())
+    replies = await harness.run(unique)
+    assert all(isinstance(r, Ack) for r in replies), replies
+    assert harness.stored_seqs("gw-a") == harness.stored_seqs("gw-b") == list(range(1, 13))
+    assert all(g.filled_ms is not None for g in harness.store.gaps("gw-a"))
+
+
+async def test_abandoned_pipeline_forgets_what_it_had_not_committed(harness: Harness) -> None:
+    [a] = _gateways(harness, "gw-a")
+    batches = [a.next_batch(1) for _ in range(8)]
+    harness.store.delay_s = 0.2
+    harness.store.fail_seqs = {("gw-a", 1)}  # the commit under way when abandoned fails too
+    with pytest.raises(ExceptionGroup):
+        async with harness.ingest.pipeline(harness.send) as feed:
+            for sealed in batches:
+                await feed(batch_topic("gw-a"), sealed.to_bytes())
+            raise ConnectionError("broker went away")  # before the slow commits finished
+    await asyncio.sleep(0.5)  # let the abandoned commit (if it started) finish, failing, on its thread
+    assert harness.stored_seqs("gw-a") == []
+    harness.store.delay_s, harness.store.fail_seqs = 0.0, set()
+    replies = await harness.run([("gw-a", s) for s in batches])  # the gateway resends all
+    assert all(isinstance(r, Ack) for r in replies), replies
+    assert harness.stored_seqs("gw-a") == list(range(1, 9))
+
+
+async def test_a_key_rotation_is_committed_before_the_next_batch_is_checked(harness: Harness) -> None:
+    [a] = _gateways(harness, "gw-a")
+    new_key = generate_key()
+    rotation = KeyRotationRecord(new_key.key_id, public_key_b64(new_key.public_key), effective_seq=3)
+    b1 = a.next_batch(1)
+    b2 = a.seal([*a.intervals(1), rotation])
+    b3 = a.seal(a.intervals(1), key=new_key)  # signed by the key b2 announced, fed right after it
+    replies = await harness.run([("gw-a", b1), ("gw-a", b2), ("gw-a", b3)])
+    assert [(type(r).__name__, r.seq) for r in replies] == [("Ack", 1), ("Ack", 2), ("Ack", 3)]
