@@ -211,7 +211,7 @@ class InfluxWriter:
         self._run_db = run_db
         self._run_read = run_read or run_db  # reads need not queue behind ingest's commits
         self._marking: set[int] = set()  # written, being marked in the store
-        self._mark_task: asyncio.Task[None] | None = None
+        self._mark_tasks: set[asyncio.Task[None]] = set()
         self._on_progress = on_progress
         self._wakeup = asyncio.Event()
         self._cache: dict[int, bytes] = {}
@@ -238,8 +238,8 @@ class InfluxWriter:
                 if not wrote:
                     await self._wakeup.wait()
         finally:
-            if self._mark_task is not None:
-                self._mark_task.cancel()  # unmarked batches are written again: same points
+            for task in self._mark_tasks:
+                task.cancel()  # unmarked batches are written again: the same points
 
     async def drain_once(self) -> int:
         """Write up to ``max_batches_per_write`` pending batches; how many were handled."""
@@ -272,16 +272,17 @@ class InfluxWriter:
             return None
 
     async def _written(self, bodies: Mapping[int, bytes]) -> None:
-        """Count the write and mark it in the store, overlapping the next write: one mark is
-        in flight at a time, and its batches are not read as pending meanwhile."""
+        """Count the write and mark it in the store in the background (the store's write
+        thread may be busy with ingest's commits): the next write does not wait for it, and
+        batches being marked are not read as pending meanwhile."""
         self.stats.requests += 1
         self.stats.batches_written += len(bodies)
         self.stats.points_written += sum(b.count(b"\n") for b in bodies.values())
-        if self._mark_task is not None:
-            await self._mark_task
         ids = list(bodies)
         self._marking.update(ids)
-        self._mark_task = asyncio.create_task(self._mark(ids), name="aggregator-influx-mark")
+        task = asyncio.create_task(self._mark(ids), name="aggregator-influx-mark")
+        self._mark_tasks.add(task)
+        task.add_done_callback(self._mark_tasks.discard)
 
     async def _mark(self, ids: list[int]) -> None:
         try:

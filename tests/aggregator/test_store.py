@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,58 @@ def test_store_once_reopen_and_view(tmp_path: Path) -> None:
     store.mark_influx([p.id for p in store.pending_influx(1)], error="HTTP 400: bad")
     assert store.influx_backlog() == (0, 1)
     store.close()
+
+
+def test_a_group_stores_all_but_a_conflicting_gateway_and_keeps_gaps_right(tmp_path: Path) -> None:
+    store = SQLiteEvidenceStore(tmp_path / "e.sqlite3")
+    a, b = SimGateway("gw-a"), SimGateway("gw-b")
+    for gw in (a, b):
+        GatewayRegistry(store).enrol(gw.enrolment(), at_ms=0)
+    a1 = _accepted(a)
+    store.store_batch(a1)  # another aggregator stored a#1 already
+    a2, b1 = _accepted(a), _accepted(b)
+    b3 = _accepted(b)  # pretend b#2 is missing ...
+    b3 = dataclasses.replace(b3, seq=3, verdict="gap", missing=(2,))
+    b2 = dataclasses.replace(b1, seq=2, verdict="reorder")
+    results = store.store_group([a1, a2, b1, b3, b2])  # ... and arrives in the same group, later
+    assert isinstance(results[0], StoreConflict) and results[1] is None
+    assert all(isinstance(r, int) for r in results[2:]) and len(set(results[2:])) == 3
+    assert [s for s, _, _ in store.chain_links("gw-a")] == [1]
+    assert [s for s, _, _ in store.chain_links("gw-b")] == [1, 2, 3]
+    assert store.gaps("gw-b") == []  # b#2 was stored in the same transaction: never a gap
+    store.close()
+
+
+def test_batches_are_kept_compressed_and_a_version_1_store_still_reads(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "e.sqlite3"
+    store = SQLiteEvidenceStore(path)
+    gw = SimGateway("gw-1")
+    GatewayRegistry(store).enrol(gw.enrolment(), at_ms=0)
+    store.close()
+    old, new = _accepted(gw), _accepted(gw)
+    con = sqlite3.connect(path)  # a store as puhui wrote it before data_codec: raw bytes
+    con.execute("ALTER TABLE batches DROP COLUMN data_codec")
+    con.execute(
+        "INSERT INTO batches (gateway, seq, header_sha256, prev, key_id, root, created_ms, received_ms,"
+        " count, verdict, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (old.gateway, old.seq, old.header_sha256, old.prev, old.key_id, old.root, old.created_ms,
+         old.received_ms, old.count, old.verdict, old.data),
+    )  # fmt: skip
+    con.commit()
+    con.close()
+
+    store = SQLiteEvidenceStore(path)  # migrates in place; old rows stay raw, new ones compressed
+    store.store_batch(new)
+    assert store.batch_bytes("gw-1", 1) == old.data and store.batch_bytes("gw-1", 2) == new.data
+    assert [p.data for p in store.pending_influx(10)] == [old.data, new.data]
+    # (the hand-inserted old row has no interval rows; the new one is read from its compressed bytes)
+    assert [a.record for a in store.attested_intervals()] == [
+        decode_record(r) for r in new.data.split(b"\n")[2:-1]
+    ]
+    store.close()
+    con = sqlite3.connect(path)
+    sizes = con.execute("SELECT length(data), data_codec FROM batches ORDER BY seq").fetchall()
+    con.close()
+    assert sizes[0] == (len(old.data), None) and sizes[1][1] == "zlib" and sizes[1][0] < len(new.data) / 3
