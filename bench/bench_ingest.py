@@ -15,6 +15,7 @@ Run: ``.venv/bin/python -m bench.bench_ingest``. Starts a private InfluxDB (Debi
 from __future__ import annotations
 
 import asyncio
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from aggregator.influx import InfluxV1Client
 from aggregator.influx_writer import InfluxWriter
 from aggregator.ingest import BatchIngest
 from aggregator.registry import GatewayRegistry
-from aggregator.service import StoreThreads
+from aggregator.service import StoreThreads, tune_gc
 from aggregator.store import SQLiteEvidenceStore
 from bench.common import Figure
 from evidence.batch import GENESIS_PREV, SealedBatch, seal_batch
@@ -147,7 +148,13 @@ def run() -> list[Figure]:
         tempfile.TemporaryDirectory(prefix="puhui-bench-ingest-") as tmp,
         PrivateInfluxDB(Path(tmp) / "influx") as influx,
     ):
-        rounds = [asyncio.run(_measure(Path(tmp), influx, f"bench{i}")) for i in range(ROUNDS)]
+        threshold = gc.get_threshold()
+        tune_gc()  # as `puhui aggregator run` does; undone below for the other benchmarks
+        try:
+            rounds = [asyncio.run(_measure(Path(tmp), influx, f"bench{i}")) for i in range(ROUNDS)]
+        finally:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
     for i, (ingest, raw) in enumerate(rounds):
         print(f"  round {i + 1}: ingest {ingest:,.0f}/s, raw {raw:,.0f}/s, ratio {ingest / raw:.2f}")
     ingest_rate, raw_rate = max(r[0] for r in rounds), max(r[1] for r in rounds)
