@@ -41,6 +41,7 @@ import aiomqtt
 
 from aggregator.config import AggregatorConfig
 from aggregator.errors import KeyRejected, StoreConflict, StoreError
+from aggregator.influx import LineProtocolError
 from aggregator.influx_writer import batch_line, interval_lines, lines_bytes
 from aggregator.plausibility import CounterState, check_intervals
 from aggregator.records import Interval, decode_records
@@ -314,7 +315,10 @@ class BatchIngest:
         if step.verdict is ChainVerdict.FORK:
             raise _Refused(RejectReason.FORK, f"{h.label}: {step.reason}", h)
         item.accepted, records = self._prepare(sealed, digest, step.verdict.value, step.missing, now_ms)
-        item.lines = self._lines(item.accepted, records, h)
+        try:
+            item.lines = self._lines(item.accepted, records, h)
+        except LineProtocolError as exc:  # stored all the same; the InfluxDB writer parks it
+            log.error("%s: cannot be written to InfluxDB: %s", h.label, exc)
         tracker.observe(h, digest)
         self._counter_state(gateway).update(item.accepted.counters)
         self._inflight[gateway] += 1
@@ -401,7 +405,7 @@ class BatchIngest:
                                                 " failed to store; resend", now_ms)  # fmt: skip
             return item.reply
         assert gateway is not None and h is not None
-        self._inflight[gateway] -= 1
+        self._inflight[gateway] = max(0, self._inflight[gateway] - 1)  # 0 after a _forget_all
         if isinstance(result, int):
             self._after_commit(a, item.lines, h, result)
             return Ack(gateway, h.seq, a.header_sha256, "stored", now_ms)
@@ -451,7 +455,8 @@ class BatchIngest:
             log.warning("gateway %s batch #%s: gap, missing %s", h.gateway, h.seq, list(a.missing))
         elif a.verdict == ChainVerdict.REORDER.value:
             s.reorders += 1
-        self._on_stored(batch_id, lines)
+        if lines:
+            self._on_stored(batch_id, lines)
 
     def _lines(self, a: AcceptedBatch, records: list[Interval], h: BatchHeader) -> bytes:
         """The batch's line protocol, from the records already decoded (the writer's fast path)."""

@@ -8,6 +8,7 @@ batch that is not stored is answered with a reject, so its gateway resends it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -164,3 +165,11 @@ async def test_a_key_rotation_is_committed_before_the_next_batch_is_checked(harn
     b3 = a.seal(a.intervals(1), key=new_key)  # signed by the key b2 announced, fed right after it
     replies = await harness.run([("gw-a", b1), ("gw-a", b2), ("gw-a", b3)])
     assert [(type(r).__name__, r.seq) for r in replies] == [("Ack", 1), ("Ack", 2), ("Ack", 3)]
+
+
+async def test_a_batch_inexpressible_as_line_protocol_is_still_stored_and_acked(harness: Harness) -> None:
+    [a] = _gateways(harness, "gw-a")
+    odd = dataclasses.replace(a.intervals(1)[0], meter="pv-01\\")  # a tag value cannot end in "\"
+    replies = await harness.run([("gw-a", a.seal([odd])), ("gw-a", a.next_batch(1))])
+    assert [(type(r).__name__, r.seq) for r in replies] == [("Ack", 1), ("Ack", 2)]
+    assert harness.stored_seqs("gw-a") == [1, 2]
