@@ -111,6 +111,7 @@ def interval_lines(
     """One line of line protocol per ``(leaf index, interval record, issues)`` of one batch."""
     out: list[str] = []
     append = out.append
+    prefixes: dict[tuple[str, str, str, str, str], str] = {}  # this batch's series
     for index, r, issues in index_records:
         st = r.stats
         a, b, d = r.counter_start, r.counter_end, r.delta
@@ -121,9 +122,13 @@ def interval_lines(
         ):  # fmt: skip
             append(interval_line(measurement, gateway, seq, index, r, issues))
             continue
+        key = (r.meter, r.quantity, r.unit, r.kind, st.unit)
+        prefix = prefixes.get(key)
+        if prefix is None:
+            prefix = prefixes[key] = _series(measurement, gateway, r)
         append(
             _FAST_LINE % (
-                _series(measurement, gateway, r), d, a, b, ta, tb, float(st.min), float(st.avg),
+                prefix, d, a, b, ta, tb, float(st.min), float(st.avg),
                 float(st.max), r.samples, r.expected, r.end - r.start, ",".join(r.flags), ",".join(issues),
                 "false" if issues else "true", seq, index, r.start * 1000,
             )

@@ -63,6 +63,10 @@ def _check(
 
 def test_each_issue() -> None:
     assert _check([_rec()]) == [()]
+    at_limit = 4.0 * 1.2  # rated power x nameplate factor, exactly: allowed
+    assert _check(
+        [_rec(delta=at_limit * 0.25, stats={"unit": "kW", "min": 1.0, "avg": 2.0, "max": at_limit})]
+    ) == [()]
     assert _check([_rec(delta=2.0)]) == [("energy_above_nameplate",)]
     assert _check([_rec(stats={"unit": "W", "min": 1.0, "avg": 2.0, "max": 9000.0})]) == [
         ("power_above_nameplate",)
@@ -160,3 +164,42 @@ def test_fast_decoder_takes_the_common_case_and_refers_the_rest() -> None:
         raw.replace(b'"delta":1.0', b'"delta":true'),
     ):
         assert decode_interval(refused) is None, refused
+
+
+near = st.floats(min_value=-2.0, max_value=4.0, allow_nan=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    delta=st.none() | near,
+    c0=st.none() | st.floats(9.0, 11.0),
+    c1=st.none() | st.floats(9.0, 13.0),
+    stats=st.none() | st.tuples(st.sampled_from(["kW", "W", "degC"]), near, near, st.floats(0, 6000)),
+    samples=st.integers(0, 100),
+    expected=st.integers(0, 100),
+    flags=st.lists(st.sampled_from(["reset", "rollover", "gap"]), max_size=2),
+    kind=st.sampled_from(["counter", "gauge"]),
+    unit=st.sampled_from(["kWh", "Wh", "m3"]),
+    t1=st.none() | st.integers(-1000, 2_000_000),
+)
+def test_the_fast_clean_path_agrees_with_the_checks(
+    delta: Any, c0: Any, c1: Any, stats: Any, samples: int, expected: int, flags: list[str],
+    kind: str, unit: str, t1: Any,
+) -> None:  # fmt: skip
+    from aggregator.plausibility import _check_counter, _check_coverage, _check_stats, _check_times, _clean
+
+    st_obj = None if stats is None else {"unit": stats[0], "min": stats[1], "avg": stats[2], "max": stats[3]}
+    obj = _obj()
+    obj.update(
+        delta=delta if kind == "counter" else None, counter_start=c0, counter_end=c1, stats=st_obj,
+        samples=samples, expected=expected, flags=flags, kind=kind, unit=unit, counter_end_time_ms=t1,
+    )  # fmt: skip
+    r = msgspec.convert(obj, IntervalDoc)
+    found: list[str] = []
+    meter, plaus, latest = METERS["m"], PlausibilitySettings(), 1_000_000.0
+    _check_times(r, latest, found)
+    _check_coverage(r, plaus, found)
+    _check_stats(r, meter, plaus, found)
+    if r.kind == "counter":
+        _check_counter(r, meter, plaus, found)
+    assert _clean(r, meter, latest, plaus) == (not found), found
