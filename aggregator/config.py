@@ -55,6 +55,7 @@ class InfluxSettings(_Closed):
     measurement: str = "puhui_interval"
     batch_measurement: str = "puhui_batch"
     max_batches_per_write: int = Field(default=8, ge=1)  # stored batches combined in one request
+    concurrent_writes: int = Field(default=2, ge=1)  # requests in flight at once
     timeout_s: float = Field(default=10.0, gt=0)
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)

@@ -215,6 +215,7 @@ class InfluxWriter:
         self._clock = clock
         self._run_db = run_db
         self._run_read = run_read or run_db  # reads need not queue behind ingest's commits
+        self._writing: set[int] = set()  # taken, being written to InfluxDB
         self._marking: set[int] = set()  # written, being marked in the store
         self._mark_tasks: set[asyncio.Task[None]] = set()
         self._on_progress = on_progress
@@ -233,41 +234,56 @@ class InfluxWriter:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Write pending batches as they come; sleep until ingest stores more."""
+        """Write pending batches as they come, ``concurrent_writes`` requests at a time (the
+        server parses one request while the next travels); sleep until ingest stores more."""
         if self._settings.create_database:
             await self._retrying("create database", self._client.create_database)
+        writes: set[asyncio.Task[None]] = set()
         try:
             while True:
                 self._wakeup.clear()
-                wrote = await self.drain_once()
-                if not wrote:
-                    await self._wakeup.wait()
+                for task in [t for t in writes if t.done()]:
+                    writes.discard(task)
+                    task.result()  # a bug in a write ends the writer, loudly
+                if len(writes) < self._settings.concurrent_writes:
+                    bodies = await self._take()
+                    if bodies:
+                        writes.add(asyncio.create_task(self._write(bodies), name="aggregator-influx-write"))
+                        continue
+                await self._wakeup.wait()  # ingest stored more, or a write finished
         finally:
-            for task in self._mark_tasks:
+            for task in (*writes, *self._mark_tasks):
                 task.cancel()  # unmarked batches are written again: the same points
 
-    async def drain_once(self) -> int:
-        """Write up to ``max_batches_per_write`` pending batches; how many were handled."""
-        known = set(self._cache)  # only drain_once takes from the cache: these stay in it
+    async def _take(self) -> dict[int, bytes]:
+        """The next pending batches' lines (up to ``max_batches_per_write``), now in flight."""
+        known = set(self._cache)  # only _take takes from the cache: these stay in it
+        busy = self._writing | self._marking
         pending: list[PendingBatch] = await self._run_read(
-            self._store.pending_influx, self._settings.max_batches_per_write, known, set(self._marking)
+            self._store.pending_influx, self._settings.max_batches_per_write, known, busy
         )
-        if not pending:
-            return 0
+        # Written meanwhile: not again (a point written twice is harmless, only wasted).
+        pending = [p for p in pending if p.id not in self._writing and p.id not in self._marking]
         # Lines offered meanwhile are taken too; a batch in `known` is still cached (no data).
         bodies = {p.id: self._cache.pop(p.id, None) or self._lines(p) for p in pending}
         good = {i: b for i, b in bodies.items() if b is not None}
         for i in set(bodies) - set(good):
             await self._park(i, "a point cannot be encoded as line protocol (see the log)")
-        if good:
+        self._writing.update(good)
+        return good
+
+    async def _write(self, good: dict[int, bytes]) -> None:
+        try:
             try:
                 await self._retrying("write", self._client.write, b"".join(good.values()), "ms")
             except InfluxRejected as exc:
                 await self._isolate(good, exc)
             else:
                 await self._written(good)
-        self._on_progress()
-        return len(pending)
+        finally:
+            self._writing.difference_update(good)  # now marked, marking or parked
+            self._wakeup.set()
+            self._on_progress()
 
     def _lines(self, p: PendingBatch) -> bytes | None:
         try:
