@@ -93,7 +93,7 @@ def test_a_group_stores_all_but_a_conflicting_gateway_and_keeps_gaps_right(tmp_p
     store.close()
 
 
-def test_batches_are_kept_compressed_and_a_version_1_store_still_reads(tmp_path: Path) -> None:
+def test_batches_are_kept_compressed_and_a_version_1_store_migrates(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "e.sqlite3"
@@ -102,14 +102,21 @@ def test_batches_are_kept_compressed_and_a_version_1_store_still_reads(tmp_path:
     GatewayRegistry(store).enrol(gw.enrolment(), at_ms=0)
     store.close()
     old, new = _accepted(gw), _accepted(gw)
-    con = sqlite3.connect(path)  # a store as puhui wrote it before data_codec: raw bytes
-    con.execute("ALTER TABLE batches DROP COLUMN data_codec")
-    con.execute(
+    con = sqlite3.connect(path)  # a store as puhui wrote it at schema version 1
+    con.execute("ALTER TABLE batches DROP COLUMN data_codec")  # raw bytes
+    con.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    con.execute("CREATE INDEX intervals_by_meter ON intervals (gateway, meter, start)")  # no batch_series
+    cur = con.execute(
         "INSERT INTO batches (gateway, seq, header_sha256, prev, key_id, root, created_ms, received_ms,"
         " count, verdict, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (old.gateway, old.seq, old.header_sha256, old.prev, old.key_id, old.root, old.created_ms,
          old.received_ms, old.count, old.verdict, old.data),
     )  # fmt: skip
+    con.executemany(
+        'INSERT INTO intervals (batch_id, idx, gateway, meter, quantity, start, "end", issues)'
+        " VALUES (?,?,?,?,?,?,?,?)",
+        [(cur.lastrowid, r.index, "gw-1", r.meter, r.quantity, r.start, r.end, None) for r in old.intervals],
+    )
     con.commit()
     con.close()
 
@@ -117,12 +124,15 @@ def test_batches_are_kept_compressed_and_a_version_1_store_still_reads(tmp_path:
     store.store_batch(new)
     assert store.batch_bytes("gw-1", 1) == old.data and store.batch_bytes("gw-1", 2) == new.data
     assert [p.data for p in store.pending_influx(10)] == [old.data, new.data]
-    # (the hand-inserted old row has no interval rows; the new one is read from its compressed bytes)
-    assert [a.record for a in store.attested_intervals()] == [
-        decode_record(r) for r in new.data.split(b"\n")[2:-1]
+    records = [decode_record(r) for r in (*old.data.split(b"\n")[2:-1], *new.data.split(b"\n")[2:-1])]
+    assert [a.record for a in store.attested_intervals()] == records
+    assert [a.record for a in store.attested_intervals(gateway="gw-1", meters=["hm-01"])] == [
+        r for r in records if isinstance(r, IntervalRecord) and r.meter == "hm-01"
     ]
     store.close()
     con = sqlite3.connect(path)
     sizes = con.execute("SELECT length(data), data_codec FROM batches ORDER BY seq").fetchall()
+    indexes = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     con.close()
+    assert "intervals_by_meter" not in indexes
     assert sizes[0] == (len(old.data), None) and sizes[1][1] == "zlib" and sizes[1][0] < len(new.data) / 3
