@@ -14,16 +14,18 @@ Per batch (:meth:`BatchIngest.process`), in this order, stopping at the first re
 6. record decoding (``malformed``) and a key rotation's consistency;
 7. plausibility per interval (:mod:`aggregator.plausibility`): issues are stored with the
    interval, never a reason to refuse the batch;
-8. one durable transaction in the store; only then the signed ack (``stored``).
+8. one durable transaction in the store (shared with the batches that waited meanwhile:
+   group commit, see :class:`BatchIngest`); only then the signed ack (``stored``).
 
 Every refusal is answered on the gateway's reject topic, counted by reason, logged with
 the gateway id and sequence number, and kept in the store. Nothing that happens to one
 message stops the loop.
 
-The MQTT side (:meth:`BatchIngest.serve`) uses a shared subscription so several
-aggregators can share the load. The broker's PUBACK is sent on receipt (aiomqtt has no
-manual acknowledgement); what a gateway waits for is our signed ack, sent after the
-commit, so a crash in between makes the gateway resend and the batch deduplicate.
+The MQTT side (:meth:`BatchIngest.serve`, through :meth:`BatchIngest.pipeline`) uses a
+shared subscription so several aggregators can share the load. The broker's PUBACK is sent
+on receipt (aiomqtt has no manual acknowledgement); what a gateway waits for is our signed
+ack, sent after the commit, so a crash in between makes the gateway resend and the batch
+deduplicate.
 """
 
 from __future__ import annotations
