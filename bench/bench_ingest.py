@@ -45,7 +45,8 @@ GATEWAY = "gw-bench"
 
 def _batches(key_factory_now_s: int) -> tuple[object, list[SealedBatch], bytes]:
     key = generate_key()
-    t0 = (key_factory_now_s // 86400 - 2) * 86400
+    span_days = N_BATCHES * (BATCH // METERS) * 900 // 86400 + 1
+    t0 = (key_factory_now_s // 86400 - span_days - 1) * 86400  # every batch in the past: plausible
     counters = [15234.125 + i for i in range(METERS)]
     batches, prev, step = [], GENESIS_PREV, 0
     for seq in range(1, N_BATCHES + 1):
@@ -124,6 +125,7 @@ async def _measure(workdir: Path, influx: PrivateInfluxDB, database: str) -> tup
                     for payload in payloads:
                         await feed(batch_topic(GATEWAY), payload)
                 assert acks == N_BATCHES
+                assert ingest.stats.implausible == 0, "the bench measures plausible data"
                 while store.influx_backlog()[0]:
                     await progressed.wait()
                     progressed.clear()
