@@ -173,3 +173,13 @@ async def test_a_batch_inexpressible_as_line_protocol_is_still_stored_and_acked(
     replies = await harness.run([("gw-a", a.seal([odd])), ("gw-a", a.next_batch(1))])
     assert [(type(r).__name__, r.seq) for r in replies] == [("Ack", 1), ("Ack", 2)]
     assert harness.stored_seqs("gw-a") == [1, 2]
+
+
+async def test_a_refused_batch_resent_is_answered_every_time_and_kept_once(harness: Harness) -> None:
+    stranger = SimGateway("gw-x", meters=("pv-01",))  # never enrolled
+    batch = stranger.next_batch(1)
+    replies = await harness.run([("gw-x", batch)] * 5)
+    assert [(type(r).__name__, r.reason) for r in replies] == [("Reject", "not_enrolled")] * 5
+    assert harness.ingest.stats.rejected["not_enrolled"] == 5
+    [kept] = harness.store.rejections("gw-x")
+    assert (kept.repeats, kept.data) == (5, batch.to_bytes())

@@ -105,6 +105,11 @@ def test_batches_are_kept_compressed_and_a_version_1_store_migrates(tmp_path: Pa
     con = sqlite3.connect(path)  # a store as puhui wrote it at schema version 1
     con.execute("ALTER TABLE batches DROP COLUMN data_codec")  # raw bytes
     con.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    con.execute("DROP INDEX rejections_by_data")
+    for column in ("last_ms", "repeats", "data_sha256"):
+        con.execute(f"ALTER TABLE rejections DROP COLUMN {column}")
+    con.execute("INSERT INTO rejections (gateway, seq, header_sha256, reason, detail, received_ms, data)"
+                " VALUES ('gw-1', 9, NULL, 'malformed', 'bad', 5, x'00')")  # fmt: skip
     con.execute("CREATE INDEX intervals_by_meter ON intervals (gateway, meter, start)")  # no batch_series
     cur = con.execute(
         "INSERT INTO batches (gateway, seq, header_sha256, prev, key_id, root, created_ms, received_ms,"
@@ -121,6 +126,8 @@ def test_batches_are_kept_compressed_and_a_version_1_store_migrates(tmp_path: Pa
     con.close()
 
     store = SQLiteEvidenceStore(path)  # migrates in place; old rows stay raw, new ones compressed
+    [rejection] = store.rejections()
+    assert (rejection.seq, rejection.repeats, rejection.last_ms, rejection.data) == (9, 1, 5, b"\x00")
     store.store_batch(new)
     assert store.batch_bytes("gw-1", 1) == old.data and store.batch_bytes("gw-1", 2) == new.data
     assert [p.data for p in store.pending_influx(10)] == [old.data, new.data]
