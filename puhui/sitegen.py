@@ -117,7 +117,7 @@ def site_for(
 
 def _mqtt_meter(dev: Device, spec: DeviceSpec, broker: tuple[str, int]) -> dict[str, Any]:
     topic = dev.endpoint.topic
-    if spec.kind == "mqtt_tasmota":  # local time without zone in "Time": take receipt time
+    if spec.kind == "mqtt_tasmota":  # "Time" is whole seconds, local: on a fast clock, receipt time
         fields = {
             "energy": {"path": "ENERGY.Total", "unit": "kWh", "kind": "counter"},
             "power": {"path": "ENERGY.Power", "unit": "W"},

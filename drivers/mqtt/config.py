@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Simple dotted paths into a JSON object, with list indexes: "data.energy.import", "ch[0].p"
 JSON_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\[[0-9]+\])*(\.[A-Za-z_][A-Za-z0-9_-]*(\[[0-9]+\])*)*$"
@@ -41,6 +42,18 @@ class MqttTimestamp(BaseModel):
     path: str = Field(pattern=JSON_PATH)
     format: Literal["epoch_s", "epoch_ms", "iso8601"] = "epoch_s"
     max_skew_s: float = Field(default=30.0, gt=0, le=3600)
+    # The zone of an iso8601 time that carries no offset. Tasmota publishes local time that
+    # way ("Time": "2025-01-15T08:00:00"): give the device's zone, e.g. Asia/Shanghai.
+    tz: str = "UTC"
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai, UTC)") from exc
+        return value
 
 
 class MqttSource(BaseModel):

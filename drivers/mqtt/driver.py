@@ -44,6 +44,7 @@ import math
 import random
 import re
 import ssl
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ def timestamp_of(document: object, spec: MqttTimestamp) -> float:
         except ValueError as exc:
             raise PayloadError(f"{spec.path}: {text!r} is not an ISO 8601 time") from exc
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=datetime.UTC)
+            parsed = parsed.replace(tzinfo=zoneinfo.ZoneInfo(spec.tz))  # cached by zoneinfo
         return parsed.timestamp()
     value = number_at(document, spec.path)
     if not math.isfinite(value):

@@ -84,6 +84,9 @@ def test_timestamp_formats() -> None:
     assert timestamp_of({"t": "2025-01-15T00:00:00.25Z"}, iso) == t
     assert timestamp_of({"t": "2025-01-15T08:00:00.25+08:00"}, iso) == t
     assert timestamp_of({"t": "2025-01-15T00:00:00.25"}, iso) == t  # no offset: UTC
+    tasmota = MqttTimestamp(path="Time", format="iso8601", tz="Asia/Shanghai")  # local time, no offset
+    assert timestamp_of({"Time": "2025-01-15T08:00:00.25"}, tasmota) == t
+    assert timestamp_of({"Time": "2025-01-15T00:00:00.25Z"}, tasmota) == t  # an offset wins
     epoch = MqttTimestamp(path="ts")
     bad = [({"t": "yesterday"}, iso), ({"t": 5}, iso), ({"ts": "5"}, epoch), ({"ts": math.inf}, epoch)]
     for doc, spec in [*bad, ({}, epoch)]:
@@ -249,7 +252,8 @@ async def test_readme_sample_reads_what_the_simulator_publishes(
                     plug["energy_import"].value == round(ptruth.counter_end_wh / 1000, 3) == energy["Total"]
                 )
                 assert plug["power"].value == energy["Power"]
-                assert plug["power"].time == clock.now() and plug["power"].source == "mqtt:receipt"
+                # The simulator publishes Tasmota's local time (UTC+8, no offset); tz reads it right.
+                assert plug["power"].time == clock.now() and plug["power"].source == "mqtt:payload"
     health = sub.health["boiler-2"]
     assert (health.messages, health.samples, health.malformed, health.skewed) == (3, 6, 0, 0)
     assert health.last_error is None and health.last_message_at == clock.now()

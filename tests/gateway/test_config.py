@@ -131,3 +131,19 @@ def test_series_specs_take_rollover_width_scale_and_rate_from_profile_and_namepl
     assert isinstance(abb, ModbusTcpMeter)
     [session] = series_specs(abb, abb.fields(PROFILES))
     assert session.per_session and session.modulus is None
+
+
+def test_an_mqtt_time_zone_must_exist() -> None:
+    meter = {"id": "plug", "driver": "mqtt", "connection": {"host": "127.0.0.1"}, "scenario": "ev_charging",
+             "nameplate": {"rated_power_kw": 3, "meter_class": "1"}, "counts": ["energy_import"],
+             "source": {"topic": "tele/plug/SENSOR",
+                        "fields": {"energy_import": {"path": "ENERGY.Total", "unit": "kWh",
+                                                     "kind": "counter"}},
+                        "time": {"path": "Time", "format": "iso8601", "tz": "Asia/Shangai"}}}  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        parse_site({"gateway": {"id": "gw", "site": "s"}, "meters": [meter]}, "s.yaml", PROFILES)
+    assert "s.yaml: meters[0].source.time.tz: " in str(exc.value)
+    assert "'Asia/Shangai' is not an IANA time zone" in str(exc.value)
+    meter["source"]["time"]["tz"] = "Asia/Shanghai"  # type: ignore[index]
+    [plug] = parse_site({"gateway": {"id": "gw", "site": "s"}, "meters": [meter]}, "s.yaml", PROFILES).meters
+    assert plug.source.time is not None and plug.source.time.tz == "Asia/Shanghai"  # type: ignore[union-attr]
