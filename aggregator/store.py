@@ -1,7 +1,7 @@
 """The evidence store: exact signed batches, verdicts, gaps, rejections, the InfluxDB outbox.
 
 The store is the aggregator's source of truth. A batch is acknowledged only after
-:meth:`SQLiteEvidenceStore.store_batch` returned, i.e. after its transaction is durable
+:meth:`SQLiteEvidenceStore.store_group` returned, i.e. after its transaction is durable
 (SQLite WAL, ``synchronous=FULL``: the WAL is fsynced at every commit). InfluxDB is fed from
 the store through an outbox (``batches.influx_state``), so the time series can always be
 rebuilt from the evidence.
@@ -184,7 +184,6 @@ class Gap:
 class EvidenceStore(Protocol):
     """What the aggregator needs from its evidence store (SQLite by default)."""
 
-    def store_batch(self, batch: AcceptedBatch) -> int: ...
     def store_group(
         self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
     ) -> list[int | StoreConflict | None]: ...
@@ -571,10 +570,11 @@ class SQLiteEvidenceStore:
     def mark_influx(self, ids: Collection[int], *, error: str | None = None) -> None:
         """Mark batches written to InfluxDB, or parked as failed with ``error``."""
         state = INFLUX_WRITTEN if error is None else INFLUX_FAILED
+        marks = ",".join("?" * len(ids))  # one statement: see _insert_rows on executemany
         self._write(
             "updating the InfluxDB outbox",
-            [("UPDATE batches SET influx_state = ?, influx_error = ? WHERE id = ?",
-              [(state, error, i) for i in ids])],
+            [(f"UPDATE batches SET influx_state = ?, influx_error = ? WHERE id IN ({marks})",
+              (state, error, *ids))],
         )  # fmt: skip
 
     # -- reads -------------------------------------------------------------------------
