@@ -234,18 +234,21 @@ class BatchIngest:
             return await self._stage(topic, payload)
         except Exception:  # the loop's supervisor: count, answer, go on (the bug is logged)
             log.exception("ingest: internal error on %s (batch #%s)", topic, _best_effort_seq(payload))
-            self.stats.rejected[RejectReason.INTERNAL.value] += 1
             try:
                 gateway: str | None = gateway_from_topic(topic)
             except MalformedMessage:
                 gateway = None
-            now_ms = int(self._clock.now() * 1000)
-            seq = _best_effort_seq(payload)
             item = _Staged(gateway, self._gen[gateway or ""])
-            if gateway is not None:
-                reject = Reject(gateway, seq, None, RejectReason.INTERNAL.value, "internal error", now_ms)
-                item.reply = reject
+            item.reply = self._internal_reject(gateway, _best_effort_seq(payload))
             return item
+
+    def _internal_reject(self, gateway: str | None, seq: int | None) -> Reject | None:
+        """The answer to a message a bug stopped (counted; None when no gateway can be told)."""
+        self.stats.rejected[RejectReason.INTERNAL.value] += 1
+        if gateway is None:
+            return None
+        now_ms = int(self._clock.now() * 1000)
+        return Reject(gateway, seq, None, RejectReason.INTERNAL.value, "internal error", now_ms)
 
     async def _stage(self, topic: str, payload: bytes) -> _Staged:
         self.stats.received += 1
@@ -387,10 +390,7 @@ class BatchIngest:
             except Exception:  # a bug: answer it, keep going (state reloads from the store)
                 log.exception("ingest: internal error answering gateway %s", item.gateway)
                 self._forget_all()
-                reply = None if item.gateway is None else Reject(
-                    item.gateway, item.header.seq if item.header else None, None,
-                    RejectReason.INTERNAL.value, "internal error", int(self._clock.now() * 1000),
-                )  # fmt: skip
+                reply = self._internal_reject(item.gateway, item.header.seq if item.header else None)
             if reply is not None and item.gateway is not None:
                 topic = ack_topic(item.gateway) if isinstance(reply, Ack) else reject_topic(item.gateway)
                 item.answer = (topic, reply)

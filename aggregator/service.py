@@ -69,9 +69,12 @@ class StoreThreads:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self._write.shutdown(wait=True)
         self._read.shutdown(wait=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Aggregator:

@@ -139,7 +139,7 @@ async def _measure(workdir: Path, influx: PrivateInfluxDB, database: str) -> tup
                 await client.write(body, "ms")
             raw_rate = points / (time.perf_counter() - t0) * (N_BATCHES * BATCH) / points
     finally:
-        threads.__exit__(None, None, None)
+        threads.close()
         store.close()
     return ingest_rate, raw_rate
 
