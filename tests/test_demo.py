@@ -1,4 +1,4 @@
-"""``puhui demo`` end to end: a simulated week of the three sites (about 4 minutes).
+"""``puhui demo`` end to end: a simulated week of the three sites (about 8 minutes).
 
 The demo runs as it does for a user (a subprocess: real Mosquitto and InfluxDB, the fleet,
 three gateway processes and the aggregator), with its faults. It must exit 0, and its
@@ -21,7 +21,11 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
-WALL_LIMIT_S = 480
+WALL_LIMIT_S = 900
+# x1440: a poll delayed 2 ms by a busy CPU moves 3 simulated seconds, within boundary_seconds
+# (5). At x2880 a machine with both cores busy failed the ground-truth check (heating +1.3 %),
+# with this session's code and with the previous one alike: the clock, not the chain.
+SPEED = "1440"
 
 
 def run_demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,23 +44,29 @@ def run_demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, "")
 
 
+def _why(text: str) -> str:
+    """What a failure message shows: the ground-truth check and the summary after it."""
+    start = text.find("ground-truth check")
+    return (text[start : start + 5000] if start >= 0 else "") + "\n...\n" + text[-2500:]
+
+
 @pytest.mark.timeout(WALL_LIMIT_S + 60)
 def test_a_simulated_week_passes_the_ground_truth_check(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
-    result = run_demo(out, "--days", "7", "--speed", "2880", "--poll", "450")
+    result = run_demo(out, "--days", "7", "--speed", SPEED, "--poll", "450")
     text = result.stdout
-    assert result.returncode == 0, text[-6000:]
-    assert "ER CHECK PASSED" in text, text[-6000:]
+    assert result.returncode == 0, _why(text)
+    assert "ER CHECK PASSED" in text, _why(text)
     line = r"^  (clean_heating|pv|ev_charging) +statement ([0-9.]+) +truth ([0-9.]+) tCO2e .* (PASS|FAIL)$"
     checks = re.findall(line, text, re.M)
-    assert {c[0] for c in checks} == {"clean_heating", "pv", "ev_charging"}, text[-6000:]
+    assert {c[0] for c in checks} == {"clean_heating", "pv", "ev_charging"}, _why(text)
     assert all(c[3] == "PASS" for c in checks)
     assert all(float(c[2]) > 0 for c in checks), "a check against zero truth proves nothing"
     statements = sorted(p.name.split("-")[0] for p in (out / "statements").glob("*.statement"))
     assert statements == ["clean_heating", "ev_charging", "pv"]
     for fault in ("broker outage", "meter replaced", "dead meter"):
         assert fault in text
-    assert re.search(r"0 stored twice, 0 open chain gaps, 0 rejections", text), text[-6000:]
+    assert re.search(r"0 stored twice, 0 open chain gaps, 0 rejections", text), _why(text)
 
 
 def test_refuses_a_foreign_output_directory(tmp_path: Path) -> None:
