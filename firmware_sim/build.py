@@ -129,6 +129,7 @@ def build_device(spec: DeviceSpec, fleet: FleetConfig, start: float) -> Device:
             quantity=kind.quantity,
             channel=ch,
             per_session=kind.per_session,
+            log_steps=fleet.truth_steps,
         )
     units = kind.maps(spec)
     return Device(

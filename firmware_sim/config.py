@@ -170,6 +170,11 @@ class FleetConfig(Closed):
     clock: ClockConfig = ClockConfig()
     step_s: int = Field(default=10, ge=1, le=900)
     truth_interval_s: int = Field(default=900, ge=1)
+    truth_steps: bool = Field(
+        default=False,
+        description="also log true cumulative energy per step (16 bytes a step and channel), "
+        "for truth between any two reading times",
+    )
     mqtt: MqttConfig | None = None
     control: ControlConfig | None = ControlConfig()
     sites: list[SiteConfig] = Field(min_length=1)

@@ -29,6 +29,7 @@ from firmware_sim.config import MQTT_KINDS, FleetConfig, expand, load_fleet
 from firmware_sim.control import ControlServer
 from firmware_sim.device import Device
 from firmware_sim.errors import UnknownDeviceError
+from firmware_sim.meter import StepLog
 from firmware_sim.modbus_server import ModbusPortServer
 from firmware_sim.mqtt import MqttPublisher
 from firmware_sim.serial import pty_pair
@@ -191,6 +192,19 @@ class Fleet:
             dev.refresh(now)
             out[name] = {ch: dev.ground_truth(ch).to_dict() for ch in dev.meters}
         return {"as_of": now, "devices": out}
+
+    def step_logs(self) -> dict[tuple[str, str], StepLog]:
+        """(device, channel) -> true cumulative energy per step, integrated up to now
+        (empty unless the fleet config sets ``truth_steps``)."""
+        now = self.clock.now()
+        out: dict[tuple[str, str], StepLog] = {}
+        for name, dev in self.devices.items():
+            dev.refresh(now)
+            for ch, meter in dev.meters.items():
+                log = meter.step_log()
+                if log is not None:
+                    out[(name, ch)] = log
+        return out
 
     def write_truth(self, path: str | Path) -> None:
         _write_json_atomic(Path(path), self.truth())

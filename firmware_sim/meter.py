@@ -14,6 +14,7 @@ The *true* energy (``forward_mws``/``reverse_mws``) only grows. The *visible* co
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,27 @@ class GroundTruth:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StepLog:
+    """True cumulative energy at every step boundary from ``t0`` on: ``forward_mws[j]`` is
+    the forward energy integrated up to ``t0 + j * step_s`` (what a counter read at any
+    time in ``[t0 + j * step_s, t0 + (j + 1) * step_s)`` shows, before resets)."""
+
+    t0: float
+    step_s: int
+    forward_mws: array[int]
+    reverse_mws: array[int]
+
+    def at(self, t: float) -> tuple[int, int]:
+        """True (forward, reverse) energy a counter read at clock time ``t`` includes."""
+        j = math.floor((t - self.t0) / self.step_s)
+        if not 0 <= j < len(self.forward_mws):
+            raise ValueError(
+                f"{t} is outside the step log [{self.t0}, {self.t0 + len(self.forward_mws) * self.step_s})"
+            )
+        return self.forward_mws[j], self.reverse_mws[j]
+
+
 @dataclass
 class _OpenInterval:
     start: float
@@ -120,6 +142,7 @@ class Meter:
         quantity: str = "electric",
         channel: str = "main",
         per_session: bool = False,
+        log_steps: bool = False,
     ) -> None:
         if interval_s % step_s:
             raise ValueError(f"interval {interval_s} s is not a multiple of step {step_s} s")
@@ -136,6 +159,11 @@ class Meter:
         self.version = 0  # bumps whenever visible state changes
         self._closed: list[IntervalTruth] = []
         self._open = self._new_interval(self.t)
+        # Optional: the cumulative energy at every step boundary (16 bytes a step), so that
+        # truth can be taken between any two reading times, not only interval boundaries.
+        self._steps: StepLog | None = (
+            StepLog(self.t, step_s, array("q", [0]), array("q", [0])) if log_steps else None
+        )
 
     @property
     def t(self) -> float:
@@ -172,6 +200,9 @@ class Meter:
         else:
             self.reverse_mws += -p_mw * self.step_s
         self._k += 1
+        if self._steps is not None:
+            self._steps.forward_mws.append(self.forward_mws)
+            self._steps.reverse_mws.append(self.reverse_mws)
         t = self.t
         if t % self.interval_s == 0:
             self._close_interval(t)
@@ -208,6 +239,10 @@ class Meter:
             counter_wh=self.counter_wh(),
             reverse_counter_wh=self.reverse_counter_wh(),
         )
+
+    def step_log(self) -> StepLog | None:
+        """The cumulative energy per step (``log_steps=True``), else None."""
+        return self._steps
 
     def _wrap(self, mws: int) -> int:
         return mws if self.modulus_mws is None else mws % self.modulus_mws

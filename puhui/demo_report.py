@@ -98,7 +98,7 @@ async def report(run: Run) -> int:
         results = statements(run, source)
         _print_results(run, results)
         _print_faults(run, source, results)
-        ok = print_truth_check(run, results)
+        ok = print_truth_check(run, results, source)
         verified = await _print_statements(run, source, results)
     finally:
         source.close()

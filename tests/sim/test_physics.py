@@ -159,3 +159,28 @@ def test_reset_and_rollover_keep_true_energy() -> None:
     assert truth.counter_wh < 2.0**32 and not math.isnan(truth.counter_wh)
     wrapped = [i for i in truth.intervals if i.counter_end_wh < i.counter_start_wh]
     assert len(wrapped) == 2  # one at the reset, one when it wrapped past 2**32 Wh
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    reads=st.lists(st.floats(min_value=0, max_value=86_400, allow_nan=False), min_size=1, max_size=40),
+    seed=st.integers(0, 2**32),
+)
+def test_step_log_gives_what_a_counter_read_at_any_time_shows(reads: list[float], seed: int) -> None:
+    """Truth between any two reading times: the step log at time t is exactly the energy
+    in the visible counter of a meter read at t (no resets here, so counter = base + true)."""
+    start = JAN15 + 3  # off the step grid: the log starts at the step in progress
+    m = Meter(models(seed % 1000)["pv_house"], start=start, step_s=10, interval_s=900,
+              initial_wh=5.0, log_steps=True)  # fmt: skip
+    base = round(5.0 * MWS_PER_WH)
+    seen = []
+    for t in sorted(start + r for r in reads):
+        m.advance_to(t)
+        seen.append((t, m.counter_mws() - base, m.reverse_counter_mws()))
+    log = m.step_log()
+    assert log is not None and log.t0 == math.floor(start / 10) * 10
+    for t, fwd, rev in seen:
+        assert log.at(t) == (fwd, rev)
+    with pytest.raises(ValueError, match="outside the step log"):
+        log.at(start - 20)
+    assert Meter(LoadModel(seed=1), start=JAN15, step_s=10, interval_s=900).step_log() is None
