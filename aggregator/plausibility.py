@@ -15,7 +15,7 @@ Issue codes (docs/aggregator.md):
 ``negative_delta``       a counter delta below zero
 ``counter_decrease``     counter below the previous interval's reading (across batches
                          too), or ``counter_end < counter_start``, without ``reset`` /
-                         ``rollover`` flag
+                         ``rollover`` / ``session`` flag
 ``delta_mismatch``       ``counter_end - counter_start`` differs from ``delta`` (no flag
                          explains it)
 ``timestamp_skew``       interval end or a reading time later than the batch's
@@ -44,7 +44,7 @@ from aggregator.view import MeterInfo
 # Energy units -> kWh, power units -> kW.
 ENERGY_KWH: dict[str, float] = {"Wh": 1e-3, "kWh": 1.0, "MWh": 1e3, "MJ": 1 / 3.6, "GJ": 1e3 / 3.6}
 POWER_KW: dict[str, float] = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
-_EXPLAINED = frozenset({"reset", "rollover"})
+_EXPLAINED = frozenset({"reset", "rollover", "session"})
 
 CounterState = dict[tuple[str, str], tuple[int, float]]
 

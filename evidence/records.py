@@ -37,6 +37,8 @@ FLAGS: frozenset[str] = frozenset(
         # spans earlier intervals (counter_start older than the previous interval)
         "reset",  # counter went down: meter replaced or reset; delta excludes the jump
         "rollover",  # counter wrapped at its register width; delta corrected for the wrap
+        "session",  # a per-session counter restarted at 0 (a new charging session); the
+        # delta counts the new session from 0, the old one's tail after its last reading is lost
         "late",  # samples arrived after the interval had first been closed
         "out_of_order",  # samples arrived with timestamps older than ones already seen
         "clock_jump",  # source timestamps jumped beyond the skew limit; samples rejected

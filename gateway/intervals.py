@@ -21,7 +21,7 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
   own first reading (its time says so) and flag ``first``.
 - **Decreases.** Up to ``reset_tolerance``: jitter; the reading counts as a sample but does
   not move the bound. Larger, on a ``per_session`` counter: a new session started at 0;
-  the new reading counts in full (no flag). Larger, with a ``modulus`` and a plausible
+  the new reading counts in full (``session``). Larger, with a ``modulus`` and a plausible
   wrap (wrapped increase <= ``max_rate`` x elapsed, or <= 1 % of the modulus without a
   rate): ``rollover``, increase = new + modulus - old. Otherwise ``reset`` (meter replaced):
   the new reading is the new baseline: energy after it counts; whatever accrued between
@@ -306,6 +306,7 @@ class IntervalBuilder:
         """Correction added to ``end - start`` for a drop from the bound to ``v``."""
         spec, (old, old_t) = s.spec, s.bound or (v, t)
         if spec.per_session:
+            acc.flags.add("session")
             return old  # the new session counts from 0
         if spec.modulus is not None:
             wrapped = v + spec.modulus - old

@@ -109,6 +109,14 @@ def test_counters_are_monotonic_across_batches_unless_flagged() -> None:
     assert _check([_rec(1800, 12.0)], state, later) == [()]
 
 
+def test_a_new_charging_session_flagged_by_the_gateway_is_not_a_decrease() -> None:
+    """A per-session counter (ABB Terra) restarts at 0: the gateway counts the new session
+    from 0 and flags ``session``; without the flag the same drop is implausible."""
+    restart = {"counter_start": 11.0, "counter_end": 0.4, "delta": 0.4}
+    assert _check([_rec(**restart)]) == [("counter_decrease",)]
+    assert _check([_rec(**restart, flags=["session"])]) == [()]
+
+
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 values = st.one_of(st.none(), finite, st.integers(-10, 10), st.text(max_size=3), st.booleans(), st.just([]))
 

@@ -125,7 +125,7 @@ def test_per_session_counter_counts_new_session_from_zero() -> None:
     b, _ = builder(counter(per_session=True))
     feed(b, [(T0, 7000.0), (T0 + 60, 7100.0), (T0 + 120, 50.0), (T0 + 180, 80.0)])
     [rec] = b.close_due(T0 + L + 30)
-    assert rec.delta == 100.0 + 80.0 and "reset" not in rec.flags
+    assert rec.delta == 100.0 + 80.0 and "reset" not in rec.flags and "session" in rec.flags
 
 
 def test_jitter_below_tolerance_does_not_reset() -> None:
