@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
@@ -121,7 +121,8 @@ class IntervalRecord:
 
 @dataclass(frozen=True, slots=True)
 class IntervalRef:
-    """Names one interval of one meter quantity without its values."""
+    """Names the intervals of one meter quantity lying within ``[start, end)``, without
+    their values: one interval, or a run of consecutive ones (see :func:`coalesce_refs`)."""
 
     meter: str
     quantity: str
@@ -130,6 +131,30 @@ class IntervalRef:
 
     def to_json(self) -> dict[str, Any]:
         return {"meter": self.meter, "quantity": self.quantity, "start": self.start, "end": self.end}
+
+    def covers(self, meter: str, quantity: str, start: int, end: int) -> bool:
+        """Whether the interval ``[start, end)`` of ``meter``/``quantity`` is named here."""
+        return meter == self.meter and quantity == self.quantity and self.start <= start and end <= self.end
+
+
+def coalesce_refs(refs: Iterable[IntervalRef]) -> tuple[IntervalRef, ...]:
+    """The same intervals as fewer refs: per meter quantity, intervals that follow each other
+    exactly (one's end is the next one's start) become one run ``[first start, last end)``.
+
+    A drop record names what was dropped this way, so it grows with the number of series and
+    holes, not with the number of intervals (a month of 15-minute intervals of one series is
+    one ref, not 2,880). Runs never bridge a hole: an interval kept (or never made) between two
+    dropped ones splits the run. Duplicates collapse; the result is sorted.
+    """
+    out: list[IntervalRef] = []
+    for r in sorted(set(refs), key=lambda r: (r.meter, r.quantity, r.start, r.end)):
+        last = out[-1] if out else None
+        if last is not None and (last.meter, last.quantity) == (r.meter, r.quantity) and r.start <= last.end:
+            if r.end > last.end:
+                out[-1] = IntervalRef(r.meter, r.quantity, last.start, r.end)
+            continue
+        out.append(r)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

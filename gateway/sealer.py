@@ -35,6 +35,7 @@ from evidence.records import (
     DropRecord,
     IntervalRecord,
     IntervalRef,
+    coalesce_refs,
     decode_record,
     encode_record,
 )
@@ -195,7 +196,8 @@ class Sealer:
         superseded: int,
     ) -> DropRecord:
         named = carried_batches + [DroppedBatch(c.seq, c.header_sha256) for c in victims]
-        intervals = carried_intervals + [ref for c in victims for ref in c.intervals or ()]
+        # Runs per meter quantity: the record grows with the series, not with the outage.
+        intervals = coalesce_refs([*carried_intervals, *(ref for c in victims for ref in c.intervals or ())])
         cap = self._outbox
         detail = (
             f"outbox cap reached (cap_bytes={cap.cap_bytes}, cap_batches={cap.cap_batches}): "
@@ -203,7 +205,7 @@ class Sealer:
             + (f", {superseded} earlier drop record(s) superseded and carried over" if superseded else "")
         )
         return DropRecord(DROP_REASON, cap.policy, tuple(sorted(named, key=lambda b: b.seq)),
-                          tuple(intervals), detail)  # fmt: skip
+                          intervals, detail)  # fmt: skip
 
     # -- the age timer --------------------------------------------------------------------
 

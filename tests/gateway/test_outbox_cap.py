@@ -20,6 +20,7 @@ from tests.gateway.ack_subscriber import AckSubscriber, eventually
 from tests.gateway.evidence_helpers import (
     T0,
     Keys,
+    L,
     evidence_settings,
     interval,
     make_keys,
@@ -40,6 +41,11 @@ CAPS: list[dict[str, Any]] = [
 
 def drop_records(batches: list[SealedBatch]) -> list[DropRecord]:
     return [r for b in batches for r in map(decode_record, b.records) if isinstance(r, DropRecord)]
+
+
+def expand(runs: tuple[IntervalRef, ...]) -> tuple[IntervalRef, ...]:
+    """A drop record's runs as the single intervals they name (the tests' intervals are L long)."""
+    return tuple(IntervalRef(r.meter, r.quantity, s, s + L) for r in runs for s in range(r.start, r.end, L))
 
 
 def intervals(batches: list[SealedBatch]) -> list[IntervalRef]:
@@ -96,8 +102,11 @@ async def test_drop_record_names_exactly_the_dropped_batches_and_intervals(
     assert set(named) | kept_seqs == set(range(1, max(kept_seqs) + 1))
     assert not set(named) & kept_seqs
     kept_refs = intervals(kept)
-    assert sorted(drop.intervals + tuple(kept_refs), key=_key) == sorted(map(ref, submitted), key=_key)
-    assert not set(drop.intervals) & set(kept_refs)
+    dropped = expand(drop.intervals)
+    assert sorted(dropped + tuple(kept_refs), key=_key) == sorted(map(ref, submitted), key=_key)
+    assert not set(dropped) & set(kept_refs)
+    # Runs, not intervals: one per meter (the dropped intervals of each follow each other).
+    assert len(drop.intervals) == len({(r.meter, r.quantity) for r in drop.intervals}) == 10
     kept_data = sorted(b.header.seq for b in kept if not drop_records([b]))
     dropped_data = sorted(seq for seq in named if seen.get(seq, ("", "data"))[1] == "data")
     if cap["policy"] == "drop_oldest":
@@ -130,7 +139,7 @@ async def test_after_the_cap_the_aggregator_sees_every_interval_arrived_or_named
     [drop] = drop_records(arrived)
     got = intervals(arrived)
     assert len(got) == len(set(got))
-    assert sorted(got + list(drop.intervals), key=_key) == sorted(map(ref, submitted), key=_key)
+    assert sorted(got + list(expand(drop.intervals)), key=_key) == sorted(map(ref, submitted), key=_key)
     report = verify_chain((b.header, b.header_sha256) for b in arrived)
     assert not report.forks and not report.duplicates
     assert report.missing == sorted(b.seq for b in drop.batches)  # every gap is explained
