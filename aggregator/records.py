@@ -24,7 +24,8 @@ from evidence.errors import MalformedRecord
 from evidence.records import FLAGS, DropRecord, IntervalRecord, KeyRotationRecord, decode_record
 
 Flag = Literal[
-    "gap", "reset", "rollover", "session", "late", "out_of_order", "clock_jump", "invalid_value", "estimated", "first"
+    "gap", "reset", "rollover", "session", "late", "out_of_order", "clock_jump", "invalid_value",
+    "estimated", "first",
 ]  # fmt: skip
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
