@@ -13,7 +13,9 @@ Per message and meter:
 - Sample time: the payload's timestamp (:class:`~drivers.mqtt.config.MqttTimestamp`), or
   the clock's time of receipt when ``time`` is unset. A payload timestamp further than
   ``max_skew_s`` from ``clock.now()`` rejects the whole message (counted in ``skewed``); it
-  is never moved. ISO 8601 times without an offset are read as UTC.
+  is never moved. ISO 8601 times without an offset are in the configured ``tz`` (default
+  UTC); in a zone with summer time, a time in the repeated autumn hour is read as its first
+  occurrence (a message from the second one is then an hour off and rejected as skewed).
 - Malformed payloads (not JSON, not an object, a missing path, a value that is not a
   number, NaN or infinity, an unreadable timestamp) are counted once per message in
   ``malformed`` and logged with the topic and the reasons; they never stop the driver.
