@@ -5,12 +5,16 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
 - **Intervals** are ``[start, end)`` in clock seconds, aligned to the interval length from
   the POSIX epoch (UTC). A sample belongs to the interval containing its timestamp; one
   taken exactly at a boundary opens the next interval, except for counters with a
-  ``boundary_s`` tolerance: a counter reading taken less than ``boundary_s`` after a
-  boundary is the *closing* reading of the interval that just ended (and so the opening
-  reading of the next). Polls are slot-aligned, so the reading of the boundary slot arrives
-  a few milliseconds to seconds after the boundary (request latency, a shared RS-485 bus);
-  without the tolerance every delta would cover ``[start - poll, end - poll)``. The
-  reading keeps its own time in ``counter_end_time_ms``: nothing is interpolated.
+  ``boundary_s`` tolerance (> 0). Then a *polled* reading goes by its poll slot
+  (``Sample.slot``): the reading requested for a boundary slot is the *closing* reading of
+  the interval that just ended (and so the opening reading of the next), whatever the
+  latency of its answer (a few milliseconds to seconds: a shared RS-485 bus, a busy CPU).
+  A reading without a slot (MQTT) goes by its time: taken less than ``boundary_s`` after a
+  boundary, it closes the interval that ended. Without the tolerance every delta covers
+  ``[start - poll, end - poll)``. Routing by slot, not by a time window, means a latency
+  that wanders around the window cannot split intervals into one with a sample too many
+  and the next with one too few. The reading keeps its own time in
+  ``counter_end_time_ms``: nothing is interpolated.
 - **Counters.** ``counter_end`` is the last accepted reading before ``end``;
   ``counter_start`` is the previous interval's ``counter_end`` (the last accepted reading
   before ``start``), carried across intervals, with their times in ms. ``delta =
@@ -212,7 +216,10 @@ class IntervalBuilder:
         start = self._start_of(sample.time)
         if series is not None:
             if series.spec.kind == "counter" and self.boundary_s:
-                self._route(series, sample, self._start_of(sample.time - self.boundary_s))
+                # A polled reading goes by the slot it was requested for: the boundary slot's
+                # reading closes the interval that ended, however late its answer came.
+                at = sample.time if sample.slot is None else sample.slot
+                self._route(series, sample, self._start_of(at - self.boundary_s))
             else:
                 self._route(series, sample, start)
         for target in stats_targets or ():

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Protocol
 
@@ -170,7 +170,7 @@ class Poller:
             result = await schedule.source.poll(groups)
             health.record(result, groups)
             if result.samples:
-                self._sink(result.samples)
+                self._sink([replace(s, slot=t) for s in result.samples])
             now = self._clock.now()
             for g in groups:
                 due[g] = self._advance(due[g], periods[g], now, health)

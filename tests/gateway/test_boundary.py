@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import IntervalError
 from gateway.intervals import IntervalBuilder, SeriesSpec
@@ -47,3 +51,51 @@ async def test_a_reading_later_than_the_tolerance_belongs_to_the_new_interval() 
 def test_the_tolerance_must_be_shorter_than_half_an_interval() -> None:
     with pytest.raises(IntervalError, match="boundary tolerance"):
         IntervalBuilder([SPEC], clock=ManualClock(0.0), interval_s=900, boundary_s=450)
+
+
+async def _run_polled(latencies: list[float]) -> list[tuple[int, int, int, tuple[str, ...]]]:
+    """Polled readings at every 300 s slot, answered ``latencies[k]`` later (the poller
+    stamps the slot); the counter is t / 100 kWh at the answer's time."""
+    clock = ManualClock(0.0)
+    builder = IntervalBuilder([SPEC], clock=clock, interval_s=900, grace_s=90, boundary_s=5.0)
+    out = []
+    for k, slot in enumerate(range(0, 300 * len(latencies), 300)):
+        t = slot + latencies[k]
+        await clock.set(t)
+        builder.add(Sample("m", "energy", t / 100, t, "modbus", slot=float(slot)))
+        out += builder.close_due(t)
+    return [(r.start, r.samples, r.expected, r.flags) for r in out]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=80.0), min_size=16, max_size=40))
+def test_polled_readings_close_their_interval_whatever_the_latency(latencies: list[float]) -> None:
+    """Answers 0-80 s after their slot, wandering across boundary_s (5 s): every interval
+    after the first holds exactly its three slots' readings; none is split into one sample
+    too many and the next one too few (as routing by time would)."""
+    records = asyncio.run(_run_polled(latencies))
+    assert len(records) >= 4  # the first one is partial (it starts at the builder's start)
+    assert all(samples == expected == 3 and flags == () for _, samples, expected, flags in records[1:])
+
+
+async def test_polled_deltas_run_between_boundary_slot_readings() -> None:
+    clock = ManualClock(0.0)
+    builder = IntervalBuilder([SPEC], clock=clock, interval_s=900, grace_s=90, boundary_s=5.0)
+    records = []
+    for slot, latency in [
+        (0, 1.0),
+        (300, 2.0),
+        (600, 3.0),
+        (900, 40.0),
+        (1200, 1.0),
+        (1500, 1.0),
+        (1800, 7.0),
+    ]:
+        await clock.set(slot + latency)
+        builder.add(Sample("m", "energy", 0.0 + slot + latency, slot + latency, "modbus", slot=float(slot)))
+        records += builder.close_due(slot + latency)
+    await clock.set(1900.0)
+    records += builder.close_due(1900.0)
+    second = next(r for r in records if r.start == 900)
+    assert second.counter_start_time_ms == 940_000 and second.counter_end_time_ms == 1_807_000
+    assert second.delta == pytest.approx(1807.0 - 940.0)

@@ -91,6 +91,10 @@ async def test_samples_carry_clock_times_of_their_slots() -> None:
     # one poll per 10 s slot, read shortly after the slot starts (5 clock s = 0.1 wall s)
     assert len({t // 10.0 for t in times}) == len(times)
     assert all(t % 10.0 < 5.0 for t in times)
+    # each sample names the slot it was requested for: the 10 s slot its answer came in
+    assert all(
+        s.slot is not None and s.slot % 10.0 == 0 and s.slot <= s.time < s.slot + 5.0 for s in received
+    )
     assert {s.quantity for s in received} == {f.quantity for f in SDM630.fields if f.poll_group == "fast"}
 
 
