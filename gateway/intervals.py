@@ -8,9 +8,10 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
   ``boundary_s`` tolerance (> 0). Then a *polled* reading goes by its poll slot
   (``Sample.slot``): the reading requested for a boundary slot is the *closing* reading of
   the interval that just ended (and so the opening reading of the next), whatever the
-  latency of its answer (a few milliseconds to seconds: a shared RS-485 bus, a busy CPU).
-  A reading without a slot (MQTT) goes by its time: taken less than ``boundary_s`` after a
-  boundary, it closes the interval that ended. Without the tolerance every delta covers
+  latency of its answer (a few milliseconds to seconds: a shared RS-485 bus, a busy CPU),
+  if that interval is still open (the answer came within ``grace_s``). A reading without a
+  slot (MQTT), or answered after the interval was emitted, goes by its time: taken less
+  than ``boundary_s`` after a boundary, it closes the interval that ended. Without the tolerance every delta covers
   ``[start - poll, end - poll)``. Routing by slot, not by a time window, means a latency
   that wanders around the window cannot split intervals into one with a sample too many
   and the next with one too few. The reading keeps its own time in
@@ -216,14 +217,25 @@ class IntervalBuilder:
         start = self._start_of(sample.time)
         if series is not None:
             if series.spec.kind == "counter" and self.boundary_s:
-                # A polled reading goes by the slot it was requested for: the boundary slot's
-                # reading closes the interval that ended, however late its answer came.
-                at = sample.time if sample.slot is None else sample.slot
-                self._route(series, sample, self._start_of(at - self.boundary_s))
+                self._route(series, sample, self._counter_start(series, sample))
             else:
                 self._route(series, sample, start)
         for target in stats_targets or ():
             self._route_stats(target, sample, start)
+
+    def _counter_start(self, series: _Series, sample: Sample) -> int:
+        """The interval a counter reading belongs to, with the boundary tolerance on.
+
+        A polled reading goes by the slot it was requested for: the boundary slot's reading
+        closes the interval that ended, however late its answer came, as long as that
+        interval is still open (its answer came within ``grace_s``). Otherwise, and for
+        readings without a slot, by its time: less than ``boundary_s`` after a boundary.
+        """
+        if sample.slot is not None:
+            start = self._start_of(sample.slot - self.boundary_s)
+            if start >= series.next_start:
+                return start
+        return self._start_of(sample.time - self.boundary_s)
 
     def add_many(self, samples: Iterable[Sample]) -> None:
         for sample in samples:

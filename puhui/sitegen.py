@@ -62,8 +62,10 @@ def site_for(
     fast_poll_s: float | None = None,
     timeout_s: float = 2.0,
     mqtt: tuple[str, int] | None = None,
+    grace_s: float | None = None,
 ) -> dict[str, Any]:
-    """The site config (as data) of fleet site ``site``, for gateway ``gateway_id``."""
+    """The site config (as data) of fleet site ``site``, for gateway ``gateway_id``
+    (``grace_s``: how long intervals stay open after their end; default min(30, 2 x poll))."""
     meters: list[dict[str, Any]] = []
     buses: dict[str, str] = {}
     specs = {s.name: s for s in expand(fleet.config)}
@@ -106,7 +108,7 @@ def site_for(
     return {
         "gateway": {"id": gateway_id, "site": site},
         "interval_minutes": interval_minutes,
-        "grace_seconds": min(30.0, 2 * poll_s),
+        "grace_seconds": min(30.0, 2 * poll_s) if grace_s is None else grace_s,
         "serial_buses": [
             {"id": bus, "port": path, "baudrate": 115200, "inter_frame_delay_ms": 1}
             for path, bus in buses.items()

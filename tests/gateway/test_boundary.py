@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evidence.records import IntervalRecord
 from gateway.errors import IntervalError
 from gateway.intervals import IntervalBuilder, SeriesSpec
 from gateway.sample import Sample
@@ -62,8 +63,8 @@ async def _run_polled(latencies: list[float]) -> list[tuple[int, int, int, tuple
     for k, slot in enumerate(range(0, 300 * len(latencies), 300)):
         t = slot + latencies[k]
         await clock.set(t)
+        out += builder.close_due(t)  # the gateway's timer runs before the answer is in
         builder.add(Sample("m", "energy", t / 100, t, "modbus", slot=float(slot)))
-        out += builder.close_due(t)
     return [(r.start, r.samples, r.expected, r.flags) for r in out]
 
 
@@ -99,3 +100,26 @@ async def test_polled_deltas_run_between_boundary_slot_readings() -> None:
     second = next(r for r in records if r.start == 900)
     assert second.counter_start_time_ms == 940_000 and second.counter_end_time_ms == 1_807_000
     assert second.delta == pytest.approx(1807.0 - 940.0)
+
+
+def test_an_answer_after_the_grace_goes_by_its_time_not_late() -> None:
+    """A boundary slot's answer that comes after its interval was emitted (latency 40 s >
+    grace 30 s) is not lost as ``late``: it opens the next interval, as a reading without
+    a slot would, and the deltas still add up to last reading - first reading."""
+
+    async def run() -> list[IntervalRecord]:
+        clock = ManualClock(0.0)
+        builder = IntervalBuilder([SPEC], clock=clock, interval_s=900, grace_s=30, boundary_s=5.0)
+        out: list[IntervalRecord] = []
+        for slot in range(300, 3900, 300):
+            t = slot + 40.0
+            await clock.set(t)
+            out += builder.close_due(t)  # the gateway's timer: due at end + grace, before the answer
+            builder.add(Sample("m", "energy", t / 100, t, "modbus", slot=float(slot)))
+        return out
+
+    records = asyncio.run(run())
+    assert len(records) == 4 and not any("late" in r.flags for r in records)
+    last = records[-1].counter_end_time_ms
+    assert last is not None
+    assert sum(r.delta or 0.0 for r in records) == pytest.approx((last / 1000 - 340.0) / 100)
