@@ -11,11 +11,11 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
   latency of its answer (a few milliseconds to seconds: a shared RS-485 bus, a busy CPU),
   if that interval is still open (the answer came within ``grace_s``). A reading without a
   slot (MQTT), or answered after the interval was emitted, goes by its time: taken less
-  than ``boundary_s`` after a boundary, it closes the interval that ended. Without the tolerance every delta covers
-  ``[start - poll, end - poll)``. Routing by slot, not by a time window, means a latency
-  that wanders around the window cannot split intervals into one with a sample too many
-  and the next with one too few. The reading keeps its own time in
-  ``counter_end_time_ms``: nothing is interpolated.
+  than ``boundary_s`` after a boundary, it closes the interval that ended. Without the
+  tolerance every delta covers ``[start - poll, end - poll)``. Routing by slot, not by a
+  time window, means a latency that wanders around the window cannot split intervals into
+  one with a sample too many and the next with one too few. The reading keeps its own time
+  in ``counter_end_time_ms``: nothing is interpolated.
 - **Counters.** ``counter_end`` is the last accepted reading before ``end``;
   ``counter_start`` is the previous interval's ``counter_end`` (the last accepted reading
   before ``start``), carried across intervals, with their times in ms. ``delta =
