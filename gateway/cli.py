@@ -1,11 +1,20 @@
-"""``puhui gateway``: run acquisition, check a site config, create the key, enrol.
+"""``puhui gateway``: run acquisition, check a site config, create the key, enrol, commission.
 
 ::
 
     puhui gateway check --config site.yaml        # validate; print meters, series, polls
+    puhui gateway check --config site.yaml --live # ... then read every meter once (exit 1 on failure)
+    puhui gateway probe --host H --unit 1 --address 0x48 --count 4 --table input
+                                                  # one block: raw words and every decoding
+    puhui gateway scan --serial /dev/ttyUSB0 --baud 9600 --units 1-32
+                                                  # which unit ids answer on a bus
     puhui gateway run --config site.yaml          # until SIGTERM / Ctrl-C
     puhui gateway keygen --config site.yaml       # the gateway's P-256 key (0600, never overwritten)
     puhui gateway enrol --config site.yaml --out enrolment.json
+
+``probe``, ``scan`` and ``check --live`` are the installer's commissioning tools
+(docs/commissioning.md); their logic lives in :mod:`gateway.commission`. They exit 2 on a
+usage error and 1 when the device, bus or a meter fails.
 
 ``run`` logs one line per device state change and shuts down cleanly on SIGTERM or
 SIGINT: polls are cancelled, closed intervals are already durable, and the interval
@@ -25,10 +34,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from drivers.decode import Invalid, ProbeLine, RegisterType, probe
 from drivers.profiles import load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
+from gateway.commission import (
+    Answer,
+    BlockRead,
+    Link,
+    MeterCheck,
+    SerialTarget,
+    Target,
+    TcpTarget,
+    UnitScan,
+    check_live,
+    exception_meaning,
+    scan_units,
+)
 from gateway.config import FastClockConfig, SiteConfig, load_site
 from gateway.errors import ConfigError
 from gateway.runtime import Gateway, IntervalSink, MemorySink
@@ -43,7 +66,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("check", help="validate a site config and print what it will poll")
     p.add_argument("--config", type=Path, required=True, help="site YAML")
+    p.add_argument("--live", action="store_true", help="then read every enabled meter once")
+    p.add_argument(
+        "--mqtt-wait", type=_seconds(600), default=30.0, metavar="S", help="with --live: seconds to wait "
+        "for one message per MQTT meter (default 30)",
+    )  # fmt: skip
     p.set_defaults(func=_check)
+
+    p = sub.add_parser("probe", help="read one register block once; print raw words and decodings")
+    _add_target_arguments(p)
+    p.add_argument("--unit", type=_bounded("unit id", 0, 255), required=True)
+    p.add_argument(
+        "--address", type=_bounded("address", 0, 0xFFFF), required=True, help="0-based; 72 or 0x48"
+    )
+    p.add_argument("--count", type=_bounded("count", 1, 125), required=True, help="registers (1-125)")
+    p.add_argument("--table", choices=["holding", "input"], default="holding", help="default holding (fc3)")
+    p.add_argument("--all", action="store_true", help="print every decoding, not only plausible ones")
+    p.add_argument("--timeout", type=_seconds(10), default=2.0, metavar="S", help="default 2 s")
+    p.set_defaults(func=_probe)
+
+    p = sub.add_parser("scan", help="find the unit ids that answer on a TCP gateway or serial bus")
+    _add_target_arguments(p)
+    p.add_argument(
+        "--units", type=_unit_list, default=list(range(1, 248)), help="e.g. 1-247 (default), 1,3,10-20"
+    )
+    p.add_argument("--address", type=_bounded("address", 0, 0xFFFF), default=0, help="default 0")
+    p.add_argument("--count", type=_bounded("count", 1, 125), default=1, help="default 1")
+    p.add_argument("--table", choices=["holding", "input"], default="holding", help="default holding (fc3)")
+    p.add_argument("--timeout", type=_seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
+    p.add_argument("--sunspec", action="store_true", help="look for the SunSpec marker on units that answer")
+    p.set_defaults(func=_scan)
 
     p = sub.add_parser("run", help="run acquisition (and the evidence pipeline) until stopped")
     p.add_argument("--config", type=Path, required=True, help="site YAML")
@@ -94,6 +146,8 @@ def _check(args: argparse.Namespace) -> int:
         state = "" if m.enabled else " (disabled)"
         source = getattr(m, "profile", None) or ("inline registers" if m.driver != "mqtt" else "mqtt topic")
         print(f"  {m.id:24} {m.driver:11} {source:22} counts {', '.join(m.counts)}{state}")
+    if args.live:
+        return _check_live(site, args.mqtt_wait)
     return 0
 
 
@@ -224,3 +278,239 @@ def enrolment_for(site: SiteConfig, key: GatewayKey, *, created_ms: int) -> byte
         region=site.gateway.grid_region,
     )  # fmt: skip
     return doc.to_bytes()
+
+
+# -- commissioning: probe, scan, check --live (logic in gateway.commission) -------------------
+
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together (exit status 2)."""
+
+
+def _bounded(what: str, low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} (decimal or 0x hex)") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} {value} is not in {low}..{high}")
+        return value
+
+    return parse
+
+
+def _seconds(high: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not 0 < value <= high:
+            raise argparse.ArgumentTypeError(f"{value:g} s is not in (0, {high:g}]")
+        return value
+
+    return parse
+
+
+def _unit_list(text: str) -> list[int]:
+    """``1-247`` or ``1,3,10-20`` -> unit ids in order, each once."""
+    units: dict[int, None] = {}
+    unit = _bounded("unit id", 0, 255)
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        first, last = unit(low), unit(high) if dash else unit(low)
+        if first > last:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: empty range")
+        units.update(dict.fromkeys(range(first, last + 1)))
+    return list(units)
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("where (give --host for Modbus TCP or --serial for Modbus RTU)")
+    where.add_argument("--host", help="Modbus TCP device or TCP-to-RTU gateway")
+    where.add_argument("--port", type=_bounded("TCP port", 1, 65535), help="TCP port (default 502)")
+    where.add_argument("--serial", metavar="DEV", help="RS-485 adapter, e.g. /dev/ttyUSB0")
+    where.add_argument("--baud", type=int, choices=BAUDRATES, help="serial speed (default 9600)")
+    where.add_argument("--parity", choices=["N", "E", "O"], help="serial parity (default N)")
+    where.add_argument("--stopbits", type=int, choices=[1, 2], help="serial stop bits (default 1)")
+
+
+def _target(args: argparse.Namespace) -> Target:
+    serial_options = [f"--{n}" for n in ("baud", "parity", "stopbits") if getattr(args, n) is not None]
+    if (args.host is None) == (args.serial is None):
+        raise UsageError("give either --host (Modbus TCP) or --serial (Modbus RTU)")
+    if args.host is not None:
+        if serial_options:
+            raise UsageError(f"{', '.join(serial_options)} only go with --serial")
+        return TcpTarget(args.host, 502 if args.port is None else args.port)
+    if args.port is not None:
+        raise UsageError("--port goes with --host; a serial line has --baud, --parity, --stopbits")
+    return SerialTarget(args.serial, args.baud or 9600, args.parity or "N", args.stopbits or 1)
+
+
+def _quiet_pymodbus() -> None:
+    # Every failed read is reported by the command itself, in one line naming the device.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    try:
+        target = _target(args)
+    except UsageError as exc:
+        return _fail(f"probe: {exc}")
+    if args.address + args.count > 0x10000:
+        return _fail(f"probe: --address {args.address} + --count {args.count} runs past register 65535")
+    _quiet_pymodbus()
+    read = asyncio.run(_read_once(target, args))
+    if read.answer is not Answer.DATA:
+        print(f"puhui gateway probe: {read.error}", file=sys.stderr)
+        return 1
+    print(f"{read.where}: {read.count} register(s) in {read.latency_s * 1000:.0f} ms")
+    _print_words(read)
+    lines = probe(read.registers, base_address=read.address)
+    shown = lines if args.all else [line for line in lines if line.plausible]
+    which = "every decoding" if args.all else "plausible decodings"
+    print(f"{which} ({len(shown)} of {len(lines)}{'' if args.all else '; --all for every one'}):")
+    print(f"    {'address':>7} {'type':<8} {'order':<5} value")
+    for line in shown:
+        print(f"  {'*' if line.plausible else ' '} {line.address:7d} {line.type.value:<8} "
+              f"{line.order.value:<5} {_probe_value(line)}")  # fmt: skip
+    return 0
+
+
+async def _read_once(target: Target, args: argparse.Namespace) -> BlockRead:
+    async with Link(target, timeout_s=args.timeout) as link:
+        return await link.read_block(args.unit, args.table, args.address, args.count)
+
+
+def _print_words(read: BlockRead) -> None:
+    base = 30001 if read.table == "input" else 40001
+    print(f"  {'address':>14} {'ref':>6} {'hex':>6} {'dec':>6}")
+    for offset, word in enumerate(read.registers):
+        address = read.address + offset
+        ref = str(base + address) if address < 9999 else ""  # 3xxxx / 4xxxx, as manuals print them
+        print(f"  0x{address:04X} ({address:5d}) {ref:>6} 0x{word:04X} {word:6d}")
+
+
+def _probe_value(line: ProbeLine) -> str:
+    value = line.value
+    if isinstance(value, Invalid):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value)
+    if line.type is RegisterType.FLOAT32:
+        return f"{value:.7g}"  # float32 carries about 7 significant digits
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    try:
+        target = _target(args)
+    except UsageError as exc:
+        return _fail(f"scan: {exc}")
+    if args.address + args.count > 0x10000:
+        return _fail(f"scan: --address {args.address} + --count {args.count} runs past register 65535")
+    _quiet_pymodbus()
+    units = args.units
+    print(f"scan {target}: unit(s) {_ranges(units)}, reading {args.table} 0x{args.address:04X} "
+          f"({args.address}) x{args.count}, {args.timeout:g} s per unit")  # fmt: skip
+    results = asyncio.run(_scan_all(target, args))
+    silent = [r.unit for r in results if r.read.answer is Answer.TIMEOUT]
+    found = [r.unit for r in results if r.read.present]
+    if results and results[-1].read.answer is Answer.UNREACHABLE:
+        print(f"puhui gateway scan: {results[-1].read.error}", file=sys.stderr)
+        return 1
+    if silent:
+        print(f"  no answer within {args.timeout:g} s: unit(s) {_ranges(silent)}")
+    print(f"{len(found)} device(s) found" + (f": unit(s) {_ranges(found)}" if found else ""))
+    return 0 if found else 1
+
+
+async def _scan_all(target: Target, args: argparse.Namespace) -> list[UnitScan]:
+    results: list[UnitScan] = []
+    async with Link(target, timeout_s=args.timeout) as link:
+        scan = scan_units(
+            link, args.units, table=args.table, address=args.address, count=args.count, sunspec=args.sunspec
+        )
+        async for result in scan:
+            results.append(result)
+            if result.read.answer is not Answer.UNREACHABLE:
+                _print_unit(result)
+    return results
+
+
+def _print_unit(result: UnitScan) -> None:
+    read = result.read
+    if read.answer is Answer.DATA:
+        words = " ".join(f"0x{w:04X}" for w in read.registers[:8])
+        print(f"  unit {result.unit:3d}  answers: {words}{' ...' if read.count > 8 else ''}", flush=True)
+    elif read.answer is Answer.EXCEPTION:
+        meaning = exception_meaning(read.exception_code)
+        state = "answers with exception" if read.present else "gateway reports no device, exception"
+        print(f"  unit {result.unit:3d}  {state} {meaning}", flush=True)
+    elif read.answer is Answer.ERROR:
+        print(f"  unit {result.unit:3d}  garbled answer: {read.error}", flush=True)
+    finding = result.sunspec
+    if finding is None:
+        return
+    if finding.chain is not None:
+        models = ", ".join(str(b.id) for b in finding.chain.blocks)
+        print(f"            SunSpec marker 'SunS' at {finding.chain.base}: models {models}", flush=True)
+    else:
+        print(f"            {finding.error or 'no SunSpec marker at 40000, 0 or 50000'}", flush=True)
+
+
+def _ranges(units: list[int]) -> str:
+    """[1, 2, 3, 7] -> ``1-3, 7``."""
+    out: list[str] = []
+    start = prev = None
+    for u in [*units, None]:
+        if u is not None and prev is not None and u == prev + 1:
+            prev = u
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = u
+    return ", ".join(out)
+
+
+def _check_live(site: SiteConfig, mqtt_wait_s: float) -> int:
+    _quiet_pymodbus()
+    clock = SystemClock()
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.now()))
+    print(f"live check at {when} (system clock): each Modbus meter read once, "
+          f"up to {mqtt_wait_s:g} s for one message per MQTT meter")  # fmt: skip
+    checks = asyncio.run(check_live(site, load_profiles(), clock, mqtt_wait_s=mqtt_wait_s))
+    for check in checks:
+        _print_check(check)
+    failed = [c.meter for c in checks if not c.ok]
+    warned = sum(len(c.warnings) for c in checks)
+    summary = f"{len(checks) - len(failed)} of {len(checks)} meter(s) ok, {warned} warning(s)"
+    print(summary + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _print_check(check: MeterCheck) -> None:
+    if check.ok:
+        state = "ok" + (f" ({check.latency_s * 1000:.0f} ms)" if check.latency_s is not None else "")
+    else:
+        state = "FAILED"
+    print(f"  {check.meter:24} {check.driver:11} {check.where}: {state}")
+    if check.error is not None:
+        print(f"      {check.error}")
+    if check.missing:
+        print(f"      no reading of counted quantity {', '.join(check.missing)}")
+    for r in check.readings:
+        value = str(r.value) if isinstance(r.value, Invalid) else _number(r.value)
+        print(f"      {r.quantity:22} {value:>14} {r.unit:<5} {'counted' if r.counted else ''}".rstrip())
+    for warning in check.warnings:
+        print(f"      warning: {warning}")
+
+
+def _number(value: float) -> str:
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:.1f}" if abs(value) >= 1e6 else f"{value:.7g}"  # float32 holds ~7 digits
