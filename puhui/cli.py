@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -45,9 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser([args.component]).parse_args([args.component, "--help"])
         return 2
     try:
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()  # a reader that left shows up here, not in the interpreter's exit
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `puhui gateway probe ... | head`: the reader left; no traceback. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

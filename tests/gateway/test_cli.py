@@ -145,6 +145,27 @@ def test_check_prints_the_plan_of_a_shipped_site() -> None:
     assert "gw-zjk-school-01" in out.stdout and "heat-pump-heat" in out.stdout
 
 
+SCHOOL = "config/sites/zhangjiakou-school.yaml"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """``puhui gateway check ... | head -1``: the pipe closes before puhui writes."""
+    import os
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "puhui", "gateway", "check", "--config", SCHOOL],
+            cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+
+
 def test_keygen_then_enrol_gives_a_document_the_aggregator_accepts(tmp_path: Path) -> None:
     import subprocess
 
