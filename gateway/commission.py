@@ -478,10 +478,7 @@ async def _poll_once(
 ) -> MeterCheck:
     where = modbus_where(meter, site)
     specs = quantity_specs(meter, profiles)
-    try:
-        source = modbus_source(meter, profiles, clock, buses)
-    except NotImplementedError as exc:  # a valid config the gateway cannot poll (SunSpec over RTU)
-        return judge(meter, specs, (), where=where, error=str(exc))
+    source = modbus_source(meter, profiles, clock, buses)
     async with source:
         result = await source.poll()
     return judge(meter, specs, result.samples, where=where, error=result.error, latency_s=result.latency_s)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from drivers.modbus.source import ReadPolicy
 from drivers.modbus.sunspec_source import SunSpecSource, template_fields
-from drivers.modbus_rtu.driver import SerialBusOwner, rtu_source
+from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner, rtu_source
 from drivers.modbus_tcp.driver import tcp_reader, tcp_source
 from drivers.mqtt.driver import MqttSubscriber
 from drivers.profiles import Profile, RegisterField, load_profiles
@@ -135,9 +135,20 @@ def modbus_source(
             meter.id, meter.connection, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap
         )
     assert isinstance(meter, ModbusRtuMeter)
-    if profile is not None and profile.sunspec is not None:
-        raise NotImplementedError(f"{meter.id}: SunSpec discovery over RTU is not supported yet")
     owner = buses[meter.connection.bus]
+    if profile is not None and profile.sunspec is not None:
+        # Most residential inverters speak SunSpec on their RS-485 port: discovery walks the
+        # model chain through the bus owner like any other read (one frame at a time).
+        policy = ReadPolicy(timeout_s=2 * owner.bus.timeout_s)
+        return SunSpecSource(
+            meter.id,
+            RtuRegisterReader(owner),
+            clock,
+            unit=meter.unit_id,
+            mapping=profile.sunspec,
+            policy=policy,
+            max_gap=max_gap,
+        )
     return rtu_source(meter.id, owner, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap)
 
 

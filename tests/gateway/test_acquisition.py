@@ -39,6 +39,9 @@ DEVICES: list[dict[str, Any]] = [
     {"kind": "heat_meter", "name": "hp-heat", "unit": 5, "rtu_bus": "bus1",
      "initial_kwh": (2**32 - 400) / 1000, "physics": {"model": "heating"}},
     {"kind": "sunspec_inverter", "name": "pv", "unit": 1, "physics": {"model": "pv", "kwp": 8.0}},
+    # SunSpec over RS-485: discovery walks the model chain through the serial bus owner
+    {"kind": "sunspec_inverter", "name": "pv-rtu", "unit": 6, "rtu_bus": "bus1",
+     "physics": {"model": "pv", "kwp": 5.0}},
     {"kind": "sunspec_meter", "name": "grid", "unit": 1, "physics": {"model": "load"}},
     {"kind": "alfen", "name": "alfen", "sockets": 1, "physics": {"model": "ev"}},
     {"kind": "abb", "name": "abb", "unit": 1, "physics": {"model": "ev", "arrivals_per_day": 500}},
@@ -51,6 +54,7 @@ SERIES = [
     ("boiler-elec", "boiler-elec", "main", "energy_import", "f32kwh", 1e-3),
     ("hp-heat", "hp-heat", "main", "heat_energy", 1.0, 1.0),
     ("pv", "pv", "main", "energy_generated", 1.0, 1.0),
+    ("pv-rtu", "pv-rtu", "main", "energy_generated", 1.0, 1.0),
     ("grid", "grid", "main", "energy_import", 1.0, 1.0),
     ("alfen-1", "alfen", "socket1", "energy_delivered", 1e-3, 1.0),
     ("abb", "abb", "main", "session_energy", 1.0, 1.0),
@@ -72,6 +76,8 @@ def _site(fleet: Fleet, broker: tuple[str, int]) -> SiteConfig:
          "counts": ["heat_energy", "flow_temperature"]},
         {"id": "pv", "driver": "modbus_tcp", "connection": tcp("pv"), "unit_id": 1, "profile": "sunspec",
          "scenario": "pv", "counts": ["energy_generated"]},
+        {"id": "pv-rtu", "driver": "modbus_rtu", "connection": {"bus": "bus1"}, "unit_id": 6,
+         "profile": "sunspec", "scenario": "pv", "counts": ["energy_generated"]},
         {"id": "grid", "driver": "modbus_tcp", "connection": tcp("grid"), "unit_id": 1, "profile": "sunspec",
          "scenario": "pv", "counts": ["energy_import"]},
         {"id": "alfen-1", "driver": "modbus_tcp", "connection": tcp("alfen"), "unit_id": 1,
@@ -202,6 +208,8 @@ async def test_interval_deltas_equal_ground_truth_for_every_device_type_with_res
         assert not {"reset", "rollover"} & flags[("pv", "energy_generated")]
         # the ABB's per-session counter restarts with each session: no reset, and energy counted
         assert not {"reset", "rollover"} & flags[("abb", "session_energy")]
+        assert not {"reset", "rollover", "gap"} & flags[("pv-rtu", "energy_generated")]
+        assert sum(r.delta or 0 for r in series[("pv-rtu", "energy_generated")]) > 0  # daylight: read
         assert sum(r.delta or 0 for r in series[("abb", "session_energy")]) > 0
         # a gauge has statistics, no delta
         temps = series[("hp-heat", "flow_temperature")]
