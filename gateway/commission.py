@@ -39,16 +39,15 @@ from drivers.decode import Invalid
 from drivers.errors import SunSpecModelError, SunSpecNotFound
 from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout, DeviceUnreachable, ModbusError
 from drivers.modbus.source import RegisterReader, describe
-from drivers.modbus.sunspec_source import template_fields
 from drivers.modbus_rtu.config import SerialBus
 from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner
 from drivers.modbus_tcp.driver import TcpRegisterReader
 from drivers.mqtt.driver import MqttCredentialsError, MqttHealth, MqttSubscriber
 from drivers.plan import ReadRequest
-from drivers.profiles import Profile, RegisterField
+from drivers.profiles import Profile
 from drivers.sunspec import DEFAULT_BASES, ChainWalk, SunSpecChain
 from gateway.config import ModbusMeterBase, ModbusRtuMeter, ModbusTcpMeter, MqttMeter, SiteConfig
-from gateway.runtime import modbus_source
+from gateway.runtime import modbus_source, static_fields
 from gateway.sample import Sample
 from puhui.clock import Clock
 
@@ -356,10 +355,7 @@ def quantity_specs(meter: LiveMeter, profiles: Mapping[str, Profile]) -> dict[st
     shipped mapping's points, as the gateway plans them before discovery)."""
     if isinstance(meter, MqttMeter):
         return {q: QuantitySpec(f.unit, f.kind) for q, f in meter.source.fields.items()}
-    fields: Sequence[RegisterField] = meter.fields(profiles)
-    profile = profiles[meter.profile] if meter.profile is not None else None
-    if profile is not None and profile.sunspec is not None:
-        fields = template_fields(profile.sunspec)
+    fields = static_fields(meter, profiles)
     return {f.quantity: QuantitySpec(f.unit, f.kind, f.per_session) for f in fields if f.quantity}
 
 

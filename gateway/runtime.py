@@ -100,11 +100,14 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
             continue
         assert isinstance(meter, ModbusMeterBase)
         modbus.append(meter)
-        series.extend(series_specs(meter, _static_fields(meter, profiles)))
+        series.extend(series_specs(meter, static_fields(meter, profiles)))
     return Plan(tuple(series), tuple(modbus), tuple(mqtt))
 
 
-def _static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
+def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
+    """The fields the gateway plans a Modbus meter with before it has read anything: the
+    profile's or inline registers, or for SunSpec the shipped mapping's points (the
+    registers themselves are known only after discovery)."""
     if meter.profile is not None:
         profile = profiles[meter.profile]
         if profile.sunspec is not None:

@@ -62,7 +62,8 @@ def _float32(value: float) -> float:
 
 
 async def _scan(target: TcpTarget | SerialTarget, units: range, **options: Any) -> list[UnitScan]:
-    async with Link(target, timeout_s=0.3) as link:
+    # 1 s per unit: a present unit must not pass for absent on a busy CI machine
+    async with Link(target, timeout_s=1.0) as link:
         return [r async for r in scan_units(link, units, **options)]
 
 
@@ -309,7 +310,8 @@ async def test_cli_probe_and_scan_exit_codes_and_error_lines() -> None:
                                           "--address", "0x46", "--count", "2"))  # fmt: skip
             silent = group.create_task(_puhui("probe", *tcp, port, "--unit", "9", "--address", "0",
                                               "--count", "1", "--timeout", "0.3"))  # fmt: skip
-            scan = group.create_task(_puhui("scan", *tcp, port, "--units", "1-4"))
+            # six interpreters start at once beside the simulator: give unit 3 time to answer
+            scan = group.create_task(_puhui("scan", *tcp, port, "--units", "1-4", "--timeout", "2"))
             refused = group.create_task(_puhui("probe", *tcp, str(closed), "--unit", "1", "--address", "0",
                                                "--count", "10"))  # fmt: skip
             both = group.create_task(_puhui("probe", "--host", "h", "--serial", "/dev/ttyUSB0", "--unit", "1",
@@ -328,7 +330,7 @@ async def test_cli_probe_and_scan_exit_codes_and_error_lines() -> None:
     code, out, err = scan.result()
     assert (code, err) == (0, ""), err
     assert "  unit   3  answers with exception 2 (illegal data address" in out
-    assert "  no answer within 0.3 s: unit(s) 1-2, 4\n" in out and "1 device(s) found: unit(s) 3" in out
+    assert "  no answer within 2 s: unit(s) 1-2, 4\n" in out and "1 device(s) found: unit(s) 3" in out
     code, out, err = refused.result()
     assert code == 1 and out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"puhui gateway probe: tcp 127.0.0.1:{closed} unit 1 holding 0x0000..0x0009 (0): ")
