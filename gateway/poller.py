@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
@@ -40,7 +40,9 @@ class PollSource(Protocol):
 
     meter: str
 
-    async def poll(self, groups: Collection[str] | None = None) -> PollResult: ...
+    async def poll(self, groups: Collection[str] | None = None, *, slot: float | None = None) -> PollResult:
+        """Read ``groups``; the samples carry ``slot``, the poll slot they were read for."""
+        ...
 
     async def __aenter__(self) -> object: ...
 
@@ -167,10 +169,10 @@ class Poller:
             t = min(due.values())
             await self._clock.sleep_until(t)
             groups = sorted(g for g, d in due.items() if d <= t)
-            result = await schedule.source.poll(groups)
+            result = await schedule.source.poll(groups, slot=t)
             health.record(result, groups)
             if result.samples:
-                self._sink([replace(s, slot=t) for s in result.samples])
+                self._sink(result.samples)
             now = self._clock.now()
             for g in groups:
                 due[g] = self._advance(due[g], periods[g], now, health)

@@ -134,8 +134,9 @@ class ModbusSource:
             self._plans[key] = plan_reads((f.span(self.unit) for f in chosen), max_gap=self._max_gap)
         return self._plans[key]
 
-    async def poll(self, groups: Collection[str] | None = None) -> PollResult:
-        """Read the fields of ``groups`` (default: all). Reports failures, never raises them."""
+    async def poll(self, groups: Collection[str] | None = None, *, slot: float | None = None) -> PollResult:
+        """Read the fields of ``groups`` (default: all). Reports failures, never raises them.
+        The samples carry ``slot`` (the poller's slot they were read for; see ``Sample``)."""
         started, t0 = self._clock.now(), asyncio.get_running_loop().time()
         if not self.breaker.allows():
             return self._result(started, t0, (), "circuit breaker open", skipped=True)
@@ -154,7 +155,7 @@ class ModbusSource:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
-        return self._result(started, t0, self._samples(registers, times), error)
+        return self._result(started, t0, self._samples(registers, times, slot), error)
 
     async def _read_with_retries(self, request: ReadRequest) -> list[int]:
         probing = self.breaker.state is BreakerState.HALF_OPEN
@@ -174,7 +175,9 @@ class ModbusSource:
                 await self._clock.sleep(self._backoff.delay(attempt))
         raise error
 
-    def _samples(self, registers: dict[str, Sequence[int]], times: dict[str, float]) -> tuple[Sample, ...]:
+    def _samples(
+        self, registers: dict[str, Sequence[int]], times: dict[str, float], slot: float | None
+    ) -> tuple[Sample, ...]:
         formats: dict[str, FieldFormat] = {f.name: f for f in self.fields if f.name in registers}
         decoded: dict[str, Decoded] = decode_fields(formats, registers)
         out = []
@@ -182,7 +185,7 @@ class ModbusSource:
             value = decoded.get(f.name)
             if f.quantity is None or value is None or isinstance(value, str):
                 continue  # scale factors and text fields are not samples
-            out.append(Sample(self.meter, f.quantity, value, times[f.name], SAMPLE_SOURCE))
+            out.append(Sample(self.meter, f.quantity, value, times[f.name], SAMPLE_SOURCE, slot))
         return tuple(out)
 
     def _result(

@@ -84,7 +84,7 @@ class SunSpecSource:
     def fields(self) -> tuple[RegisterField, ...]:
         return self._inner.fields if self._inner is not None else ()
 
-    async def poll(self, groups: Collection[str] | None = None) -> PollResult:
+    async def poll(self, groups: Collection[str] | None = None, *, slot: float | None = None) -> PollResult:
         if self._inner is None:
             started, t0 = self._clock.now(), asyncio.get_running_loop().time()
             try:
@@ -100,7 +100,7 @@ class SunSpecSource:
                 self.meter, fields, self._reader, self._clock,
                 unit=self.unit, policy=self.policy, max_gap=self._max_gap, rng=self._rng,
             )  # fmt: skip
-        return await self._inner.poll(groups)
+        return await self._inner.poll(groups, slot=slot)
 
     async def _discover(self) -> SunSpecChain:
         walk = ChainWalk(self._mapping.bases)
