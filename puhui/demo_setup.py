@@ -145,16 +145,18 @@ def write_aggregator_config(out: Path, broker: PrivateMosquitto, influxd: Privat
     }
 
 
-GRACE_WALL_S = 0.1  # wall time the boundary poll's answers get before an interval closes
+GRACE_WALL_S = 0.25  # wall time the boundary poll's answers get before an interval closes
 
 
-def demo_grace_s(factor: float, poll_s: float) -> float:
-    """Grace (simulated s) of the demo's gateways: 0.1 s of wall time, at least the usual
-    30 s, at most one poll period and the config's 600 s cap. A polled reading closes its
-    interval by its slot only while that interval is open: on a fast clock the boundary
-    poll's answers come 20-200 simulated seconds late (2-70 ms of wall time on a busy
-    2-core machine, x 1440 or x 2880), past the usual 30 s."""
-    return max(30.0, min(GRACE_WALL_S * factor, poll_s, 600.0))
+def demo_grace_s(factor: float) -> float:
+    """Grace (simulated s) of the demo's gateways: 0.25 s of wall time, at least the usual
+    30 s, at most the config's 600 s. A polled reading closes its interval by its slot only
+    while that interval is open; an answer after that goes by its time and opens the next
+    one, so a latency that wanders across the grace splits intervals into one sample too
+    many and one too few. On a fast clock the boundary poll's answers come 10-280 simulated
+    seconds late (x 2880 on a busy 2-core machine: 3-100 ms of wall time), past the usual
+    30 s: the grace must sit above nearly all of them."""
+    return max(30.0, min(GRACE_WALL_S * factor, 600.0))
 
 
 def make_gateway(
@@ -174,7 +176,7 @@ def make_gateway(
     gw = GatewayRun(f"gw-{site}", site, out / "gateways" / site, free_ports(1)[0])
     gw.dir.mkdir(parents=True, exist_ok=True)
     data = site_for(fleet, site, gw.id, poll_s=poll, timeout_s=0.5, mqtt=(broker.host, broker.port),
-                    grace_s=demo_grace_s(clock.factor, poll))  # fmt: skip
+                    grace_s=demo_grace_s(clock.factor))  # fmt: skip
     data["gateway"]["description"] = f"puhui demo, fleet {fleet.config.name}"
     data["gateway"]["grid_region"] = REGION
     data["clock"] = {"mode": "fast", **clock.spec.to_dict()}
