@@ -339,6 +339,9 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _target(args: argparse.Namespace) -> Target:
+    """Where ``probe`` and ``scan`` read (and that the block they read exists)."""
+    if args.address + args.count > 0x10000:
+        raise UsageError(f"--address {args.address} + --count {args.count} runs past register 65535")
     serial_options = [f"--{n}" for n in ("baud", "parity", "stopbits") if getattr(args, n) is not None]
     if (args.host is None) == (args.serial is None):
         raise UsageError("give either --host (Modbus TCP) or --serial (Modbus RTU)")
@@ -361,8 +364,6 @@ def _probe(args: argparse.Namespace) -> int:
         target = _target(args)
     except UsageError as exc:
         return _fail(f"probe: {exc}")
-    if args.address + args.count > 0x10000:
-        return _fail(f"probe: --address {args.address} + --count {args.count} runs past register 65535")
     _quiet_pymodbus()
     read = asyncio.run(_read_once(target, args))
     if read.answer is not Answer.DATA:
@@ -411,8 +412,6 @@ def _scan(args: argparse.Namespace) -> int:
         target = _target(args)
     except UsageError as exc:
         return _fail(f"scan: {exc}")
-    if args.address + args.count > 0x10000:
-        return _fail(f"scan: --address {args.address} + --count {args.count} runs past register 65535")
     _quiet_pymodbus()
     units = args.units
     print(f"scan {target}: unit(s) {_ranges(units)}, reading {args.table} 0x{args.address:04X} "

@@ -202,3 +202,18 @@ def test_keygen_then_enrol_gives_a_document_the_aggregator_accepts(tmp_path: Pat
     assert [m.id for m in doc.meters] == [m["id"] for m in data["meters"]]
     heat = next(m for m in doc.meters if m.id == "heat-pump-heat")
     assert (heat.scenario, heat.rated_power_kw, heat.meter_class) == ("clean_heating", 36.0, "heat_2")
+
+
+@pytest.mark.parametrize("command", ["probe", "scan"])
+def test_a_block_past_register_65535_is_a_usage_error(command: str) -> None:
+    import subprocess
+
+    args = ["--host", "127.0.0.1", "--address", "65535", "--count", "2"]
+    unit = ["--unit", "1"] if command == "probe" else []
+    out = subprocess.run(
+        [sys.executable, "-m", "puhui", "gateway", command, *args, *unit],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    want = f"puhui gateway: {command}: --address 65535 + --count 2 runs past register 65535"
+    assert out.stderr.strip() == want
