@@ -13,8 +13,8 @@ Issue codes (docs/aggregator.md):
 ``energy_above_nameplate`` delta > rated power x interval hours x ``nameplate_factor``
 ``power_above_nameplate`` stats max (W/kW/MW) > rated power x ``nameplate_factor``
 ``negative_delta``       a counter delta below zero
-``counter_decrease``     counter below the previous interval's reading (across batches
-                         too), or ``counter_end < counter_start``, without ``reset`` /
+``counter_decrease``     counter below the reading that ended the interval just before
+                         (across batches too), or ``counter_end < counter_start``, without ``reset`` /
                          ``rollover`` / ``session`` flag
 ``delta_mismatch``       ``counter_end - counter_start`` differs from ``delta`` (no flag
                          explains it)
@@ -206,7 +206,9 @@ def _check_continuity(
         if (
             last is not None
             and a is not None
-            and last[0] <= r.start
+            # Only against the interval just before: what happened in between (a reset, a
+            # rollover, a new charging session) is in records that arrive later or never.
+            and last[0] == r.start
             and a < last[1] - settings.delta_tolerance_kwh
             and _EXPLAINED.isdisjoint(r.flags)
             and "counter_decrease" not in issues[i]

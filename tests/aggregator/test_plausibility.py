@@ -107,6 +107,8 @@ def test_counters_are_monotonic_across_batches_unless_flagged() -> None:
     assert _check([_rec(1800, 5.0)], state, later) == [("counter_decrease",)]
     assert _check([_rec(1800, 5.0, flags=["reset"])], state, later) == [()]
     assert _check([_rec(1800, 12.0)], state, later) == [()]
+    # Not across a hole: the intervals between (with their reset or new session) come later.
+    assert _check([_rec(9000, 5.0)], state, later) == [()]
 
 
 def test_a_new_charging_session_flagged_by_the_gateway_is_not_a_decrease() -> None:
