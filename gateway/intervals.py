@@ -367,10 +367,22 @@ class IntervalBuilder:
         self._next_due = last_end + self.interval_s + self.grace_s
         return out
 
+    def _expected(self, s: _Series, start: int, end: int) -> int:
+        """Samples the poll schedule puts in ``[start, end)``: length / period, and for the
+        first, partial interval the slots after the builder's start. A counter with the
+        boundary tolerance closes with the boundary slot's reading, so it counts the slots in
+        ``(origin, end]``; otherwise those in ``(origin, end)``."""
+        period = s.spec.poll_period
+        if s.origin <= start:
+            return max(1, int((end - start) // period))
+        if s.spec.kind == "counter" and self.boundary_s:
+            return max(1, math.floor(end / period) - math.floor(s.origin / period))
+        return max(1, int((end - s.origin) // period))
+
     def _emit(self, s: _Series, start: int) -> IntervalRecord:
         acc = s.open.pop(start, None) or _Acc()
         spec, end = s.spec, start + self.interval_s
-        expected = max(1, int((end - max(start, s.origin)) // spec.poll_period))
+        expected = self._expected(s, start, end)
         flags = acc.flags
         if acc.samples < expected:
             flags.add("gap")

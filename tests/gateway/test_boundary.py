@@ -123,3 +123,22 @@ def test_an_answer_after_the_grace_goes_by_its_time_not_late() -> None:
     last = records[-1].counter_end_time_ms
     assert last is not None
     assert sum(r.delta or 0.0 for r in records) == pytest.approx((last / 1000 - 340.0) / 100)
+
+
+def test_the_first_partial_interval_expects_the_slots_it_will_get() -> None:
+    """Started at 100 s: a polled counter's first interval gets the readings of slots 300,
+    600 and 900 (the boundary one closes it): 3 expected, not 2 (which would make the
+    aggregator call it excess_samples). Without the tolerance, slot 900 opens the next one."""
+
+    async def run(boundary_s: float) -> IntervalRecord:
+        clock = ManualClock(100.0)
+        builder = IntervalBuilder([SPEC], clock=clock, interval_s=900, grace_s=90, boundary_s=boundary_s)
+        for slot in (300, 600, 900, 1200):
+            await clock.set(slot + 2.0)
+            builder.add(Sample("m", "energy", slot / 100, slot + 2.0, "modbus", slot=float(slot)))
+        return builder.close_due(clock.now())[0]
+
+    with_tolerance = asyncio.run(run(5.0))
+    assert (with_tolerance.samples, with_tolerance.expected) == (3, 3)
+    without = asyncio.run(run(0.0))
+    assert (without.samples, without.expected) == (2, 2)
