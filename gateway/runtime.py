@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.modbus.source import ReadPolicy
+from drivers.modbus.source import ReadPolicy, RegisterReader
 from drivers.modbus.sunspec_source import SunSpecSource, template_fields
-from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner, rtu_source
-from drivers.modbus_tcp.driver import tcp_reader, tcp_source
+from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner, rtu_policy, rtu_source
+from drivers.modbus_tcp.driver import tcp_policy, tcp_reader, tcp_source
 from drivers.mqtt.driver import MqttSubscriber
 from drivers.profiles import Profile, RegisterField, load_profiles
 from evidence.records import IntervalRecord
@@ -121,38 +121,38 @@ def modbus_source(
     """The poll source of one Modbus meter (not connected yet)."""
     profile = profiles[meter.profile] if meter.profile is not None else None
     max_gap = meter.max_gap if meter.max_gap is not None else (profile.max_gap if profile else 0)
-    if isinstance(meter, ModbusTcpMeter):
-        if profile is not None and profile.sunspec is not None:
-            policy = ReadPolicy(timeout_s=meter.connection.timeout_s, retries=meter.connection.retries)
-            reader = tcp_reader(meter.connection, policy)
-            return SunSpecSource(
-                meter.id,
-                reader,
-                clock,
-                unit=meter.unit_id,
-                mapping=profile.sunspec,
-                policy=policy,
-                max_gap=max_gap,
-            )
-        return tcp_source(
-            meter.id, meter.connection, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap
-        )
-    assert isinstance(meter, ModbusRtuMeter)
-    owner = buses[meter.connection.bus]
     if profile is not None and profile.sunspec is not None:
-        # Most residential inverters speak SunSpec on their RS-485 port: discovery walks the
-        # model chain through the bus owner like any other read (one frame at a time).
-        policy = ReadPolicy(timeout_s=2 * owner.bus.timeout_s)
+        # Over TCP or RS-485 alike (most residential inverters speak SunSpec on their RS-485
+        # port): discovery walks the model chain through the meter's reader like any read.
+        reader, policy = _transport(meter, buses)
         return SunSpecSource(
             meter.id,
-            RtuRegisterReader(owner),
+            reader,
             clock,
             unit=meter.unit_id,
             mapping=profile.sunspec,
             policy=policy,
             max_gap=max_gap,
         )
+    if isinstance(meter, ModbusTcpMeter):
+        return tcp_source(
+            meter.id, meter.connection, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap
+        )
+    assert isinstance(meter, ModbusRtuMeter)
+    owner = buses[meter.connection.bus]
     return rtu_source(meter.id, owner, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap)
+
+
+def _transport(
+    meter: ModbusMeterBase, buses: Mapping[str, SerialBusOwner]
+) -> tuple[RegisterReader, ReadPolicy]:
+    """The register reader and read policy of a meter's connection (as its source gets them)."""
+    if isinstance(meter, ModbusTcpMeter):
+        policy = tcp_policy(meter.connection)
+        return tcp_reader(meter.connection, policy), policy
+    assert isinstance(meter, ModbusRtuMeter)
+    owner = buses[meter.connection.bus]
+    return RtuRegisterReader(owner), rtu_policy(owner)
 
 
 def next_close(now: float, interval_s: int, grace_s: float) -> float:

@@ -123,6 +123,11 @@ class RtuRegisterReader:
         """The bus owner closes the port."""
 
 
+def rtu_policy(owner: SerialBusOwner) -> ReadPolicy:
+    """The read policy of a meter on ``owner``'s bus: a request may first wait for the bus."""
+    return ReadPolicy(timeout_s=2 * owner.bus.timeout_s)
+
+
 def rtu_source(
     meter: str,
     owner: SerialBusOwner,
@@ -135,6 +140,6 @@ def rtu_source(
     rng: random.Random | None = None,
 ) -> ModbusSource:
     """A source for an RTU meter on ``owner``'s bus (enter the owner before polling)."""
-    policy = policy or ReadPolicy(timeout_s=2 * owner.bus.timeout_s)
+    policy = policy or rtu_policy(owner)
     reader = RtuRegisterReader(owner)
     return ModbusSource(meter, fields, reader, clock, unit=unit, policy=policy, max_gap=max_gap, rng=rng)

@@ -78,6 +78,11 @@ def tcp_reader(connection: ModbusTcpConnection, policy: ReadPolicy) -> TcpRegist
     )
 
 
+def tcp_policy(connection: ModbusTcpConnection) -> ReadPolicy:
+    """The read policy of a TCP meter: timeout and retries from its connection."""
+    return ReadPolicy(timeout_s=connection.timeout_s, retries=connection.retries)
+
+
 def tcp_source(
     meter: str,
     connection: ModbusTcpConnection,
@@ -91,6 +96,6 @@ def tcp_source(
 ) -> ModbusSource:
     """A source for a Modbus TCP meter; timeout and retries come from ``connection`` unless
     a ``policy`` is given."""
-    policy = policy or ReadPolicy(timeout_s=connection.timeout_s, retries=connection.retries)
+    policy = policy or tcp_policy(connection)
     reader = tcp_reader(connection, policy)
     return ModbusSource(meter, fields, reader, clock, unit=unit, policy=policy, max_gap=max_gap, rng=rng)
