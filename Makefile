@@ -27,7 +27,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 typecheck: venv
-	$(BIN)/mypy evidence gateway drivers firmware_sim aggregator puhui
+	$(BIN)/mypy common evidence drivers gateway firmware_sim aggregator testbed puhui
 
 pytest: venv system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -20,8 +20,8 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aggregator.errors import ConfigError
+from common.yaml_models import issues_from, read_yaml
 from evidence.wire import SHARE_GROUP
-from puhui.yaml_models import issues_from, read_yaml
 
 
 class _Closed(BaseModel):

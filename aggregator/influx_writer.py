@@ -44,8 +44,8 @@ from aggregator.influx import (
 )
 from aggregator.records import Interval, decode_records
 from aggregator.store import EvidenceStore, PendingBatch
+from common.clock import Clock
 from evidence.batch import BatchHeader, parse_batch
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -49,6 +49,8 @@ from aggregator.plausibility import CounterState, check_intervals
 from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, EvidenceStore, IntervalRow, Rejection
+from common.aio import publish
+from common.clock import Clock
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
 from evidence.chain import ChainStep, ChainTracker, ChainVerdict
 from evidence.errors import (
@@ -72,8 +74,6 @@ from evidence.wire import (
     gateway_from_topic,
     reject_topic,
 )
-from puhui.aio import publish
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 RunDb = Callable[..., Awaitable[Any]]
@@ -84,6 +84,8 @@ _VERIFY_ERRORS: list[tuple[type[EvidenceError], RejectReason]] = [
     (RootMismatch, RejectReason.MERKLE_MISMATCH),
     (CountMismatch, RejectReason.MALFORMED),
 ]
+
+
 @dataclass
 class IngestStats:
     """Counters of what ingest did (also logged)."""

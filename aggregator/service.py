@@ -34,8 +34,8 @@ from aggregator.influx_writer import InfluxWriter
 from aggregator.ingest import BatchIngest
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
+from common.clock import Clock, SystemClock
 from evidence.keys import GatewayKey, load_private_key
-from puhui.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from aggregator.errors import StoreConflict, StoreError
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
+from evidence.keys import PublicKey, load_public_key
 from evidence.records import IntervalRecord, decode_record
 
 # Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of intervals_by_meter;
@@ -210,6 +211,7 @@ class EvidenceStore(Protocol):
         end: int | None = None,
     ) -> Iterator[AttestedInterval]: ...
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None: ...
+    def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None: ...
     def close(self) -> None: ...
 
 
@@ -706,6 +708,14 @@ class SQLiteEvidenceStore:
             "SELECT data, data_codec FROM batches WHERE gateway = ? AND seq = ?", (gateway, seq)
         )
         return _data(*rows[0]) if rows else None
+
+    def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None:
+        """The enrolled key ``key_id`` of ``gateway``, revoked or not (batches signed before a
+        revocation stay verifiable), or None."""
+        rows = self._read(
+            "SELECT public_key FROM gateway_keys WHERE gateway = ? AND key_id = ?", (gateway, key_id)
+        )
+        return load_public_key(bytes(rows[0][0])) if rows else None
 
     def attested_intervals(
         self,

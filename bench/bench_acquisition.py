@@ -41,11 +41,11 @@ from typing import Any
 import psutil
 
 from bench.common import Figure
+from common.clock import SystemClock
+from drivers.modbus.profiles import load_profiles
 from drivers.modbus.source import ModbusSource, ReadPolicy
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.modbus_tcp.driver import tcp_source
-from drivers.profiles import load_profiles
-from puhui.clock import SystemClock
 
 DEVICES = 200
 ROUNDS = 20

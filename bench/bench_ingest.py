@@ -28,13 +28,13 @@ from aggregator.registry import GatewayRegistry
 from aggregator.service import StoreThreads, tune_gc
 from aggregator.store import SQLiteEvidenceStore
 from bench.common import Figure
+from common.clock import SystemClock
 from evidence.batch import GENESIS_PREV, SealedBatch, seal_batch
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.keys import generate_key
 from evidence.records import IntervalRecord, Stats, encode_record
 from evidence.wire import Ack, Reply, batch_topic, encode_reply
-from puhui.clock import SystemClock
-from puhui.servers import PrivateInfluxDB
+from testbed.servers import PrivateInfluxDB
 
 BATCH = 1000
 METERS = 200

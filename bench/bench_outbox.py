@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 
 from bench.common import Figure
+from common.clock import ManualClock
+from drivers.contract import Sample
 from evidence.batch import GENESIS_PREV, seal_batch
 from evidence.records import encode_record
 from gateway.evidence_config import SealingSettings
 from gateway.intervals import IntervalBuilder, SeriesSpec
 from gateway.pipeline import EvidencePipeline
-from gateway.sample import Sample
 from gateway.store import EvidenceStore
-from puhui.clock import ManualClock
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.gateway.ack_subscriber import AckSubscriber, eventually
 from tests.gateway.evidence_helpers import T0, evidence_settings, interval, make_keys, uplink_settings
 

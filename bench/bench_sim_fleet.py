@@ -26,7 +26,7 @@ import aiomqtt
 import psutil
 from pymodbus.client import AsyncModbusTcpClient
 
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = ROOT / "config" / "fleets" / "load-200.yaml"

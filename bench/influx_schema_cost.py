@@ -17,7 +17,7 @@ from aggregator.influx import InfluxV1Client
 from aggregator.influx_writer import interval_lines
 from aggregator.records import decode_records
 from bench.bench_ingest import _batches
-from puhui.servers import PrivateInfluxDB
+from testbed.servers import PrivateInfluxDB
 
 
 def _bodies() -> list[bytes]:

@@ -14,7 +14,7 @@
         └── SunSpecModelError       a model block or model definition is inconsistent
 
 Decoding problems of a *value* (NaN, not-implemented markers) are not errors: :func:`
-drivers.decode.decode` returns an :class:`drivers.decode.Invalid` with the reason, and the
+drivers.modbus.decode.decode` returns an :class:`drivers.modbus.decode.Invalid` with the reason, and the
 interval builder flags it. Errors here are about the request, the field or the data files.
 """
 

@@ -26,9 +26,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from common.clock import Clock
 from firmware_sim.device import Device
 from firmware_sim.errors import ControlError, SimError
-from puhui.clock import Clock
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from common.clock import Clock, FastClock
 from firmware_sim.build import build_device
 from firmware_sim.config import MQTT_KINDS, FleetConfig, expand, load_fleet
 from firmware_sim.control import ControlServer
@@ -33,7 +34,6 @@ from firmware_sim.meter import StepLog
 from firmware_sim.modbus_server import ModbusPortServer
 from firmware_sim.mqtt import MqttPublisher
 from firmware_sim.serial import pty_pair
-from puhui.clock import Clock, FastClock
 
 TICK_WALL_S = 0.25  # how often (wall seconds) the ticker integrates every device
 

@@ -26,10 +26,10 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from common.clock import Clock
 from firmware_sim.device import Device
 from firmware_sim.errors import ServeError
 from firmware_sim.registers.base import FC_HOLDING, FC_INPUT, Block, UnitMap
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 READ_FCS = frozenset({FC_HOLDING, FC_INPUT})

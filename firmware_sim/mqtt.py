@@ -33,10 +33,10 @@ from typing import Any
 
 import aiomqtt
 
+from common.aio import publish
+from common.clock import Clock
 from firmware_sim.config import MqttConfig
 from firmware_sim.device import Device
-from puhui.aio import publish
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 LOCAL_TZ = datetime.timezone(datetime.timedelta(hours=8))

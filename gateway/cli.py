@@ -34,8 +34,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.decode import Invalid, ProbeLine, RegisterType, probe
-from drivers.profiles import load_profiles
+from common.clock import Clock, FastClock, SystemClock
+from drivers.contract import Invalid
+from drivers.modbus.decode import ProbeLine, RegisterType, probe
+from drivers.modbus.profiles import load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
@@ -56,7 +58,6 @@ from gateway.config import FastClockConfig, SiteConfig, load_site
 from gateway.errors import ConfigError
 from gateway.runtime import Gateway, IntervalSink, MemorySink
 from gateway.status import StatusServer, gateway_status
-from puhui.clock import Clock, FastClock, SystemClock
 
 log = logging.getLogger("puhui.gateway")
 

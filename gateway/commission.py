@@ -5,7 +5,7 @@ return data (the CLI prints it)::
 
     async with Link(TcpTarget("10.0.0.7", 502), timeout_s=2.0) as link:
         block = await link.read_block(unit=1, table="input", address=0x48, count=4)
-        lines = drivers.decode.probe(block.registers, base_address=block.address)
+        lines = drivers.modbus.decode.probe(block.registers, base_address=block.address)
 
     async with Link(SerialTarget("/dev/ttyUSB0", 9600), timeout_s=0.3) as link:
         async for found in scan_units(link, range(1, 248), sunspec=True): ...
@@ -35,21 +35,20 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
-from drivers.decode import Invalid
+from common.clock import Clock
+from drivers.contract import Invalid, Sample
 from drivers.errors import SunSpecModelError, SunSpecNotFound
 from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout, DeviceUnreachable, ModbusError
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profiles import Profile
 from drivers.modbus.source import RegisterReader, describe
+from drivers.modbus.sunspec import DEFAULT_BASES, ChainWalk, SunSpecChain
 from drivers.modbus_rtu.config import SerialBus
 from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner
 from drivers.modbus_tcp.driver import TcpRegisterReader
 from drivers.mqtt.driver import MqttCredentialsError, MqttHealth, MqttSubscriber
-from drivers.plan import ReadRequest
-from drivers.profiles import Profile
-from drivers.sunspec import DEFAULT_BASES, ChainWalk, SunSpecChain
 from gateway.config import ModbusMeterBase, ModbusRtuMeter, ModbusTcpMeter, MqttMeter, SiteConfig
 from gateway.runtime import modbus_source, static_fields
-from gateway.sample import Sample
-from puhui.clock import Clock
 
 Table = Literal["holding", "input"]
 LiveMeter = ModbusTcpMeter | ModbusRtuMeter | MqttMeter
@@ -286,7 +285,7 @@ async def scan_units(
 
 async def find_sunspec(link: Link, unit: int, bases: Sequence[int] = DEFAULT_BASES) -> SunSpecFinding:
     """Walk the SunSpec chain of ``unit`` (marker "SunS" at 40000, 0, 50000, then the model
-    headers) with :class:`drivers.sunspec.ChainWalk`."""
+    headers) with :class:`drivers.modbus.sunspec.ChainWalk`."""
     walk = ChainWalk(bases)
     try:
         while (request := walk.request()) is not None:

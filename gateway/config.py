@@ -18,17 +18,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.decode import RegisterType
+from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from drivers.modbus.decode import RegisterType
+from drivers.modbus.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
 from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.mqtt.config import MqttConnection, MqttSource
-from drivers.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
 from evidence.batch import GATEWAY_ID
 from gateway.errors import ConfigError
 from gateway.evidence_config import EvidenceSettings, UplinkSettings
 from gateway.intervals import SeriesSpec, energy_rate_limit
 from gateway.status import StatusSettings
-from puhui.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 QUANTITY = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]

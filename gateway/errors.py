@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from puhui.yaml_models import Issue
+from common.yaml_models import Issue
 
 
 class GatewayError(Exception):

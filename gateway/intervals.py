@@ -70,11 +70,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from drivers.decode import Invalid
+from common.clock import Clock
+from drivers.contract import Invalid, Sample
 from evidence.records import IntervalRecord, Stats
 from gateway.errors import IntervalError
-from gateway.sample import Sample
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1

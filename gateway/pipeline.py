@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from common.clock import Clock
 from evidence.keys import GatewayKey
 from evidence.records import IntervalRecord, encode_record
 from evidence.wire import check_gateway_id
@@ -27,7 +28,6 @@ from gateway.evidence_config import EvidenceSettings, UplinkSettings
 from gateway.sealer import Sealer
 from gateway.store import EvidenceStore, read_builder_state
 from gateway.uplink import Uplink
-from puhui.clock import Clock
 
 StatusValue = float | int | str | None
 

@@ -21,34 +21,14 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from drivers.modbus.breaker import BreakerState
-from drivers.modbus.source import PollResult
-from gateway.sample import Sample
-from puhui.clock import Clock
+from common.clock import Clock
+from drivers.contract import DeviceHealth, PollSource, Sample
 
 log = logging.getLogger(__name__)
 Sink = Callable[[Sequence[Sample]], object]
-
-
-class PollSource(Protocol):
-    """What the poller needs from a device source."""
-
-    meter: str
-
-    async def poll(self, groups: Collection[str] | None = None, *, slot: float | None = None) -> PollResult:
-        """Read ``groups``; the samples carry ``slot``, the poll slot they were read for."""
-        ...
-
-    async def __aenter__(self) -> object: ...
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None, /
-    ) -> bool | None: ...
 
 
 @dataclass(frozen=True)
@@ -62,61 +42,6 @@ class Schedule:
         bad = [f"{g}={p}" for g, p in self.periods.items() if not p > 0]
         if not self.periods or bad:
             raise ValueError(f"{self.source.meter}: poll periods must be > 0 and not empty, got {bad}")
-
-
-@dataclass
-class DeviceHealth:
-    """Counters and last outcome of one device's polls."""
-
-    meter: str
-    polls: int = 0  # polls done (including skipped ones)
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0  # breaker open, no request sent
-    missed_slots: int = 0  # slots passed while a poll was still running
-    requests: int = 0
-    consecutive_failures: int = 0
-    last_error: str | None = None
-    last_ok_at: float | None = None
-    last_latency_s: float | None = None
-    breaker: BreakerState = BreakerState.CLOSED
-    polls_by_group: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def state(self) -> str:
-        """``unknown`` (not polled yet), ``up``, ``failing`` or ``breaker_open``."""
-        if self.breaker is BreakerState.OPEN:
-            return "breaker_open"
-        if self.consecutive_failures:
-            return "failing"
-        return "up" if self.ok else "unknown"
-
-    def record(self, result: PollResult, groups: Iterable[str]) -> None:
-        before = self.state
-        self._count(result, groups)
-        after = self.state
-        if after != before:  # one log line per state change, not per failed poll
-            if after == "up":
-                log.info("device %s: %s -> up (latency %.3f s)", self.meter, before, result.latency_s)
-            else:
-                log.warning("device %s: %s -> %s: %s", self.meter, before, after, self.last_error)
-
-    def _count(self, result: PollResult, groups: Iterable[str]) -> None:
-        self.polls += 1
-        self.requests += result.requests
-        self.breaker = result.breaker
-        self.last_latency_s = result.latency_s
-        for g in groups:
-            self.polls_by_group[g] = self.polls_by_group.get(g, 0) + 1
-        if result.ok:
-            self.ok += 1
-            self.consecutive_failures = 0
-            self.last_ok_at = result.started
-            return
-        self.skipped += result.skipped
-        self.failed += not result.skipped
-        self.consecutive_failures += 1
-        self.last_error = result.error
 
 
 def next_slot(now: float, period: float) -> float:

@@ -27,12 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from common.clock import Clock
+from drivers.contract import PollSource, Sample
+from drivers.modbus.profiles import Profile, RegisterField, load_profiles
 from drivers.modbus.source import ReadPolicy, RegisterReader
 from drivers.modbus.sunspec_source import SunSpecSource, template_fields
 from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner, rtu_policy, rtu_source
 from drivers.modbus_tcp.driver import tcp_policy, tcp_reader, tcp_source
 from drivers.mqtt.driver import MqttSubscriber
-from drivers.profiles import Profile, RegisterField, load_profiles
 from evidence.records import IntervalRecord
 from gateway.config import (
     ModbusMeterBase,
@@ -44,9 +46,7 @@ from gateway.config import (
     series_specs,
 )
 from gateway.intervals import IntervalBuilder, SeriesSpec
-from gateway.poller import Poller, PollSource, Schedule
-from gateway.sample import Sample
-from puhui.clock import Clock
+from gateway.poller import Poller, Schedule
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from common.clock import Clock
 from evidence.batch import SealedBatch, parse_batch, seal_batch
 from evidence.keys import GatewayKey
 from evidence.records import (
@@ -41,7 +42,6 @@ from evidence.records import (
 )
 from gateway.evidence_config import OutboxSettings, SealingSettings
 from gateway.store import EvidenceStore, StoredBatch
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 DROP_REASON = "outbox_cap"

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import aiomqtt
 
+from common.aio import publish
+from common.clock import Clock
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, load_public_key
 from evidence.wire import Ack, Reject, RejectReason, ack_topic, batch_topic, decode_reply, reject_topic
 from gateway.errors import UplinkSetupError
 from gateway.evidence_config import BackoffSettings, UplinkSettings
 from gateway.store import EvidenceStore
-from puhui.aio import publish
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 NON_RETRY_FACTOR = 4.0  # batch-specific rejects wait this much longer than gateway-wide ones

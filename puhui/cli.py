@@ -20,7 +20,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "aggregator": ("aggregator.cli", "verify batches, keep evidence, compute reductions"),
     "sim": ("firmware_sim.cli", "simulated meters (firmware_sim)"),
     "evidence": ("evidence.cli", "inspect and verify evidence files"),
-    "demo": ("puhui.demo", "a whole site on one machine: sim -> gateway -> aggregator"),
+    "demo": ("puhui.demo.run", "a whole site on one machine: sim -> gateway -> aggregator"),
 }
 
 

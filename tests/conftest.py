@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite: private real servers and the leak guard.
 
-Servers (real Debian binaries on free 127.0.0.1 ports, see :mod:`puhui.servers`):
+Servers (real Debian binaries on free 127.0.0.1 ports, see :mod:`testbed.servers`):
 
 - ``mosquitto`` (session): a running :class:`PrivateMosquitto`; do not stop it.
 - ``influxdb`` (session): a running :class:`PrivateInfluxDB`; do not stop it.
@@ -34,7 +34,7 @@ import pytest
 import pytest_asyncio
 
 from aggregator.influx import InfluxV1Client
-from puhui.servers import PrivateInfluxDB, PrivateMosquitto, PrivateServer
+from testbed.servers import PrivateInfluxDB, PrivateMosquitto, PrivateServer
 
 pytest_plugins = ["pytester"]
 

@@ -1,4 +1,4 @@
-"""puhui.aio: a cancellation swallowed by asyncio.wait_for (Python 3.11) is honoured."""
+"""common.aio: a cancellation swallowed by asyncio.wait_for (Python 3.11) is honoured."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from puhui.aio import raise_if_cancel_requested
+from common.aio import raise_if_cancel_requested
 
 
 async def test_cancellation_swallowed_by_wait_for_is_raised_afterwards() -> None:

@@ -12,7 +12,7 @@ import pytest
 from aggregator.methodology.series import SeriesKey
 from firmware_sim.meter import MWS_PER_WH, Meter
 from firmware_sim.physics import LoadModel
-from puhui.demo_truth import reading_truth
+from puhui.demo.truth import reading_truth
 
 T0 = 1_768_150_800  # 2026-01-11T17:00:00Z, a 900 s boundary
 

@@ -23,7 +23,8 @@ from aggregator.influx import InfluxV1Client
 from aggregator.registry import GatewayRegistry
 from aggregator.service import Aggregator
 from aggregator.store import SQLiteEvidenceStore
-from drivers.profiles import load_profiles
+from common.clock import FastClock
+from drivers.modbus.profiles import load_profiles
 from evidence.keys import generate_key, load_private_key, public_key_pem, save_private_key
 from evidence.records import IntervalRecord
 from firmware_sim import Fleet
@@ -31,8 +32,7 @@ from gateway.cli import enrolment_for
 from gateway.config import parse_site
 from gateway.pipeline import EvidencePipeline
 from gateway.runtime import Gateway
-from puhui.clock import FastClock
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.gateway.test_acquisition import _resolution, _truth_wh
 from tests.sim.helpers import fleet_config
 

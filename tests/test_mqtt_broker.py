@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import aiomqtt
 import pytest
 
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 
 pytestmark = pytest.mark.integration
 

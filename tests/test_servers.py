@@ -16,7 +16,7 @@ import pytest
 
 from aggregator.influx import InfluxV1Client, Point
 from puhui import servers
-from puhui.servers import (
+from testbed.servers import (
     LOOPBACK,
     PortTaken,
     PrivateInfluxDB,
@@ -156,7 +156,7 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from puhui.servers import PrivateMosquitto
+        from testbed.servers import PrivateMosquitto
         broker = PrivateMosquitto(sys.argv[1]).start()
         print(broker.pid, flush=True)
         sys.stdin.read()

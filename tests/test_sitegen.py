@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.profiles import load_profiles
+from drivers.modbus.profiles import load_profiles
 from firmware_sim import Fleet
 from gateway.config import ModbusRtuMeter, MqttMeter, parse_site
 from puhui.sitegen import site_for

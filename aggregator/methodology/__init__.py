@@ -7,17 +7,7 @@ only from plausible, unflagged intervals, with completeness reported and enforce
 docs/methodologies.md.
 """
 
-from aggregator.methodology.engine import (
-    Computation,
-    Evaluation,
-    Period,
-    Subject,
-    Unit,
-    compute,
-    compute_from,
-    evaluate,
-    rules_for,
-)
+from aggregator.methodology.engine import Computation, Evaluation, compute, compute_from, evaluate, rules_for
 from aggregator.methodology.errors import (
     ComputationError,
     DoubleClaim,
@@ -40,6 +30,7 @@ from aggregator.methodology.series import SeriesArrays, SeriesKey
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import Statement, issue_statement, parse_statement
 from aggregator.methodology.store import StatementStore, StoredStatement
+from aggregator.methodology.subject import Period, Subject, Unit
 from aggregator.methodology.verify import VerificationReport, verify_statement
 
 __all__ = [

@@ -12,21 +12,21 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from aggregator.methodology.engine import Period, Subject, Unit, compute
+from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import MethodologyError
 from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import issue_statement
 from aggregator.methodology.store import StatementStore
+from aggregator.methodology.subject import Period, Subject, Unit
 from aggregator.methodology.verify import verify_statement
-from aggregator.view import AttestedInterval, MeterInfo
 from evidence.errors import EvidenceError
-from evidence.keys import PublicKey, load_private_key, load_public_key
+from evidence.keys import load_private_key, load_public_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,35 +67,7 @@ def _db(p: argparse.ArgumentParser) -> None:
 def _open_evidence_store(db: Path) -> EvidenceSource:
     from aggregator.store import SQLiteEvidenceStore
 
-    return _StoreEvidence(SQLiteEvidenceStore(db))
-
-
-class _StoreEvidence:
-    """The evidence store as an :class:`EvidenceSource`: adds ``gateway_public_key`` from the
-    store's enrolment records until the store provides it itself."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def meters(self) -> list[MeterInfo]:
-        return list(self.store.meters())
-
-    def attested_intervals(self, **selection: Any) -> Iterator[AttestedInterval]:
-        return iter(self.store.attested_intervals(**selection))
-
-    def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
-        data = self.store.batch_bytes(gateway, seq)
-        return None if data is None else bytes(data)
-
-    def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None:
-        own = getattr(self.store, "gateway_public_key", None)
-        if own is not None:
-            return cast(PublicKey | None, own(gateway, key_id))
-        for entry in self.store.gateways():
-            for k in entry.keys if entry.gateway == gateway else ():
-                if k.key_id == key_id:
-                    return load_public_key(k.public_key_der)
-        return None
+    return SQLiteEvidenceStore(db)
 
 
 def _time(text: str) -> int:

@@ -30,7 +30,7 @@ from aggregator.view import AttestedInterval, BatchRef
 from evidence.records import IntervalRecord
 
 if TYPE_CHECKING:
-    from aggregator.methodology.engine import Period, Subject
+    from aggregator.methodology.subject import Period, Subject
 
 OK, MISSING = 0, 1
 PLACEHOLDER_ROLE = "none"  # a meter that delivered no usable series: its unit earns nothing

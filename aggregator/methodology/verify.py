@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aggregator.methodology.engine import Period, Subject, Unit, check_eligibility, compute_from
+from aggregator.methodology.engine import check_eligibility, compute_from
 from aggregator.methodology.errors import MethodologyError, StatementFormatError
 from aggregator.methodology.params import PARAMS_DIR, LoadedParameterSet, find_parameter_set
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import Statement, build_body, canonical, parse_statement
+from aggregator.methodology.subject import Period, Subject, Unit
 from aggregator.view import AttestedInterval, BatchRef
 from evidence.batch import verify_batch
 from evidence.errors import EvidenceError

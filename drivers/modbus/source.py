@@ -1,6 +1,6 @@
 """A Modbus device as a sample source: plan, read with policy, slice, decode.
 
-:class:`ModbusSource` reads one device's selected :class:`~drivers.profiles.RegisterField`
+:class:`ModbusSource` reads one device's selected :class:`~drivers.modbus.profiles.RegisterField`
 s through a :class:`RegisterReader` (the transport: one TCP connection, or a unit on a
 serial bus). A poll never raises for a failing device: it returns a :class:`PollResult`
 carrying the samples read, whether the poll succeeded, the last error (naming the device
@@ -8,7 +8,7 @@ and the address range), the latency and the circuit breaker's state.
 
 Policy per request: ``asyncio.timeout`` deadline, up to ``retries`` retries with jittered
 exponential backoff (on the injected clock), dropping the connection after each failure.
-Per device: a :class:`~drivers.modbus.breaker.CircuitBreaker`; while it is open, polls are
+Per device: a :class:`~drivers.breaker.CircuitBreaker`; while it is open, polls are
 skipped without I/O, and a half-open probe gets a single attempt. The first request that
 fails ends the poll (the device is in trouble; the next slot tries again), samples of the
 requests read before it are kept.
@@ -19,19 +19,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.decode import Decoded, FieldFormat, decode_fields
+from common.clock import Clock
+from drivers.breaker import Backoff, BreakerState, CircuitBreaker
+from drivers.contract import PollResult, Sample
 from drivers.errors import DriverError
-from drivers.modbus.breaker import Backoff, BreakerState, CircuitBreaker
+from drivers.modbus.decode import Decoded, FieldFormat, decode_fields
 from drivers.modbus.errors import DeviceTimeout, ModbusError
-from drivers.plan import ReadRequest, plan_reads, slice_response
-from drivers.profiles import RegisterField, select_fields
-from gateway.sample import Sample
-from puhui.clock import Clock
+from drivers.modbus.plan import ReadRequest, plan_reads, slice_response
+from drivers.modbus.profiles import RegisterField, select_fields
 
 SAMPLE_SOURCE = "modbus"
 
@@ -61,21 +60,6 @@ class ReadPolicy(BaseModel):
     backoff_max_s: float = Field(default=10.0, ge=0)
     breaker_threshold: int = Field(default=3, ge=1, description="consecutive failed polls that open it")
     breaker_cooldown_s: float = Field(default=60.0, ge=0, description="clock seconds before a probe")
-
-
-@dataclass(frozen=True, slots=True)
-class PollResult:
-    """What one poll of one device produced and how it went."""
-
-    meter: str
-    ok: bool
-    samples: tuple[Sample, ...]
-    started: float  # clock time
-    latency_s: float  # wall seconds
-    requests: int  # request attempts sent, retries included
-    breaker: BreakerState  # after this poll
-    error: str | None = None
-    skipped: bool = False  # breaker open: no request sent
 
 
 def describe(request: ReadRequest) -> str:

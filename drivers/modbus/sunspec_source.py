@@ -1,10 +1,10 @@
 """A SunSpec device as a poll source: discover the model chain, then poll its fields.
 
-Discovery (:class:`drivers.sunspec.ChainWalk`) runs on the first poll and again after any
+Discovery (:class:`drivers.modbus.sunspec.ChainWalk`) runs on the first poll and again after any
 failed discovery, through the same register reader the polls use; until it succeeds each
 poll reports the failure (counted by the poller, never raised). Once the chain is known
 the device is an ordinary :class:`drivers.modbus.source.ModbusSource` over
-:func:`drivers.sunspec.chain_fields`.
+:func:`drivers.modbus.sunspec.chain_fields`.
 
 :func:`template_fields` gives the fields a chain *would* produce for each mapped model
 family, without I/O, so the interval builder's series (units, kinds, poll groups) are
@@ -17,13 +17,15 @@ import asyncio
 import random
 from collections.abc import Collection, Sequence
 
+from common.clock import Clock
+from drivers.breaker import BreakerState
+from drivers.contract import PollResult
 from drivers.errors import DriverError
-from drivers.modbus.breaker import BreakerState
 from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout
-from drivers.modbus.source import ModbusSource, PollResult, ReadPolicy, RegisterReader
-from drivers.plan import ReadRequest
-from drivers.profiles import RegisterField, SunSpecMapping
-from drivers.sunspec import (
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profiles import RegisterField, SunSpecMapping
+from drivers.modbus.source import ModbusSource, ReadPolicy, RegisterReader
+from drivers.modbus.sunspec import (
     ChainWalk,
     ModelBlock,
     SunSpecChain,
@@ -32,7 +34,6 @@ from drivers.sunspec import (
     load_model,
     model_ids,
 )
-from puhui.clock import Clock
 
 
 def template_fields(mapping: SunSpecMapping) -> tuple[RegisterField, ...]:

@@ -14,8 +14,8 @@ from typing import Any
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout, DeviceUnreachable, ModbusError
+from drivers.modbus.plan import ReadRequest
 from drivers.modbus.source import describe
-from drivers.plan import ReadRequest
 
 
 def reraise_if_cancelling(exc: BaseException) -> None:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from common.clock import Clock
 from drivers.modbus.errors import DeviceUnreachable
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profiles import RegisterField
 from drivers.modbus.source import ModbusSource, ReadPolicy, describe
 from drivers.modbus.transport import read_registers, reraise_if_cancelling
 from drivers.modbus_tcp.config import ModbusTcpConnection
-from drivers.plan import ReadRequest
-from drivers.profiles import RegisterField
-from puhui.clock import Clock
 
 
 class TcpRegisterReader:

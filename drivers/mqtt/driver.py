@@ -20,7 +20,7 @@ Per message and meter:
   number, NaN or infinity, an unreadable timestamp) are counted once per message in
   ``malformed`` and logged with the topic and the reasons; they never stop the driver.
   A problem with one field does not drop the other fields of the message. NaN and infinity
-  still become samples carrying an :class:`~drivers.decode.Invalid` value (as a Modbus
+  still become samples carrying an :class:`~drivers.modbus.decode.Invalid` value (as a Modbus
   float NaN does), so the interval builder flags the interval; strings, booleans and
   missing fields give no sample.
 
@@ -54,12 +54,11 @@ from typing import Any
 
 import aiomqtt
 
-from drivers.decode import Invalid
+from common.clock import Clock
+from drivers.breaker import Backoff
+from drivers.contract import Invalid, Sample
 from drivers.errors import DriverError
-from drivers.modbus.breaker import Backoff
 from drivers.mqtt.config import MqttConnection, MqttField, MqttSource, MqttTimestamp
-from gateway.sample import Sample
-from puhui.clock import Clock
 
 log = logging.getLogger(__name__)
 

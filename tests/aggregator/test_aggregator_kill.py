@@ -17,7 +17,7 @@ from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from evidence import SealedBatch, generate_key, save_private_key
 from evidence.wire import Ack
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.aggregator.ingest_support import GatewayPeer, SimGateway, gateway_peer
 
 pytestmark = pytest.mark.integration

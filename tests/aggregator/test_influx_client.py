@@ -19,7 +19,7 @@ from aggregator.influx import (
     Point,
     encode_points,
 )
-from puhui.servers import LOOPBACK, PrivateInfluxDB
+from testbed.servers import LOOPBACK, PrivateInfluxDB
 
 pytestmark = pytest.mark.integration
 

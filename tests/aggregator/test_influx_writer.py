@@ -15,7 +15,7 @@ from aggregator.service import Aggregator
 from aggregator.store import SQLiteEvidenceStore
 from evidence import generate_key
 from evidence.wire import Ack
-from puhui.servers import PrivateInfluxDB, PrivateMosquitto
+from testbed.servers import PrivateInfluxDB, PrivateMosquitto
 from tests.aggregator.ingest_support import GatewayPeer, SimGateway, gateway_peer, make_config
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from aggregator.store import SQLiteEvidenceStore
 from evidence import IntervalRecord, KeyRotationRecord, decode_record, encode_record, generate_key
 from evidence.keys import GatewayKey, public_key_b64
 from evidence.wire import Ack, Reject
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.aggregator.ingest_support import STEP, GatewayPeer, SimGateway, gateway_peer, make_config
 
 pytestmark = pytest.mark.integration

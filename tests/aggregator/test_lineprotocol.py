@@ -22,7 +22,7 @@ from aggregator.influx import (
     quote_literal,
 )
 from aggregator.influx.lineprotocol import INT64_MAX, INT64_MIN, TIME_MAX_NS, TIME_MIN_NS
-from puhui.servers import PrivateInfluxDB
+from testbed.servers import PrivateInfluxDB
 
 
 def line(measurement: str, tags: dict[str, str], fields: dict[str, Any], t: int = 7) -> str:

@@ -22,10 +22,10 @@ from aggregator.ingest import BatchIngest
 from aggregator.registry import GatewayRegistry
 from aggregator.service import StoreThreads
 from aggregator.store import AcceptedBatch, Rejection, SQLiteEvidenceStore
+from common.clock import SystemClock
 from evidence import KeyRotationRecord, SealedBatch, generate_key
 from evidence.keys import public_key_b64
 from evidence.wire import Ack, Reject, RejectReason, Reply, batch_topic
-from puhui.clock import SystemClock
 from tests.aggregator.ingest_support import SimGateway
 
 AGG_KEY = generate_key()

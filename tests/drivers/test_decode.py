@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drivers.decode import (
+from drivers.contract import Invalid
+from drivers.errors import CodecError, RegisterCountError
+from drivers.modbus.decode import (
     ByteOrder,
     FieldFormat,
-    Invalid,
     RegisterType,
     decode,
     decode_fields,
@@ -23,7 +24,6 @@ from drivers.decode import (
     orders_for,
     probe,
 )
-from drivers.errors import CodecError, RegisterCountError
 
 INT_RANGES = {
     RegisterType.INT16: (-(2**15), 2**15 - 1),

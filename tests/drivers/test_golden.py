@@ -35,18 +35,17 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 import drivers.modbus_tcp.driver
 import drivers.mqtt.driver
-from drivers.decode import Invalid, InvalidReason
+from common.clock import ManualClock
+from common.yaml_models import issues_from, read_yaml
+from drivers.contract import Invalid, InvalidReason, Sample
+from drivers.modbus.profiles import load_profiles
 from drivers.modbus.source import SAMPLE_SOURCE, ModbusSource
 from drivers.modbus.sunspec_source import SunSpecSource
 from drivers.mqtt import MqttSubscriber
-from drivers.profiles import load_profiles
 from gateway.config import MeterBase, ModbusTcpMeter, MqttMeter, parse_site
 from gateway.errors import ConfigError
 from gateway.runtime import modbus_source
-from gateway.sample import Sample
-from puhui.clock import ManualClock
-from puhui.servers import LOOPBACK, PrivateMosquitto
-from puhui.yaml_models import issues_from, read_yaml
+from testbed.servers import LOOPBACK, PrivateMosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 MODBUS_TCP_CASES = Path(drivers.modbus_tcp.driver.__file__).resolve().parent / "testcases"

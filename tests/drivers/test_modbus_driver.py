@@ -16,20 +16,20 @@ import numpy as np
 import pytest
 from pymodbus.exceptions import ModbusIOException
 
-from drivers.decode import Invalid
-from drivers.modbus.breaker import Backoff, BreakerState, CircuitBreaker
+from common.clock import Clock, FastClock, ManualClock
+from drivers.breaker import Backoff, BreakerState, CircuitBreaker
+from drivers.contract import Invalid
 from drivers.modbus.errors import DeviceTimeout
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profiles import load_profiles
 from drivers.modbus.source import ModbusSource, ReadPolicy
 from drivers.modbus.transport import read_registers
 from drivers.modbus_rtu.config import SerialBus
 from drivers.modbus_rtu.driver import SerialBusOwner, rtu_source
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.modbus_tcp.driver import tcp_source
-from drivers.plan import ReadRequest
-from drivers.profiles import load_profiles
 from firmware_sim import Fleet
 from firmware_sim.device import Device
-from puhui.clock import Clock, FastClock, ManualClock
 from tests.sim.helpers import fleet_config
 
 SDM = {"kind": "sdm630", "name": "m", "unit": 3, "physics": {"model": "heating"}}

@@ -26,7 +26,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.decode import Invalid
+from common.clock import ManualClock
+from drivers.contract import Invalid, Sample
 from drivers.mqtt import MqttHealth, MqttSubscriber
 from drivers.mqtt.config import MqttConnection, MqttField, MqttSource, MqttTimestamp
 from drivers.mqtt.driver import (
@@ -41,9 +42,7 @@ from drivers.mqtt.driver import (
 )
 from firmware_sim import Fleet, parse_fleet
 from gateway.config import MqttMeter
-from gateway.sample import Sample
-from puhui.clock import ManualClock
-from puhui.servers import LOOPBACK, PrivateMosquitto, free_ports
+from testbed.servers import LOOPBACK, PrivateMosquitto, free_ports
 
 README = Path(__file__).parents[2] / "drivers" / "mqtt" / "README.md"
 DEADLINE = 10.0

@@ -9,12 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.errors import PlanError, ResponseLengthError
-from drivers.plan import RegisterSpan, plan_reads, slice_response
-from drivers.profiles import load_profiles
+from drivers.modbus.plan import RegisterSpan, plan_reads, slice_response
+from drivers.modbus.profiles import load_profiles
 
 span_st = st.builds(
     lambda i, unit, fc, addr, count: RegisterSpan(f"f{i}", unit, fc, addr, count),
-    st.integers(), st.integers(1, 2), st.sampled_from([3, 4]), st.integers(0, 600), st.integers(1, 8),
+    st.integers(),
+    st.integers(1, 2),
+    st.sampled_from([3, 4]),
+    st.integers(0, 600),
+    st.integers(1, 8),
 )
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.decode import RegisterType
 from drivers.errors import ProfileError, UnknownProfile
-from drivers.profiles import get_profile, load_profile, load_profiles, parse_profile, select_fields
+from drivers.modbus.decode import RegisterType
+from drivers.modbus.profiles import get_profile, load_profile, load_profiles, parse_profile, select_fields
 
 SHIPPED = {"sdm630", "sdm120", "alfen-socket", "alfen-station", "abb-terra-ac", "heat-meter-converter",
            "sunspec"}  # fmt: skip

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from drivers.decode import FieldFormat, Invalid, RegisterType, decode_fields, encode
+from drivers.contract import Invalid
 from drivers.errors import SunSpecNotFound
-from drivers.profiles import load_profiles
-from drivers.sunspec import ChainWalk, chain_fields, load_model, walk_chain
+from drivers.modbus.decode import FieldFormat, RegisterType, decode_fields, encode
+from drivers.modbus.profiles import load_profiles
+from drivers.modbus.sunspec import ChainWalk, chain_fields, load_model, walk_chain
 
 
 def build_image(base: int, models: Sequence[tuple[int, dict[str, float | str]]]) -> dict[int, int]:

@@ -21,6 +21,8 @@ import math
 import sys
 from pathlib import Path
 
+from common.clock import FastClock
+from drivers.contract import Sample
 from evidence.keys import load_private_key
 from gateway.evidence_config import (
     BackoffSettings,
@@ -31,8 +33,6 @@ from gateway.evidence_config import (
 )
 from gateway.intervals import IntervalBuilder, SeriesSpec
 from gateway.pipeline import EvidencePipeline
-from gateway.sample import Sample
-from puhui.clock import FastClock
 
 GATEWAY = "gw-kill"
 METERS = 4

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drivers.profiles import load_profiles
+from common.clock import ManualClock
+from drivers.modbus.profiles import load_profiles
 from evidence.records import IntervalRecord
 from firmware_sim import Fleet
 from firmware_sim.device import Device
 from gateway.config import SiteConfig, parse_site
 from gateway.runtime import Gateway, MemorySink, next_close
-from puhui.clock import ManualClock
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.sim.helpers import fleet_config
 
 PERIOD = 10  # poll and truth step, seconds

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.clock import ManualClock
+from drivers.contract import Sample
 from evidence.records import IntervalRecord
 from gateway.errors import IntervalError
 from gateway.intervals import IntervalBuilder, SeriesSpec
-from gateway.sample import Sample
-from puhui.clock import ManualClock
 
 SPEC = SeriesSpec("m", "energy", "kWh", "counter", 300.0)
 

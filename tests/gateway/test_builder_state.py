@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.clock import ManualClock
+from drivers.contract import Sample
 from evidence.records import IntervalRecord
 from gateway.errors import IntervalError
 from gateway.intervals import IntervalBuilder, SeriesSpec
-from gateway.sample import Sample
-from puhui.clock import ManualClock
 
 L = 900
 T0 = 1_700_000_100 - 1_700_000_100 % L

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from common.clock import FastClock
 from firmware_sim import Fleet
-from puhui.clock import FastClock
 from tests.sim.helpers import fleet_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from drivers.decode import ByteOrder, Invalid, RegisterType, probe
-from drivers.profiles import load_profiles
+from common.clock import ManualClock, SystemClock
+from drivers.contract import Invalid
+from drivers.modbus.decode import ByteOrder, RegisterType, probe
+from drivers.modbus.profiles import load_profiles
 from firmware_sim import Fleet
 from gateway.commission import (
     Answer,
@@ -38,9 +40,8 @@ from gateway.commission import (
     scan_units,
 )
 from gateway.config import load_site
-from puhui.clock import ManualClock, SystemClock
-from puhui.servers import PrivateMosquitto
 from puhui.sitegen import site_for
+from testbed.servers import PrivateMosquitto
 from tests.sim.helpers import fleet_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.profiles import load_profiles, parse_profile
+from common.clock import ManualClock
+from drivers.modbus.profiles import load_profiles, parse_profile
 from gateway.config import ModbusTcpMeter, MqttMeter, load_site, mqtt_series_specs, parse_site, series_specs
 from gateway.errors import ConfigError
 from gateway.intervals import IntervalBuilder
-from puhui.clock import ManualClock
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = sorted((ROOT / "config" / "sites").glob("*.yaml"))

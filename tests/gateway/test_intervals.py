@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.decode import Invalid
+from common.clock import ManualClock
+from drivers.contract import Invalid, Sample
 from evidence.records import IntervalRecord, encode_record
 from gateway.errors import IntervalError
 from gateway.intervals import IntervalBuilder, SeriesSpec, energy_rate_limit
-from gateway.sample import Sample
-from puhui.clock import ManualClock
 
 L = 900
 T0 = 1_700_000_100 - 1_700_000_100 % L  # an interval boundary

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FastClock
 from evidence.chain import verify_chain
 from evidence.records import IntervalRecord, encode_record
 from gateway.evidence_config import SealingSettings
 from gateway.pipeline import EvidencePipeline
-from puhui.clock import FastClock
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.gateway.ack_subscriber import AckSubscriber, eventually
 from tests.gateway.evidence_helpers import T0, L, evidence_settings, interval, make_keys, uplink_settings
 

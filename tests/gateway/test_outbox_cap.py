@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from common.clock import ManualClock
 from evidence.batch import SealedBatch, parse_batch, verify_batch
 from evidence.chain import verify_chain
 from evidence.records import DropRecord, IntervalRecord, IntervalRef, decode_record
 from gateway.pipeline import EvidencePipeline
 from gateway.store import EvidenceStore
-from puhui.clock import ManualClock
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.gateway.ack_subscriber import AckSubscriber, eventually
 from tests.gateway.evidence_helpers import (
     T0,

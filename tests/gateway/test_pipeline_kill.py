@@ -16,7 +16,7 @@ import pytest
 from evidence.batch import verify_batch
 from evidence.chain import verify_chain
 from evidence.records import IntervalRecord
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.gateway import pipeline_child as child
 from tests.gateway.ack_subscriber import AckSubscriber
 from tests.gateway.evidence_helpers import T0, make_keys

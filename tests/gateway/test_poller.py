@@ -8,16 +8,16 @@ from collections.abc import Mapping
 
 import pytest
 
-from drivers.modbus.breaker import BreakerState
+from common.clock import Clock, FastClock
+from drivers.breaker import BreakerState
+from drivers.contract import DeviceHealth, Sample
+from drivers.modbus.profiles import load_profiles
 from drivers.modbus.source import ModbusSource, ReadPolicy
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.modbus_tcp.driver import tcp_source
-from drivers.profiles import load_profiles
 from firmware_sim import Fleet
 from firmware_sim.device import Device
-from gateway.poller import DeviceHealth, Poller, Schedule, next_slot
-from gateway.sample import Sample
-from puhui.clock import Clock, FastClock
+from gateway.poller import Poller, Schedule, next_slot
 from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration

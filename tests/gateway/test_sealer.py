@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import ManualClock
 from evidence.batch import SealedBatch, parse_batch, verify_batch
 from evidence.chain import verify_chain
 from evidence.records import decode_record, encode_record
@@ -13,7 +14,6 @@ from gateway.evidence_config import OutboxSettings, SealingSettings
 from gateway.pipeline import EvidencePipeline
 from gateway.sealer import Sealer
 from gateway.store import EvidenceStore
-from puhui.clock import ManualClock
 from tests.gateway.ack_subscriber import eventually
 from tests.gateway.evidence_helpers import T0, evidence_settings, interval, make_keys
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from drivers.modbus.breaker import BreakerState
-from gateway.poller import DeviceHealth
+from drivers.breaker import BreakerState
+from drivers.contract import DeviceHealth
 from gateway.status import Metrics, StatusServer, StatusSettings, gateway_status, prometheus_text
 
 

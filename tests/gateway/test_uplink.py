@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from common.clock import ManualClock
 from evidence.keys import generate_key
 from evidence.wire import Ack, RejectReason, ack_topic, encode_reply
 from gateway.evidence_config import SealingSettings, TlsSettings
 from gateway.pipeline import EvidencePipeline
-from puhui.clock import ManualClock
-from puhui.servers import PrivateMosquitto, free_ports
+from testbed.servers import PrivateMosquitto, free_ports
 from tests.gateway.ack_subscriber import AckSubscriber, eventually
 from tests.gateway.evidence_helpers import T0, Keys, evidence_settings, interval, make_keys, uplink_settings
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from common.clock import FastClock, FastClockSpec
 from firmware_sim import control_request
-from puhui.clock import FastClock, FastClockSpec
 
 pytestmark = pytest.mark.integration
 FLEET = """

@@ -10,10 +10,10 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusIOException
 
+from common.clock import ManualClock
 from firmware_sim import Fleet, control_request
 from firmware_sim.device import Device
 from firmware_sim.errors import ControlError
-from puhui.clock import ManualClock
 from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import sunspec2.modbus.client as sunspec_client
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 
+from common.clock import FastClock, ManualClock
 from firmware_sim import Fleet
-from puhui.clock import FastClock, ManualClock
 from tests.sim.helpers import fleet_config, mbpoll, run_blocking
 
 pytestmark = pytest.mark.integration

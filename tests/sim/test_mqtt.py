@@ -10,9 +10,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from common.clock import ManualClock
 from firmware_sim import Fleet
-from puhui.clock import ManualClock
-from puhui.servers import PrivateMosquitto
+from testbed.servers import PrivateMosquitto
 from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.framer import FramerType
 
+from common.clock import ManualClock
 from firmware_sim import Fleet
-from puhui.clock import ManualClock
 from tests.sim.helpers import fleet_config
 
 pytestmark = pytest.mark.integration

@@ -388,7 +388,7 @@ class PrivateMosquitto(PrivateServer):
             store.mkdir(exist_ok=True)
             persistence = f"persistence true\npersistence_location {store}/\n"
         return (
-            "# written by puhui.servers.PrivateMosquitto\n"
+            "# written by testbed.servers.PrivateMosquitto\n"
             f"listener {ports[0]} {LOOPBACK}\n"
             "allow_anonymous true\n"
             f"{persistence}"
@@ -484,7 +484,7 @@ class PrivateInfluxDB(PrivateServer):
         )
         # Debian's 1.6.7 renamed reporting-disabled to reporting-enabled; unknown keys are
         # ignored, so both spellings are written.
-        return f"""# written by puhui.servers.PrivateInfluxDB
+        return f"""# written by testbed.servers.PrivateInfluxDB
 reporting-disabled = true
 reporting-enabled = false
 bind-address = "{LOOPBACK}:{ports[1]}"

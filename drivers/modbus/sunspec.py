@@ -9,7 +9,7 @@ logic serves a blocking probe tool, the async driver and tests on a register ima
 Model definitions come from pysunspec2's JSON files (``sunspec2/models/json``), read as
 data; pysunspec2's client is not used (it is blocking and reads an acc32 of 0 as "not
 implemented": here a counter of 0 is a real 0). :func:`chain_fields` produces
-:class:`drivers.profiles.RegisterField` s for the mapped points of the supported models,
+:class:`drivers.modbus.profiles.RegisterField` s for the mapped points of the supported models,
 their scale-factor registers and the common model's identity strings.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from drivers.decode import RegisterType
 from drivers.errors import SunSpecModelError, SunSpecNotFound
-from drivers.profiles import RegisterField, SunSpecMapping, SunSpecPoint
+from drivers.modbus.decode import RegisterType
+from drivers.modbus.profiles import RegisterField, SunSpecMapping, SunSpecPoint
 
 MARKER = (0x5375, 0x6E53)  # "SunS"
 END_ID = 0xFFFF

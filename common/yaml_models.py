@@ -1,6 +1,6 @@
 """YAML files validated by closed pydantic models, with errors an installer can act on.
 
-Shared by profiles (:mod:`drivers.profiles`), site configs (:mod:`gateway.config`) and the
+Shared by profiles (:mod:`drivers.modbus.profiles`), site configs (:mod:`gateway.config`) and the
 aggregator's config (:mod:`aggregator.config`), which is why it lives in :mod:`puhui`.
 Every problem becomes an :class:`Issue` with a path inside the file
 (``meters[3].registers[1].type``) and a message saying what was expected; enum-like values

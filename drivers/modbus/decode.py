@@ -46,6 +46,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers.contract import Invalid
 from drivers.errors import CodecError, RegisterCountError
 
 
@@ -75,20 +76,6 @@ class ByteOrder(StrEnum):
     DCBA = "DCBA"
     BADC = "BADC"
     CDAB = "CDAB"
-
-
-InvalidReason = Literal["not_implemented", "nan", "infinite", "not_ascii", "scale_factor"]
-
-
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A decoded field that is not a usable value, and why."""
-
-    reason: InvalidReason
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"invalid ({self.reason}{': ' + self.detail if self.detail else ''})"
 
 
 Decoded = float | str | Invalid
@@ -303,7 +290,7 @@ def encode(value: float | str, field: FieldFormat, *, sf: int | None = None) -> 
 def _unscaled(value: float, field: FieldFormat, sf: int | None) -> int | float:
     if field.type is RegisterType.SUNSSF:
         return int(value)
-    divisor = field.scale * (10.0 ** sf if field.scale_factor is not None and sf is not None else 1.0)
+    divisor = field.scale * (10.0**sf if field.scale_factor is not None and sf is not None else 1.0)
     if field.scale_factor is not None and sf is None:
         raise CodecError(f"field scaled by {field.scale_factor} needs sf= to encode")
     raw = value / divisor if divisor != 1.0 else value

@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import yaml
 
-from puhui.clock import FastClock
-from puhui.servers import PrivateInfluxDB, PrivateMosquitto, free_ports
+from common.clock import FastClock
+from testbed.servers import PrivateInfluxDB, PrivateMosquitto, free_ports
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INFLUX_DB = "puhui_demo"
 REGION = "hebei"  # Zhangjiakou: the enrolments name the Hebei grid
 STOP_WAIT_S = 20.0
@@ -208,7 +208,7 @@ def make_gateway(
 
 
 def _profiles() -> Any:
-    from drivers.profiles import load_profiles
+    from drivers.modbus.profiles import load_profiles
 
     return load_profiles()
 

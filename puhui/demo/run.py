@@ -2,7 +2,7 @@
 
 What runs (every process on 127.0.0.1, one fast clock shared through a FastClockSpec):
 
-- a private Mosquitto and InfluxDB (:mod:`puhui.servers`);
+- a private Mosquitto and InfluxDB (:mod:`testbed.servers`);
 - the firmware_sim fleet ``config/fleets/demo.yaml`` in this process: a Zhangjiakou
   clean-heating village (heat pumps, heat meters, electric boilers on RS-485), a rooftop-PV
   street (SunSpec inverters and grid meters, a Tasmota plug) and a charging depot (Alfen,
@@ -13,11 +13,11 @@ What runs (every process on 127.0.0.1, one fast clock shared through a FastClock
 - one gateway per site, ``python -m puhui gateway run``, with its key (``puhui gateway
   keygen``), enrolment (``puhui gateway enrol``) and a site config from
   :func:`puhui.sitegen.site_for` plus ``clock``/``evidence``/``uplink``/``status`` sections
-  (:mod:`puhui.demo_setup`).
+  (:mod:`puhui.demo.setup`).
 
 Faults injected on the way: a broker outage, a meter replaced (counter reset), a dead meter.
 Afterwards the methodology engine computes and signs one statement per scenario from the
-aggregator's evidence store (:mod:`puhui.demo_report`), and :mod:`puhui.demo_truth` checks
+aggregator's evidence store (:mod:`puhui.demo.report`), and :mod:`puhui.demo.truth` checks
 every ER against ER computed from the simulator's ground truth with the same parameter set.
 
 Everything started here is stopped on exit, Ctrl-C included (``--keep-servers`` leaves
@@ -36,15 +36,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from puhui.clock import FastClock
-from puhui.demo_setup import (
+from common.clock import FastClock
+from puhui.demo import report
+from puhui.demo.model import Fault, Run, fmt_time, utc
+from puhui.demo.setup import (
     INFLUX_DB,
     REPO,
     Child,
@@ -61,12 +61,11 @@ from puhui.demo_setup import (
     wait_gateways_ready,
     write_aggregator_config,
 )
-from puhui.servers import PrivateInfluxDB, PrivateMosquitto, ServerError, find_binary
+from testbed.servers import PrivateInfluxDB, PrivateMosquitto, ServerError, find_binary
 
 DEFAULT_FLEET = REPO / "config" / "fleets" / "demo.yaml"
 MARKER = ".puhui-demo"
 KEPT = "servers-kept.pid"  # PIDs of the servers a --keep-servers run left running
-CHINA = timezone(timedelta(hours=8))
 __all__ = [
     "INFLUX_DB",
     "DemoMissing",
@@ -78,39 +77,6 @@ __all__ = [
     "puhui_argv",
     "utc",
 ]
-
-
-@dataclass
-class Fault:
-    """One injected fault: what, when (clock seconds), and what was seen while it lasted."""
-
-    kind: str  # "broker_outage", "meter_replaced", "dead_meter"
-    target: str  # "mosquitto" or a device name
-    site: str | None
-    start: float
-    end: float
-    seen: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Run:
-    """Everything the report needs about a finished run."""
-
-    out: Path
-    period: tuple[int, int]
-    factor: float
-    poll_s: float
-    gateways: list[GatewayRun]
-    faults: list[Fault]
-    truth: dict[str, Any]
-    fleet_kinds: dict[str, str]
-    db: Path
-    aggregator_key: Path
-    aggregator_pub: Path
-    influx_url: str
-    notes: list[str]
-    wall: dict[str, float]
-    steps: dict[tuple[str, str], Any] = field(default_factory=dict)  # (device, channel) -> StepLog
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -192,8 +158,6 @@ def prepare_out(out: Path) -> Path:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from puhui import demo_report
-
     t_start = time.monotonic()
     task = asyncio.current_task()
     if task is not None:  # SIGTERM (timeout, a supervisor) stops everything like Ctrl-C
@@ -209,7 +173,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"  servers: mosquitto {broker.host}:{broker.port}, influxd {influxd.url} (private, loopback)")
         run = await simulate(args, out, broker, influxd, t_start)
         run.wall["report_start"] = time.monotonic() - t_start
-        code = await demo_report.report(run)
+        code = await report.report(run)
         run.wall["total"] = time.monotonic() - t_start
         print(
             f"\nwall time: {run.wall['total']:.0f} s (setup {run.wall['setup']:.0f} s, "
@@ -359,10 +323,6 @@ async def simulate(
     )
 
 
-def fmt_time(t: float) -> str:
-    return datetime.fromtimestamp(t, CHINA).strftime("%Y-%m-%d %H:%M")
-
-
 def period_start(clock: FastClock, epoch: float, notes: list[str]) -> int:
     """The fleet's epoch, or (if set-up took longer than planned) the first interval that
     every gateway saw whole."""
@@ -500,7 +460,3 @@ def _bar(frac: float, width: int = 30) -> str:
 
 
 # -- after the period -----------------------------------------------------------------------------
-
-
-def utc(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

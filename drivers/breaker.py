@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from puhui.clock import Clock
+from common.clock import Clock
 
 
 @dataclass(frozen=True, slots=True)

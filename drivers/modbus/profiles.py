@@ -2,13 +2,13 @@
 
 A profile lists fields: a name, the quantity it measures (the name samples carry, e.g.
 ``energy_import``), its unit, where it lives (function code 3 or 4, 0-based address), how
-to decode it (:class:`drivers.decode.FieldFormat`: type, order, scale, scale factor,
+to decode it (:class:`drivers.modbus.decode.FieldFormat`: type, order, scale, scale factor,
 not-implemented markers), whether it is a ``counter`` (cumulative, lifetime), a ``gauge``
 (instantaneous) or ``info`` (identity/state text, never aggregated), its poll group and,
 for chargers whose energy register restarts with every session, ``per_session: true``.
 
 A ``discovery: sunspec`` profile has no fixed fields: they come from walking the device's
-SunSpec model chain (:mod:`drivers.sunspec`), and the profile maps SunSpec points to
+SunSpec model chain (:mod:`drivers.modbus.sunspec`), and the profile maps SunSpec points to
 quantities. Profiles also carry their ``source``: where the addresses come from.
 """
 
@@ -20,12 +20,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drivers.decode import FieldFormat, RegisterType
+from common.yaml_models import Issue, issues_from, read_yaml, suggest
 from drivers.errors import ProfileError, UnknownProfile
-from drivers.plan import RegisterSpan
-from puhui.yaml_models import Issue, issues_from, read_yaml, suggest
+from drivers.modbus.decode import FieldFormat, RegisterType
+from drivers.modbus.plan import RegisterSpan
 
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "config" / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.#-]*$"
 QUANTITY_PATTERN = r"^[a-z][a-z0-9_]*$"
 

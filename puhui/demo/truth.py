@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from puhui.demo import fmt_time
+from puhui.demo.model import fmt_time
 
 if TYPE_CHECKING:
     from aggregator.methodology import Computation
-    from puhui.demo import Run
-    from puhui.demo_report import ScenarioResult, StoreEvidence
+    from aggregator.store import SQLiteEvidenceStore
+    from puhui.demo.model import Run, ScenarioResult
 
 TOLERANCE = 0.005  # issue 8: ER within 0.5 % of the ground truth
 WH_TO = {"energy_mwh": 1e-6, "electricity_mwh": 1e-6, "heat_gj": 3.6e-6}
@@ -184,7 +184,7 @@ def _causes(run: Run, comp: Computation, removed: np.ndarray) -> dict[str, np.nd
     return out
 
 
-def print_truth_check(run: Run, results: list[ScenarioResult], source: StoreEvidence) -> bool:
+def print_truth_check(run: Run, results: list[ScenarioResult], source: SQLiteEvidenceStore) -> bool:
     print(
         f"\nground-truth check: ER recomputed with the same parameter set from the simulator's true"
         f" energy between the two readings of every interval record each statement credited;"

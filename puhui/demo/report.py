@@ -6,7 +6,7 @@ the aggregator's key and stored next to the evidence), the simulator's ground tr
 (``fleet.truth()``: energy per 900 s interval) and InfluxDB. The ground-truth check can
 fail, and then the demo exits with status 1.
 
-The ground-truth check itself is :mod:`puhui.demo_truth`.
+The ground-truth check itself is :mod:`puhui.demo.truth`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import sqlite3
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from puhui.demo import INFLUX_DB, DemoMissing, fmt_time, puhui_argv, utc
-from puhui.demo_truth import print_truth_check
+from aggregator.store import SQLiteEvidenceStore
+from puhui.demo.model import Fault, Run, ScenarioResult, fmt_time, utc
+from puhui.demo.setup import INFLUX_DB, DemoMissing, puhui_argv
+from puhui.demo.truth import print_truth_check
 
 if TYPE_CHECKING:
-    from aggregator.methodology import Computation
-    from puhui.demo import Fault, Run
+    pass
 
 PARAMS = {
     "clean_heating": "clean-heating-hebei.yaml",
@@ -35,54 +35,6 @@ PARAMS = {
     "ev_charging": "ev-charging-jjj.yaml",
 }
 ROLE_LABEL = {"energy_mwh": "MWh", "electricity_mwh": "MWh electricity", "heat_gj": "GJ heat (metered)"}
-
-
-@dataclass
-class ScenarioResult:
-    gateway: str
-    scenario: str
-    comp: Computation | None = None
-    statement: Any = None
-    path: Path | None = None
-    refused: dict[str, str] = field(default_factory=dict)
-    uncredited: list[str] = field(default_factory=list)
-    check: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-class StoreEvidence:
-    """The aggregator's store as the methodology engine's EvidenceSource (plus the gateway
-    keys, read from the registry, while the store does not provide them itself)."""
-
-    def __init__(self, db: Path) -> None:
-        from aggregator.store import SQLiteEvidenceStore
-
-        self.store = SQLiteEvidenceStore(db)
-
-    def meters(self) -> list[Any]:
-        return list(self.store.meters())
-
-    def attested_intervals(self, **selection: Any) -> Iterator[Any]:
-        return iter(self.store.attested_intervals(**selection))
-
-    def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
-        data = self.store.batch_bytes(gateway, seq)
-        return None if data is None else bytes(data)
-
-    def gateway_public_key(self, gateway: str, key_id: str) -> Any:
-        from evidence.keys import load_public_key
-
-        own = getattr(self.store, "gateway_public_key", None)
-        if own is not None:
-            return own(gateway, key_id)
-        for entry in self.store.gateways():
-            for k in entry.keys if entry.gateway == gateway else ():
-                if k.key_id == key_id:
-                    return load_public_key(k.public_key_der)
-        return None
-
-    def close(self) -> None:
-        self.store.close()
 
 
 async def report(run: Run) -> int:
@@ -93,7 +45,7 @@ async def report(run: Run) -> int:
         raise DemoMissing(
             f"the methodology engine (aggregator.methodology) cannot be imported: {exc}"
         ) from exc
-    source = StoreEvidence(run.db)
+    source = SQLiteEvidenceStore(run.db)
     try:
         results = statements(run, source)
         _print_results(run, results)
@@ -135,7 +87,7 @@ def house(meter: str) -> str:
     return re.sub(r"-(elec|heat)$", "", meter)
 
 
-def statements(run: Run, source: StoreEvidence) -> list[ScenarioResult]:
+def statements(run: Run, source: SQLiteEvidenceStore) -> list[ScenarioResult]:
     """One statement per gateway and scenario, signed and stored; refusals kept."""
     from aggregator.methodology import (
         PARAMS_DIR,
@@ -254,7 +206,7 @@ def _print_results(run: Run, results: list[ScenarioResult]) -> None:
 # -- faults -------------------------------------------------------------------------------------
 
 
-def _print_faults(run: Run, source: StoreEvidence, results: list[ScenarioResult]) -> None:
+def _print_faults(run: Run, source: SQLiteEvidenceStore, results: list[ScenarioResult]) -> None:
     print("\nfaults injected and how each was handled:")
     if not run.faults:
         print("  none (--no-faults)")
@@ -316,7 +268,7 @@ def _outage(run: Run, f: Fault) -> None:
         con.close()
 
 
-def _records(source: StoreEvidence, gateway: str, meter: str, a: float, b: float) -> list[Any]:
+def _records(source: SQLiteEvidenceStore, gateway: str, meter: str, a: float, b: float) -> list[Any]:
     return sorted(
         source.attested_intervals(gateway=gateway, meters=[meter], start=int(a // 900 * 900), end=int(b)),
         key=lambda ai: (ai.record.start, ai.record.quantity),
@@ -327,7 +279,7 @@ def _gateway_of(run: Run, site: str | None) -> str:
     return next((g.id for g in run.gateways if g.site == site), "?")
 
 
-def _replaced(run: Run, f: Fault, source: StoreEvidence) -> None:
+def _replaced(run: Run, f: Fault, source: SQLiteEvidenceStore) -> None:
     before, after = f.seen.get("counter_before_wh", 0.0) / 1000, f.seen.get("counter_after_wh", 0.0) / 1000
     print(
         f"  meter replaced {f.target} at {fmt_time(f.start)}: "
@@ -347,7 +299,7 @@ def _replaced(run: Run, f: Fault, source: StoreEvidence) -> None:
     )
 
 
-def _dead(run: Run, f: Fault, source: StoreEvidence, results: list[ScenarioResult]) -> None:
+def _dead(run: Run, f: Fault, source: SQLiteEvidenceStore, results: list[ScenarioResult]) -> None:
     print(
         f"  dead meter {f.target} {fmt_time(f.start)} .. {fmt_time(f.end)[11:]}: Modbus requests unanswered."
     )
@@ -401,7 +353,7 @@ def _delivery_summary(run: Run) -> None:
 # -- statements on disk, verification, InfluxDB --------------------------------------------------
 
 
-async def _print_statements(run: Run, source: StoreEvidence, results: list[ScenarioResult]) -> bool:
+async def _print_statements(run: Run, source: SQLiteEvidenceStore, results: list[ScenarioResult]) -> bool:
     done = [r for r in results if r.statement is not None and r.path is not None]
     print(f"\nstatements: {len(done)} signed by the aggregator key, stored in {_rel(run.db)} and as files:")
     for r in done:
@@ -437,7 +389,7 @@ async def _print_statements(run: Run, source: StoreEvidence, results: list[Scena
     return False
 
 
-def _verify_in_process(run: Run, source: StoreEvidence, r: ScenarioResult) -> bool:
+def _verify_in_process(run: Run, source: SQLiteEvidenceStore, r: ScenarioResult) -> bool:
     from aggregator.methodology import verify_statement
     from evidence.keys import load_public_key
 
