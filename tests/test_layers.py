@@ -119,7 +119,9 @@ def violations(found: list[Import]) -> list[str]:
             out.append(f"{imp.where()}: {imp.module} imports {imp.target} ({src} may not import {dst})")
         elif src == dst == "drivers":
             out.extend(_driver_rule(imp))
-        elif imp.module in GENERIC_GATEWAY and dst == "drivers" and not imp.target.startswith(DRIVER_CONTRACT):
+        elif (
+            imp.module in GENERIC_GATEWAY and dst == "drivers" and not imp.target.startswith(DRIVER_CONTRACT)
+        ):
             out.append(
                 f"{imp.where()}: {imp.module} imports {imp.target} "
                 "(the gateway's generic modules use the driver contract only)"
@@ -180,7 +182,9 @@ def cycles(found: list[Import]) -> list[list[str]]:
 
 def _describe(component: list[str], found: list[Import]) -> str:
     members = set(component)
-    lines = [f"{i.where()}: {i.module} -> {i.target}" for i in found if i.module in members and i.target in members]
+    lines = [
+        f"{i.where()}: {i.module} -> {i.target}" for i in found if i.module in members and i.target in members
+    ]
     return "circle " + " <-> ".join(component) + "\n    " + "\n    ".join(lines)
 
 
