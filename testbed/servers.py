@@ -141,7 +141,9 @@ class PrivateServer(abc.ABC):
         *,
         extra_config: str = "",
         ready_timeout: float = READY_TIMEOUT,
+        outlive_parent: bool = False,
     ) -> None:
+        self.outlive_parent = outlive_parent  # every (re)start survives this process
         self._own_workdir = workdir is None
         self._workdir = Path(workdir) if workdir is not None else None
         self._extra_config = extra_config
@@ -317,8 +319,10 @@ class PrivateServer(abc.ABC):
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 env=self._environment(),
-                preexec_fn=_parent_death_hook(),  # only prctl runs in the child
-                start_new_session=False,
+                # Dies with this process unless told to outlive it, on every (re)start; a
+                # server that outlives it leaves its process group (Ctrl-C stays with us).
+                preexec_fn=None if self.outlive_parent else _parent_death_hook(),
+                start_new_session=self.outlive_parent,
             )
         self._wait_ready(ports, fresh_ports=fresh_ports)
 
@@ -377,8 +381,11 @@ class PrivateMosquitto(PrivateServer):
         persistence: bool = False,
         extra_config: str = "",
         ready_timeout: float = READY_TIMEOUT,
+        outlive_parent: bool = False,
     ) -> None:
-        super().__init__(workdir, extra_config=extra_config, ready_timeout=ready_timeout)
+        super().__init__(
+            workdir, extra_config=extra_config, ready_timeout=ready_timeout, outlive_parent=outlive_parent
+        )
         self._persistence = persistence
 
     def _config_text(self, ports: tuple[int, ...]) -> str:
@@ -453,8 +460,11 @@ class PrivateInfluxDB(PrivateServer):
         auth_enabled: bool = False,
         extra_config: str = "",
         ready_timeout: float = READY_TIMEOUT,
+        outlive_parent: bool = False,
     ) -> None:
-        super().__init__(workdir, extra_config=extra_config, ready_timeout=ready_timeout)
+        super().__init__(
+            workdir, extra_config=extra_config, ready_timeout=ready_timeout, outlive_parent=outlive_parent
+        )
         self._auth_enabled = auth_enabled
 
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.influx import InfluxV1Client, Point
-from puhui import servers
+from testbed import servers
 from testbed.servers import (
     LOOPBACK,
     PortTaken,
@@ -181,3 +181,32 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
         assert parent.stdin is not None and parent.stdout is not None
         parent.stdin.close()
         parent.stdout.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_kept_server_restarted_from_the_main_thread_outlives_its_parent(tmp_path: Path) -> None:
+    """``puhui demo --keep-servers``: the broker stopped and restarted by the outage fault (on the
+    main thread) must still answer after the demo exits, at the address the demo printed."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from testbed.servers import PrivateMosquitto
+        broker = PrivateMosquitto(sys.argv[1], outlive_parent=True).start()
+        broker.stop()
+        broker.start()
+        print(broker.pid, broker.port, flush=True)
+        """
+    )
+    parent = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid, port = (int(x) for x in parent.stdout.split())
+    try:
+        assert mqtt_connack_ok(LOOPBACK, port), f"the kept broker (pid {pid}) did not outlive its parent"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        pidfd = os.pidfd_open(pid)
+        try:
+            select.select([pidfd], [], [], 10.0)
+        finally:
+            os.close(pidfd)

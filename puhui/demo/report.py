@@ -289,8 +289,9 @@ def _replaced(run: Run, f: Fault, source: SQLiteEvidenceStore) -> None:
     for ai in _records(source, gw, f.target, f.start - 900, f.start + 1800):
         r = ai.record
         print(
-            f"    {fmt_time(r.start)[11:]}-{fmt_time(r.end)[11:]} {r.quantity}: counter {r.counter_start} -> "
-            f"{r.counter_end}, delta {r.delta}, flags {','.join(r.flags) or '-'}"
+            f"    {fmt_time(r.start)[11:]}-{fmt_time(r.end)[11:]} {r.quantity}: counter "
+            f"{_num(r.counter_start)} -> {_num(r.counter_end)} {r.unit}, delta {_num(r.delta)} {r.unit}, "
+            f"flags {','.join(r.flags) or '-'}"
             f"{', issues ' + ','.join(ai.issues) if ai.issues else ''}"
         )
     print(
@@ -412,9 +413,8 @@ def _rel(path: Path | None) -> str:
 QUERIES = [
     (
         "energy per gateway and quantity over the period (sum of verified interval deltas)",
-        'SELECT sum("delta") AS "energy", last("unit") AS "unit", count("delta") AS "intervals" '
-        'FROM "puhui_interval" '
-        "WHERE time >= '{p0}' AND time < '{p1}' GROUP BY \"gateway\", \"quantity\"",
+        'SELECT sum("delta") AS "energy", count("delta") AS "intervals" FROM "puhui_interval" '
+        'WHERE time >= \'{p0}\' AND time < \'{p1}\' GROUP BY "gateway", "quantity", "unit"',
     ),
     (
         "intervals the aggregator flagged implausible, with why",
@@ -444,7 +444,10 @@ async def _influx(run: Run, results: list[ScenarioResult]) -> None:
     from aggregator.influx import InfluxV1Client
     from aggregator.influx.errors import InfluxError
 
-    print(f"\nInfluxDB ({run.influx_url}, database {INFLUX_DB}): InfluxQL to look at the data")
+    print(
+        f"\nInfluxDB ({run.influx_url}, database {INFLUX_DB}): InfluxQL to look at the data"
+        " (InfluxDB's times are UTC; the demo's text above is China time, UTC+8)"
+    )
     replaced = next((f for f in run.faults if f.kind == "meter_replaced"), None)
     fill = {
         "p0": utc(run.period[0]),
@@ -472,7 +475,7 @@ async def _influx(run: Run, results: list[ScenarioResult]) -> None:
             except InfluxError as exc:
                 print(f"     query failed: {exc}")
                 continue
-            for line in _rows(series, timed="GROUP BY time" in q or 'SELECT "' in q)[:8]:
+            for line in _shown(_rows(series, timed="GROUP BY time" in q or 'SELECT "' in q)):
                 print(f"     {line}")
     print(
         f"  (with --keep-servers: curl -sG {run.influx_url}/query --data-urlencode db={INFLUX_DB} "
@@ -494,8 +497,20 @@ def _rows(series: Collection[Any], *, timed: bool) -> list[str]:
     return out or ["(no rows)"]
 
 
+def _shown(lines: list[str], limit: int = 8) -> list[str]:
+    """At most ``limit`` lines, and how many more there were."""
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"... {len(lines) - limit} more rows"]
+
+
 def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _num(x: float | None) -> str:
+    """A reading or delta as a person reads it: 3 decimals, "-" for none."""
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _stderr(text: str) -> None:

@@ -164,12 +164,14 @@ async def run_demo(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     out = prepare_out(args.out)
     log_to_file(out / "logs" / "demo.log")
-    broker = PrivateMosquitto(out / "servers" / "mosquitto")
-    influxd = PrivateInfluxDB(out / "servers" / "influxdb")
     keep = bool(args.keep_servers)
+    # A kept server outlives the demo on every start, the broker's restart after the outage
+    # fault included (it used to die with the demo: a printed address nobody answered).
+    broker = PrivateMosquitto(out / "servers" / "mosquitto", outlive_parent=keep)
+    influxd = PrivateInfluxDB(out / "servers" / "influxdb", outlive_parent=keep)
     try:
-        await _start_server(broker, keep)
-        await _start_server(influxd, keep)
+        broker.start()
+        influxd.start()
         print(f"  servers: mosquitto {broker.host}:{broker.port}, influxd {influxd.url} (private, loopback)")
         run = await simulate(args, out, broker, influxd, t_start)
         run.wall["report_start"] = time.monotonic() - t_start
@@ -203,15 +205,6 @@ def log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
-
-
-async def _start_server(server: PrivateMosquitto | PrivateInfluxDB, keep: bool) -> None:
-    # Started from the main thread a server dies with the demo (PR_SET_PDEATHSIG); a kept
-    # one is started from a worker thread so that it outlives the demo process.
-    if keep:
-        await asyncio.to_thread(server.start)
-    else:
-        server.start()
 
 
 def _print_kept(out: Path, broker: PrivateMosquitto, influxd: PrivateInfluxDB) -> None:
