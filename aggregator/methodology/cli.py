@@ -23,7 +23,7 @@ from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import issue_statement
 from aggregator.methodology.store import StatementStore
-from aggregator.methodology.subject import Period, Subject, Unit
+from aggregator.methodology.subject import CHINA_TZ, Period, Subject, Unit
 from aggregator.methodology.verify import verify_statement
 from evidence.errors import EvidenceError
 from evidence.keys import load_private_key, load_public_key
@@ -79,6 +79,36 @@ def _time(text: str) -> int:
     return int(moment.timestamp())
 
 
+def _when(t: int) -> str:
+    """A period bound as people and programmes read it: China time with its offset."""
+    return datetime.fromtimestamp(t, CHINA_TZ).isoformat(timespec="minutes")
+
+
+ELLIPSES = ("…", "...")
+
+
+def statement_ref(text: str) -> str:
+    """A statement id as a person pastes it: 64 hex digits, or a prefix of at least 8, with or
+    without the ``…`` the tools print after a shortened id."""
+    ref = text.strip()
+    for ellipsis in ELLIPSES:
+        ref = ref.removesuffix(ellipsis)
+    ref = ref.lower()
+    if not 8 <= len(ref) <= 64 or ref.strip("0123456789abcdef"):
+        raise MethodologyError(
+            f"{text!r} is not a statement id: give its 64 hex digits or a prefix of at least 8 "
+            "(as `reductions list` prints them; a trailing … is fine)"
+        )
+    return ref
+
+
+def _not_found(args: argparse.Namespace) -> str:
+    return (
+        f"no statement {statement_ref(args.statement)}… in {args.db} (or the prefix names more than one; "
+        f"`puhui aggregator reductions list --db {args.db}` lists them)"
+    )
+
+
 def _fail(message: str) -> int:
     print(f"puhui aggregator reductions: {message}", file=sys.stderr)
     return 1
@@ -100,6 +130,11 @@ def _compute(args: argparse.Namespace) -> int:
         params = load_parameter_set(args.params)
         source = args.open_evidence(args.db)
         comp = compute(source, params, _subject(args), Period(args.start, args.end))
+        if not comp.result.used and not any(comp.result.excluded.values()):
+            return _fail(
+                f"gateway {args.gateway}: no attested interval of {', '.join(comp.subject.meters)} in "
+                f"{_when(args.start)} .. {_when(args.end)}: nothing to state, no statement signed"
+            )
         statement = issue_statement(comp, key, created_ms=time.time_ns() // 1_000_000)
         with StatementStore(args.db) as store:
             store.save(statement)
@@ -123,8 +158,9 @@ def _summary(body: dict[str, Any], statement_id: str) -> None:
     r, ev = body["result"], body["evidence"]
     print(
         f"statement {statement_id}\n  {body['methodology']['parameter_set']['id']} "
-        f"{body['methodology']['parameter_set']['version']}, period {body['period']['start']}"
-        f"..{body['period']['end']}\n  BE {r['be_tco2e']:.6f}  PE {r['pe_tco2e']:.6f}  LE {r['le_tco2e']:.6f}"
+        f"{body['methodology']['parameter_set']['version']}, period {_when(body['period']['start'])}"
+        f" .. {_when(body['period']['end'])}\n"
+        f"  BE {r['be_tco2e']:.6f}  PE {r['pe_tco2e']:.6f}  LE {r['le_tco2e']:.6f}"
         f"  ER {r['er_tco2e']:.6f} tCO2e\n  completeness {body['completeness']['value']:.4f}, "
         f"intervals used {ev['intervals_used']}, excluded {ev['intervals_excluded']} "
         f"{json.dumps(ev['excluded_by_reason'])}, missing {ev['intervals_missing']}"
@@ -144,7 +180,7 @@ def _list(args: argparse.Namespace) -> int:
         for s in store.list(gateway=args.gateway):
             print(
                 f"{s.id}  {s.gateway}  {s.scenario}  {s.parameter_set} {s.parameter_version}  "
-                f"{s.period_start}..{s.period_end}  ER {s.er_tco2e:.6f} tCO2e"
+                f"{_when(s.period_start)} .. {_when(s.period_end)}  ER {s.er_tco2e:.6f} tCO2e"
             )
         return 0
 
@@ -153,9 +189,9 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     def run(store: StatementStore) -> int:
-        st = store.get(args.statement)
+        st = store.get(statement_ref(args.statement))
         if st is None:
-            return _fail(f"no statement {args.statement}")
+            return _fail(_not_found(args))
         print(json.dumps({"id": st.id, "body": st.body, "key_id": st.key_id}, indent=2, sort_keys=True))
         return 0
 
@@ -164,10 +200,10 @@ def _show(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     def run(store: StatementStore) -> int:
-        st = store.get(args.statement)
+        st = store.get(statement_ref(args.statement))
         document = None if st is None else store.document(st.id)
         if document is None:
-            return _fail(f"no statement {args.statement}")
+            return _fail(_not_found(args))
         issuer = load_public_key(args.issuer.read_bytes())
         report = verify_statement(
             document, issuer_key=issuer, source=args.open_evidence(args.db), params_dir=args.params_dir

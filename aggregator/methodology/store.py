@@ -142,6 +142,8 @@ class StatementStore:
 
     def get(self, statement_id: str) -> Statement | None:
         """A stored statement by id (a unique prefix of at least 8 hex digits also works)."""
+        if not 8 <= len(statement_id) <= 64 or statement_id.lower().strip("0123456789abcdef"):
+            return None  # not an id: and no LIKE wildcards reach the query
         rows = self._db.execute(
             "SELECT document FROM reduction_statements WHERE id LIKE ? LIMIT 2",
             (statement_id.lower() + "%" if len(statement_id) >= 8 else statement_id,),

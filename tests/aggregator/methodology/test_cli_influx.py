@@ -68,6 +68,51 @@ def test_cli_refuses_bad_unit_and_naive_time(tmp_path: Path, capsys: pytest.Capt
         run([*base[:-4], "--start", "2025-06-21T00:00:00", "--end", "1"], pv_source())
 
 
+def test_no_statement_is_signed_for_a_period_without_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = generate_key()
+    save_private_key(key, tmp_path / "k.pem")
+    db = str(tmp_path / "a.db")
+    empty = ["compute", "--db", db, "--key", str(tmp_path / "k.pem"), "--params",
+             str(PARAMS_DIR / "pv-export-mee.yaml"), "--gateway", "gw-pv", "--meter", "house-01-grid",
+             "--start", str(T0 - 30 * 86400), "--end", str(T0 - 29 * 86400)]  # fmt: skip
+    assert run(empty, pv_source()) == 1
+    err = capsys.readouterr().err
+    assert "no attested interval of house-01-grid" in err and "no statement signed" in err
+    assert run(["list", "--db", db], pv_source()) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_ids_as_people_paste_them_and_periods_as_dates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, key = pv_source(), generate_key()
+    save_private_key(key, tmp_path / "agg.pem")
+    (tmp_path / "agg.pub.pem").write_bytes(public_key_pem(key.public_key))
+    db = str(tmp_path / "agg.db")
+    assert run(["compute", "--db", db, "--key", str(tmp_path / "agg.pem"), "--params",
+                str(PARAMS_DIR / "pv-export-mee.yaml"), "--gateway", "gw-pv", "--meter", "house-01-grid",
+                "--start", "2025-06-21T08:00:00+08:00", "--end", str(PERIOD.end)], src) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    statement_id = out.split()[1]
+    assert "period 2025-06-21T08:00+08:00 .. " in out
+    assert run(["list", "--db", db], src) == 0
+    assert "2025-06-21T08:00+08:00 .. " in capsys.readouterr().out
+    for pasted in (statement_id[:12] + "…", statement_id[:8].upper() + "...", f" {statement_id} "):
+        assert run(["show", "--db", db, pasted], src) == 0, pasted
+        assert statement_id in capsys.readouterr().out
+    verify = ["verify", "--db", db, "--issuer", str(tmp_path / "agg.pub.pem"), statement_id[:16] + "…"]
+    assert run(verify, src) == 0
+    assert "OK statement" in capsys.readouterr().out
+    assert run(["show", "--db", db, "%"], src) == 1
+    assert "is not a statement id" in capsys.readouterr().err
+    other = "0" * 10 if not statement_id.startswith("0" * 10) else "f" * 10
+    assert run(["show", "--db", db, other + "…"], src) == 1
+    err = capsys.readouterr().err
+    assert f"no statement {other}…" in err and "reductions list" in err
+
+
 @pytest.mark.integration
 async def test_statement_points_in_influxdb(influx_db: InfluxV1Client) -> None:
     src = pv_source()
