@@ -7,7 +7,6 @@ batch that is not stored is answered with a reject, so its gateway resends it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -64,6 +63,12 @@ class Harness:
         self.ingest = BatchIngest(config, store=self.store, registry=self.registry, key=AGG_KEY,
                                   clock=SystemClock(), run_db=threads.run_db)  # fmt: skip
         self.replies: list[Reply] = []
+        self._run_db = threads.run_db
+
+    async def drain_store_thread(self) -> None:
+        """Return once every store call queued so far has finished: the store thread runs its
+        calls one at a time in order, so a no-op queued now runs after all of them."""
+        await self._run_db(lambda: None)
 
     async def send(self, topic: str, reply: Reply) -> None:
         if isinstance(reply, Ack):  # durable at the moment it is acknowledged
@@ -148,8 +153,9 @@ async def test_abandoned_pipeline_forgets_what_it_had_not_committed(harness: Har
             for sealed in batches:
                 await feed(batch_topic("gw-a"), sealed.to_bytes())
             raise ConnectionError("broker went away")  # before the slow commits finished
-    await asyncio.sleep(0.5)  # let the abandoned commit (if it started) finish, failing, on its thread
-    assert harness.stored_seqs("gw-a") == []
+    await harness.drain_store_thread()  # the abandoned commits, if queued, have now run (and failed)
+    assert harness.store.groups == []  # no commit succeeded...
+    assert harness.stored_seqs("gw-a") == []  # ...and nothing was stored behind the pipeline's back
     harness.store.delay_s, harness.store.fail_seqs = 0.0, set()
     replies = await harness.run([("gw-a", s) for s in batches])  # the gateway resends all
     assert all(isinstance(r, Ack) for r in replies), replies
