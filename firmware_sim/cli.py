@@ -17,10 +17,11 @@ import datetime
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from firmware_sim.config import load_fleet
+from firmware_sim.config import expand, load_fleet
 from firmware_sim.control import control_request
 from firmware_sim.errors import SimError
 from firmware_sim.fleet import Fleet
@@ -34,6 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="serve a fleet until Ctrl-C")
     run.add_argument("--fleet", required=True, type=Path, help="fleet YAML file")
     run.add_argument("--factor", type=float, help="clock factor (overrides the fleet file)")
+    run.add_argument(
+        "--epoch", type=_epoch, help="clock start: 'now' or ISO 8601 with offset (overrides the fleet file)"
+    )
+    run.add_argument(
+        "--rtu-link",
+        action="append",
+        default=[],
+        type=_link,
+        metavar="BUS=PATH",
+        help="a stable path (symlink) to RTU bus BUS's pseudo-terminal, as /dev/serial/by-id gives one; "
+        "removed at exit (repeatable)",
+    )
     run.add_argument("--mqtt", metavar="HOST:PORT", help="broker (overrides the fleet file)")
     run.add_argument("--truth-out", type=Path, help="write ground truth JSON here")
     run.add_argument("--ports-out", type=Path, help="write endpoints + clock spec JSON here")
@@ -76,20 +89,70 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.mqtt:
             host, _, port = args.mqtt.rpartition(":")
             broker = (host or "127.0.0.1", int(port))
-        fleet = Fleet.from_file(args.fleet, factor=args.factor, mqtt=broker)
+        fleet = Fleet.from_file(args.fleet, factor=args.factor, mqtt=broker, epoch=args.epoch)
+        unknown = sorted(set(dict(args.rtu_link)) - _rtu_buses(fleet))
+        if unknown:
+            raise SimError(f"{args.fleet}: --rtu-link names no rtu_bus of the fleet: {', '.join(unknown)}")
     except SimError as exc:
         print(exc, file=sys.stderr)
         return 2
-    asyncio.run(_run(fleet, args.truth_out, args.ports_out))
+    asyncio.run(_run(fleet, args.truth_out, args.ports_out, dict(args.rtu_link)))
     return 0
 
 
-async def _run(fleet: Fleet, truth_out: Path | None, ports_out: Path | None) -> None:
+def _epoch(text: str) -> datetime.datetime:
+    if text == "now":
+        return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'now' or ISO 8601 with offset") from exc
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a UTC offset (e.g. +08:00)")
+    return moment
+
+
+def _link(text: str) -> tuple[str, Path]:
+    bus, sep, path = text.partition("=")
+    if not sep or not bus or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BUS=PATH")
+    return bus, Path(path)
+
+
+def _rtu_buses(fleet: Fleet) -> set[str]:
+    return {spec.config.rtu_bus for spec in expand(fleet.config) if spec.config.rtu_bus is not None}
+
+
+@contextlib.contextmanager
+def _linked(fleet: Fleet, links: dict[str, Path]) -> Iterator[None]:
+    """Symlinks to the buses' pseudo-terminals while the fleet runs; each replaces only a
+    symlink (never a file) and is removed at exit."""
+    made: list[Path] = []
+    paths = {
+        spec.config.rtu_bus: fleet.devices[spec.name].endpoint.rtu_path
+        for spec in expand(fleet.config)
+        if spec.config.rtu_bus is not None
+    }
+    try:
+        for bus, link in links.items():
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(str(paths[bus]))
+            made.append(link)
+            print(f"rtu bus {bus}: {link} -> {paths[bus]}", flush=True)
+        yield
+    finally:
+        for link in made:
+            link.unlink(missing_ok=True)
+
+
+async def _run(fleet: Fleet, truth_out: Path | None, ports_out: Path | None, links: dict[str, Path]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with fleet:
+    async with fleet, contextlib.AsyncExitStack() as stack:
+        stack.enter_context(_linked(fleet, links))
         if ports_out is not None:
             fleet.write_endpoints(ports_out)  # before "ready", which readers wait for
         print_table(fleet)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -69,12 +70,14 @@ class Fleet:
         clock: Clock | None = None,
         factor: float | None = None,
         mqtt: tuple[str, int] | None = None,
+        epoch: datetime.datetime | None = None,
     ) -> Fleet:
-        """Load and validate a fleet file; ``factor`` and ``mqtt`` (host, port) override it."""
+        """Load and validate a fleet file; ``factor``, ``epoch`` (the clock's start) and ``mqtt``
+        (host, port) override it."""
         config = load_fleet(path)
-        if factor is not None:
-            clock_cfg = config.clock.model_copy(update={"factor": factor})
-            config = config.model_copy(update={"clock": clock_cfg})
+        overrides = {k: v for k, v in (("factor", factor), ("epoch", epoch)) if v is not None}
+        if overrides:
+            config = config.model_copy(update={"clock": config.clock.model_copy(update=overrides)})
         if mqtt is not None and config.mqtt is not None:
             broker = config.mqtt.model_copy(update={"host": mqtt[0], "port": mqtt[1]})
             config = config.model_copy(update={"mqtt": broker})
