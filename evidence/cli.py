@@ -10,8 +10,8 @@ from pathlib import Path
 
 from evidence.batch import verify_batch, verify_record
 from evidence.chain import verify_chain
-from evidence.errors import EvidenceError
-from evidence.keys import generate_key, load_public_key, public_key_pem, save_private_key
+from evidence.errors import EvidenceError, KeyMismatch
+from evidence.keys import generate_key, key_id, load_public_key, public_key_pem, save_private_key
 from evidence.merkle import InclusionProof
 from evidence.vectors import record_proof_document, write_vectors
 
@@ -34,7 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("batch", type=Path)
     p.set_defaults(func=_prove)
 
-    p = sub.add_parser("verify-record", help="verify a proof document from 'prove'")
+    p = sub.add_parser("verify-record", help="verify a proof document from 'prove' with a pinned key")
+    p.add_argument(
+        "--key",
+        type=Path,
+        required=True,
+        help="the gateway's public key from a source you trust (its enrolment, the aggregator's key "
+        "list); the key a proof document carries is never trusted",
+    )
     p.add_argument("proof", type=Path)
     p.set_defaults(func=_verify_record)
 
@@ -88,8 +95,18 @@ def _prove(args: argparse.Namespace) -> int:
 
 def _verify_record(args: argparse.Namespace) -> int:
     try:
+        key = load_public_key(args.key.read_bytes())
+    except (OSError, EvidenceError) as exc:
+        return _fail(f"{args.key}: {exc}")
+    trusted = key_id(key)
+    try:
         doc = json.loads(args.proof.read_text())
-        key = load_public_key(doc["public_key_pem"])
+        carried = doc.get("public_key_pem")
+        if carried is not None and key_id(load_public_key(carried)) != trusted:
+            raise KeyMismatch(
+                f"the proof carries key {key_id(load_public_key(carried))}, the trusted key ({args.key}) "
+                f"is {trusted}"
+            )
         header = verify_record(
             doc["record"].encode("ascii"),
             InclusionProof.from_json(doc["proof"]),
@@ -99,7 +116,7 @@ def _verify_record(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError, KeyError, EvidenceError) as exc:
         return _fail(f"{args.proof}: NOT VERIFIED: {exc}")
-    print(f"OK: record {doc['proof']['index']} of {header.label}")
+    print(f"OK: record {doc['proof']['index']} of {header.label}, signed by key {trusted} ({args.key})")
     return 0
 
 
