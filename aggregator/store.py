@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import os
 import sqlite3
 import threading
 import zlib
@@ -35,6 +37,8 @@ from aggregator.errors import StoreConflict, StoreError
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.keys import PublicKey, load_public_key
 from evidence.records import IntervalRecord, decode_record
+
+log = logging.getLogger(__name__)
 
 # Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of intervals_by_meter;
 # 4 rejections.repeats (the same bytes refused again add no row).
@@ -260,6 +264,20 @@ def _data(blob: bytes, codec: str | None) -> bytes:
     raise StoreError(f"stored batch data has an unknown codec {codec!r} (written by a newer puhui?)")
 
 
+def _private(path: Path) -> None:
+    """Create the database file readable by its owner only (households' consumption is
+    personal data); SQLite gives its -wal and -shm files the same mode. An existing file
+    readable by others is tightened, and said so."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning("%s: mode %o let others read the evidence; now 0600", path, mode)
+    finally:
+        os.close(fd)
+
+
 def _issues(text: str | None) -> tuple[str, ...]:
     return tuple(text.split(",")) if text else ()
 
@@ -278,6 +296,7 @@ class SQLiteEvidenceStore:
         self._rlock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
             self._w = self._connect()
             self._w.executescript(_SCHEMA)
             self._migrate()

@@ -143,3 +143,21 @@ def test_batches_are_kept_compressed_and_a_version_1_store_migrates(tmp_path: Pa
     con.close()
     assert "intervals_by_meter" not in indexes
     assert sizes[0] == (len(old.data), None) and sizes[1][1] == "zlib" and sizes[1][0] < len(new.data) / 3
+
+
+def test_the_evidence_is_readable_by_its_owner_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Household consumption is personal data: the database and its WAL files are 0600, and an
+    older store left 0644 is tightened on open, loudly."""
+    path = tmp_path / "evidence.sqlite3"
+    store = SQLiteEvidenceStore(path)
+    gw = SimGateway("gw-a")
+    GatewayRegistry(store).enrol(gw.enrolment(), at_ms=0)
+    store.store_batch(_accepted(gw))
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("evidence.sqlite3")]
+    assert {p.name for p in files} >= {"evidence.sqlite3", "evidence.sqlite3-wal"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}
+    store.close()
+    path.chmod(0o644)
+    SQLiteEvidenceStore(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "now 0600" in caplog.text
