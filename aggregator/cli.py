@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aggregator import checkpoints
 from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError
 from aggregator.methodology import cli as methodology_cli
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     methodology_cli.add_arguments(
         sub.add_parser("reductions", help="compute, list, show and verify signed reduction statements")
+    )
+    checkpoints.add_arguments(
+        sub.add_parser("checkpoint", help="sign checkpoints of the evidence store; detect truncation")
     )
 
 

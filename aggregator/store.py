@@ -614,6 +614,12 @@ class SQLiteEvidenceStore:
         )
         return [(int(s), str(h), str(p)) for s, h, p in rows]
 
+    def batch_log(self) -> list[tuple[str, int, str]]:
+        """``(gateway, seq, header_sha256)`` of every stored batch, in the order stored: the
+        leaves of the checkpoint log (:mod:`aggregator.checkpoints`)."""
+        rows = self._read("SELECT gateway, seq, header_sha256 FROM batches ORDER BY id")
+        return [(str(g), int(s), str(h)) for g, s, h in rows]
+
     def highest_seq(self, gateway: str) -> int:
         [(top,)] = self._read("SELECT coalesce(max(seq), 0) FROM batches WHERE gateway = ?", (gateway,))
         return int(top)
