@@ -21,6 +21,8 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "sim": ("firmware_sim.cli", "simulated meters (firmware_sim)"),
     "evidence": ("evidence.cli", "inspect and verify evidence files"),
     "demo": ("puhui.demo.run", "a whole site on one machine: sim -> gateway -> aggregator"),
+    "pki": ("puhui.pki", "a site's private CA: broker and client certificates, passwords"),
+    "broker": ("puhui.broker", "a site's Mosquitto configuration: TLS, no anonymous access, access list"),
 }
 
 

@@ -33,6 +33,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -369,7 +370,13 @@ def _run_as_user_line() -> str:
 
 
 class PrivateMosquitto(PrivateServer):
-    """Mosquitto 2.x on a free 127.0.0.1 port, anonymous access, log in the work dir."""
+    """Mosquitto 2.x on a free 127.0.0.1 port, anonymous access, log in the work dir.
+
+    ``listener(port, host)`` replaces the anonymous plain-text listener with the caller's
+    listener and access lines (e.g. TLS with a site's access list, from ``puhui.broker``);
+    ``ready_probe(host, port)`` then says when the broker answers (see
+    :func:`mqtt_connack_ok`'s ``ssl_context``, ``username`` and ``password``).
+    """
 
     binary = "mosquitto"
     package = "mosquitto"
@@ -380,6 +387,8 @@ class PrivateMosquitto(PrivateServer):
         *,
         persistence: bool = False,
         extra_config: str = "",
+        listener: Callable[[int, str], str] | None = None,
+        ready_probe: Callable[[str, int], bool] | None = None,
         ready_timeout: float = READY_TIMEOUT,
         outlive_parent: bool = False,
     ) -> None:
@@ -387,6 +396,8 @@ class PrivateMosquitto(PrivateServer):
             workdir, extra_config=extra_config, ready_timeout=ready_timeout, outlive_parent=outlive_parent
         )
         self._persistence = persistence
+        self._listener = listener
+        self._ready_probe = ready_probe or mqtt_connack_ok
 
     def _config_text(self, ports: tuple[int, ...]) -> str:
         persistence = "persistence false\n"
@@ -396,8 +407,7 @@ class PrivateMosquitto(PrivateServer):
             persistence = f"persistence true\npersistence_location {store}/\n"
         return (
             "# written by testbed.servers.PrivateMosquitto\n"
-            f"listener {ports[0]} {LOOPBACK}\n"
-            "allow_anonymous true\n"
+            f"{self._listener_text(ports[0])}"
             f"{persistence}"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
@@ -410,23 +420,59 @@ class PrivateMosquitto(PrivateServer):
     def _command_line(self, binary: str, config: Path) -> list[str]:
         return [binary, "-c", str(config)]
 
+    def _listener_text(self, port: int) -> str:
+        if self._listener is None:
+            return f"listener {port} {LOOPBACK}\nallow_anonymous true\n"
+        text = self._listener(port, LOOPBACK)
+        return text if text.endswith("\n") else text + "\n"
+
     def _is_ready(self, ports: tuple[int, ...]) -> bool:
-        return mqtt_connack_ok(LOOPBACK, ports[0])
+        return self._ready_probe(LOOPBACK, ports[0])
 
 
-def mqtt_connack_ok(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether an MQTT 3.1.1 CONNECT to ``host:port`` is accepted (CONNACK code 0)."""
-    client_id = b"puhui-ready-probe"
-    variable = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
-    connect = bytes([0x10, len(variable)]) + variable
+def mqtt_connack_ok(
+    host: str,
+    port: int,
+    timeout: float = 1.0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    username: str | None = None,
+    password: str | None = None,
+) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT to ``host:port`` is accepted (CONNACK code 0).
+
+    With ``ssl_context`` the probe speaks TLS (a client certificate loaded into the context
+    is presented); ``username`` and ``password`` go into the CONNECT.
+    """
+    connect = _connect_packet(b"puhui-ready-probe", username, password)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(connect)
-            reply = _recv_exactly(sock, 4)
-            sock.sendall(b"\xe0\x00")  # DISCONNECT
-    except OSError:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock = raw if ssl_context is None else ssl_context.wrap_socket(raw, server_hostname=host)
+            with sock:
+                sock.sendall(connect)
+                reply = _recv_exactly(sock, 4)
+                sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except OSError:  # ssl.SSLError is an OSError
         return False
     return reply == b"\x20\x02\x00\x00"
+
+
+def _connect_packet(client_id: bytes, username: str | None, password: str | None) -> bytes:
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x0a" + _field(client_id)
+    for value in (username, password):
+        if value is not None:
+            body += _field(value.encode("utf-8"))
+    length, encoded = len(body), b""
+    while True:  # MQTT's variable-length "remaining length"
+        length, digit = divmod(length, 128)
+        encoded += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            return b"\x10" + encoded + body
+
+
+def _field(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
