@@ -29,11 +29,18 @@ class _Closed(BaseModel):
 
 
 class MqttSettings(_Closed):
+    """The broker batches arrive through, in a persistent session under ``client_id``: the
+    broker keeps QoS 1 batches published while the aggregator is down and delivers them at
+    its restart. Aggregators sharing the load (one ``share_group``) need distinct client
+    ids (two with one id take the session from each other); the broker keeps dealing a
+    share of the batches to a stopped member, delivered when it returns or, resent by the
+    gateway after ``resend_after_s``, to another member."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
-    client_id: str | None = None  # None: the broker assigns one
+    client_id: str = Field(default="puhui-aggregator", min_length=1, max_length=64)
     share_group: str = SHARE_GROUP
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_initial_s: float = Field(default=0.5, gt=0)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +43,7 @@ from aggregator.influx import (
 )
 from aggregator.records import Interval, decode_records
 from aggregator.store import EvidenceStore, PendingBatch
+from common.backoff import Backoff
 from common.clock import Clock
 from evidence.batch import BatchHeader, parse_batch
 
@@ -335,7 +335,7 @@ class InfluxWriter:
 
     async def _retrying(self, what: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Retry while the server is unavailable (or auth/database is being fixed)."""
-        delay = self._settings.retry_initial_s
+        backoff, attempt = Backoff(self._settings.retry_initial_s, self._settings.retry_max_s), 0
         while True:
             try:
                 return await call(*args)
@@ -346,9 +346,9 @@ class InfluxWriter:
             except (InfluxUnavailable, InfluxAuthError) as exc:
                 problem = exc
             self.stats.retries += 1
+            delay, attempt = backoff.delay(attempt), attempt + 1
             log.warning("InfluxDB %s failed (%s); retrying in %.1f s", what, problem, delay)
-            await self._clock.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self._settings.retry_max_s)
+            await self._clock.sleep(delay)
 
     async def _create_database_quietly(self) -> None:
         try:

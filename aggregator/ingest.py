@@ -22,7 +22,9 @@ the gateway id and sequence number, and kept in the store. Nothing that happens 
 message stops the loop.
 
 The MQTT side (:meth:`BatchIngest.serve`, through :meth:`BatchIngest.pipeline`) uses a
-shared subscription so several aggregators can share the load. The broker's PUBACK is sent
+shared subscription so several aggregators can share the load, in a persistent session
+(fixed ``mqtt.client_id``, ``clean_session=False``, QoS 1): batches published while the
+aggregator is down wait at the broker and arrive at its restart. The broker's PUBACK is sent
 on receipt (aiomqtt has no manual acknowledgement); what a gateway waits for is our signed
 ack, sent after the commit, so a crash in between makes the gateway resend and the batch
 deduplicate.
@@ -33,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, EvidenceStore, IntervalRow, Rejection
 from common.aio import publish
+from common.backoff import Backoff
 from common.clock import Clock
+from common.mqtt import run_reconnecting
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
 from evidence.chain import ChainStep, ChainTracker, ChainVerdict
 from evidence.errors import (
@@ -515,36 +518,37 @@ class BatchIngest:
     # -- MQTT ----------------------------------------------------------------------------
 
     async def serve(self, on_connected: Callable[[], None] = lambda: None) -> None:
-        """Subscribe and process batches forever, reconnecting with jittered backoff."""
+        """Subscribe and process batches forever, reconnecting with jittered backoff (on the
+        injected clock). The session is persistent: what the broker queued for
+        ``mqtt.client_id`` while we were away arrives first."""
         mqtt = self._config.mqtt
-        delay = mqtt.reconnect_initial_s
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    mqtt.host, mqtt.port, identifier=mqtt.client_id, username=mqtt.username,
-                    password=mqtt.password, keepalive=mqtt.keepalive_s,
-                ) as client:  # fmt: skip
 
-                    async def send(topic: str, reply: Reply, client: aiomqtt.Client = client) -> None:
-                        await publish(client, topic, encode_reply(reply, self._key), qos=1)
+        def connect() -> aiomqtt.Client:
+            return aiomqtt.Client(
+                mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False,
+                username=mqtt.username, password=mqtt.password, keepalive=mqtt.keepalive_s,
+            )  # fmt: skip
 
-                    await client.subscribe(batch_subscription(mqtt.share_group), qos=1)
-                    log.info("ingest: subscribed to %s on %s:%s", batch_subscription(mqtt.share_group),
-                             mqtt.host, mqtt.port)  # fmt: skip
-                    delay = mqtt.reconnect_initial_s
-                    on_connected()
-                    async with self.pipeline(send) as feed:
-                        async for message in client.messages:
-                            payload = message.payload
-                            data = payload if isinstance(payload, bytes) else str(payload).encode()
-                            await feed(str(message.topic), data)
-            except* aiomqtt.MqttError as group:
-                exc = group.exceptions[0]
-                log.warning(
-                    "ingest: MQTT %s:%s: %s; reconnecting in %.1f s", mqtt.host, mqtt.port, exc, delay
-                )
-                await self._clock.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, mqtt.reconnect_max_s)
+        await run_reconnecting(
+            connect, lambda client: self._session(client, on_connected),
+            backoff=Backoff(mqtt.reconnect_initial_s, mqtt.reconnect_max_s),
+            name=f"ingest: MQTT {mqtt.host}:{mqtt.port}", sleep=self._clock.sleep,
+        )  # fmt: skip
+
+    async def _session(self, client: aiomqtt.Client, on_connected: Callable[[], None]) -> None:
+        async def send(topic: str, reply: Reply) -> None:
+            await publish(client, topic, encode_reply(reply, self._key), qos=1)
+
+        mqtt = self._config.mqtt
+        await client.subscribe(batch_subscription(mqtt.share_group), qos=1)
+        log.info("ingest: subscribed to %s on %s:%s as %s", batch_subscription(mqtt.share_group),
+                 mqtt.host, mqtt.port, mqtt.client_id)  # fmt: skip
+        on_connected()
+        async with self.pipeline(send) as feed:
+            async for message in client.messages:
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                await feed(str(message.topic), data)
 
 
 def _best_effort_seq(payload: bytes) -> int | None:

@@ -1,8 +1,5 @@
-"""Retry pacing and circuit breaking for one device, on the injected clock.
-
-:class:`Backoff` gives jittered exponential delays (``base * 2**attempt``, capped, times a
-random factor in ``[1 - jitter, 1 + jitter]``). :class:`CircuitBreaker` stops hammering a
-dead device::
+"""Circuit breaking for one device, on the injected clock (retry pacing is
+:class:`common.backoff.Backoff`). :class:`CircuitBreaker` stops hammering a dead device::
 
     closed --(threshold consecutive failures)--> open --(cooldown elapsed)--> half_open
     half_open --(probe succeeds)--> closed        half_open --(probe fails)--> open
@@ -10,26 +7,9 @@ dead device::
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
 from enum import StrEnum
 
 from common.clock import Clock
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Jittered exponential backoff delays (clock seconds)."""
-
-    base_s: float = 0.2
-    max_s: float = 10.0
-    jitter: float = 0.5
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-
-    def delay(self, attempt: int) -> float:
-        """Delay before retry number ``attempt`` (0 = first retry)."""
-        raw = min(self.max_s, self.base_s * 2.0**attempt)
-        return raw * self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
 
 
 class BreakerState(StrEnum):

@@ -27,18 +27,19 @@ import asyncio
 import datetime
 import heapq
 import json
-import logging
 import math
+import random
 from typing import Any
 
 import aiomqtt
 
 from common.aio import publish
+from common.backoff import Backoff
 from common.clock import Clock
+from common.mqtt import run_reconnecting
 from firmware_sim.config import MqttConfig
 from firmware_sim.device import Device
 
-log = logging.getLogger(__name__)
 LOCAL_TZ = datetime.timezone(datetime.timedelta(hours=8))
 NOMINAL_V = 230.0
 
@@ -99,24 +100,25 @@ class MqttPublisher:
         self._cfg = cfg
         self._clock = clock
         self._client_id = client_id
+        # seeded by the client id: the publishers of one fleet retry at different moments
+        self._backoff = Backoff(0.2, 10.0, rng=random.Random(client_id))
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
         """Publish forever; reconnect with jittered exponential backoff on broker loss."""
-        delay = 0.2
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    self._cfg.host, self._cfg.port, identifier=self._client_id, timeout=CLIENT_TIMEOUT_S
-                ) as client:
-                    self.connected.set()
-                    delay = 0.2
-                    await self._publish_loop(client)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                log.warning("%s: broker connection lost (%s); retry in %.1fs", self._client_id, exc, delay)
-                await asyncio.sleep(delay * (0.75 + 0.5 * (hash(self._client_id) % 100) / 100))
-                delay = min(delay * 2, 10.0)
+        await run_reconnecting(self._client, self._session, backoff=self._backoff, name=self._client_id,
+                               on_lost=self._connection_lost)  # fmt: skip
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._cfg
+        return aiomqtt.Client(cfg.host, cfg.port, identifier=self._client_id, timeout=CLIENT_TIMEOUT_S)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self.connected.set()
+        await self._publish_loop(client)
+
+    async def _connection_lost(self, error: aiomqtt.MqttError, delay: float) -> None:
+        self.connected.clear()
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         now = self._clock.now()

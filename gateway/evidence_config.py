@@ -27,9 +27,12 @@ broker and the network do not run on simulated time.
 
 from __future__ import annotations
 
+import random
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.backoff import Backoff
 
 DEFAULT_STATE_DIR = "/var/lib/puhui/gateway"
 DEFAULT_KEY_FILE = "/etc/puhui/gateway-key.pem"
@@ -94,8 +97,8 @@ class TlsSettings(_Closed):
 
 
 class BackoffSettings(_Closed):
-    """Jittered exponential backoff: attempt n waits min(max_s, initial_s x multiplier^(n-1)),
-    reduced by a random fraction of up to ``jitter``."""
+    """Jittered exponential backoff (:class:`common.backoff.Backoff`): retry n (0 = the first)
+    waits min(max_s, initial_s x multiplier^n), reduced by a random fraction of up to ``jitter``."""
 
     initial_s: float = Field(default=1.0, gt=0, le=3600)
     max_s: float = Field(default=60.0, gt=0, le=86_400)
@@ -107,6 +110,10 @@ class BackoffSettings(_Closed):
         if self.max_s < self.initial_s:
             raise ValueError(f"max_s {self.max_s} is below initial_s {self.initial_s}")
         return self
+
+    def backoff(self, rng: random.Random) -> Backoff:
+        """The backoff these settings describe, jittered by ``rng``."""
+        return Backoff(self.initial_s, self.max_s, self.multiplier, self.jitter, rng)
 
 
 def _reject_backoff() -> BackoffSettings:

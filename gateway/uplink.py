@@ -38,28 +38,16 @@ import aiomqtt
 
 from common.aio import publish
 from common.clock import Clock
+from common.mqtt import run_reconnecting
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, load_public_key
 from evidence.wire import Ack, Reject, RejectReason, ack_topic, batch_topic, decode_reply, reject_topic
 from gateway.errors import UplinkSetupError
-from gateway.evidence_config import BackoffSettings, UplinkSettings
+from gateway.evidence_config import UplinkSettings
 from gateway.store import EvidenceStore
 
 log = logging.getLogger(__name__)
 NON_RETRY_FACTOR = 4.0  # batch-specific rejects wait this much longer than gateway-wide ones
-
-
-class Backoff:
-    """Jittered exponential delays (wall seconds)."""
-
-    def __init__(self, settings: BackoffSettings, rng: random.Random) -> None:
-        self._s, self._rng = settings, rng
-
-    def delay(self, attempt: int) -> float:
-        """Delay before attempt ``attempt`` (1, 2, ...)."""
-        s = self._s
-        base = min(s.max_s, s.initial_s * s.multiplier ** max(0, attempt - 1))
-        return base * (1.0 - s.jitter * self._rng.random())
 
 
 @dataclass
@@ -101,8 +89,8 @@ class Uplink:
         self._aggregator_key = aggregator_key
         self._password, self._tls = password, tls_context
         rng = rng or random.Random()
-        self._reconnect = Backoff(settings.reconnect, rng)
-        self._reject_backoff = Backoff(settings.reject_backoff, rng)
+        self._reconnect = settings.reconnect.backoff(rng)
+        self._reject_backoff = settings.reject_backoff.backoff(rng)
         self._topics = (batch_topic(gateway_id), ack_topic(gateway_id), reject_topic(gateway_id))
         self._work = asyncio.Event()
         self._inflight: dict[int, _InFlight] = {}
@@ -145,20 +133,14 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, send and receive; reconnect with backoff on every connection loss."""
-        attempt = 0
-        while True:
-            try:
-                async with self._client() as client:
-                    attempt = 0
-                    await self._session(client)
-            except* aiomqtt.MqttError as group:
-                log.warning("uplink %s to %s:%d: %s", self._gateway, self._s.host, self._s.port,
-                            "; ".join(str(e) for e in group.exceptions))  # fmt: skip
-            if self.connected:
-                self.counts.disconnects += 1
-            self.connected = False
-            attempt += 1
-            await asyncio.sleep(self._reconnect.delay(attempt))
+        name = f"uplink {self._gateway} to {self._s.host}:{self._s.port}"
+        await run_reconnecting(self._client, self._session, backoff=self._reconnect, name=name,
+                               on_lost=self._connection_lost)  # fmt: skip
+
+    async def _connection_lost(self, error: aiomqtt.MqttError, delay: float) -> None:
+        if self.connected:
+            self.counts.disconnects += 1
+        self.connected = False
 
     def _client(self) -> aiomqtt.Client:
         s = self._s
@@ -294,9 +276,9 @@ class Uplink:
             rejects = self._store.record_reject(reject.seq, reason.value, self._now_ms())
         if reason.retry or reject.seq is None:
             self._reject_streak += 1
-            self._paused_until = now + self._reject_backoff.delay(self._reject_streak)
+            self._paused_until = now + self._reject_backoff.delay(self._reject_streak - 1)
         else:
-            delay = NON_RETRY_FACTOR * self._reject_backoff.delay(rejects or 1)
+            delay = NON_RETRY_FACTOR * self._reject_backoff.delay((rejects or 1) - 1)
             self._held[reject.seq] = now + delay
 
     def _now_ms(self) -> int:

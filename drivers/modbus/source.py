@@ -23,8 +23,9 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.backoff import Backoff
 from common.clock import Clock
-from drivers.breaker import Backoff, BreakerState, CircuitBreaker
+from drivers.breaker import BreakerState, CircuitBreaker
 from drivers.contract import PollResult, Sample
 from drivers.errors import DriverError
 from drivers.modbus.decode import Decoded, FieldFormat, decode_fields

@@ -54,8 +54,9 @@ from typing import Any
 
 import aiomqtt
 
+from common.backoff import Backoff
 from common.clock import Clock
-from drivers.breaker import Backoff
+from common.mqtt import run_reconnecting
 from drivers.contract import Invalid, Sample
 from drivers.errors import DriverError
 from drivers.mqtt.config import MqttConnection, MqttField, MqttSource, MqttTimestamp
@@ -289,18 +290,15 @@ class MqttSubscriber:
             ) from exc
 
     async def _run(self, options: dict[str, Any]) -> None:
-        attempt = 0
-        while True:
-            try:
-                async with aiomqtt.Client(self.connection.host, self.connection.port, **options) as client:
-                    await self._subscribe(client)
-                    attempt = 0
-                    await self._receive(client)
-            except aiomqtt.MqttError as exc:
-                delay = self._backoff.delay(attempt)
-                attempt += 1
-                await self._connection_lost(f"{self.name}: {exc}", delay)
-                await asyncio.sleep(delay)
+        def connect() -> aiomqtt.Client:
+            return aiomqtt.Client(self.connection.host, self.connection.port, **options)
+
+        await run_reconnecting(connect, self._session, backoff=self._backoff, name=self.name,
+                               on_lost=self._connection_lost)  # fmt: skip
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await self._subscribe(client)
+        await self._receive(client)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         granted = await client.subscribe([(f, QOS) for f in self.filters])
@@ -313,11 +311,9 @@ class MqttSubscriber:
         log.info("%s: connected, subscribed to %s", self.name, ", ".join(self.filters))
         await self._notify(connected=True)
 
-    async def _connection_lost(self, error: str, delay: float) -> None:
-        was_connected = any(m.health.connected for m in self._meters)
+    async def _connection_lost(self, error: aiomqtt.MqttError, delay: float) -> None:
         for m in self._meters:
-            m.health.last_error = error
-        log.warning("%s; %s, retry in %.1f s", error, "lost" if was_connected else "no connection", delay)
+            m.health.last_error = f"{self.name}: {error}"
         await self._notify(connected=False)
 
     async def _receive(self, client: aiomqtt.Client) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,12 @@ from typing import Any
 
 import aiomqtt
 
-from aggregator.config import AggregatorConfig
+from aggregator.config import AggregatorConfig, MqttSettings
 from evidence import GatewayKey, IntervalRecord, SealedBatch, Stats, encode_record, generate_key, seal_batch
 from evidence.batch import GENESIS_PREV
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.keys import PublicKey
-from evidence.wire import Reply, batch_topic, decode_reply
+from evidence.wire import Ack, Reply, batch_topic, decode_reply
 
 T0 = (int(time.time()) // 86400 - 3) * 86400  # midnight UTC three days ago: past, but recent
 STEP = 900
@@ -83,13 +84,28 @@ class SimGateway:
         return self.seal(list(self.intervals(n_steps)), **kwargs)
 
 
+def isolated_mqtt(mqtt_port: int) -> dict[str, Any]:
+    """MQTT settings of an aggregator with a persistent session of its own: a client id and a
+    share group no other test uses, so a session left on the shared broker takes no batches
+    of later tests (:func:`forget_session` removes it)."""
+    unique = uuid.uuid4().hex[:12]
+    return {"host": "127.0.0.1", "port": mqtt_port, "client_id": f"puhui-aggregator-{unique}",
+            "share_group": f"test-{unique}"}  # fmt: skip
+
+
+async def forget_session(mqtt: MqttSettings) -> None:
+    """End an aggregator's persistent session on the broker (a clean-session connect under
+    the same client id discards it, and what was queued for it)."""
+    async with aiomqtt.Client(mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=True):
+        pass
+
+
 def make_config(
     tmp_path: Path, *, mqtt_port: int, influx_url: str, database: str, **influx: Any
 ) -> AggregatorConfig:
     return AggregatorConfig.model_validate(
         {
-            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "reconnect_initial_s": 0.05,
-                     "reconnect_max_s": 0.5},
+            "mqtt": {**isolated_mqtt(mqtt_port), "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5},
             "store": {"path": str(tmp_path / "evidence.sqlite3")},
             "influx": {"url": influx_url, "database": database, "retry_initial_s": 0.05, "retry_max_s": 0.5,
                        "timeout_s": 5.0, **influx},
@@ -119,9 +135,22 @@ class GatewayPeer:
 
     async def wait_replies(self, count: int) -> list[Reply]:
         async with asyncio.timeout(20):
-            while len(self.replies) < count:
-                await self._changed.wait()
+            await self.wait_until(lambda replies: len(replies) >= count)
         return self.replies
+
+    async def wait_until(self, predicate: Callable[[list[Reply]], bool]) -> None:
+        """Return once ``predicate(replies)`` holds, checked at every reply (bound it with
+        ``asyncio.timeout``)."""
+        while not predicate(self.replies):
+            await self._changed.wait()
+
+    async def wait_acked(self, count: int) -> None:
+        """Return once ``count`` distinct batches are acknowledged (bound it with a timeout)."""
+        await self.wait_until(lambda _: len(self.acked()) >= count)
+
+    def acked(self) -> set[tuple[str, int, str]]:
+        """(gateway, seq, header_sha256) of every batch acknowledged so far."""
+        return {(r.gateway, r.seq, r.header_sha256) for r in self.replies if isinstance(r, Ack)}
 
     def reply_for(self, gateway: str, seq: int | None) -> list[Reply]:
         return [r for r in self.replies if r.gateway == gateway and r.seq == seq]

@@ -16,7 +16,7 @@ from aggregator.store import SQLiteEvidenceStore
 from evidence import generate_key
 from evidence.wire import Ack
 from testbed.servers import PrivateInfluxDB, PrivateMosquitto
-from tests.aggregator.ingest_support import GatewayPeer, SimGateway, gateway_peer, make_config
+from tests.aggregator.ingest_support import GatewayPeer, SimGateway, forget_session, gateway_peer, make_config
 
 pytestmark = pytest.mark.integration
 AGG_KEY = generate_key()
@@ -80,3 +80,4 @@ async def test_influxdb_down_mid_stream_then_back_every_interval_exactly_once(
         assert await _counts(client) == (15 * 4, 15)
         [series] = await client.query("SELECT delta, batch_seq FROM puhui_interval WHERE meter = 'pv-01'")
         assert [row[2] for row in series["values"]] == [seq for seq in range(1, 16) for _ in range(2)]
+    await forget_session(config.mqtt)

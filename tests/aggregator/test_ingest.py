@@ -18,7 +18,14 @@ from evidence import IntervalRecord, KeyRotationRecord, decode_record, encode_re
 from evidence.keys import GatewayKey, public_key_b64
 from evidence.wire import Ack, Reject
 from testbed.servers import PrivateMosquitto
-from tests.aggregator.ingest_support import STEP, GatewayPeer, SimGateway, gateway_peer, make_config
+from tests.aggregator.ingest_support import (
+    STEP,
+    GatewayPeer,
+    SimGateway,
+    forget_session,
+    gateway_peer,
+    make_config,
+)
 
 pytestmark = pytest.mark.integration
 AGG_KEY = generate_key()
@@ -50,6 +57,7 @@ async def running(
         async with asyncio.timeout(10):
             await agg.connected.wait()
         yield agg, peer
+    await forget_session(config.mqtt)
 
 
 async def _send(peer: GatewayPeer, gateway: str, data: bytes) -> Ack | Reject:

@@ -1,0 +1,93 @@
+"""The one MQTT reconnect loop: connect, run a session, and on a lost connection wait with
+backoff and connect again.
+
+Every long-lived MQTT component (gateway uplink, MQTT meter driver, aggregator ingest,
+simulated MQTT meters) hands :func:`run_reconnecting` how to build its client and what to
+do while connected; the loop owns the policy: which errors mean "connection lost"
+(:class:`aiomqtt.MqttError`, also inside the ``ExceptionGroup`` of a session's
+``TaskGroup``), one log line per loss, backoff that starts over after every successful
+connect, and cancellation that always ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from common.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+Session = Callable[[aiomqtt.Client], Awaitable[None]]
+OnLost = Callable[[aiomqtt.MqttError, float], Awaitable[None]]
+
+
+async def run_reconnecting(
+    connect: Callable[[], aiomqtt.Client],
+    session: Session,
+    *,
+    backoff: Backoff,
+    name: str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_lost: OnLost | None = None,
+) -> None:
+    """Run ``session(client)`` on a client from ``connect()``, reconnecting forever.
+
+    An :class:`aiomqtt.MqttError` (connecting, or raised by the session, alone or in an
+    exception group) is logged once with ``name``, passed to ``on_lost(error, delay)`` and
+    followed by ``sleep(delay)`` (wall or injected clock: the caller's choice) and a new
+    connection. Any other exception propagates (with the MQTT errors of its group); so
+    does cancellation, also when closing the client turns it into an MQTT error. Returns
+    only if the session returns.
+    """
+    attempt, cancels = 0, _cancelling()
+    while True:
+        round_ = _Connection(connect, session)
+        try:
+            # The session runs in a task of its own: on Python 3.11 a TaskGroup whose child
+            # fails while the group waits in __aexit__ leaves a cancel request counted on the
+            # group's task (CPython gh-116720). Kept out of this task, a rise of cancelling()
+            # here is a real cancellation.
+            await asyncio.create_task(round_.run(), name=f"{name}: session")
+            return
+        except* aiomqtt.MqttError as group:
+            errors = _leaves(group)
+        if _cancelling() > cancels:
+            raise asyncio.CancelledError  # cancelled, and closing the client raised an MQTT error
+        attempt = 0 if round_.connected else attempt
+        delay = backoff.delay(attempt)
+        attempt += 1
+        log.warning("%s: %s (%s); reconnecting in %.1f s", name,
+                    "connection lost" if round_.connected else "cannot connect",
+                    "; ".join(map(str, errors)), delay)  # fmt: skip
+        if on_lost is not None:
+            await on_lost(errors[0], delay)
+        await sleep(delay)
+
+
+class _Connection:
+    """One connection and its session; remembers whether the connection was made."""
+
+    def __init__(self, connect: Callable[[], aiomqtt.Client], session: Session) -> None:
+        self._connect, self._session = connect, session
+        self.connected = False
+
+    async def run(self) -> None:
+        async with self._connect() as client:
+            self.connected = True
+            await self._session(client)
+
+
+def _cancelling() -> int:
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
+def _leaves(group: BaseExceptionGroup[aiomqtt.MqttError]) -> list[aiomqtt.MqttError]:
+    out: list[aiomqtt.MqttError] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
