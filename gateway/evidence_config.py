@@ -128,7 +128,7 @@ class UplinkSettings(_Closed):
     tls: TlsSettings | None = Field(default_factory=TlsSettings, description="null: plain TCP")
     username: str | None = None
     password_file: str | None = Field(default=None, description="file holding the password")
-    client_id: str | None = Field(default=None, max_length=64, description="default puhui-gw-<id>")
+    client_id: str | None = Field(default=None, max_length=64, description="default: new per connection")
     aggregator_public_key: str = Field(min_length=1, description="PEM/DER file of the aggregator key")
     qos: Literal[1] = 1
     inflight: int = Field(default=8, ge=1, le=100, description="batches published and not yet acked")

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,13 @@ from gateway.evidence_config import UplinkSettings
 from gateway.store import EvidenceStore
 
 log = logging.getLogger(__name__)
+
+
+def client_identifier(gateway: str) -> str:
+    """A fresh MQTT client id per connection: ``puhui-gw-<id>-<random>``. A predictable id lets
+    any client of the broker knock the gateway off by connecting with it (the broker closes
+    the older session); the uplink's session is clean, so nothing depends on the id."""
+    return f"puhui-gw-{gateway}-{secrets.token_hex(4)}"[-64:]
 NON_RETRY_FACTOR = 4.0  # batch-specific rejects wait this much longer than gateway-wide ones
 
 
@@ -149,7 +157,7 @@ class Uplink:
             s.port,
             username=s.username,
             password=self._password,
-            identifier=s.client_id or f"puhui-gw-{self._gateway}",
+            identifier=s.client_id or client_identifier(self._gateway),
             clean_session=True,
             keepalive=s.keepalive_s,
             tls_context=self._tls,

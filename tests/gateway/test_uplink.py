@@ -196,3 +196,13 @@ async def test_tls_with_client_certificate(
         await eventually(lambda: p.status()["acks"] == 1, 15, "the ack over TLS")
         assert p.status()["connected"] == 1
         assert [b.header.seq for b in agg.batches(gw)] == [1]
+
+
+def test_the_client_id_is_new_per_connection_so_no_one_can_take_it_over() -> None:
+    """A predictable id (``puhui-gw-<id>``) let any client of the broker knock the gateway off
+    by connecting with it (issue 16): the broker closes the older session with the same id."""
+    from gateway.uplink import client_identifier
+
+    ids = {client_identifier("gw-zjk-1") for _ in range(50)}
+    assert len(ids) == 50
+    assert all(i.startswith("puhui-gw-gw-zjk-1-") and len(i) <= 64 for i in ids)
