@@ -2,13 +2,22 @@
 
 Example (``puhui aggregator run --config aggregator.yaml``)::
 
-    mqtt: {host: 127.0.0.1, port: 1883}
+    mqtt:
+      host: broker.example
+      port: 8883
+      tls: {ca_file: pki/ca.crt, cert_file: pki/aggregator.crt, key_file: pki/aggregator.key}
     store: {path: /var/lib/puhui/evidence.sqlite3}
-    influx: {url: http://127.0.0.1:8086, database: puhui}
+    influx:
+      url: http://127.0.0.1:8086
+      database: puhui
+      username: puhui
+      password: {file: influx-password}     # mode 0600; or {env: PUHUI_INFLUX_PASSWORD}
     key_file: /etc/puhui/aggregator-key.pem
 
-Relative paths are relative to the config file's directory. Unknown keys are errors, and
-every problem is reported with the file and the path inside it
+Secrets are never inline: a password or token names a file (mode 0600) or an environment
+variable. The broker link is TLS unless ``insecure: true`` says otherwise. Relative paths
+are relative to the config file's directory. Unknown keys are errors, and every problem is
+reported with the file and the path inside it
 (``aggregator.yaml: influx.url: ...``). Validation does no I/O beyond reading the file.
 """
 
@@ -17,9 +26,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aggregator.errors import ConfigError
+from common.tls import SecretSource, TlsSettings
 from common.yaml_models import issues_from, read_yaml
 from evidence.wire import SHARE_GROUP
 
@@ -38,13 +56,40 @@ class MqttSettings(_Closed):
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    tls: TlsSettings | None = None  # None only with insecure: true (plain text on the wire)
+    insecure: bool = False
     username: str | None = None
-    password: str | None = None
+    password: SecretSource | None = None  # {file: PATH} (0600) or {env: VARIABLE}
     client_id: str = Field(default="puhui-aggregator", min_length=1, max_length=64)
     share_group: str = SHARE_GROUP
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_initial_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_password(cls, value: Any, info: ValidationInfo) -> Any:
+        return _not_inline(value, str(info.field_name))
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> Self:
+        if self.tls is None and not self.insecure:
+            raise ValueError(
+                "the broker link needs tls (ca_file, and cert_file + key_file for a client "
+                "certificate); plain text only with insecure: true"
+            )
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        return self
+
+
+def _not_inline(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            f"a {name} is not written in a config file: put it in a file (mode 0600) and give "
+            f"{name}: {{file: PATH}}, or name an environment variable: {name}: {{env: VARIABLE}}"
+        )
+    return value
 
 
 class StoreSettings(_Closed):
@@ -55,9 +100,10 @@ class InfluxSettings(_Closed):
     url: str = Field(pattern=r"^https?://")
     database: str = Field(min_length=1)
     retention_policy: str | None = None
+    tls: TlsSettings | None = None  # for https:// (ca_file pins the server's CA)
     username: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: SecretSource | None = None  # {file: PATH} (0600) or {env: VARIABLE}
+    token: SecretSource | None = None
     create_database: bool = True  # CREATE DATABASE at start (a no-op when it exists)
     measurement: str = "puhui_interval"
     batch_measurement: str = "puhui_batch"
@@ -67,10 +113,17 @@ class InfluxSettings(_Closed):
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
 
+    @field_validator("password", "token", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        return _not_inline(value, str(info.field_name))
+
     @model_validator(mode="after")
     def _one_kind_of_credentials(self) -> Self:
         if self.token is not None and (self.username is not None or self.password is not None):
             raise ValueError("give either token or username/password, not both")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls is for an https:// url")
         return self
 
 
@@ -97,7 +150,7 @@ class PlausibilitySettings(_Closed):
 class AggregatorConfig(_Closed):
     """Everything ``puhui aggregator run`` needs."""
 
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    mqtt: MqttSettings  # the broker link, always explicit (TLS, or insecure: true)
     store: StoreSettings
     influx: InfluxSettings
     key_file: Path
@@ -108,7 +161,34 @@ class AggregatorConfig(_Closed):
     def resolved(self, base: Path) -> AggregatorConfig:
         """Paths made absolute against ``base`` (the config file's directory)."""
         store = self.store.model_copy(update={"path": base / self.store.path})
-        return self.model_copy(update={"store": store, "key_file": base / self.key_file})
+        mqtt_paths = {
+            "tls": _resolved_tls(self.mqtt.tls, base),
+            "password": _resolved(self.mqtt.password, base),
+        }
+        mqtt = self.mqtt.model_copy(update=mqtt_paths)
+        influx = self.influx.model_copy(
+            update={
+                "tls": _resolved_tls(self.influx.tls, base),
+                "password": _resolved(self.influx.password, base),
+                "token": _resolved(self.influx.token, base),
+            }
+        )
+        return self.model_copy(
+            update={"store": store, "key_file": base / self.key_file, "mqtt": mqtt, "influx": influx}
+        )
+
+
+def _resolved(source: SecretSource | None, base: Path) -> SecretSource | None:
+    if source is None or source.file is None:
+        return source
+    return source.model_copy(update={"file": str(base / source.file)})
+
+
+def _resolved_tls(tls: TlsSettings | None, base: Path) -> TlsSettings | None:
+    if tls is None:
+        return None
+    paths = {k: str(base / v) for k, v in tls.model_dump().items() if v is not None}
+    return tls.model_copy(update=paths)
 
 
 def parse_config(data: Any, file: str) -> AggregatorConfig:

@@ -54,6 +54,7 @@ from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
 from common.mqtt import run_reconnecting
+from common.tls import client_context, read_secret
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
 from evidence.chain import ChainStep, ChainTracker, ChainVerdict
 from evidence.errors import (
@@ -522,11 +523,13 @@ class BatchIngest:
         injected clock). The session is persistent: what the broker queued for
         ``mqtt.client_id`` while we were away arrives first."""
         mqtt = self._config.mqtt
+        tls = None if mqtt.tls is None else client_context(mqtt.tls, "mqtt.tls")
+        password = None if mqtt.password is None else read_secret(mqtt.password, "mqtt.password")
 
         def connect() -> aiomqtt.Client:
             return aiomqtt.Client(
-                mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False,
-                username=mqtt.username, password=mqtt.password, keepalive=mqtt.keepalive_s,
+                mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False, tls_context=tls,
+                username=mqtt.username, password=password, keepalive=mqtt.keepalive_s,
             )  # fmt: skip
 
         await run_reconnecting(

@@ -35,6 +35,7 @@ from aggregator.ingest import BatchIngest
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from common.clock import Clock, SystemClock
+from common.tls import client_context, read_secret
 from evidence.keys import GatewayKey, load_private_key
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,11 @@ class Aggregator:
         self.registry = GatewayRegistry(self.store)
         influx = self.config.influx
         client = InfluxV1Client(
-            influx.url, influx.database, username=influx.username, password=influx.password,
-            token=influx.token, timeout=influx.timeout_s, retention_policy=influx.retention_policy,
+            influx.url, influx.database, username=influx.username,
+            password=None if influx.password is None else read_secret(influx.password, "influx.password"),
+            token=None if influx.token is None else read_secret(influx.token, "influx.token"),
+            timeout=influx.timeout_s, retention_policy=influx.retention_policy,
+            tls=None if influx.tls is None else client_context(influx.tls, "influx.tls"),
         )  # fmt: skip
         await self._stack.enter_async_context(client)
         self.writer = InfluxWriter(

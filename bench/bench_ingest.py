@@ -74,6 +74,7 @@ async def _measure(workdir: Path, influx: PrivateInfluxDB, database: str) -> tup
     _, batches, document = _batches(int(time.time()))
     config = AggregatorConfig.model_validate(
         {
+            "mqtt": {"insecure": True},  # not connected: the bench feeds ingest directly
             "store": {"path": str(workdir / f"{database}.sqlite3")},
             "influx": {"url": influx.url, "database": database},
             "key_file": str(workdir / "unused.pem"),

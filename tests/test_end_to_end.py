@@ -120,6 +120,7 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                 "port": broker.port,
                 "reconnect_initial_s": 0.1,
                 "reconnect_max_s": 0.5,
+                "insecure": True,  # the suite's plain broker
             },
             "store": {"path": str(tmp_path / "evidence.sqlite3")},
             "influx": {"url": influx_db.url, "database": influx_db.database, "retry_initial_s": 0.1},

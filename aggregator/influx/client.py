@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypedDict
@@ -63,6 +64,7 @@ class InfluxV1Client:
         token: str | None = None,
         timeout: float = 10.0,
         retention_policy: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"InfluxDB url must start with http:// or https://, not {url!r}")
@@ -79,8 +81,9 @@ class InfluxV1Client:
         self.retention_policy = retention_policy
         # trust_env=False: no proxy or netrc from the environment between us and the store.
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, auth=auth, timeout=timeout, trust_env=False
-        )
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout, trust_env=False,
+            verify=tls if tls is not None else True,
+        )  # fmt: skip
 
     async def __aenter__(self) -> Self:
         return self

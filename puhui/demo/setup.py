@@ -129,6 +129,7 @@ def write_aggregator_config(out: Path, broker: PrivateMosquitto, influxd: Privat
             "host": broker.host,
             "port": broker.port,
             "client_id": "puhui-demo-aggregator",
+            "insecure": True,  # the demo's private broker on loopback has no TLS yet
             "reconnect_initial_s": 0.2,
             "reconnect_max_s": 1.0,
         },

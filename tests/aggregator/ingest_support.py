@@ -90,7 +90,7 @@ def isolated_mqtt(mqtt_port: int) -> dict[str, Any]:
     of later tests (:func:`forget_session` removes it)."""
     unique = uuid.uuid4().hex[:12]
     return {"host": "127.0.0.1", "port": mqtt_port, "client_id": f"puhui-aggregator-{unique}",
-            "share_group": f"test-{unique}"}  # fmt: skip
+            "share_group": f"test-{unique}", "insecure": True}  # fmt: skip  (the suite's plain broker)
 
 
 async def forget_session(mqtt: MqttSettings) -> None:

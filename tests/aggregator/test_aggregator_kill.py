@@ -200,7 +200,7 @@ async def test_a_batch_published_while_the_aggregator_is_down_is_stored_at_its_r
 
 def test_without_a_client_id_the_session_still_has_a_fixed_one() -> None:
     """A broker-assigned id would be new at every restart: nothing queued would find us."""
-    data = {"store": {"path": "e.sqlite3"}, "influx": {"url": "http://127.0.0.1:8086", "database": "p"},
-            "key_file": "k.pem"}  # fmt: skip
+    data = {"mqtt": {"insecure": True}, "store": {"path": "e.sqlite3"},
+            "influx": {"url": "http://127.0.0.1:8086", "database": "p"}, "key_file": "k.pem"}  # fmt: skip
     first, second = parse_config(data, "a.yaml"), parse_config(data, "a.yaml")
     assert first.mqtt.client_id == second.mqtt.client_id == "puhui-aggregator"

@@ -54,7 +54,7 @@ class SlowStore(SQLiteEvidenceStore):
 class Harness:
     def __init__(self, tmp_path: Path, threads: StoreThreads) -> None:
         config = AggregatorConfig.model_validate(
-            {"store": {"path": str(tmp_path / "e.sqlite3")},
+            {"mqtt": {"insecure": True}, "store": {"path": str(tmp_path / "e.sqlite3")},
              "influx": {"url": "http://127.0.0.1:9", "database": "unused"},
              "key_file": str(tmp_path / "unused.pem")}
         )  # fmt: skip

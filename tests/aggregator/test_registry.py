@@ -91,13 +91,17 @@ def test_rotation_supersedes_the_old_key_from_effective_seq(registry: GatewayReg
 def test_config_errors_name_the_file_and_the_path(tmp_path: Path) -> None:
     path = tmp_path / "agg.yaml"
     path.write_text(
-        "store: {path: e.db}\ninflux: {url: ftp://x, database: d, retry_max: 3}\nkey_file: k.pem\n"
+        "mqtt: {insecure: true}\nstore: {path: e.db}\ninflux: {url: ftp://x, database: d, retry_max: 3}\n"
+        "key_file: k.pem\n"
     )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)
     assert f"{path}: influx.url:" in text and f"{path}: influx.retry_max: unknown key" in text
-    path.write_text("store: {path: e.db}\ninflux: {url: 'http://x', database: d}\nkey_file: k.pem\n")
+    path.write_text(
+        "mqtt: {insecure: true}\nstore: {path: e.db}\n"
+        "influx: {url: 'http://x', database: d}\nkey_file: k.pem\n"
+    )
     config = load_config(path)
     assert config.store.path == tmp_path / "e.db" and config.key_file == tmp_path / "k.pem"
     path.write_text("store: [\n")
