@@ -9,66 +9,60 @@ accepts; anything it refuses (another record type, a NaN token, a
 lone surrogate, a malformed value) goes to ``decode_record``, which either accepts it
 too or says exactly what is wrong. A property test holds the two in agreement.
 
-:class:`IntervalDoc` has the attribute names of :class:`evidence.records.IntervalRecord`,
-so the plausibility checks and the line protocol builder take either (:data:`Interval`).
+:class:`IntervalDoc` is made from the declaration of :class:`evidence.records.IntervalRecord`
+(:func:`doc_struct`): the same attribute names and types, so the plausibility checks and the
+line protocol builder take either (:data:`Interval`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import functools
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import msgspec
 
 from evidence.batch import SealedBatch
 from evidence.errors import MalformedRecord
-from evidence.records import FLAGS, DropRecord, IntervalRecord, KeyRotationRecord, decode_record
+from evidence.record_fields import WireField, wire_fields
+from evidence.records import DropRecord, IntervalRecord, KeyRotationRecord, Stats, decode_record
 
-Flag = Literal[
-    "gap", "reset", "rollover", "session", "late", "out_of_order", "clock_jump", "invalid_value",
-    "estimated", "first",
-]  # fmt: skip
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class StatsDoc(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
-    """The ``stats`` object of an interval record."""
+@functools.cache
+def doc_struct(cls: type[Any], tag: str | None = None) -> type[msgspec.Struct]:
+    """The msgspec struct of the record dataclass ``cls``: frozen, not tracked by the garbage
+    collector, its keys exactly ``type`` (= ``tag``, when given) and ``cls``'s wire fields,
+    every one required (with ``forbid_unknown_fields``, the key set is exactly the record's)."""
+    head: list[tuple[str, Any]] = [] if tag is None else [("type", Literal[tag])]
+    fields = [*head, *((f.name, _msgspec_type(f)) for f in wire_fields(cls))]
+    name = cls.__name__.removesuffix("Record") + "Doc"  # IntervalRecord -> IntervalDoc
+    return msgspec.defstruct(name, fields, frozen=True, gc=False, forbid_unknown_fields=True, module=__name__)
 
-    unit: str
-    min: float
-    avg: float
-    max: float
+
+def _msgspec_type(f: WireField) -> Any:
+    t: Any
+    if f.form == "object":
+        t = doc_struct(f.type)
+    elif f.form == "count":
+        t = NonNegative
+    else:  # str, int, float, a Literal, a tuple of a Literal: msgspec checks them as declared
+        t = f.type
+    return Optional[t] if f.nullable else t  # noqa: UP045 (a runtime type, not an annotation)
 
 
-class IntervalDoc(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
-    """An interval record as msgspec decodes it: every key required, types checked.
-
-    Every field is required (no defaults), so with ``forbid_unknown_fields`` the key set is
-    exactly the record's.
-    """
-
-    type: Literal["interval"]
-    meter: str
-    quantity: str
-    unit: str
-    start: int
-    end: int
-    kind: Literal["counter", "gauge"]
-    counter_start: float | None
-    counter_start_time_ms: int | None
-    counter_end: float | None
-    counter_end_time_ms: int | None
-    delta: float | None
-    stats: StatsDoc | None
-    samples: NonNegative
-    expected: NonNegative
-    flags: tuple[Flag, ...]
-
+if TYPE_CHECKING:
+    # mypy reads a doc as the record it is derived from: the same attribute names and types.
+    IntervalDoc = IntervalRecord
+    StatsDoc = Stats
+else:
+    IntervalDoc = doc_struct(IntervalRecord, tag="interval")
+    StatsDoc = doc_struct(Stats)
 
 Interval = IntervalDoc | IntervalRecord
 """What the plausibility checks and the line builder read: attribute access only."""
 
 _DECODER = msgspec.json.Decoder(IntervalDoc)
-assert set(Flag.__args__) == FLAGS, "the msgspec Flag literal must list evidence.records.FLAGS"  # type: ignore[attr-defined]
 
 
 def decode_interval(raw: bytes) -> IntervalDoc | None:

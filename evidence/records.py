@@ -20,33 +20,43 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from evidence.errors import MalformedRecord
+from evidence.record_fields import Count, WireField, compile_encoder, to_builtins, wire_fields
 
 Kind = Literal["counter", "gauge"]
 
-# Quality flags an interval record may carry (format version 1). Flags explain why an
-# interval is not a plain full-coverage reading; the aggregator and methodologies decide
-# what each flag means for crediting.
-FLAGS: frozenset[str] = frozenset(
-    {
-        "gap",  # fewer samples than expected, no counter reading at a bound, or the delta
-        # spans earlier intervals (counter_start older than the previous interval)
-        "reset",  # counter went down: meter replaced or reset; delta excludes the jump
-        "rollover",  # counter wrapped at its register width; delta corrected for the wrap
-        "session",  # a per-session counter restarted at 0 (a new charging session); the
-        # delta counts the new session from 0, the old one's tail after its last reading is lost
-        "late",  # samples arrived after the interval had first been closed
-        "out_of_order",  # samples arrived with timestamps older than ones already seen
-        "clock_jump",  # source timestamps jumped beyond the skew limit; samples rejected
-        "invalid_value",  # NaN, not-implemented markers or absurd values were rejected
-        "estimated",  # value derived, not measured (e.g. heat = electricity x COP)
-        "first",  # first interval of a meter: no earlier reading bounds its start
-    }
-)
+Flag = Literal[
+    "gap", "reset", "rollover", "session", "late", "out_of_order", "clock_jump", "invalid_value",
+    "estimated", "first",
+]  # fmt: skip
+"""A quality flag an interval record may carry (format version 1); :data:`FLAG_MEANINGS` says
+what each means. Flags explain why an interval is not a plain full-coverage reading; the
+aggregator and methodologies decide what each flag means for crediting."""
+
+FLAGS: frozenset[Flag] = frozenset(get_args(Flag))
+
+FLAG_MEANINGS: dict[Flag, str] = {
+    "gap": "fewer samples than expected, no counter reading at a bound, or the delta spans "
+    "earlier intervals (counter_start older than the previous interval)",
+    "reset": "counter went down: meter replaced or reset; delta excludes the jump",
+    "rollover": "counter wrapped at its register width; delta corrected for the wrap",
+    "session": "a per-session counter restarted at 0 (a new charging session); the delta counts "
+    "the new session from 0, the old one's tail after its last reading is lost",
+    "late": "samples arrived after the interval had first been closed",
+    "out_of_order": "samples arrived with timestamps older than ones already seen",
+    "clock_jump": "source timestamps jumped beyond the skew limit; samples rejected",
+    "invalid_value": "NaN, not-implemented markers or absurd values were rejected",
+    "estimated": "value derived, not measured (e.g. heat = electricity x COP)",
+    "first": "first interval of a meter: no earlier reading bounds its start",
+}
+if FLAG_MEANINGS.keys() != FLAGS:
+    raise TypeError(
+        f"FLAG_MEANINGS must explain exactly the flags of Flag: {sorted(FLAGS ^ FLAG_MEANINGS.keys())}"
+    )
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
@@ -61,7 +71,7 @@ class Stats:
     max: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"unit": self.unit, "min": self.min, "avg": self.avg, "max": self.max}
+        return to_builtins(self, STATS_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,10 @@ class IntervalRecord:
     ``end``; ``delta`` is the energy between them, corrected for rollover, excluding a
     reset jump. Readings are never interpolated: the ``*_time`` fields say when each was
     taken (POSIX milliseconds). ``samples`` / ``expected`` is the coverage.
+
+    This declaration is the record's only field list: the keys after ``type``, in this
+    order, with these types (:data:`INTERVAL_FIELDS`). The encoder, the decoders (this
+    module's and the aggregator's msgspec one) and the JSON form are derived from it.
     """
 
     meter: str
@@ -87,9 +101,9 @@ class IntervalRecord:
     counter_end_time_ms: int | None = None
     delta: float | None = None
     stats: Stats | None = None
-    samples: int = 0
-    expected: int = 0
-    flags: tuple[str, ...] = ()
+    samples: Count = 0
+    expected: Count = 0
+    flags: tuple[Flag, ...] = ()
 
     type = "interval"
 
@@ -99,24 +113,13 @@ class IntervalRecord:
         return min(1.0, self.samples / self.expected) if self.expected else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "type": "interval",
-            "meter": self.meter,
-            "quantity": self.quantity,
-            "unit": self.unit,
-            "start": self.start,
-            "end": self.end,
-            "kind": self.kind,
-            "counter_start": self.counter_start,
-            "counter_start_time_ms": self.counter_start_time_ms,
-            "counter_end": self.counter_end,
-            "counter_end_time_ms": self.counter_end_time_ms,
-            "delta": self.delta,
-            "stats": None if self.stats is None else self.stats.to_json(),
-            "samples": self.samples,
-            "expected": self.expected,
-            "flags": sorted(self.flags),
-        }
+        return {"type": "interval", **to_builtins(self, INTERVAL_FIELDS)}
+
+
+STATS_FIELDS = wire_fields(Stats)
+INTERVAL_FIELDS = wire_fields(IntervalRecord)
+"""The interval record's keys after ``type``, read from :class:`IntervalRecord`."""
+_encode_interval = compile_encoder("interval", INTERVAL_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,96 +226,6 @@ def encode_record(record: Record) -> bytes:
         raise MalformedRecord(f"{_describe(record)}: value is NaN or infinite") from exc
 
 
-_INTERVAL_TEMPLATE = (
-    '{"type":"interval","meter":%s,"quantity":%s,"unit":%s,"start":%d,"end":%d,"kind":%s,'
-    '"counter_start":%s,"counter_start_time_ms":%s,"counter_end":%s,"counter_end_time_ms":%s,'
-    '"delta":%s,"stats":%s,"samples":%d,"expected":%d,"flags":[%s]}'
-)
-_STATS_TEMPLATE = '{"unit":%s,"min":%s,"avg":%s,"max":%s}'
-_float_repr = float.__repr__
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return "null"
-    if not math.isfinite(x):
-        raise ValueError("not finite")
-    return _float_repr(float(x))
-
-
-def _int(x: int | None) -> str:
-    return "null" if x is None else str(int(x))
-
-
-def _encode_interval(r: IntervalRecord) -> bytes:
-    # The hot path of sealing. A fixed template gives the bytes of the compact JSON encoder
-    # on to_json() (a test holds them equal) at about half the cost. Float fields are
-    # always written in float form ("0.0", never "0").
-    fast = _encode_interval_fast(r)
-    if fast is not None:
-        return fast
-    es = encode_basestring_ascii
-    st = r.stats
-    stats = (
-        "null" if st is None else _STATS_TEMPLATE % (es(st.unit), _num(st.min), _num(st.avg), _num(st.max))
-    )
-    text = _INTERVAL_TEMPLATE % (
-        es(r.meter), es(r.quantity), es(r.unit), r.start, r.end, es(r.kind),
-        _num(r.counter_start), _int(r.counter_start_time_ms),
-        _num(r.counter_end), _int(r.counter_end_time_ms), _num(r.delta), stats,
-        r.samples, r.expected, ",".join([es(f) for f in sorted(r.flags)]),
-    )  # fmt: skip
-    return text.encode("ascii")
-
-
-_FAST_TEMPLATE = (
-    _INTERVAL_TEMPLATE.replace('"counter_start":%s', '"counter_start":%r')
-    .replace('"counter_end":%s', '"counter_end":%r')
-    .replace('"delta":%s', '"delta":%r')
-    .replace('"stats":%s', '"stats":{"unit":%s,"min":%r,"avg":%r,"max":%r}')
-)
-
-
-def _encode_interval_fast(r: IntervalRecord) -> bytes | None:
-    """The common case (every number present, floats are floats): one %-format, no calls
-    per field. Returns None to send anything else down the general path."""
-    st = r.stats
-    a, b, d = r.counter_start, r.counter_end, r.delta
-    ta, tb = r.counter_start_time_ms, r.counter_end_time_ms
-    if (
-        st is None or type(a) is not float or type(b) is not float or type(d) is not float
-        or type(ta) is not int or type(tb) is not int or type(st.min) is not float
-        or type(st.avg) is not float or type(st.max) is not float
-        or not math.isfinite(a + b + d + st.min + st.avg + st.max)
-    ):  # fmt: skip
-        return None
-    es = encode_basestring_ascii
-    flags = ",".join([es(f) for f in sorted(r.flags)]) if r.flags else ""
-    return (
-        _FAST_TEMPLATE
-        % (
-            es(r.meter),
-            es(r.quantity),
-            es(r.unit),
-            r.start,
-            r.end,
-            es(r.kind),
-            a,
-            ta,
-            b,
-            tb,
-            d,
-            es(st.unit),
-            st.min,
-            st.avg,
-            st.max,
-            r.samples,
-            r.expected,
-            flags,
-        )
-    ).encode("ascii")
-
-
 def _describe(record: Record) -> str:
     if isinstance(record, IntervalRecord):
         return f"record {record.meter}/{record.quantity}@{record.start}"
@@ -344,10 +257,9 @@ class _Fields:
     def _fail(self, key: str, expected: str) -> MalformedRecord:
         return MalformedRecord(f"{self.where}.{key}: expected {expected}, got {self.obj.get(key)!r}")
 
-    def exact_keys(self, keys: tuple[str, ...]) -> None:
-        extra = set(self.obj) - set(keys)
-        missing = set(keys) - set(self.obj)
-        if extra or missing:
+    def exact_keys(self, keys: AbstractSet[str]) -> None:
+        if self.obj.keys() != keys:
+            extra, missing = self.obj.keys() - keys, keys - self.obj.keys()
             raise MalformedRecord(
                 f"{self.where}: unknown keys {sorted(extra)}, missing keys {sorted(missing)}"
             )
@@ -364,17 +276,6 @@ class _Fields:
             raise self._fail(key, "an integer")
         return v
 
-    def opt_integer(self, key: str) -> int | None:
-        return None if self.obj.get(key) is None else self.integer(key)
-
-    def num(self, key: str) -> float | None:
-        v = self.obj.get(key)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise self._fail(key, "a finite number or null")
-        return float(v)
-
     def array(self, key: str) -> list[Any]:
         v = self.obj.get(key)
         if not isinstance(v, list):
@@ -388,75 +289,112 @@ class _Fields:
         return _Fields(value, where)
 
 
-_INTERVAL_KEYS = tuple(IntervalRecord("m", "q", "u", 0, 1).to_json())
-_STATS_KEYS = ("unit", "min", "avg", "max")
+_Read = Callable[[_Fields], Any]
 
 
-def _decode_stats(f: _Fields) -> Stats | None:
-    raw = f.obj.get("stats")
-    if raw is None:
-        return None
-    s = f.sub("stats", raw)
-    s.exact_keys(_STATS_KEYS)
-    lo, avg, hi = s.num("min"), s.num("avg"), s.num("max")
-    if lo is None or avg is None or hi is None:
-        raise MalformedRecord(f"{s.where}: min, avg and max must be numbers")
-    return Stats(s.text("unit"), lo, avg, hi)
+def _object_reader(cls: Callable[..., Any], specs: tuple[WireField, ...], tag: tuple[str, ...] = ()) -> _Read:
+    """Reads an object whose keys are exactly ``tag`` and ``specs``' into ``cls``, each value
+    checked against its declared form."""
+    keys = frozenset((*tag, *(s.name for s in specs)))
+    readers = tuple(_reader(s) for s in specs)  # in declaration order: cls's positional order
+
+    def read(f: _Fields) -> Any:
+        f.exact_keys(keys)
+        return cls(*[read_field(f) for read_field in readers])
+
+    return read
+
+
+def _reader(spec: WireField) -> _Read:
+    """Reads ``spec``'s key from an object, checked against its declared form (one call a
+    field: the reference decoder is also the store's and the sealer's)."""
+    key, nullable, choices = spec.name, spec.nullable, spec.choices
+
+    def read_text(f: _Fields) -> Any:
+        v = f.obj.get(key)
+        if isinstance(v, str) or (v is None and nullable):
+            return v
+        raise f._fail(key, "a string")
+
+    def read_integer(f: _Fields) -> Any:
+        v = f.obj.get(key)
+        if (isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least)) or (
+            v is None and nullable
+        ):
+            return v
+        raise f._fail(key, "an integer" if least is None else "an integer >= 0")
+
+    def read_number(f: _Fields) -> Any:
+        v = f.obj.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+        if v is None and nullable:
+            return None
+        raise f._fail(key, "a finite number or null" if nullable else "a finite number")
+
+    def read_choice(f: _Fields) -> Any:
+        v = f.obj.get(key)
+        if v in choices or (v is None and nullable):
+            return v
+        raise f._fail(key, " or ".join(map(repr, choices)))
+
+    def read_choice_list(f: _Fields) -> Any:
+        if f.obj.get(key) is None and nullable:
+            return None
+        items = f.array(key)
+        unknown = [x for x in items if x not in choices]
+        if unknown:
+            raise MalformedRecord(f"{f.where}.{key}: unknown {key} {unknown}; known: {sorted(choices)}")
+        return tuple(items)
+
+    def read_object(f: _Fields) -> Any:
+        v = f.obj.get(key)
+        return None if v is None and nullable else read_members(f.sub(key, v))
+
+    least = 0 if spec.form == "count" else None
+    if spec.form == "object":
+        read_members = _object_reader(spec.type, spec.members)
+    return {
+        "text": read_text,
+        "integer": read_integer,
+        "count": read_integer,
+        "number": read_number,
+        "choice": read_choice,
+        "choice_list": read_choice_list,
+        "object": read_object,
+    }[spec.form]
+
+
+_read_interval = _object_reader(IntervalRecord, INTERVAL_FIELDS, tag=("type",))
 
 
 def _decode_interval(f: _Fields) -> IntervalRecord:
-    f.exact_keys(_INTERVAL_KEYS)
-    kind = f.text("kind")
-    if kind not in ("counter", "gauge"):
-        raise f._fail("kind", "'counter' or 'gauge'")
-    flags = f.array("flags")
-    unknown = [x for x in flags if x not in FLAGS]
-    if unknown:
-        raise MalformedRecord(f"{f.where}.flags: unknown flags {unknown}; known: {sorted(FLAGS)}")
-    rec = IntervalRecord(
-        meter=f.text("meter"),
-        quantity=f.text("quantity"),
-        unit=f.text("unit"),
-        start=f.integer("start"),
-        end=f.integer("end"),
-        kind="counter" if kind == "counter" else "gauge",
-        counter_start=f.num("counter_start"),
-        counter_start_time_ms=f.opt_integer("counter_start_time_ms"),
-        counter_end=f.num("counter_end"),
-        counter_end_time_ms=f.opt_integer("counter_end_time_ms"),
-        delta=f.num("delta"),
-        stats=_decode_stats(f),
-        samples=f.integer("samples"),
-        expected=f.integer("expected"),
-        flags=tuple(flags),
-    )
+    rec: IntervalRecord = _read_interval(f)
     if rec.end <= rec.start:
         raise MalformedRecord(f"{f.where}: end {rec.end} is not after start {rec.start}")
-    if rec.samples < 0 or rec.expected < 0:
-        raise MalformedRecord(f"{f.where}: samples and expected must be >= 0")
     if rec.kind == "gauge" and rec.delta is not None:
         raise MalformedRecord(f"{f.where}.delta: a gauge has no delta")
     return rec
 
 
 def _decode_drop(f: _Fields) -> DropRecord:
-    f.exact_keys(("type", "reason", "policy", "batches", "intervals", "detail"))
+    f.exact_keys({"type", "reason", "policy", "batches", "intervals", "detail"})
     batches = []
     for i, raw in enumerate(f.array("batches")):
         b = f.sub("batches", raw, i)
-        b.exact_keys(("seq", "header_sha256"))
+        b.exact_keys({"seq", "header_sha256"})
         batches.append(DroppedBatch(b.integer("seq"), b.text("header_sha256")))
     intervals = []
     for i, raw in enumerate(f.array("intervals")):
         r = f.sub("intervals", raw, i)
-        r.exact_keys(("meter", "quantity", "start", "end"))
+        r.exact_keys({"meter", "quantity", "start", "end"})
         ref = IntervalRef(r.text("meter"), r.text("quantity"), r.integer("start"), r.integer("end"))
         intervals.append(ref)
     return DropRecord(f.text("reason"), f.text("policy"), tuple(batches), tuple(intervals), f.text("detail"))
 
 
 def _decode_rotation(f: _Fields) -> KeyRotationRecord:
-    f.exact_keys(("type", "new_key_id", "new_public_key", "effective_seq"))
+    f.exact_keys({"type", "new_key_id", "new_public_key", "effective_seq"})
     return KeyRotationRecord(f.text("new_key_id"), f.text("new_public_key"), f.integer("effective_seq"))
 
 

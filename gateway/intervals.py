@@ -72,7 +72,7 @@ from typing import Any, Literal
 
 from common.clock import Clock
 from drivers.contract import Invalid, Sample
-from evidence.records import IntervalRecord, Stats
+from evidence.records import Flag, IntervalRecord, Stats
 from gateway.errors import IntervalError
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class _Acc:
     """An open interval of one series."""
 
     samples: int = 0
-    flags: set[str] = field(default_factory=set)
+    flags: set[Flag] = field(default_factory=set)
     first: tuple[float, float] | None = None
     end: tuple[float, float] | None = None
     adjust: float = 0.0
@@ -396,7 +396,9 @@ class IntervalBuilder:
             return _with(base, flags)
         return self._counter_record(s, acc, base, flags)
 
-    def _counter_record(self, s: _Series, acc: _Acc, base: IntervalRecord, flags: set[str]) -> IntervalRecord:
+    def _counter_record(
+        self, s: _Series, acc: _Acc, base: IntervalRecord, flags: set[Flag]
+    ) -> IntervalRecord:
         begin = s.carry
         if begin is None and acc.first is not None:
             begin = acc.first
@@ -478,7 +480,7 @@ def _ms(t: float) -> int:
 
 def _with(
     base: IntervalRecord,
-    flags: set[str],
+    flags: set[Flag],
     *,
     counter_start: float | None = None,
     counter_start_time_ms: int | None = None,

@@ -8,6 +8,11 @@ and ``expected.yaml``: the samples the driver must produce.
   pymodbus server on 127.0.0.1 (free port), the source is built as the gateway builds it
   (:func:`gateway.runtime.modbus_source`: plain or SunSpec), polled once, and its samples
   compared with ``expected.yaml``.
+- Modbus RTU: the same ``registers.yaml``, served by a pymodbus RTU server on one end of
+  a pseudo-terminal pair (:func:`firmware_sim.pty_pair`, the simulator's serial bus); the
+  meter's bus (``config.yaml`` holds the ``serial_buses`` entry and the meter) is opened on
+  the other end by the gateway's :class:`SerialBusOwner`, and the source is built and
+  polled as for TCP.
 - MQTT: ``payload.json`` or ``payload-NN.json`` (raw bytes, published in name order) go
   through the session's private Mosquitto to an :class:`MqttSubscriber` configured from
   ``config.yaml``; what it hands to its sink, and its health counters, are compared.
@@ -30,9 +35,11 @@ from typing import Annotated, Any, Literal, TypeVar
 import aiomqtt
 import pytest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+import drivers.modbus_rtu.driver
 import drivers.modbus_tcp.driver
 import drivers.mqtt.driver
 from common.clock import ManualClock
@@ -41,15 +48,21 @@ from drivers.contract import Invalid, InvalidReason, Sample
 from drivers.modbus.profiles import load_profiles
 from drivers.modbus.source import SAMPLE_SOURCE, ModbusSource
 from drivers.modbus.sunspec_source import SunSpecSource
+from drivers.modbus_rtu.config import SerialBus
+from drivers.modbus_rtu.driver import SerialBusOwner
 from drivers.mqtt import MqttSubscriber
-from gateway.config import MeterBase, ModbusTcpMeter, MqttMeter, parse_site
+from drivers.registry import CONNECTIONS
+from firmware_sim import pty_pair
+from gateway.config import MeterBase, ModbusRtuMeter, ModbusTcpMeter, MqttMeter, SiteConfig, parse_site
 from gateway.errors import ConfigError
 from gateway.runtime import modbus_source
 from testbed.servers import LOOPBACK, PrivateMosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 MODBUS_TCP_CASES = Path(drivers.modbus_tcp.driver.__file__).resolve().parent / "testcases"
+MODBUS_RTU_CASES = Path(drivers.modbus_rtu.driver.__file__).resolve().parent / "testcases"
 MQTT_CASES = Path(drivers.mqtt.driver.__file__).resolve().parent / "testcases"
+CASES = {"modbus_tcp": MODBUS_TCP_CASES, "modbus_rtu": MODBUS_RTU_CASES, "mqtt": MQTT_CASES}
 PROFILES = load_profiles()
 POLL_CLOCK = 1_736_899_200.0  # 2025-01-15T00:00:00Z: the Modbus poll's clock time
 DEADLINE_S = 10.0
@@ -181,15 +194,35 @@ def _load(case: Path, name: str, model: type[Model]) -> Model:
     pytest.fail("\n".join(problems), pytrace=False)  # outside the except: no chained traceback
 
 
-def _meter(case: Path) -> MeterBase:
-    """config.yaml as the one meter of a site, through the site config model."""
-    entry = _read(case, "config.yaml")
-    site = {"gateway": {"id": "golden-gw", "site": "golden"}, "meters": [entry]}
+def _site(case: Path, data: dict[str, Any], hint: str = "") -> SiteConfig:
+    """``data`` (meters, serial buses) as a site config, through the site config model."""
+    site = {"gateway": {"id": "golden-gw", "site": "golden"}, **data}
     try:
-        return parse_site(site, f"{_label(case)}/config.yaml", PROFILES).meters[0]
+        return parse_site(site, f"{_label(case)}/config.yaml", PROFILES)
     except ConfigError as exc:
         error = exc
-    pytest.fail(f"{error}\n(paths are inside a site config: meters[0] is this file)", pytrace=False)
+    pytest.fail(f"{error}{hint}", pytrace=False)
+
+
+def _meter(case: Path) -> MeterBase:
+    """config.yaml as the one meter of a site."""
+    entry = _read(case, "config.yaml")
+    return _site(
+        case, {"meters": [entry]}, "\n(paths are inside a site config: meters[0] is this file)"
+    ).meters[0]
+
+
+def _rtu_meter(case: Path) -> tuple[SerialBus, ModbusRtuMeter]:
+    """config.yaml (one ``serial_buses`` entry and one meter on it) as a site."""
+    data = _read(case, "config.yaml")
+    if not isinstance(data, dict) or set(data) != {"serial_buses", "meters"}:
+        pytest.fail(f"{_label(case)}/config.yaml: expected the keys serial_buses and meters", pytrace=False)
+    site = _site(case, data)
+    if len(site.serial_buses) != 1 or len(site.meters) != 1 or not isinstance(site.meters[0], ModbusRtuMeter):
+        pytest.fail(
+            f"{_label(case)}/config.yaml: expected one serial bus and one modbus_rtu meter", pytrace=False
+        )
+    return site.serial_buses[0], site.meters[0]
 
 
 # -- comparison -------------------------------------------------------------------------------
@@ -243,14 +276,17 @@ def _sim_table(blocks: Sequence[RegisterBlock]) -> list[SimData]:
     return [SimData(b.start, values=b.registers, datatype=DataType.REGISTERS, readonly=True) for b in blocks]
 
 
+def _sim_device(image: RegisterImage) -> SimDevice:
+    """The device serving ``image``: addresses outside it answer "illegal data address"."""
+    bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    return SimDevice(image.unit, simdata=(bits, bits, _sim_table(image.holding), _sim_table(image.input)))
+
+
 @contextlib.asynccontextmanager
 async def serve_image(image: RegisterImage) -> AsyncIterator[int]:
-    """Serve a static register image on 127.0.0.1; yields the bound port. Addresses outside
-    the image answer "illegal data address"; other unit ids get an exception reply (pymodbus
-    answers code 4 and logs the unknown unit)."""
-    bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-    tables = (bits, bits, _sim_table(image.holding), _sim_table(image.input))
-    server = ModbusTcpServer([SimDevice(image.unit, simdata=tables)], address=(LOOPBACK, 0))
+    """Serve a static register image on 127.0.0.1; yields the bound port. Other unit ids get
+    an exception reply (pymodbus answers code 4 and logs the unknown unit)."""
+    server = ModbusTcpServer([_sim_device(image)], address=(LOOPBACK, 0))
     await server.serve_forever(background=True)
     try:
         sockets = getattr(server.transport, "sockets", None)  # an asyncio.Server once serving
@@ -299,6 +335,54 @@ async def test_modbus_tcp_golden_case(case: Path) -> None:
         local = meter.model_copy(update={"connection": connection})
         source = modbus_source(local, PROFILES, clock, {})
         assert isinstance(source, ModbusSource | SunSpecSource)
+        async with source, asyncio.timeout(DEADLINE_S):
+            result = await source.poll()
+    if not result.ok:
+        pytest.fail(f"golden case {_label(case)}: poll failed: {result.error}", pytrace=False)
+    _fail_if(case, _modbus_problems(source, result.samples, expected, clock.now()))
+
+
+# -- Modbus RTU -------------------------------------------------------------------------------
+
+
+def _on_pty(bus: SerialBus, path: str) -> SerialBus:
+    """``bus`` moved to the pseudo-terminal ``path``. A pseudo-terminal carries bytes, not
+    line signals: baud rate and stop bits do nothing, and Linux refuses parity on one
+    (EINVAL), so both ends run it without; the case's settings are still validated."""
+    return bus.model_copy(update={"port": path, "parity": "N"})
+
+
+@contextlib.asynccontextmanager
+async def serve_image_rtu(image: RegisterImage, bus: SerialBus) -> AsyncIterator[SerialBus]:
+    """Serve a static register image over Modbus RTU on one end of a pseudo-terminal pair;
+    yields ``bus`` moved to the other end. Other unit ids get an exception reply (pymodbus
+    answers code 4 where a real line would stay silent)."""
+    async with pty_pair() as (device_end, gateway_end):
+        line = _on_pty(bus, device_end)
+        server = ModbusSerialServer(
+            [_sim_device(image)], framer=FramerType.RTU, port=line.port, baudrate=line.baudrate,
+            parity=line.parity, stopbits=line.stopbits, bytesize=line.bytesize,
+        )  # fmt: skip
+        await server.serve_forever(background=True)
+        try:
+            yield _on_pty(bus, gateway_end)
+        finally:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", _cases(MODBUS_RTU_CASES))
+async def test_modbus_rtu_golden_case(case: Path) -> None:
+    bus, meter = _rtu_meter(case)
+    image = _load(case, "registers.yaml", RegisterImage)
+    expected = _load(case, "expected.yaml", ModbusExpected)
+    clock = ManualClock(POLL_CLOCK)
+    async with serve_image_rtu(image, bus) as local, SerialBusOwner(local) as owner:
+        source = modbus_source(meter, PROFILES, clock, {bus.id: owner})
+        assert isinstance(source, ModbusSource | SunSpecSource)
+        # No retries, as for TCP: a golden case fails on the first bad answer (and a retry's
+        # backoff would wait on the manual clock).
+        source.policy = source.policy.model_copy(update={"retries": 0})
         async with source, asyncio.timeout(DEADLINE_S):
             result = await source.poll()
     if not result.ok:
@@ -375,9 +459,12 @@ async def test_mqtt_golden_case(case: Path, mosquitto: PrivateMosquitto) -> None
 # -- the case folders themselves --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("root", [MODBUS_TCP_CASES, MQTT_CASES], ids=lambda p: p.parent.name)
-def test_every_driver_has_golden_cases(root: Path) -> None:
-    """An empty or missing testcases folder would silently parametrize to nothing."""
+@pytest.mark.parametrize("driver", sorted(CONNECTIONS))
+def test_every_driver_has_golden_cases(driver: str) -> None:
+    """Every registered driver has a runner here and case folders: an empty or missing
+    testcases folder would silently parametrize to nothing."""
+    root = CASES.get(driver)
+    assert root is not None, f"driver {driver!r} has no golden case runner in this module"
     assert case_folders(root), f"no case folders in {root.relative_to(REPO)}"
     strays = [p.name for p in root.iterdir() if not p.is_dir()]
     assert not strays, f"{root.relative_to(REPO)}: only case folders belong here, found {strays}"
