@@ -91,7 +91,15 @@ class GatewayRegistry:
             region=doc.region,
             enrolled_ms=at_ms,
             meters=tuple(
-                MeterInfo(doc.gateway, m.id, m.scenario, m.rated_power_kw, m.meter_class, doc.region)
+                MeterInfo(
+                    doc.gateway,
+                    m.id,
+                    m.scenario,
+                    m.rated_power_kw,
+                    m.meter_class,
+                    doc.region,
+                    m.calibrated_until,
+                )
                 for m in doc.meters
             ),
             keys=keys,

@@ -30,6 +30,7 @@ import threading
 import zlib
 from collections.abc import Collection, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,8 +42,8 @@ from evidence.records import IntervalRecord, decode_record
 log = logging.getLogger(__name__)
 
 # Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of intervals_by_meter;
-# 4 rejections.repeats (the same bytes refused again add no row).
-SCHEMA_VERSION = 4
+# 4 rejections.repeats (the same bytes refused again add no row); 5 meters.calibrated_until.
+SCHEMA_VERSION = 5
 # zlib level of stored batches: the demo's are 5.7x smaller at 0.5 ms per 1,000 records (6: 6.6x, 2.6x CPU)
 _DATA_LEVEL = 1
 INFLUX_PENDING, INFLUX_WRITTEN, INFLUX_FAILED = 0, 1, 2
@@ -59,7 +60,8 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
     added_ms INTEGER NOT NULL, PRIMARY KEY (gateway, key_id));
 CREATE TABLE IF NOT EXISTS meters (
     gateway TEXT NOT NULL, meter TEXT NOT NULL, scenario TEXT NOT NULL,
-    rated_power_kw REAL NOT NULL, meter_class TEXT NOT NULL, PRIMARY KEY (gateway, meter));
+    rated_power_kw REAL NOT NULL, meter_class TEXT NOT NULL, calibrated_until TEXT,
+    PRIMARY KEY (gateway, meter));
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT NOT NULL, seq INTEGER NOT NULL,
     header_sha256 TEXT NOT NULL, prev TEXT NOT NULL, key_id TEXT NOT NULL, root TEXT NOT NULL,
@@ -315,6 +317,9 @@ class SQLiteEvidenceStore:
             self._w.execute("ALTER TABLE rejections ADD COLUMN repeats INTEGER NOT NULL DEFAULT 1")
             self._w.execute("ALTER TABLE rejections ADD COLUMN last_ms INTEGER")
         self._w.execute("CREATE INDEX IF NOT EXISTS rejections_by_data ON rejections (data_sha256)")
+        columns = {row[1] for row in self._w.execute("PRAGMA table_info(meters)")}
+        if "calibrated_until" not in columns:  # before version 5: no meter had a calibration date
+            self._w.execute("ALTER TABLE meters ADD COLUMN calibrated_until TEXT")
         [(version,)] = self._w.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
         if version < 3:  # the per-interval meter index becomes one row per batch and series
             with self._transaction("migrating to schema version 3"):
@@ -538,8 +543,9 @@ class SQLiteEvidenceStore:
             ),
             ("DELETE FROM meters WHERE gateway = ?", (e.gateway,)),
             (
-                "INSERT INTO meters VALUES (?,?,?,?,?)",
-                [(e.gateway, m.meter, m.scenario, m.rated_power_kw, m.meter_class) for m in e.meters],
+                "INSERT INTO meters (gateway, meter, scenario, rated_power_kw, meter_class, calibrated_until)"
+                " VALUES (?,?,?,?,?,?)",
+                [_meter_row(m) for m in e.meters],
             ),
             (
                 "INSERT OR IGNORE INTO gateway_keys (gateway, key_id, public_key, valid_from_seq,"
@@ -722,10 +728,10 @@ class SQLiteEvidenceStore:
     def meters(self) -> list[MeterInfo]:
         """Every enrolled meter, with its gateway's grid region."""
         rows = self._read(
-            "SELECT m.gateway, m.meter, m.scenario, m.rated_power_kw, m.meter_class, g.region"
-            " FROM meters m JOIN gateways g USING (gateway) ORDER BY m.gateway, m.meter"
+            "SELECT m.gateway, m.meter, m.scenario, m.rated_power_kw, m.meter_class, g.region,"
+            " m.calibrated_until FROM meters m JOIN gateways g USING (gateway) ORDER BY m.gateway, m.meter"
         )
-        return [MeterInfo(*row) for row in rows]
+        return [MeterInfo(g, m, s, kw, c, region, _day(day)) for g, m, s, kw, c, region, day in rows]
 
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
         """The exact signed bytes of a stored batch, or None."""
@@ -815,3 +821,13 @@ class SQLiteEvidenceStore:
             if len(batches) < _BATCH_PAGE:
                 return
             after = int(batches[-1][0])
+
+
+def _meter_row(m: MeterInfo) -> tuple[object, ...]:
+    day = None if m.calibrated_until is None else m.calibrated_until.isoformat()
+    return (m.gateway, m.meter, m.scenario, m.rated_power_kw, m.meter_class, day)
+
+
+def _day(text: str | None) -> date | None:
+    """A stored calibration date (ISO text, as the enrolment wrote it), or None."""
+    return None if text is None else date.fromisoformat(text)

@@ -8,6 +8,7 @@ methodology engine can be built and tested without a running ingest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal
 
 from evidence.records import IntervalRecord
@@ -25,6 +26,7 @@ class MeterInfo:
     rated_power_kw: float
     meter_class: str
     region: str | None = None  # grid region, when the enrolment names one
+    calibrated_until: date | None = None  # last day (China time) of the meter's calibration validity
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ Wire and storage form (ASCII text, two lines, each ending with ``\\n``)::
     line 1   body: canonical JSON, keys in this order
              {"format":"puhui-enrolment/1","gateway":ID,"site":SITE,"region":REGION|null,
               "key_id":KID,"public_key":BASE64(DER SPKI),
-              "meters":[{"id":..,"scenario":..,"rated_power_kw":..,"meter_class":..},...],
+              "meters":[{"id":..,"scenario":..,"rated_power_kw":..,"meter_class":..
+                         [,"calibrated_until":"YYYY-MM-DD"]},...],
               "created_ms":MS}
     line 2   signature: {"alg":"ECDSA-P256-SHA256","sig":BASE64(DER)}
 
@@ -14,13 +15,16 @@ document holds the private key. Whether the gateway *should* be enrolled is the 
 decision (``puhui aggregator gateways add DOC``); the document only makes that decision
 about an authentic, intact statement. Like batch headers, the body must be byte-for-byte
 canonical: the parser re-encodes what it read and compares, so no two spellings of one
-document exist.
+document exist. ``calibrated_until`` (the last day of the meter's calibration validity) is
+written only when the gateway knows it, so documents without it keep their exact bytes.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,25 +40,32 @@ SCENARIOS: tuple[str, ...] = ("pv", "ev_charging", "clean_heating")
 Scenario = Literal["pv", "ev_charging", "clean_heating"]
 _BODY_KEYS = ("format", "gateway", "site", "region", "key_id", "public_key", "meters", "created_ms")
 _METER_KEYS = ("id", "scenario", "rated_power_kw", "meter_class")
+_CALIBRATION_KEY = "calibrated_until"
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
 class EnrolledMeter:
-    """A meter as the gateway declares it: id, what it meters, nameplate, accuracy class."""
+    """A meter as the gateway declares it: id, what it meters, nameplate, accuracy class and,
+    when known, the last day of its calibration validity."""
 
     id: str
     scenario: Scenario
     rated_power_kw: float
     meter_class: str
+    calibrated_until: dt.date | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "scenario": self.scenario,
             "rated_power_kw": float(self.rated_power_kw),
             "meter_class": self.meter_class,
         }
+        if self.calibrated_until is not None:
+            out[_CALIBRATION_KEY] = self.calibrated_until.isoformat()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +194,13 @@ def _validate(obj: Any, where: str) -> None:
 
 
 def _validate_meter(meter: Any, where: str) -> None:
-    if not isinstance(meter, dict) or tuple(meter) != _METER_KEYS:
+    if not isinstance(meter, dict) or tuple(meter) not in (_METER_KEYS, (*_METER_KEYS, _CALIBRATION_KEY)):
         got = list(meter) if isinstance(meter, dict) else type(meter).__name__
-        raise MalformedEnrolment(f"{where}: keys must be {list(_METER_KEYS)}, got {got}")
+        raise MalformedEnrolment(
+            f"{where}: keys must be {list(_METER_KEYS)} (and optionally {_CALIBRATION_KEY!r}), got {got}"
+        )
+    if _CALIBRATION_KEY in meter:
+        _calibration_date(meter[_CALIBRATION_KEY], f"{where}.{_CALIBRATION_KEY}")
     for k in ("id", "meter_class"):
         if not isinstance(meter[k], str) or not meter[k]:
             raise MalformedEnrolment(f"{where}.{k}: must be a non-empty string")
@@ -199,9 +214,24 @@ def _validate_meter(meter: Any, where: str) -> None:
         )
 
 
+def _calibration_date(value: Any, where: str) -> dt.date:
+    if not isinstance(value, str) or not _DATE.match(value):
+        raise MalformedEnrolment(f"{where}: must be a date as YYYY-MM-DD, got {value!r}")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise MalformedEnrolment(f"{where}: {value!r} is not a calendar date") from exc
+
+
 def _from_json(obj: dict[str, Any], body: bytes, signature: bytes) -> EnrolmentDocument:
     meters = tuple(
-        EnrolledMeter(m["id"], m["scenario"], float(m["rated_power_kw"]), m["meter_class"])
+        EnrolledMeter(
+            m["id"],
+            m["scenario"],
+            float(m["rated_power_kw"]),
+            m["meter_class"],
+            _calibration_date(m[_CALIBRATION_KEY], "calibrated_until") if _CALIBRATION_KEY in m else None,
+        )
         for m in obj["meters"]
     )
     return EnrolmentDocument(

@@ -270,6 +270,7 @@ def enrolment_for(site: SiteConfig, key: GatewayKey, *, created_ms: int) -> byte
             scenario=m.scenario,
             rated_power_kw=m.nameplate.rated_power_kw,
             meter_class=m.nameplate.meter_class,
+            calibrated_until=m.nameplate.calibrated_until,
         )
         for m in site.meters
         if m.enabled

@@ -12,6 +12,7 @@ uplink) by adding fields; unknown keys stay errors.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,6 +74,9 @@ class Nameplate(Closed):
     meter_class: Literal["0.2S", "0.5S", "0.5", "1", "2", "A", "B", "C", "heat_1", "heat_2", "heat_3"]
     counter_width: Literal[16, 32, 64] | None = Field(
         default=None, description="bits at which counters wrap; default from the register type"
+    )
+    calibrated_until: dt.date | None = Field(
+        default=None, description="last day (China time) of the meter's calibration validity, YYYY-MM-DD"
     )
 
 

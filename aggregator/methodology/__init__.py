@@ -7,8 +7,10 @@ only from plausible, unflagged intervals, with completeness reported and enforce
 docs/methodologies.md.
 """
 
+from aggregator.methodology.baseline import HistoricalUse, load_baselines
 from aggregator.methodology.engine import Computation, Evaluation, compute, compute_from, evaluate, rules_for
 from aggregator.methodology.errors import (
+    BaselineFileError,
     ComputationError,
     DoubleClaim,
     IneligibleSubject,
@@ -35,11 +37,13 @@ from aggregator.methodology.verify import VerificationReport, verify_statement
 
 __all__ = [
     "PARAMS_DIR",
+    "BaselineFileError",
     "Computation",
     "ComputationError",
     "DoubleClaim",
     "Evaluation",
     "EvidenceSource",
+    "HistoricalUse",
     "IneligibleSubject",
     "LoadedParameterSet",
     "MethodologyError",
@@ -62,6 +66,7 @@ __all__ = [
     "evaluate",
     "find_parameter_set",
     "issue_statement",
+    "load_baselines",
     "load_parameter_set",
     "parse_parameter_set",
     "parse_statement",

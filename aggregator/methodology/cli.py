@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from aggregator.methodology.baseline import load_baselines
 from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import MethodologyError
 from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
@@ -40,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", action="append", default=[], help="ID=METER+METER: meters earning as one unit")
     p.add_argument("--start", type=_time, required=True, help="POSIX seconds or ISO 8601 with offset")
     p.add_argument("--end", type=_time, required=True)
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="heating units' recorded coal use (puhui-heating-baseline/1 YAML): caps their baseline",
+    )
     p.add_argument("--influx-url", help="also write the statement to InfluxDB (v1 HTTP API)")
     p.add_argument("--influx-db", default="puhui")
     p.set_defaults(func=_compute)
@@ -129,7 +135,8 @@ def _compute(args: argparse.Namespace) -> int:
         key = load_private_key(args.key)
         params = load_parameter_set(args.params)
         source = args.open_evidence(args.db)
-        comp = compute(source, params, _subject(args), Period(args.start, args.end))
+        baselines = load_baselines(args.baseline) if args.baseline else None
+        comp = compute(source, params, _subject(args), Period(args.start, args.end), baselines=baselines)
         if not comp.result.used and not any(comp.result.excluded.values()):
             return _fail(
                 f"gateway {args.gateway}: no attested interval of {', '.join(comp.subject.meters)} in "

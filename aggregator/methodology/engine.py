@@ -12,18 +12,21 @@ Two layers:
 Crediting rules applied here: a *unit* (a PV or EV meter, or a house's heating meters)
 earns for a slot only if every one of its series has a credited interval there; its
 completeness is credited time / period length; a unit below the parameter set's threshold
-earns nothing for the period; ER = max(0, BE - PE - LE) over the statement.
+earns nothing for the period; credited activity is taken at the conservative end of each
+meter's permissible error where the set says so; ER = max(0, BE - PE - LE) over the statement.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 
+from aggregator.methodology.accuracy import check_calibration, row_mpe, valid_until
+from aggregator.methodology.baseline import HistoricalUse, baseline_caps
 from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
 from aggregator.methodology.heating import HeatingRules
@@ -36,7 +39,7 @@ from aggregator.methodology.params import (
     resolve_grid_factor,
 )
 from aggregator.methodology.pv import PVRules
-from aggregator.methodology.scenario import ScenarioRules
+from aggregator.methodology.scenario import Credited, ScenarioRules, Totals
 from aggregator.methodology.series import MISSING, OK, EvidenceIndex, SeriesArrays, build_series
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.subject import Period, Subject, Unit
@@ -60,6 +63,8 @@ class Evaluation:
     missing: int
     excluded: dict[str, int]
     runs: list[list[tuple[int, int]]]  # per series row: credited [start, end) seconds
+    bounds: Credited | None = None  # activity at the ends of the meters' MPE (accuracy discount)
+    capped: np.ndarray | None = None  # per unit: BE limited by the recorded historical fuel use
 
     @property
     def totals_be_pe_le(self) -> tuple[float, float, float]:
@@ -89,8 +94,14 @@ def evaluate(
     period: Period,
     interval_s: int,
     threshold: float,
+    accuracy: np.ndarray | None = None,
+    be_cap: np.ndarray | None = None,
 ) -> Evaluation:
-    """The array core: series x slots -> per-unit figures, counts and credited runs."""
+    """The array core: series x slots -> per-unit figures, counts and credited runs.
+
+    ``accuracy``: per series row, the maximum permissible error of its meter (activity feeding
+    BE is taken x (1 - MPE), feeding PE x (1 + MPE)); ``be_cap``: per unit, the most BE it
+    may earn (tCO2, inf for no cap)."""
     ok = series.status == OK
     rows = series.unit_of_row
     valid_u = _all_per_unit(ok, rows, n_units)
@@ -102,8 +113,9 @@ def evaluate(
     completeness = valid.sum(axis=1) * interval_s / period.seconds  # integers first: exact ratios
     credited = completeness >= threshold
     totals = {r: np.where(valid, a, 0.0).sum(axis=1) * credited for r, a in activity.items()}
-    figs = rules.figures(totals, present, grid, period.year)
     used_rows = _per_row(valid & credited[:, None], rows, n_units)
+    bounds = Credited(totals, totals) if accuracy is None else _bounds(series, used_rows, totals, accuracy)
+    figs = rules.figures(bounds, present, grid, period.year, be_cap)
     excluded = _reason_counts(series, ok, _per_row(valid_u, rows, n_units), rejects, used_rows, credited)
     return Evaluation(
         completeness=completeness,
@@ -117,7 +129,23 @@ def evaluate(
         missing=int((series.status == MISSING).sum()),
         excluded=excluded,
         runs=_runs(used_rows, period.start, interval_s),
+        bounds=None if accuracy is None else bounds,
+        capped=None if figs.capped is None else figs.capped & credited,
     )
+
+
+def _bounds(series: SeriesArrays, used_rows: np.ndarray, totals: Totals, mpe: np.ndarray) -> Credited:
+    """Credited activity per role and unit with each row x (1 - MPE) and x (1 + MPE)."""
+    row_sums = np.where(used_rows, series.values, 0.0).sum(axis=1)
+    roles = np.array([k.role for k in series.keys], dtype=object)
+    low: Totals = {}
+    high: Totals = {}
+    for role, total in totals.items():
+        idx = roles == role
+        units, sums = series.unit_of_row[idx], row_sums[idx]
+        low[role] = np.bincount(units, weights=sums * (1.0 - mpe[idx]), minlength=len(total))
+        high[role] = np.bincount(units, weights=sums * (1.0 + mpe[idx]), minlength=len(total))
+    return Credited(low, high)
 
 
 def _identity(rows: np.ndarray, n_units: int) -> bool:
@@ -213,6 +241,30 @@ class Computation:
     series: SeriesArrays
     evidence: EvidenceIndex
     result: Evaluation
+    accuracy: np.ndarray | None = None  # per series row: the meter's MPE, with an accuracy discount
+    be_cap: np.ndarray | None = None  # per unit: BE cap from recorded historical fuel use
+    baselines: Mapping[str, HistoricalUse] = field(default_factory=dict)
+
+    def evaluate_values(self, values: np.ndarray, mask: np.ndarray, threshold: float = 0.0) -> Evaluation:
+        """The same units, grid factors, accuracy and caps over other activity values (series x
+        slots, in the engine's units) credited where ``mask`` is true: the demo's ground truth."""
+        series = SeriesArrays(
+            keys=self.series.keys,
+            unit_of_row=self.series.unit_of_row,
+            values=np.where(mask, values, 0.0),
+            status=np.where(mask, OK, MISSING).astype(np.uint8),
+        )
+        return evaluate(
+            series,
+            len(self.subject.units),
+            rules_for(self.params.params),
+            np.array([g.value for g in self.grid]),
+            period=self.period,
+            interval_s=self.interval_s,
+            threshold=threshold,
+            accuracy=self.accuracy,
+            be_cap=self.be_cap,
+        )
 
 
 def compute(
@@ -222,15 +274,17 @@ def compute(
     period: Period,
     *,
     commissioned: Mapping[str, int] | None = None,
+    baselines: Mapping[str, HistoricalUse] | None = None,
 ) -> Computation:
-    """Compute a subject's reductions for a period from the evidence source."""
+    """Compute a subject's reductions for a period from the evidence source; ``baselines``:
+    recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`)."""
     infos = _meter_infos(source, params.params, subject, period, commissioned or {})
     intervals = list(
         source.attested_intervals(
             gateway=subject.gateway, meters=subject.meters, start=period.start, end=period.end
         )
     )
-    return compute_from(intervals, infos, params, subject, period)
+    return compute_from(intervals, infos, params, subject, period, baselines=baselines)
 
 
 def compute_from(
@@ -239,6 +293,8 @@ def compute_from(
     params: LoadedParameterSet,
     subject: Subject,
     period: Period,
+    *,
+    baselines: Mapping[str, HistoricalUse] | None = None,
 ) -> Computation:
     """The object path over intervals already read (the verifier re-derives them)."""
     items = list(intervals)
@@ -246,7 +302,10 @@ def compute_from(
     rules = rules_for(p)
     interval_s = _interval_length(items, subject)
     grid = [_grid_for(p, infos, u) for u in subject.units]
-    series, evidence = build_series(items, subject, rules, p.data_policy.flags, period, interval_s)
+    until = valid_until(p, infos)
+    series, evidence = build_series(items, subject, rules, p.data_policy.flags, period, interval_s, until)
+    accuracy = row_mpe(p, infos, series.keys)
+    be_cap = baseline_caps(p, subject, period, baselines or {})
     result = evaluate(
         series,
         len(subject.units),
@@ -255,8 +314,13 @@ def compute_from(
         period=period,
         interval_s=interval_s,
         threshold=p.completeness.threshold,
+        accuracy=accuracy,
+        be_cap=be_cap,
     )
-    return Computation(params, subject, period, interval_s, infos, grid, series, evidence, result)
+    return Computation(
+        params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,
+        dict(baselines or {}),
+    )  # fmt: skip
 
 
 def _interval_length(items: Sequence[AttestedInterval], subject: Subject) -> int:
@@ -269,6 +333,7 @@ def _grid_for(params: ParameterSet, infos: Mapping[str, MeterInfo], unit: Unit) 
     regions = sorted({(infos[m].region or "").lower() for m in unit.meters})
     if len(regions) > 1:
         raise ComputationError(f"unit {unit.id}: meters name different grid regions {regions}")
+    check_scope(params, {m: infos[m] for m in unit.meters})
     try:
         return resolve_grid_factor(params, regions[0] or None)
     except ValueError as exc:
@@ -294,11 +359,14 @@ def _meter_infos(
 def check_eligibility(
     params: ParameterSet, infos: Mapping[str, MeterInfo], period: Period, commissioned: Mapping[str, int]
 ) -> None:
-    """Scenario, size cap and crediting life; raise :class:`IneligibleSubject`."""
+    """Scenario, programme region, size cap, calibration and meter class, crediting life;
+    raise :class:`IneligibleSubject`."""
     scenario = params.method.scenario
     wrong = sorted(m for m, i in infos.items() if i.scenario != scenario)
     if wrong:
         raise IneligibleSubject(f"meters {wrong} are not enrolled for {scenario} ({params.id})")
+    check_scope(params, infos)
+    check_calibration(params, infos, period)
     cap = params.eligibility.max_rated_power_kw
     if cap is not None:
         big = sorted(f"{m} ({i.rated_power_kw} kW)" for m, i in infos.items() if i.rated_power_kw > cap.value)
@@ -315,3 +383,21 @@ def check_eligibility(
                 raise IneligibleSubject(
                     f"{meter}: period ends after the {life.value:g}-year crediting life ({life.source})"
                 )
+
+
+def check_scope(params: ParameterSet, infos: Mapping[str, MeterInfo]) -> None:
+    """Refuse meters enrolled outside the programme's regions (sets with a ``scope``)."""
+    scope = params.scope
+    if scope is None:
+        return
+    outside = sorted(
+        f"{m} (region {i.region!r})" if i.region else f"{m} (its enrolment names no region)"
+        for m, i in infos.items()
+        if (i.region or "").lower() not in scope.regions
+    )
+    if outside:
+        regions = ", ".join(f"{r} ({e.code})" for r, e in sorted(scope.regions.items()))
+        raise IneligibleSubject(
+            f"{params.id} {params.version}: {', '.join(outside)} outside the programme's regions "
+            f"{regions} ({scope.source})"
+        )

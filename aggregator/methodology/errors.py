@@ -4,8 +4,10 @@
 
     MethodologyError
     ├── ParameterSetError         a parameter file is unreadable or invalid (names file and path)
+    ├── BaselineFileError         a heating baseline file is unreadable or invalid
     ├── ComputationError          a statement cannot be computed as asked
-    │   ├── IneligibleSubject     a meter breaks an eligibility rule (size cap, crediting life)
+    │   ├── IneligibleSubject     a meter breaks an eligibility rule (size cap, crediting life,
+    │   │                         programme region, calibration, meter class)
     │   └── PerSessionCounter     an EV meter has only a per-session counter and the set refuses it
     ├── DoubleClaim               intervals already credited by a stored statement
     ├── StatementFormatError      a statement document is malformed or not canonical
@@ -24,6 +26,10 @@ class MethodologyError(Exception):
 
 class ParameterSetError(MethodologyError, ValueError):
     """A parameter set file cannot be read or fails validation."""
+
+
+class BaselineFileError(MethodologyError, ValueError):
+    """A heating baseline file (recorded household coal use) cannot be read or fails validation."""
 
 
 class ComputationError(MethodologyError, ValueError):

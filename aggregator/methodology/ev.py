@@ -2,8 +2,10 @@
 
     D  = E / EC_ev                         km driven on the charged energy
     BE = D x SFC x EF_fuel x f^(year - base)   f: baseline technology improvement per year
-    PE = E x EF_grid x (1 + grid loss)
+    PE = E / (1 - transmission_loss) x EF_grid   (1.0.0 sets: E x EF_grid x (1 + grid loss))
     LE = leakage x BE
+
+With an accuracy discount, E is taken x (1 - MPE) in BE and x (1 + MPE) in PE.
 
 Only lifetime counters are credited. A meter whose energy is only a per-session counter is
 refused (:class:`PerSessionCounter`) unless the parameter set says ``convert``: then the
@@ -17,7 +19,7 @@ import numpy as np
 
 from aggregator.methodology.errors import PerSessionCounter
 from aggregator.methodology.params import EVMethod
-from aggregator.methodology.scenario import Figures, Totals
+from aggregator.methodology.scenario import Credited, Figures, Totals
 
 ROLE = "energy_mwh"
 
@@ -46,12 +48,17 @@ class EVRules:
     def screen(self, activity: Totals, valid: np.ndarray, present: Totals) -> dict[str, np.ndarray]:
         return {}
 
-    def figures(self, totals: Totals, present: Totals, grid: np.ndarray, year: int) -> Figures:
+    def figures(
+        self, credited: Credited, present: Totals, grid: np.ndarray, year: int, be_cap: np.ndarray | None
+    ) -> Figures:
         m = self.method
-        e_mwh = totals[ROLE]
-        km = e_mwh * 1000.0 / m.ev_consumption.value
+        e_be, e_pe = credited.low[ROLE], credited.high[ROLE]
+        km = e_be * 1000.0 / m.ev_consumption.value
         improvement = m.baseline_improvement_per_year.value ** max(0, year - m.improvement_base_year)
         be = km * m.fuel_consumption.value * m.fuel_emission_factor.value / 1000.0 * improvement
-        pe = e_mwh * grid * (1.0 + m.grid_loss_fraction.value)
+        if m.transmission_loss is None:
+            pe = e_pe * grid * (1.0 + m.grid_loss_fraction.value)
+        else:
+            pe = e_pe / (1.0 - m.transmission_loss.value) * grid
         le = be * m.leakage_fraction.value
-        return Figures(be=be, pe=pe, le=le, estimated=np.zeros(e_mwh.shape, bool))
+        return Figures(be=be, pe=pe, le=le, estimated=np.zeros(e_be.shape, bool))

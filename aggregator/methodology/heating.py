@@ -1,8 +1,12 @@
 """Clean heating replacing coal (electric boilers, heat pumps).
 
-    BE = Q_heat / eta_BL x EF_coal       Q in GJ, EF_coal in tCO2/GJ (= tCO2/TJ / 1000)
-    PE = E_elec x EF_grid
+    BE = min(Q_heat / eta_BL x EF_coal, cap)   Q in GJ, EF_coal in tCO2/GJ (= tCO2/TJ / 1000)
+    PE = E_elec / (1 - transmission_loss) x EF_grid   (1.0.0 sets: no loss term)
     LE = leakage x BE
+
+``cap`` is the household's recorded coal use pro-rated to the period (:mod:`.baseline`), for
+units that have a record. With an accuracy discount, Q (and E where it stands in for Q) is
+taken x (1 - MPE) in BE and E x (1 + MPE) in PE.
 
 A unit (one house: its electricity meter(s) and, when fitted, its heat meter) is credited
 slot by slot only when every one of its series has a credited interval in that slot, so a
@@ -16,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from aggregator.methodology.params import HeatingMethod
-from aggregator.methodology.scenario import GJ_PER_MWH, Figures, Totals
+from aggregator.methodology.scenario import GJ_PER_MWH, Credited, Figures, Totals
 
 HEAT = "heat_gj"
 ELEC = "electricity_mwh"
@@ -48,12 +52,18 @@ class HeatingRules:
             "cop_out_of_range": valid & ~no_elec & metered & ~(in_range | idle),
         }
 
-    def figures(self, totals: Totals, present: Totals, grid: np.ndarray, year: int) -> Figures:
+    def figures(
+        self, credited: Credited, present: Totals, grid: np.ndarray, year: int, be_cap: np.ndarray | None
+    ) -> Figures:
         m = self.method
-        e_mwh = totals[ELEC]
+        low, high = credited.low, credited.high
         metered = present[HEAT].astype(bool)
-        q_gj = np.where(metered, totals[HEAT], e_mwh * GJ_PER_MWH * m.estimated_cop.value)
+        q_gj = np.where(metered, low[HEAT], low[ELEC] * GJ_PER_MWH * m.estimated_cop.value)
         be = q_gj / m.baseline_efficiency.value * (m.coal_emission_factor.value / 1000.0)
-        pe = e_mwh * grid
+        capped = np.zeros(be.shape, bool) if be_cap is None else be > be_cap
+        if be_cap is not None:
+            be = np.minimum(be, be_cap)
+        loss = 0.0 if m.transmission_loss is None else m.transmission_loss.value
+        pe = high[ELEC] * grid if loss == 0.0 else high[ELEC] / (1.0 - loss) * grid
         le = be * m.leakage_fraction.value
-        return Figures(be=be, pe=pe, le=le, estimated=~metered)
+        return Figures(be=be, pe=pe, le=le, estimated=~metered, capped=capped)

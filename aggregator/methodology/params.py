@@ -9,6 +9,12 @@ parameter set.
 Every factor carries ``value``, ``unit``, ``source`` and ``confidence``: ``documented`` (seen
 in the official text), ``secondary`` (seen only in a transcription) or ``assumed`` (an
 engineering default without an official source), as in the project's methodology reference.
+
+Sections added with the 2.0.0 sets are optional, so every older file still loads (a statement
+signed with it stays verifiable): ``scope`` (regions a programme credits, and the grid
+factors that may apply in each), ``meter_accuracy`` (calibration and permissible error),
+``method.transmission_loss``, ``method.historical_coal_ncv`` and ``alternatives`` (the
+published values the set did not choose: tests/aggregator/methodology/test_conservative.py).
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ HEATING_UNITS = {
     "cop_max": "1",
     "leakage_fraction": "1",
 }
+OPTIONAL_UNITS = {"transmission_loss": "1", "historical_coal_ncv": "GJ/t"}
+REGION = r"^[a-z][a-z0-9_]*$"  # as gateway.grid_region and the enrolment's region spell it
+MAX_LOSS = 0.5
+MAX_MPE = 0.2
 
 
 class _Closed(BaseModel):
@@ -156,6 +166,7 @@ class Eligibility(_Closed):
 
 
 def _expect_units(model: BaseModel, units: dict[str, str]) -> None:
+    units = {**units, **{k: u for k, u in OPTIONAL_UNITS.items() if getattr(model, k, None) is not None}}
     wrong = [
         f"{name}.unit must be {unit!r}, got {getattr(model, name).unit!r}"
         for name, unit in units.items()
@@ -163,6 +174,11 @@ def _expect_units(model: BaseModel, units: dict[str, str]) -> None:
     ]
     if wrong:
         raise ValueError("; ".join(wrong))
+
+
+def _check_loss(loss: Factor | None) -> None:
+    if loss is not None and not 0 <= loss.value < MAX_LOSS:
+        raise ValueError(f"transmission_loss must be in [0, {MAX_LOSS})")
 
 
 class PVMethod(_Closed):
@@ -174,7 +190,8 @@ class PVMethod(_Closed):
 
 
 class EVMethod(_Closed):
-    """BE = E / EC_ev x SFC x EF_fuel x improvement^(year - base); PE = E x EF_grid x (1 + loss)."""
+    """BE = E / EC_ev x SFC x EF_fuel x improvement^(year - base); PE = E x EF_grid x (1 + loss),
+    or with ``transmission_loss``: PE = E / (1 - loss) x EF_grid."""
 
     scenario: Literal["ev_charging"]
     lifetime_quantities: list[str] = Field(min_length=1)
@@ -187,15 +204,20 @@ class EVMethod(_Closed):
     improvement_base_year: int
     grid_loss_fraction: Factor
     leakage_fraction: Factor
+    transmission_loss: Factor | None = None
 
     @model_validator(mode="after")
     def _units(self) -> EVMethod:
         _expect_units(self, EV_UNITS)
+        _check_loss(self.transmission_loss)
+        if self.transmission_loss is not None and self.grid_loss_fraction.value != 0:
+            raise ValueError("grid_loss_fraction must be 0 when transmission_loss is set (one loss term)")
         return self
 
 
 class HeatingMethod(_Closed):
-    """BE = Q / eta_BL x EF_coal; PE = E x EF_grid; LE = leakage x BE."""
+    """BE = Q / eta_BL x EF_coal (capped by the household's recorded coal use, with
+    ``historical_coal_ncv``); PE = E x EF_grid (/ (1 - transmission_loss)); LE = leakage x BE."""
 
     scenario: Literal["clean_heating"]
     heat_quantities: list[str] = Field(min_length=1)
@@ -206,10 +228,15 @@ class HeatingMethod(_Closed):
     cop_min: Factor
     cop_max: Factor
     leakage_fraction: Factor
+    transmission_loss: Factor | None = None
+    historical_coal_ncv: Factor | None = None
 
     @model_validator(mode="after")
     def _units(self) -> HeatingMethod:
         _expect_units(self, HEATING_UNITS)
+        _check_loss(self.transmission_loss)
+        if self.historical_coal_ncv is not None and self.historical_coal_ncv.value <= 0:
+            raise ValueError("historical_coal_ncv must be > 0")
         if not 0 < self.cop_min.value <= self.estimated_cop.value <= self.cop_max.value:
             raise ValueError("need 0 < cop_min <= estimated_cop <= cop_max")
         if not 0 < self.baseline_efficiency.value <= 1:
@@ -218,6 +245,53 @@ class HeatingMethod(_Closed):
 
 
 Method = Annotated[PVMethod | EVMethod | HeatingMethod, Field(discriminator="scenario")]
+
+
+class ScopeRegion(_Closed):
+    """A region the programme credits: its GB/T 2260 code and the grid factors (regions of the
+    chosen series) that may apply to electricity there."""
+
+    code: str = Field(pattern=r"^\d{6}$")
+    grid: list[str] = Field(min_length=1)
+
+
+class ProgrammeScope(Sourced):
+    """The enrolment regions whose meters the programme may credit; any other is refused.
+
+    Where a region lists several grid factors, the conservative one is used: the largest for
+    electricity a project consumes (EV charging, heat pumps: project emissions), the smallest
+    for electricity it displaces (PV: baseline emissions)."""
+
+    regions: dict[Annotated[str, Field(pattern=REGION)], ScopeRegion] = Field(min_length=1)
+
+
+class MeterAccuracy(Sourced):
+    """Calibration and accuracy: readings after a meter's calibration date earn nothing; with
+    ``discount``, activity feeding BE is taken x (1 - MPE) and activity feeding PE x (1 + MPE),
+    MPE being the maximum permissible error of the meter's class."""
+
+    require_calibration_date: bool
+    discount: bool
+    mpe: dict[str, Factor] = Field(min_length=1)
+
+    @field_validator("mpe")
+    @classmethod
+    def _fractions(cls, mpe: dict[str, Factor]) -> dict[str, Factor]:
+        wrong = sorted(c for c, f in mpe.items() if f.unit != "1" or not 0 <= f.value < MAX_MPE)
+        if wrong:
+            raise ValueError(f"classes {wrong}: an MPE is a fraction (unit '1') in [0, {MAX_MPE})")
+        return mpe
+
+
+class Alternative(_Closed):
+    """A published value the set could have used instead of its own (the conservativeness
+    table): ``changes`` maps dotted paths in the file to that value. The chosen value must not
+    give the larger ER unless ``chosen_because`` names the source that requires it."""
+
+    changes: dict[str, Any] = Field(min_length=1)
+    region: Annotated[str, Field(pattern=REGION)] | None = None
+    source: str = Field(min_length=3)
+    chosen_because: str | None = None
 
 
 class ParameterSet(_Closed):
@@ -234,18 +308,50 @@ class ParameterSet(_Closed):
     completeness: Completeness
     data_policy: DataPolicy
     eligibility: Eligibility = Eligibility()
+    scope: ProgrammeScope | None = None
+    meter_accuracy: MeterAccuracy | None = None
+    alternatives: list[Alternative] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _grid_choice_exists(self) -> ParameterSet:
         if self.grid_factor.series not in self.grid_series:
             raise ValueError(f"grid_factor.series {self.grid_factor.series!r} is not in grid_series")
-        resolve_grid_factor(self, None)  # the default region/year must resolve
+        if self.scope is None:
+            resolve_grid_factor(self, None)  # the default region/year must resolve
+        for region in self.scope.regions if self.scope else ():
+            resolve_grid_factor(self, region)  # every region's candidates must resolve
         return self
+
+    @model_validator(mode="after")
+    def _alternatives_name_this_file(self) -> ParameterSet:
+        data = self.model_dump(mode="json")
+        for i, alt in enumerate(self.alternatives):
+            for path in alt.changes:
+                if not _has_path(data, path):
+                    raise ValueError(f"alternatives[{i}].changes: {path!r} is not a path in this file")
+            if alt.region is not None and (self.scope is None or alt.region not in self.scope.regions):
+                raise ValueError(f"alternatives[{i}].region {alt.region!r} is not in scope.regions")
+        return self
+
+    def consumes_grid_electricity(self) -> bool:
+        """True when the grid factor prices electricity the project consumes (PE), False when it
+        prices electricity the project displaces (PV: BE)."""
+        return self.method.scenario != "pv"
+
+
+def _has_path(data: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
 
 
 @dataclass(frozen=True, slots=True)
 class GridFactor:
-    """The grid factor one meter gets: value in tCO2/MWh and where it comes from."""
+    """The grid factor one meter gets: value in tCO2/MWh and where it comes from. With a
+    programme scope, ``candidates`` are the factors that could apply and ``rule`` says which
+    one was taken (absent for sets without a scope, whose statements keep their old form)."""
 
     value: float
     series: str
@@ -253,9 +359,11 @@ class GridFactor:
     year: int | None
     source: str
     confidence: str
+    candidates: tuple[tuple[str, float], ...] | None = None
+    rule: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "value": self.value,
             "unit": "tCO2/MWh",
             "series": self.series,
@@ -264,11 +372,24 @@ class GridFactor:
             "source": self.source,
             "confidence": self.confidence,
         }
+        if self.candidates is not None:
+            out["candidates"] = dict(self.candidates)
+            out["rule"] = self.rule
+        return out
+
+
+CONSUMED_RULE = "largest candidate: electricity the project consumes (project emissions)"
+DISPLACED_RULE = "smallest candidate: electricity the project displaces (baseline emissions)"
 
 
 def resolve_grid_factor(params: ParameterSet, meter_region: str | None) -> GridFactor:
     """The grid factor for a meter's region (or the set's default region). Raises ValueError
-    when the region or year is not in the series: no silent fallback to another region."""
+    when the region or year is not in the series: no silent fallback to another region.
+
+    With a programme scope the region must be in it, and the conservative one of the region's
+    candidate factors is taken (:class:`ProgrammeScope`)."""
+    if params.scope is not None:
+        return _scoped_grid_factor(params, params.scope, (meter_region or "").lower())
     choice = params.grid_factor
     region = meter_region if (meter_region and choice.use_meter_region) else choice.region
     s = params.grid_series[choice.series]
@@ -287,6 +408,44 @@ def resolve_grid_factor(params: ParameterSet, meter_region: str | None) -> GridF
     if choice.year not in years:
         raise ValueError(f"series {choice.series!r} has no year {choice.year} for {region!r}")
     return GridFactor(years[choice.year], choice.series, region, choice.year, s.source, s.confidence)
+
+
+def _scoped_grid_factor(params: ParameterSet, scope: ProgrammeScope, region: str) -> GridFactor:
+    entry = scope.regions.get(region)
+    if entry is None:
+        raise ValueError(
+            f"region {region or None!r} is outside the programme's scope ({sorted(scope.regions)})"
+        )
+    found = [_series_factor(params, g) for g in entry.grid]
+    pick = max if params.consumes_grid_electricity() else min
+    best = pick(found, key=lambda g: g.value)
+    rule = CONSUMED_RULE if params.consumes_grid_electricity() else DISPLACED_RULE
+    candidates = tuple((g.region, g.value) for g in found)
+    return GridFactor(
+        best.value, best.series, best.region, best.year, best.source, best.confidence, candidates, rule
+    )
+
+
+def _series_factor(params: ParameterSet, region: str) -> GridFactor:
+    """The chosen series' factor for one region, exactly (no default region, no meter region)."""
+    name, year = params.grid_factor.series, params.grid_factor.year
+    s = params.grid_series[name]
+    if isinstance(s, FixedSeries):
+        if region != s.region:
+            raise ValueError(f"series {name!r} is for {s.region!r} only, not {region!r}")
+        return GridFactor(s.value, name, region, None, s.source, s.confidence)
+    if isinstance(s, CombinedMarginSeries):
+        if region not in s.om:
+            raise ValueError(f"region {region!r} is not in series {name!r} ({sorted(s.om)})")
+        value = s.weight_om.value * s.om[region] + s.weight_bm.value * s.bm[region]
+        conf = "assumed" if "assumed" in (s.weight_om.confidence, s.weight_bm.confidence) else s.confidence
+        return GridFactor(value, name, region, s.year, f"{s.source}; weights: {s.weight_om.source}", conf)
+    years = s.values.get(region)
+    if years is None:
+        raise ValueError(f"region {region!r} is not in series {name!r} ({sorted(s.values)})")
+    if year not in years:
+        raise ValueError(f"series {name!r} has no year {year} for {region!r}")
+    return GridFactor(years[year], name, region, year, s.source, s.confidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +477,7 @@ def parse_parameter_set(data: bytes, name: str = "<parameters>") -> LoadedParame
     try:
         params = ParameterSet.model_validate(raw)
     except ValidationError as exc:
-        raise ParameterSetError("\n".join(_issues(exc, name))) from exc
+        raise ParameterSetError("\n".join(validation_issues(exc, name))) from exc
     return LoadedParameterSet(params, hashlib.sha256(data).hexdigest())
 
 
@@ -349,7 +508,8 @@ def find_parameter_set(
     raise ParameterSetError(f"{directory}: no parameter set {set_id} version {version}")
 
 
-def _issues(exc: ValidationError, name: str) -> list[str]:
+def validation_issues(exc: ValidationError, name: str) -> list[str]:
+    """One line per problem: ``NAME: path.in.file: what is wrong``."""
     out = []
     for err in exc.errors(include_url=False):
         path = _format_path([p for p in err["loc"] if not _is_tag(p)])

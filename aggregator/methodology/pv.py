@@ -1,8 +1,9 @@
 """Rooftop / distributed PV: BE = EG x EF_grid; PE = 0; LE = 0.
 
-EG is the quantity the parameter set credits: ``energy_export`` (the national CCER rule:
-only what the settlement meter exports) or ``energy_generated`` (Shanghai). A meter's other
-quantities are ignored.
+EG is the quantity the parameter set credits: ``energy_export`` (CMS-002-V01 / AMS-I.D: only
+what the settlement meter delivers to the grid) or ``energy_generated`` (Shanghai). A
+meter's other quantities are ignored. EG is taken at the low end of the meter's permissible
+error when the set discounts for accuracy.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from aggregator.methodology.params import PVMethod
-from aggregator.methodology.scenario import Figures, Totals
+from aggregator.methodology.scenario import Credited, Figures, Totals
 
 ROLE = "energy_mwh"
 
@@ -29,7 +30,9 @@ class PVRules:
     def screen(self, activity: Totals, valid: np.ndarray, present: Totals) -> dict[str, np.ndarray]:
         return {}
 
-    def figures(self, totals: Totals, present: Totals, grid: np.ndarray, year: int) -> Figures:
-        eg = totals[ROLE]
+    def figures(
+        self, credited: Credited, present: Totals, grid: np.ndarray, year: int, be_cap: np.ndarray | None
+    ) -> Figures:
+        eg = credited.low[ROLE]
         zero = np.zeros_like(eg)
         return Figures(be=eg * grid, pe=zero, le=zero.copy(), estimated=np.zeros(eg.shape, bool))

@@ -18,14 +18,26 @@ ROLE_UNITS = {"energy_mwh": TO_MWH, "electricity_mwh": TO_MWH, "heat_gj": TO_GJ}
 
 
 @dataclass(frozen=True, slots=True)
+class Credited:
+    """Credited activity per role and unit at the conservative end of the meters' maximum
+    permissible error: ``low`` (x (1 - MPE)) feeds baseline emissions, ``high`` (x (1 + MPE))
+    project emissions. Both are the metered totals when the set applies no accuracy discount."""
+
+    low: Totals
+    high: Totals
+
+
+@dataclass(frozen=True, slots=True)
 class Figures:
     """Per-unit BE, PE, LE (tCO2e) from credited activity totals; ``estimated`` marks units
-    whose activity was derived (heat from electricity x COP)."""
+    whose activity was derived (heat from electricity x COP); ``capped`` units whose BE was
+    limited by their recorded historical fuel use."""
 
     be: np.ndarray
     pe: np.ndarray
     le: np.ndarray
     estimated: np.ndarray
+    capped: np.ndarray | None = None
 
 
 class ScenarioRules(Protocol):
@@ -43,6 +55,9 @@ class ScenarioRules(Protocol):
         """Per-slot checks across a unit's series: rejection masks (U, T) by reason."""
         ...
 
-    def figures(self, totals: Totals, present: Totals, grid: np.ndarray, year: int) -> Figures:
-        """BE, PE, LE per unit from credited totals and each unit's grid factor (tCO2/MWh)."""
+    def figures(
+        self, credited: Credited, present: Totals, grid: np.ndarray, year: int, be_cap: np.ndarray | None
+    ) -> Figures:
+        """BE, PE, LE per unit from credited totals, each unit's grid factor (tCO2/MWh) and,
+        where the scenario has one, each unit's cap on BE (tCO2, inf for none)."""
         ...

@@ -3,12 +3,14 @@
 The data policy is applied here, one interval at a time, in this order (the first that
 applies is the interval's reason, so every excluded interval is counted once):
 
-1. ``implausible:<issue>``: the aggregator's plausibility checks flagged it;
-2. ``not_a_counter``: a gauge record for a counted quantity;
-3. ``flag:<flag>``: a flag the parameter set's ``data_policy`` excludes (records' flags are
+1. ``calibration_expired``: the interval ends after its meter's calibration validity
+   (parameter sets with ``meter_accuracy``: :mod:`.accuracy`);
+2. ``implausible:<issue>``: the aggregator's plausibility checks flagged it;
+3. ``not_a_counter``: a gauge record for a counted quantity;
+4. ``flag:<flag>``: a flag the parameter set's ``data_policy`` excludes (records' flags are
    sorted, so the first excluded flag in alphabetical order names the reason);
-4. ``no_delta``: the counter delta is null;
-5. ``unknown_unit:<unit>``: a unit the engine cannot convert.
+5. ``no_delta``: the counter delta is null;
+6. ``unknown_unit:<unit>``: a unit the engine cannot convert.
 
 Records whose length is not the subject's interval length or that are not aligned to the
 period's grid are ``interval_length`` / ``misaligned``; two records for the same slot are
@@ -68,10 +70,16 @@ class EvidenceIndex:
 
 
 def exclusion_reason(
-    ai: AttestedInterval, flags: Mapping[str, str], factors: Mapping[str, float]
+    ai: AttestedInterval,
+    flags: Mapping[str, str],
+    factors: Mapping[str, float],
+    valid_until: int | None = None,
 ) -> str | None:
-    """Why this interval earns nothing, or None if it is credited-quality."""
+    """Why this interval earns nothing, or None if it is credited-quality. ``valid_until``:
+    when the meter's calibration ends (POSIX seconds), if the parameter set checks it."""
     rec = ai.record
+    if valid_until is not None and rec.end > valid_until:
+        return "calibration_expired"
     if ai.issues:
         return f"implausible:{sorted(ai.issues)[0]}"
     if rec.kind != "counter":
@@ -112,8 +120,11 @@ def build_series(
     flags: Mapping[str, str],
     period: Period,
     interval_s: int,
+    valid_until: Mapping[str, int] | None = None,
 ) -> tuple[SeriesArrays, EvidenceIndex]:
-    """Place every relevant interval of the period in its (series, slot) cell."""
+    """Place every relevant interval of the period in its (series, slot) cell.
+    ``valid_until``: per meter, the end of its calibration validity (POSIX seconds)."""
+    valid_until = valid_until or {}
     keys, units = _rows(items, subject, rules)
     row_of = {(k.meter, k.quantity): r for r, k in enumerate(keys)}
     n_slots = -(-period.seconds // interval_s)
@@ -139,7 +150,7 @@ def build_series(
             off_grid["interval_length" if rec.end - rec.start != interval_s else "misaligned"] += 1
             continue
         factors = ROLE_UNITS[keys[row].role]
-        reason = exclusion_reason(ai, flags, factors)
+        reason = exclusion_reason(ai, flags, factors, valid_until.get(rec.meter))
         code = OK if reason is None else code_of.setdefault(reason, len(code_of))
         cells.append(row * n_slots + offset // interval_s)
         values.append(_value(rec, factors) if code == OK else 0.0)

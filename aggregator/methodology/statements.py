@@ -151,9 +151,13 @@ def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dic
     }
 
 
+# Keys added for the 2.0.0 parameter sets appear only when the set (or the unit) uses them, so
+# a statement signed with a 1.0.0 set rebuilds to the same body and stays verifiable.
+
+
 def _unit(comp: Computation, i: int) -> dict[str, Any]:
     r = comp.result
-    return {
+    out = {
         "id": comp.subject.units[i].id,
         "completeness": float(r.completeness[i]),
         "credited": bool(r.credited[i]),
@@ -164,31 +168,55 @@ def _unit(comp: Computation, i: int) -> dict[str, Any]:
         "pe_tco2e": float(r.pe[i]),
         "le_tco2e": float(r.le[i]),
     }
+    if r.bounds is not None:
+        out["activity_at_mpe"] = {
+            "for_be": {role: float(t[i]) for role, t in r.bounds.low.items()},
+            "for_pe": {role: float(t[i]) for role, t in r.bounds.high.items()},
+        }
+    use = comp.baselines.get(comp.subject.units[i].id)
+    if use is not None and comp.be_cap is not None and r.capped is not None:
+        out["baseline_cap"] = {
+            **use.to_json(),
+            "cap_tco2e": float(comp.be_cap[i]),
+            "binding": bool(r.capped[i]),
+        }
+    return out
 
 
 def _meter(comp: Computation, meter: str) -> dict[str, Any]:
     m = comp.meters[meter]
-    return {
+    out: dict[str, Any] = {
         "meter": m.meter,
         "scenario": m.scenario,
         "rated_power_kw": m.rated_power_kw,
         "meter_class": m.meter_class,
         "region": m.region,
     }
+    acc = comp.params.params.meter_accuracy
+    if acc is not None:
+        out["calibrated_until"] = None if m.calibrated_until is None else m.calibrated_until.isoformat()
+        mpe = acc.mpe.get(m.meter_class)
+        out["mpe"] = None if mpe is None or not acc.discount else mpe.value
+    return out
 
 
 def _parameters(comp: Computation) -> dict[str, Any]:
     p = comp.params.params
-    method = p.method.model_dump(mode="json")
+    method = p.method.model_dump(mode="json", exclude_none=True)
     assumed = sorted(name for name, v in p.method if isinstance(v, Factor) and v.confidence == "assumed") + (
         ["completeness.threshold"] if p.completeness.confidence == "assumed" else []
     )
-    return {
+    out = {
         "method": method,
         "completeness_threshold": p.completeness.threshold,
         "data_policy": dict(sorted(p.data_policy.flags.items())),
         "assumed": assumed,
     }
+    if p.scope is not None:
+        out["scope"] = p.scope.model_dump(mode="json")
+    if p.meter_accuracy is not None:
+        out["meter_accuracy"] = p.meter_accuracy.model_dump(mode="json")
+    return out
 
 
 def _evidence(comp: Computation) -> dict[str, Any]:

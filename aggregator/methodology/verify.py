@@ -11,6 +11,12 @@
    the statement is recomputed with the engine and its body rebuilt;
 5. the rebuilt body must equal the signed one (numbers within a relative 1e-9).
 
+Two inputs come from the signed statement itself, because they describe the period and may
+have changed since: a meter's calibration date (a recalibrated meter is enrolled again with a
+later date; an enrolment naming an *earlier* date, or none, is a problem) and a heating
+unit's recorded historical fuel use (``units[].baseline_cap``: it can only lower BE; the
+verifier checks the record it names).
+
 Any tampering with the stored statement (signature, step 1), with the parameter file
 (step 2), with a batch it names (step 3) or with the evidence's verdicts or coverage
 (step 5) makes verification fail, and every problem is reported.
@@ -18,19 +24,22 @@ Any tampering with the stored statement (signature, step 1), with the parameter 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from aggregator.methodology.baseline import HistoricalUse
 from aggregator.methodology.engine import check_eligibility, compute_from
 from aggregator.methodology.errors import MethodologyError, StatementFormatError
 from aggregator.methodology.params import PARAMS_DIR, LoadedParameterSet, find_parameter_set
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import Statement, build_body, canonical, parse_statement
 from aggregator.methodology.subject import Period, Subject, Unit
-from aggregator.view import AttestedInterval, BatchRef
+from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.batch import verify_batch
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, verify_signature
@@ -131,7 +140,9 @@ def _recompute(
     if missing:
         report.problems.append(f"meters: {missing} are not enrolled at gateway {subject.gateway}")
         return
-    infos = {m: known[m] for m in subject.meters}
+    infos = _signed_calibration({m: known[m] for m in subject.meters}, body, report)
+    if report.problems:
+        return
     check_eligibility(loaded.params, infos, period, {})
     held = list(
         source.attested_intervals(
@@ -146,10 +157,46 @@ def _recompute(
         intervals += _rederive(subject, seq, seqs[seq], issues, source, report)
     if report.problems:
         return
-    comp = compute_from(intervals, infos, loaded, subject, period)
+    comp = compute_from(intervals, infos, loaded, subject, period, baselines=_signed_baselines(body))
     rebuilt = json.loads(canonical(build_body(comp, issuer_key_id=st.key_id, created_ms=body["created_ms"])))
     report.recomputed_er_tco2e = comp.result.er
     _compare(body, rebuilt, "", report.problems)
+
+
+def _signed_calibration(
+    infos: Mapping[str, MeterInfo], body: dict[str, Any], report: VerificationReport
+) -> dict[str, MeterInfo]:
+    """The enrolled meters with the calibration dates the statement was computed with."""
+    out = dict(infos)
+    for entry in body.get("meters", []):
+        meter, signed = entry.get("meter"), entry.get("calibrated_until")
+        if "calibrated_until" not in entry or meter not in out:
+            continue
+        day = None if signed is None else _date(signed, f"meters: {meter}.calibrated_until")
+        now = out[meter].calibrated_until
+        if day is not None and (now is None or now < day):
+            report.problems.append(
+                f"meters: {meter}: the statement credits readings under a calibration valid until "
+                f"{signed}, the enrolment names {now.isoformat() if now else 'no date'}"
+            )
+        out[meter] = replace(out[meter], calibrated_until=day)
+    return out
+
+
+def _signed_baselines(body: dict[str, Any]) -> dict[str, HistoricalUse]:
+    try:
+        return {
+            u["id"]: HistoricalUse.from_json(u["baseline_cap"]) for u in body["units"] if "baseline_cap" in u
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StatementFormatError(f"units[].baseline_cap is not a historical-use record: {exc!r}") from exc
+
+
+def _date(text: Any, where: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except (TypeError, ValueError) as exc:
+        raise StatementFormatError(f"{where}: {text!r} is not a date (YYYY-MM-DD)") from exc
 
 
 def _rederive(

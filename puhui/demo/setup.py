@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from testbed.servers import PrivateInfluxDB, PrivateMosquitto, free_ports
 REPO = Path(__file__).resolve().parents[2]
 INFLUX_DB = "puhui_demo"
 REGION = "hebei"  # Zhangjiakou: the enrolments name the Hebei grid
+CALIBRATION_YEARS = 2  # the demo's meters were verified (检定) recently: valid this long after the epoch
 STOP_WAIT_S = 20.0
 DRAIN_WAIT_S = 90.0
 
@@ -180,6 +182,8 @@ def make_gateway(
                     grace_s=demo_grace_s(clock.factor))  # fmt: skip
     data["gateway"]["description"] = f"puhui demo, fleet {fleet.config.name}"
     data["gateway"]["grid_region"] = REGION
+    for meter in data["meters"]:  # the 2.0.0 parameter sets credit calibrated meters only
+        meter["nameplate"]["calibrated_until"] = calibrated_until(clock.spec.epoch)
     data["clock"] = {"mode": "fast", **clock.spec.to_dict()}
     data["evidence"] = {
         "key_file": str(gw.key_path),
@@ -206,6 +210,12 @@ def make_gateway(
     gw.config = data
     gw.config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return gw
+
+
+def calibrated_until(epoch: float) -> str:
+    """The demo meters' calibration date: the epoch's day (China time) plus CALIBRATION_YEARS."""
+    day = datetime.fromtimestamp(epoch, timezone(timedelta(hours=8))).date()
+    return (day + timedelta(days=365 * CALIBRATION_YEARS)).isoformat()
 
 
 def _profiles() -> Any:
@@ -270,6 +280,7 @@ async def _enrolment_document(gw: GatewayRun, notes: list[str]) -> None:
             m["scenario"],
             float(m["nameplate"]["rated_power_kw"]),
             str(m["nameplate"]["meter_class"]),
+            date.fromisoformat(m["nameplate"]["calibrated_until"]),
         )
         for m in gw.config["meters"]
     ]

@@ -115,26 +115,9 @@ def truth_channel(run: Run, meter: str, quantity: str) -> tuple[str, str, str]:
 
 
 def truth_er(comp: Computation, values: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, float]]:
-    """ER (and activity totals) from true values over ``mask``, same rules and grid factors."""
-    from aggregator.methodology import SeriesArrays, evaluate, rules_for
-    from aggregator.methodology.series import MISSING, OK
-
-    series = SeriesArrays(
-        keys=comp.series.keys,
-        unit_of_row=comp.series.unit_of_row,
-        values=np.where(mask, values, 0.0),
-        status=np.where(mask, OK, MISSING).astype(np.uint8),
-    )
-    grid = np.array([g.value for g in comp.grid])
-    ev = evaluate(
-        series,
-        len(comp.subject.units),
-        rules_for(comp.params.params),
-        grid,
-        period=comp.period,
-        interval_s=comp.interval_s,
-        threshold=0.0,
-    )
+    """ER (and activity totals) from true values over ``mask``: same rules, grid factors,
+    meter accuracy and baseline caps (:meth:`Computation.evaluate_values`)."""
+    ev = comp.evaluate_values(values, mask, threshold=0.0)
     return ev.er, {role: float(t.sum()) for role, t in ev.totals.items()}
 
 

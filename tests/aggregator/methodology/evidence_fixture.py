@@ -37,6 +37,12 @@ class SealedEvidence:
             self.keys.setdefault(info.gateway, generate_key())
             self._meters.append(info)
 
+    def enrol_again(self, info: MeterInfo) -> None:
+        """Replace a meter's enrolment (as a new enrolment document of its gateway does)."""
+        self._meters = [
+            info if (m.gateway, m.meter) == (info.gateway, info.meter) else m for m in self._meters
+        ]
+
     def seal(
         self,
         gateway: str,

@@ -17,16 +17,29 @@ SHIPPED = sorted(PARAMS_DIR.glob("*.yaml"))
 def test_shipped_sets_load_with_sources(path: Path) -> None:
     loaded = load_parameter_set(path)
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert path.stem == loaded.id
+    # 1.0.0 keeps its original file name (its bytes are signed); later versions are ID-VERSION.yaml
+    assert path.stem == (loaded.id if loaded.version == "1.0.0" else f"{loaded.id}-{loaded.version}")
     for name, value in loaded.params.method:
         if isinstance(value, Factor):
             assert value.source and value.confidence in ("documented", "secondary", "assumed"), name
     assert find_parameter_set(loaded.id, loaded.version, loaded.sha256).path == path
 
 
+def test_every_version_stays_beside_the_others() -> None:
+    versions = sorted((load_parameter_set(p).id, load_parameter_set(p).version) for p in SHIPPED)
+    assert len(set(versions)) == len(versions)  # no two files claim one id and version
+    ids = {i for i, _ in versions}
+    assert {(i, v) for i in ids for v in ("1.0.0", "2.0.0")} <= set(versions)
+
+
 def test_grid_series_match_the_reference_in_every_file() -> None:
-    tables = {p.stem: load_parameter_set(p).params.grid_series for p in SHIPPED}
-    assert len({repr(t) for t in tables.values()}) == 1  # the same series everywhere
+    by_name: dict[str, set[str]] = {}
+    for p in SHIPPED:
+        for name, series in load_parameter_set(p).params.grid_series.items():
+            by_name.setdefault(name.removesuffix("_superseded"), set()).add(
+                repr(series.model_dump(exclude={"source", "note"}))
+            )
+    assert {n: len(v) for n, v in by_name.items()} == dict.fromkeys(by_name, 1)  # same values everywhere
     params = load_parameter_set(PARAMS_DIR / "pv-guangdong-2019cm.yaml").params
     assert resolve_grid_factor(params, None).value == pytest.approx(0.75 * 0.8042 + 0.25 * 0.2135)
     heat = load_parameter_set(PARAMS_DIR / "clean-heating-hebei.yaml").params
