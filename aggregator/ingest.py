@@ -245,16 +245,19 @@ class BatchIngest:
             except MalformedMessage:
                 gateway = None
             item = _Staged(gateway, self._gen[gateway or ""])
-            item.reply = self._internal_reject(gateway, _best_effort_seq(payload))
+            seq = _best_effort_seq(payload)
+            digest = header_hash(payload.split(b"\n", 1)[0]) if seq is not None else None
+            item.reply = self._internal_reject(gateway, seq, digest)
             return item
 
-    def _internal_reject(self, gateway: str | None, seq: int | None) -> Reject | None:
-        """The answer to a message a bug stopped (counted; None when no gateway can be told)."""
+    def _internal_reject(self, gateway: str | None, seq: int | None, digest: str | None) -> Reject | None:
+        """The answer to a message a bug stopped (counted; None when no gateway can be told),
+        naming the batch where known (a gateway takes only a reject bound to a batch it sent)."""
         self.stats.rejected[RejectReason.INTERNAL.value] += 1
         if gateway is None:
             return None
         now_ms = int(self._clock.now() * 1000)
-        return Reject(gateway, seq, None, RejectReason.INTERNAL.value, "internal error", now_ms)
+        return Reject(gateway, seq, digest, RejectReason.INTERNAL.value, "internal error", now_ms)
 
     async def _stage(self, topic: str, payload: bytes) -> _Staged:
         self.stats.received += 1
@@ -273,7 +276,7 @@ class BatchIngest:
     def _refusal(self, gateway: str | None, r: _Refused, payload: bytes, now_ms: int) -> _Staged:
         h = r.header
         seq = h.seq if h is not None else _best_effort_seq(payload)
-        digest = header_hash(payload.split(b"\n", 1)[0]) if h is not None else None
+        digest = header_hash(payload.split(b"\n", 1)[0]) if seq is not None else None
         self.stats.rejected[r.reason.value] += 1
         level = logging.ERROR if r.reason is RejectReason.FORK else logging.WARNING
         alarm = "ALARM: " if r.reason is RejectReason.FORK else ""
@@ -396,7 +399,8 @@ class BatchIngest:
             except Exception:  # a bug: answer it, keep going (state reloads from the store)
                 log.exception("ingest: internal error answering gateway %s", item.gateway)
                 self._forget_all()
-                reply = self._internal_reject(item.gateway, item.header.seq if item.header else None)
+                digest = item.accepted.header_sha256 if item.accepted is not None else None
+                reply = self._internal_reject(item.gateway, item.header.seq if item.header else None, digest)
             if reply is not None and item.gateway is not None:
                 topic = ack_topic(item.gateway) if isinstance(reply, Ack) else reject_topic(item.gateway)
                 item.answer = (topic, reply)

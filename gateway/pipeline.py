@@ -145,6 +145,7 @@ class EvidencePipeline:
             "rejects",
             "forged_replies",
             "unmatched_acks",
+            "unmatched_rejects",
             "connects",
         ):
             out[name] = counts.get(name, 0)

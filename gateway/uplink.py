@@ -13,6 +13,10 @@ Protocol (topics from :mod:`evidence.wire`)::
   key and names its exact ``(seq, header_sha256)``. Replies that do not verify, or name
   another gateway, are ignored, logged and counted (``forged_replies``); valid acks that
   match nothing in the outbox are counted (``unmatched_acks``).
+- A reject counts only if it answers a batch in flight: its ``(seq, header_sha256)`` name
+  the batch as published and its ``at_ms`` is later than any reject already taken for that
+  seq. Anything else (garbage someone else published on our batch topic, a captured reject
+  replayed) is ignored and counted (``unmatched_rejects``): it can neither pause nor hold.
 - A reject is logged at ERROR with gateway, seq and reason and the batch is kept. Reasons
   that concern the gateway as a whole and can be fixed at the other end
   (``RejectReason.retry``: not enrolled, unknown key, internal error) pause all sending
@@ -68,6 +72,7 @@ class UplinkCounts:
     rejects: int = 0
     forged_replies: int = 0
     unmatched_acks: int = 0
+    unmatched_rejects: int = 0  # rejects that answer no batch in flight, or replayed: ignored
     connects: int = 0
     disconnects: int = 0
 
@@ -103,6 +108,7 @@ class Uplink:
         self._work = asyncio.Event()
         self._inflight: dict[int, _InFlight] = {}
         self._held: dict[int, float] = {}  # seq -> loop time before which it is not resent
+        self._reject_at: dict[int, int] = {}  # seq -> at_ms of the last reject taken for it
         self._paused_until = 0.0
         self._reject_streak = 0
         self.counts = UplinkCounts()
@@ -271,18 +277,30 @@ class Uplink:
         log.warning("uplink %s: ack %s for seq %d header %s… matches no batch in the outbox",
                     self._gateway, ack.status, ack.seq, ack.header_sha256[:16])  # fmt: skip
 
+    def _answers_a_flight(self, reject: Reject) -> bool:
+        """Whether ``reject`` answers a batch we have in flight, and is not a replay."""
+        flight = None if reject.seq is None else self._inflight.get(reject.seq)
+        if flight is None or reject.header_sha256 != flight.header_sha256:
+            return False
+        return reject.seq is not None and reject.at_ms > self._reject_at.get(reject.seq, -1)
+
     def _on_reject(self, reject: Reject) -> None:
+        if not self._answers_a_flight(reject):
+            self.counts.unmatched_rejects += 1
+            log.warning("uplink %s: ignored a reject (seq %s, %s) that answers no batch in flight",
+                        self._gateway, reject.seq, reject.reason)  # fmt: skip
+            return
+        assert reject.seq is not None
+        self._reject_at[reject.seq] = reject.at_ms
         self.counts.rejects += 1
         reason = RejectReason(reject.reason)
         self.last_reject = f"seq {reject.seq}: {reason.value}: {reject.detail}"
         log.error("BATCH REJECTED by the aggregator: gateway %s seq %s reason %s: %s; kept for retry",
                   self._gateway, reject.seq, reason.value, reject.detail)  # fmt: skip
         now = asyncio.get_running_loop().time()
-        rejects = None
-        if reject.seq is not None:
-            self._inflight.pop(reject.seq, None)
-            rejects = self._store.record_reject(reject.seq, reason.value, self._now_ms())
-        if reason.retry or reject.seq is None:
+        self._inflight.pop(reject.seq, None)
+        rejects = self._store.record_reject(reject.seq, reason.value, self._now_ms())
+        if reason.retry:
             self._reject_streak += 1
             self._paused_until = now + self._reject_backoff.delay(self._reject_streak - 1)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
@@ -17,8 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from common.clock import ManualClock
 from evidence.keys import generate_key
-from evidence.wire import Ack, RejectReason, ack_topic, encode_reply
-from gateway.evidence_config import SealingSettings, TlsSettings
+from evidence.wire import Ack, RejectReason, ack_topic, batch_topic, encode_reply, reject_topic
+from gateway.evidence_config import BackoffSettings, SealingSettings, TlsSettings
 from gateway.pipeline import EvidencePipeline
 from testbed.servers import PrivateMosquitto, free_ports
 from tests.gateway.ack_subscriber import AckSubscriber, eventually
@@ -206,3 +207,52 @@ def test_the_client_id_is_new_per_connection_so_no_one_can_take_it_over() -> Non
     ids = {client_identifier("gw-zjk-1") for _ in range(50)}
     assert len(ids) == 50
     assert all(i.startswith("puhui-gw-gw-zjk-1-") and len(i) <= 64 for i in ids)
+
+
+async def test_garbage_and_replayed_rejects_do_not_stall_the_gateway(
+    tmp_path: Path, mosquitto: PrivateMosquitto
+) -> None:
+    """Issue 16 item 3. Anyone on the broker can publish garbage on our batch topic (the
+    aggregator then signs a reject naming no batch) and replay a reject it captured. Neither
+    answers a batch in flight: the gateway ignores them and keeps sending at full rate, under
+    the production reject backoff (10 s .. 600 s) and resend (60 s), which would stall it."""
+    gw, keys = "gw-flooded", make_keys(tmp_path / "keys")
+    settings = evidence_settings(tmp_path / "state", keys, sealing=ONE)
+    uplink = uplink_settings(
+        mosquitto.host,
+        mosquitto.port,
+        keys,
+        resend_after_s=60.0,
+        reject_backoff=BackoffSettings(initial_s=10.0, max_s=600.0),
+    )
+    async with (
+        subscriber(mosquitto, tmp_path, keys, gw, mode="reject") as agg,
+        aiomqtt.Client(mosquitto.host, mosquitto.port) as attacker,
+        EvidencePipeline(settings, uplink, gateway_id=gw, key=keys.gateway, clock=ManualClock(T0)) as p,
+    ):
+        await attacker.subscribe(reject_topic(gw), qos=1)
+        await p.submit([interval(0, 0)], SNAP)  # rejected once (not enrolled): we capture that reject
+        captured = await _first_payload(attacker)
+        await eventually(lambda: p.status()["rejects"] == 1, 10, "the genuine reject")
+        agg.mode = "ack"
+        await attacker.unsubscribe(reject_topic(gw))
+        for _ in range(50):  # garbage: the stand-in aggregator signs a reject with seq null for each
+            await attacker.publish(batch_topic(gw), b"garbage\n", qos=1)
+        for k in range(1, 11):
+            await p.submit([interval(0, k)], SNAP)
+            for _ in range(3):
+                await attacker.publish(reject_topic(gw), captured, qos=1)
+        # the 11 batches get through well before any resend (60 s) or reject backoff (10 s+)
+        await eventually(lambda: p.status()["outbox_depth_batches"] == 0, 8, "every batch acked")
+        await eventually(lambda: p.status()["unmatched_rejects"] >= 50 + 30, 20, "every false reject seen")
+        status = p.status()
+        assert [b.header.seq for b in agg.batches(gw)] == list(range(1, 12))
+    assert status["rejects"] == 1 and status["acks"] == 11
+
+
+async def _first_payload(client: aiomqtt.Client) -> bytes:
+    async with asyncio.timeout(10):
+        async for message in client.messages:
+            if isinstance(message.payload, bytes):
+                return message.payload
+    raise AssertionError("no message")
