@@ -214,8 +214,11 @@ def _bus_issues(data: dict[str, Any]) -> list[Issue]:
             hint = suggest(str(bus), bus_ids)
             msg = f"{bus!r} is not a serial bus" + (f" ({hint}?)" if hint else "; declare it in serial_buses")
             issues.append(Issue(("meters", i, "connection", "bus"), msg))
-        key = (str(bus), m.get("unit_id"))
-        if bus is not None and key in on_bus:
+        unit = m.get("unit_id")
+        if bus is None or not _scalar(unit):
+            continue
+        key = (str(bus), unit)
+        if key in on_bus:
             msg = f"unit id {key[1]} is already used on bus {bus!r} by meters[{on_bus[key]}]"
             issues.append(Issue(("meters", i, "unit_id"), msg))
         on_bus.setdefault(key, i)
@@ -267,6 +270,11 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
     }
 
 
+def _scalar(value: Any) -> bool:
+    """A value that can be compared as an id (YAML lists and maps cannot be hashed)."""
+    return isinstance(value, str | int | float | bool)
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -276,8 +284,8 @@ def _duplicates(section: str, items: list[Any], key: str) -> list[Issue]:
     out: list[Issue] = []
     for i, item in enumerate(items):
         value = item.get(key) if isinstance(item, dict) else None
-        if value is None:
-            continue
+        if not _scalar(value):
+            continue  # missing, or a list or map: the field error says what is expected
         if value in seen:
             out.append(Issue((section, i, key), f"{value!r} is already used by {section}[{seen[value]}]"))
         seen.setdefault(value, i)
