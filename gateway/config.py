@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
 from drivers.modbus.decode import RegisterType
@@ -86,6 +94,17 @@ class MeterBase(Closed):
     stats_quantity: QUANTITY | None = Field(default="power", description="gauge giving counter Stats")
     reset_tolerance: float = Field(default=0.0, ge=0, description="counter decreases seen as jitter")
     enabled: bool = True
+
+    @field_validator("counts")
+    @classmethod
+    def _counted_once(cls, counts: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # One interval series per (meter, quantity): the interval builder refuses a second.
+        twice = sorted({q for q in counts if counts.count(q) > 1})
+        if twice:
+            meter = info.data.get("id")
+            whose = f" of meter {meter!r}" if isinstance(meter, str) else ""
+            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once in the counts{whose}")
+        return counts
 
 
 class ModbusMeterBase(MeterBase):
@@ -158,6 +177,21 @@ class SiteConfig(Closed):
         if 60 % minutes:
             raise ValueError(f"{minutes} does not divide 60 (1-6, 10, 12, 15, 20, 30, 60)")
         return minutes
+
+    @field_validator("boundary_seconds")
+    @classmethod
+    def _within_half_interval(cls, boundary: float, info: ValidationInfo) -> float:
+        # The gateway uses min(boundary, grace); the interval builder needs it below half an
+        # interval (a reading cannot close the interval that ended and open the next one).
+        minutes, grace = info.data.get("interval_minutes"), info.data.get("grace_seconds")
+        if not isinstance(minutes, int) or not isinstance(grace, float | int):
+            return boundary
+        if min(boundary, grace) >= minutes * 30:
+            raise ValueError(
+                f"{boundary:g} s (and grace_seconds {grace:g} s) must be below half an interval "
+                f"({minutes * 30} s) for {minutes}-minute intervals"
+            )
+        return boundary
 
     @property
     def interval_s(self) -> int:
