@@ -48,6 +48,7 @@ from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
 from gateway.commission import (
+    LINK_FAILURES,
     Answer,
     BlockRead,
     Link,
@@ -459,7 +460,7 @@ def _scan(args: argparse.Namespace) -> int:
     results = asyncio.run(_scan_all(target, args))
     silent = [r.unit for r in results if r.read.answer is Answer.TIMEOUT]
     found = [r.unit for r in results if r.read.present]
-    if results and results[-1].read.answer is Answer.UNREACHABLE:
+    if results and results[-1].read.answer in LINK_FAILURES:
         print(f"puhui gateway scan: {results[-1].read.error}", file=sys.stderr)
         return 1
     if silent:
@@ -476,7 +477,7 @@ async def _scan_all(target: Target, args: argparse.Namespace) -> list[UnitScan]:
         )
         async for result in scan:
             results.append(result)
-            if result.read.answer is not Answer.UNREACHABLE:
+            if result.read.answer not in LINK_FAILURES:
                 _print_unit(result)
     return results
 
