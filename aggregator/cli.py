@@ -7,6 +7,10 @@
     puhui aggregator gateways --config aggregator.yaml list
     puhui aggregator gateways --config aggregator.yaml revoke gw-1 [--from 2026-03-01T00:00:00Z] [--key KID]
     puhui aggregator keygen --out aggregator-key.pem
+
+Exit status, as for ``puhui gateway``: 0 done; 1 the command failed (store, registry,
+enrolment document refused); 2 a usage or config error (the message names the file and
+the field). No traceback.
 """
 
 from __future__ import annotations
@@ -21,15 +25,21 @@ from pathlib import Path
 
 from aggregator import checkpoints
 from aggregator.config import AggregatorConfig, load_config
-from aggregator.errors import AggregatorError
+from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from evidence import cli as evidence_cli
 from evidence.errors import EvidenceError
 
+EXIT_STATUS = (
+    "exit status: 0 done; 1 the command failed (store, registry, a refused document); "
+    "2 a usage or config error (the message names the file and field)"
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = sub.add_parser("run", help="verify, store and acknowledge batches; feed InfluxDB")
@@ -67,6 +77,11 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _config_error(exc: ConfigError) -> int:
+    print(exc, file=sys.stderr)  # every line names the file and the path inside it
+    return 2
+
+
 def _config(args: argparse.Namespace) -> AggregatorConfig:
     return load_config(args.config)
 
@@ -89,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(main())
     except asyncio.CancelledError:
         return 0
+    except ConfigError as exc:
+        return _config_error(exc)
     except (AggregatorError, EvidenceError) as exc:
         return _fail(str(exc))
     return 0
@@ -109,6 +126,8 @@ def _add(args: argparse.Namespace) -> int:
             store.close()
     except OSError as exc:
         return _fail(f"{args.document}: {exc.strerror or exc}")
+    except ConfigError as exc:
+        return _config_error(exc)
     except (AggregatorError, EvidenceError) as exc:
         return _fail(f"{args.document}: {exc}")
     key = entry.keys[-1].key_id
@@ -136,6 +155,8 @@ def _list(args: argparse.Namespace) -> int:
                     print(f"  meter {m.meter}\t{m.scenario}\t{m.rated_power_kw} kW\tclass {m.meter_class}")
         finally:
             store.close()
+    except ConfigError as exc:
+        return _config_error(exc)
     except AggregatorError as exc:
         return _fail(str(exc))
     return 0
@@ -164,6 +185,8 @@ def _revoke(args: argparse.Namespace) -> int:
             ids = registry.revoke(args.gateway, from_ms=from_ms, key=args.key)
         finally:
             store.close()
+    except ConfigError as exc:
+        return _config_error(exc)
     except AggregatorError as exc:
         return _fail(str(exc))
     for kid in ids:

@@ -6,6 +6,12 @@ Every problem becomes an :class:`Issue` with a path inside the file
 (``meters[3].registers[1].type``) and a message saying what was expected; enum-like values
 and unknown keys get a "did you mean" suggestion (difflib). All of a file's problems are
 collected, not only the first.
+
+:func:`read_yaml` turns every way a file can be unreadable into an issue with its line and
+column, never an exception: bytes that are not UTF-8, YAML syntax, nesting deeper than
+:data:`MAX_NESTING`, aliases that expand beyond :data:`MAX_NODES` values or refer to
+themselves, and scalars the YAML library cannot construct (a 5000-digit integer, the date
+``2024-13-45``, ``!!bool maybe``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 PathPart = str | int
+MAX_NESTING = 50  # a site config nests about 6 deep
+MAX_NODES = 200_000  # values after expanding aliases (a "billion laughs" file expands to 10^9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +57,119 @@ def format_path(path: Sequence[PathPart]) -> str:
 
 
 def read_yaml(path: Path) -> tuple[Any, list[Issue]]:
-    """Parse a YAML file; a syntax error becomes an :class:`Issue` with its line."""
+    """Parse a YAML file; any problem becomes an :class:`Issue` (with its line if known)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         return None, [Issue((), f"cannot read: {exc.strerror or exc}")]
     try:
-        return yaml.safe_load(text), []
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = _byte_position(raw, exc.start)
+        return None, [Issue((), f"{where}not UTF-8 text (byte 0x{raw[exc.start]:02x})")]
+    return parse_yaml(text)
+
+
+def parse_yaml(text: str) -> tuple[Any, list[Issue]]:
+    """Parse YAML text with the bounds of :class:`_BoundedLoader`; problems become issues."""
+    try:
+        loader = _BoundedLoader(text)  # checks the characters first
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [Issue((), f"{where}not valid YAML: {problem}")]
+        return None, [Issue((), _yaml_problem(exc, text))]
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        _check_expansion(node)
+        return loader.construct_document(node), []
+    except yaml.YAMLError as exc:
+        return None, [Issue((), _yaml_problem(exc, text))]
+    finally:
+        loader.dispose()
+
+
+def _byte_position(raw: bytes, offset: int) -> str:
+    line, column = raw.count(b"\n", 0, offset) + 1, offset - raw.rfind(b"\n", 0, offset)
+    return f"line {line}, column {column}: "
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line, column = text.count("\n", 0, exc.position) + 1, exc.position - text.rfind("\n", 0, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"line {line}, column {column}: not valid YAML: character #x{code:04x} is not allowed"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{where}not valid YAML: {problem}"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounds. Its composer recurses once per nesting level, so the
+    depth is checked before each level is composed (``[`` x 5000 would otherwise raise
+    RecursionError); a scalar its constructors cannot build (they raise ValueError,
+    KeyError, AttributeError...) becomes a ``ConstructorError`` at the scalar's position."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_NESTING:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, _unreadable_scalar(node, exc), node.start_mark
+            ) from exc
+
+
+def _unreadable_scalar(node: yaml.Node, exc: Exception) -> str:
+    kind = str(node.tag).rsplit(":", 1)[-1]
+    value = node.value if isinstance(node.value, str) else ""
+    if kind == "int" and len(value) > 100:
+        return f"an integer of {len(value)} characters is too long"
+    shown = repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    reason = str(exc) if isinstance(exc, ValueError) and "\n" not in str(exc) else type(exc).__name__
+    return f"{shown} is not a valid {kind} ({reason})"
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse aliases that refer to themselves or expand beyond :data:`MAX_NODES` values."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:  # recursion bounded by MAX_NESTING
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to itself", node.start_mark)
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"expands to more than {MAX_NODES} values (aliases)", node.start_mark
+            )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def suggest(word: str, candidates: Sequence[str]) -> str | None:

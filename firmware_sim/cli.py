@@ -79,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{path}: ok")
         except SimError as exc:
             print(exc, file=sys.stderr)
-            status = 1
+            status = 2  # a config error, as in puhui gateway and aggregator
     return status
 
 

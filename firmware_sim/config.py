@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.yaml_models import read_yaml
 from firmware_sim.errors import FleetConfigError
 
 ZHANGJIAKOU = (40.77, 114.88)
@@ -124,6 +124,7 @@ class DeviceConfig(Closed):
             )
         if self.count > 1 and "{i" not in self.name:
             raise ValueError("count > 1 needs a name template with {i}, e.g. 'meter-{i:03d}'")
+        _check_template(self.name)
         mqtt = self.kind in MQTT_KINDS
         if mqtt and (self.port != "auto" or self.rtu_bus is not None):
             raise ValueError("MQTT meters have no Modbus port or rtu_bus")
@@ -132,6 +133,14 @@ class DeviceConfig(Closed):
         if self.rtu_bus is not None and self.port != "auto":
             raise ValueError("give either port (Modbus TCP) or rtu_bus (Modbus RTU), not both")
         return self
+
+
+def _check_template(name: str) -> None:
+    """``name.format(i=...)`` works (``{x}``, ``{}`` or ``{i[0]}`` would raise at expansion)."""
+    try:
+        name.format(i=0)
+    except (ValueError, LookupError, AttributeError, TypeError) as exc:
+        raise ValueError(f"name {name!r} is not a template with only {{i}} in it ({exc})") from exc
 
 
 class SiteConfig(Closed):
@@ -270,10 +279,9 @@ def parse_fleet(data: Any, source: str = "fleet") -> FleetConfig:
 
 
 def load_fleet(path: str | Path) -> FleetConfig:
-    """Read and validate a fleet YAML file."""
+    """Read and validate a fleet YAML file (unreadable, not UTF-8, not YAML: an error too)."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise FleetConfigError(p.name, [f"cannot read: {exc}"]) from exc
+    data, issues = read_yaml(p)
+    if issues:
+        raise FleetConfigError(p.name, [f"{i.where}: {i.message}" if i.path else i.message for i in issues])
     return parse_fleet(data, p.name)

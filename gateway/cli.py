@@ -13,12 +13,18 @@
     puhui gateway enrol --config site.yaml --out enrolment.json
 
 ``probe``, ``scan`` and ``check --live`` are the installer's commissioning tools
-(docs/commissioning.md); their logic lives in :mod:`gateway.commission`. They exit 2 on a
-usage error and 1 when the device, bus or a meter fails.
+(docs/commissioning.md); their logic lives in :mod:`gateway.commission`.
 
 ``run`` logs one line per device state change and shuts down cleanly on SIGTERM or
 SIGINT: polls are cancelled, closed intervals are already durable, and the interval
-builder's state is persisted so the next start resumes the counters.
+builder's state is persisted so the next start resumes the counters. ``check`` builds
+the same plan and interval builder as ``run`` does, so a config it accepts runs.
+
+Exit status (every action; the aggregator's commands use the same): 0 done; 1 something
+outside the config failed (a device, bus or meter does not answer, the state directory
+cannot be written: disk full, read-only, permission denied); 2 a usage or config error
+(bad arguments, a config file or a file it names that is unreadable or invalid). Each
+error is one message naming the file and field, device or path; no traceback.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
 from gateway.commission import (
+    LINK_FAILURES,
     Answer,
     BlockRead,
     Link,
@@ -55,14 +62,21 @@ from gateway.commission import (
     scan_units,
 )
 from gateway.config import FastClockConfig, SiteConfig, load_site
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
 from gateway.runtime import Gateway, IntervalSink, MemorySink
 from gateway.status import StatusServer, gateway_status
 
 log = logging.getLogger("puhui.gateway")
 
 
+EXIT_STATUS = (
+    "exit status: 0 done; 1 a device, bus, meter or the state directory failed (disk full, "
+    "read-only, permission denied); 2 a usage or config error (the message names the file and field)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = sub.add_parser("check", help="validate a site config and print what it will poll")
@@ -135,12 +149,14 @@ def make_clock(site: SiteConfig) -> Clock:
 def _check(args: argparse.Namespace) -> int:
     try:
         site = _load(args.config)
+        # What run builds before it connects (plan, interval builder), so check accepts
+        # only what run runs.
+        plan = Gateway(site, clock=make_clock(site), sink=MemorySink()).plan
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from gateway.runtime import plan_site
-
-    plan = plan_site(site, load_profiles())
+    except IntervalError as exc:
+        return _fail(f"{args.config.name}: {exc}")
     print(f"{args.config}: gateway {site.gateway.id} at {site.gateway.site}: config is valid")
     print(f"  {site.interval_minutes}-minute intervals, {len(plan.series)} series")
     for m in site.meters:
@@ -164,9 +180,33 @@ def _run(args: argparse.Namespace) -> int:
         site = site.model_copy(update={"status": site.status.model_copy(update={"port": args.status_port})})
     try:
         asyncio.run(run_until_stopped(site, dry_run=args.dry_run))
-    except EvidenceError as exc:
-        return _fail(f"{args.config}: {exc}")
+    except (EvidenceError, GatewayError, BaseExceptionGroup) as exc:
+        return _failed_run(args.config, exc)
     return 0
+
+
+def _failed_run(config: Path, exc: BaseException) -> int:
+    """Report why ``run`` stopped, one line per distinct error (tasks that failed together
+    arrive as an exception group). Not our error: re-raised, a bug shows its traceback."""
+    errors = _leaves(exc)
+    if not all(isinstance(e, EvidenceError | GatewayError) for e in errors):
+        raise exc
+    for message in dict.fromkeys(str(e) for e in errors):
+        print(f"puhui gateway: {config}: {message}", file=sys.stderr)
+    if any(isinstance(e, EvidenceStoreError) for e in errors):
+        print(
+            "puhui gateway: stopped; what was committed stays in the state directory and the counters "
+            "resume from it at the next start (energy metered while stopped is counted then)",
+            file=sys.stderr,
+        )
+        return 1
+    return 2  # a key, password or certificate file the config names, or the config itself
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 async def run_until_stopped(
@@ -421,7 +461,7 @@ def _scan(args: argparse.Namespace) -> int:
     results = asyncio.run(_scan_all(target, args))
     silent = [r.unit for r in results if r.read.answer is Answer.TIMEOUT]
     found = [r.unit for r in results if r.read.present]
-    if results and results[-1].read.answer is Answer.UNREACHABLE:
+    if results and results[-1].read.answer in LINK_FAILURES:
         print(f"puhui gateway scan: {results[-1].read.error}", file=sys.stderr)
         return 1
     if silent:
@@ -438,7 +478,7 @@ async def _scan_all(target: Target, args: argparse.Namespace) -> list[UnitScan]:
         )
         async for result in scan:
             results.append(result)
-            if result.read.answer is not Answer.UNREACHABLE:
+            if result.read.answer not in LINK_FAILURES:
                 _print_unit(result)
     return results
 

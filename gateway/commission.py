@@ -38,7 +38,13 @@ from typing import Literal
 from common.clock import Clock
 from drivers.contract import Invalid, Sample
 from drivers.errors import SunSpecModelError, SunSpecNotFound
-from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout, DeviceUnreachable, ModbusError
+from drivers.modbus.errors import (
+    DeviceExceptionReply,
+    DeviceTimeout,
+    DeviceUnreachable,
+    ModbusError,
+    NotModbusServer,
+)
 from drivers.modbus.plan import ReadRequest
 from drivers.modbus.profiles import Profile
 from drivers.modbus.source import RegisterReader, describe
@@ -114,7 +120,12 @@ class Answer(StrEnum):
     EXCEPTION = "exception"  # a Modbus exception reply: something answered
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"  # no TCP connection / serial port
+    NOT_MODBUS = "not_modbus"  # something answered, not in Modbus (a web server on the port)
     ERROR = "error"  # a reply that is not a usable answer (wrong length, other unit id...)
+
+
+# Answers that say the link itself is wrong (not one unit): a scan stops there.
+LINK_FAILURES = frozenset({Answer.UNREACHABLE, Answer.NOT_MODBUS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +227,9 @@ class Link:
         except DeviceUnreachable as exc:
             error = f"{where}: {str(exc).removeprefix(prefix)}"
             return replace(blank, answer=Answer.UNREACHABLE, error=error)
+        except NotModbusServer as exc:  # a wrong port: no unit id or address will do better
+            error = f"{where}: {str(exc).removeprefix(prefix)} (wrong port or address?)"
+            return replace(blank, answer=Answer.NOT_MODBUS, error=error)
         except ModbusError as exc:
             return replace(blank, answer=Answer.ERROR, error=f"{where}: {str(exc).removeprefix(prefix)}")
         if len(words) != request.count:
@@ -274,12 +288,13 @@ async def scan_units(
     sunspec: bool = False,
 ) -> AsyncIterator[UnitScan]:
     """Try each unit id in turn with one small read (sequential: one bus, one request at a
-    time). Stops after a result whose link is unreachable: every other unit would be too."""
+    time). Stops after a result whose link is unreachable or not Modbus at all: every other
+    unit would be too."""
     for unit in units:
         read = await link.read_block(unit, table, address, count)
         finding = await find_sunspec(link, unit) if sunspec and read.present else None
         yield UnitScan(unit, read, finding)
-        if read.answer is Answer.UNREACHABLE:
+        if read.answer in LINK_FAILURES:
             return
 
 
@@ -290,7 +305,7 @@ async def find_sunspec(link: Link, unit: int, bases: Sequence[int] = DEFAULT_BAS
     try:
         while (request := walk.request()) is not None:
             read = await link.read_block(unit, "holding", *request)
-            if read.answer in (Answer.UNREACHABLE, Answer.ERROR):
+            if read.answer in (*LINK_FAILURES, Answer.ERROR):
                 return SunSpecFinding(error=read.error)
             walk.feed(read.registers if read.answer is Answer.DATA else None)
         return SunSpecFinding(chain=walk.chain)

@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
 from drivers.modbus.decode import RegisterType
@@ -91,6 +99,17 @@ class MeterBase(Closed):
     reset_tolerance: float = Field(default=0.0, ge=0, description="counter decreases seen as jitter")
     enabled: bool = True
 
+    @field_validator("counts")
+    @classmethod
+    def _counted_once(cls, counts: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # One interval series per (meter, quantity): the interval builder refuses a second.
+        twice = sorted({q for q in counts if counts.count(q) > 1})
+        if twice:
+            meter = info.data.get("id")
+            whose = f" of meter {meter!r}" if isinstance(meter, str) else ""
+            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once in the counts{whose}")
+        return counts
+
 
 class ModbusMeterBase(MeterBase):
     """A Modbus meter: unit id, a shipped profile or inline registers, poll groups."""
@@ -163,6 +182,21 @@ class SiteConfig(Closed):
             raise ValueError(f"{minutes} does not divide 60 (1-6, 10, 12, 15, 20, 30, 60)")
         return minutes
 
+    @field_validator("boundary_seconds")
+    @classmethod
+    def _within_half_interval(cls, boundary: float, info: ValidationInfo) -> float:
+        # The gateway uses min(boundary, grace); the interval builder needs it below half an
+        # interval (a reading cannot close the interval that ended and open the next one).
+        minutes, grace = info.data.get("interval_minutes"), info.data.get("grace_seconds")
+        if not isinstance(minutes, int) or not isinstance(grace, float | int):
+            return boundary
+        if min(boundary, grace) >= minutes * 30:
+            raise ValueError(
+                f"{boundary:g} s (and grace_seconds {grace:g} s) must be below half an interval "
+                f"({minutes * 30} s) for {minutes}-minute intervals"
+            )
+        return boundary
+
     @property
     def interval_s(self) -> int:
         return self.interval_minutes * 60
@@ -218,8 +252,11 @@ def _bus_issues(data: dict[str, Any]) -> list[Issue]:
             hint = suggest(str(bus), bus_ids)
             msg = f"{bus!r} is not a serial bus" + (f" ({hint}?)" if hint else "; declare it in serial_buses")
             issues.append(Issue(("meters", i, "connection", "bus"), msg))
-        key = (str(bus), m.get("unit_id"))
-        if bus is not None and key in on_bus:
+        unit = m.get("unit_id")
+        if bus is None or not _scalar(unit):
+            continue
+        key = (str(bus), unit)
+        if key in on_bus:
             msg = f"unit id {key[1]} is already used on bus {bus!r} by meters[{on_bus[key]}]"
             issues.append(Issue(("meters", i, "unit_id"), msg))
         on_bus.setdefault(key, i)
@@ -271,6 +308,11 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
     }
 
 
+def _scalar(value: Any) -> bool:
+    """A value that can be compared as an id (YAML lists and maps cannot be hashed)."""
+    return isinstance(value, str | int | float | bool)
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -280,8 +322,8 @@ def _duplicates(section: str, items: list[Any], key: str) -> list[Issue]:
     out: list[Issue] = []
     for i, item in enumerate(items):
         value = item.get(key) if isinstance(item, dict) else None
-        if value is None:
-            continue
+        if not _scalar(value):
+            continue  # missing, or a list or map: the field error says what is expected
         if value in seen:
             out.append(Issue((section, i, key), f"{value!r} is already used by {section}[{seen[value]}]"))
         seen.setdefault(value, i)

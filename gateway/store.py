@@ -35,11 +35,18 @@ resend, and the next FULL commit syncs it along. Many records go into one transa
 
 The database is opened with ``locking_mode=EXCLUSIVE``: a second gateway process on the
 same state directory would fork the chain, so it is refused (:class:`EvidenceStoreError`).
+
+**Storage failures.** SQLite says "disk I/O error" or "database or disk is full" whatever
+the cause; :func:`storage_problem` looks at the error code and at the file system to say
+what is wrong (no space left, read-only file system, permission denied, another process)
+with the path. A write that fails is rolled back as a whole and raised as
+:class:`EvidenceStoreError` saying so and what the database still holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -116,19 +123,20 @@ class EvidenceStore:
     def open(cls, state_dir: str | os.PathLike[str], *, gateway_id: str) -> EvidenceStore:
         """Open (or create) ``state_dir/evidence.sqlite`` for ``gateway_id``."""
         directory = Path(state_dir)
+        path = directory / DB_NAME
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            conn = sqlite3.connect(directory / DB_NAME, isolation_level=None, timeout=0.5)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=0.5)
         except (OSError, sqlite3.Error) as exc:
-            raise EvidenceStoreError(f"{directory / DB_NAME}: cannot open: {exc}") from exc
-        store = cls(conn, directory / DB_NAME)
+            raise EvidenceStoreError(f"{path}: cannot open: {storage_problem(exc, path)}") from exc
+        store = cls(conn, path)
         try:
             store._setup(gateway_id)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             conn.close()
-            raise EvidenceStoreError(
-                f"{store.path}: {exc} (is another gateway process using this state directory?)"
-            ) from exc
+            if not _is_storage_error(exc):
+                raise
+            raise EvidenceStoreError(f"{path}: cannot open: {storage_problem(exc, path)}") from exc
         except BaseException:
             conn.close()
             raise
@@ -168,19 +176,39 @@ class EvidenceStore:
     def transaction(self, *, durable: bool = True) -> Iterator[None]:
         """One write transaction; ``durable=False`` commits without fsync (advisory data)."""
         c = self._conn
-        if not durable:
-            c.execute("PRAGMA synchronous=NORMAL")
         try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
-        finally:
             if not durable:
-                c.execute("PRAGMA synchronous=FULL")
+                c.execute("PRAGMA synchronous=NORMAL")
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    c.execute("COMMIT")
+                except BaseException:
+                    if c.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                        c.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    c.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            if not _is_storage_error(exc):
+                raise
+            raise EvidenceStoreError(
+                f"{self.path}: cannot write: {storage_problem(exc, self.path)}; the write was rolled "
+                f"back, {self._kept()}"
+            ) from exc
+
+    def _kept(self) -> str:
+        """What the database still holds, for an error message."""
+        try:
+            pending, (batches, size) = self.pending_count(), self.usage()
+        except sqlite3.Error:
+            return "everything committed before it is kept"
+        return (
+            f"everything committed before it is kept ({pending} closed interval(s) waiting to be sealed, "
+            f"{batches} sealed batch(es) of {size} bytes waiting for an ack)"
+        )
 
     # -- builder snapshot and pending records -----------------------------------------
 
@@ -320,6 +348,71 @@ class EvidenceStore:
         ).fetchone()
         return OutboxStats(depth, size, self.pending_count(), oldest, last_seq, ack_seq, ack_ms, acked,
                            dropped_b, dropped_i)  # fmt: skip
+
+
+# -- storage failures, in words ------------------------------------------------------------
+
+_LOW_SPACE = 256 * 1024  # below this, an I/O error is taken as the disk being full
+
+
+def _is_storage_error(exc: sqlite3.DatabaseError) -> bool:
+    """An error of the storage (I/O, space, locks, permissions, a damaged file), not of our SQL."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def storage_problem(exc: sqlite3.Error | OSError, path: Path) -> str:
+    """What keeps ``path`` (the database file) from being opened or written, in an installer's
+    words: no space, a read-only file system, permission denied, another process, or else
+    SQLite's own message. Looks at the file system of its directory (statvfs, access)."""
+    directory = path.parent if path.parent.exists() else _existing_parent(path)
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    err = exc.errno if isinstance(exc, OSError) else None
+    read_only, free = _filesystem(directory)
+    no_space = f"no space left on the device holding {directory} ({_size(free)} free)"
+    if err == errno.ENOSPC or primary == sqlite3.SQLITE_FULL:
+        return no_space
+    if err == errno.EROFS or read_only:
+        return f"{directory} is on a read-only file system"
+    if primary == sqlite3.SQLITE_IOERR and free < _LOW_SPACE:
+        return no_space
+    if err in (errno.EACCES, errno.EPERM) or (
+        primary in (sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+        and not os.access(directory, os.W_OK | os.X_OK)
+    ):
+        return f"permission denied: this user (uid {os.geteuid()}) cannot write in {directory}"
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return f"{exc} (is another gateway process using this state directory?)"
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return f"{exc} (the file is damaged or not a gateway state database)"
+    return str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+
+
+def _existing_parent(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def _filesystem(directory: Path) -> tuple[bool, int]:
+    """(read-only, bytes free for this user) of the file system holding ``directory``."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False, _LOW_SPACE  # unknown: claim neither
+    return bool(st.f_flag & os.ST_RDONLY), st.f_bavail * st.f_frsize
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def read_builder_state(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -6,7 +6,8 @@
     └── ModbusError                 a read request failed; message names device and range
         ├── DeviceTimeout           no answer within the device's deadline
         ├── DeviceUnreachable       cannot connect, or the connection broke
-        └── DeviceExceptionReply    the device answered with a Modbus exception code
+        ├── DeviceExceptionReply    the device answered with a Modbus exception code
+        └── NotModbusServer         something answered, but not in Modbus (an HTTP server...)
 
 The pymodbus exception (if any) is chained as ``__cause__``. These errors never leave a
 poll: :class:`drivers.modbus.source.ModbusSource` reports them in a ``PollResult``.
@@ -36,3 +37,8 @@ class DeviceExceptionReply(ModbusError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NotModbusServer(ModbusError):
+    """Something answered on the port, but its bytes cannot be a Modbus reply (a web server,
+    a console): a wrong port or address, not a slow device."""

@@ -19,7 +19,7 @@ from drivers.modbus.errors import DeviceUnreachable
 from drivers.modbus.plan import ReadRequest
 from drivers.modbus.profiles import RegisterField
 from drivers.modbus.source import ModbusSource, ReadPolicy, describe
-from drivers.modbus.transport import read_registers, reraise_if_cancelling
+from drivers.modbus.transport import ReplyWatch, read_registers, reraise_if_cancelling
 from drivers.modbus_tcp.config import ModbusTcpConnection
 
 
@@ -30,6 +30,7 @@ class TcpRegisterReader:
         self.label = f"tcp {host}:{port}"
         self.connects = 0
         self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        self._watch = ReplyWatch(self._client)  # a port that is not Modbus fails at once, saying so
         self._idle_close_s = idle_close_s
         self._last_used: float | None = None
 
@@ -42,7 +43,7 @@ class TcpRegisterReader:
         if not self._client.connected:
             await self._connect(request)
         try:
-            return await read_registers(self._client, request)
+            return await read_registers(self._client, request, self._watch)
         finally:
             self._last_used = loop.time()  # idle time is physical time, not (fast) clock time
 

@@ -23,6 +23,10 @@ Per message and meter:
   still become samples carrying an :class:`~drivers.modbus.decode.Invalid` value (as a Modbus
   float NaN does), so the interval builder flags the interval; strings, booleans and
   missing fields give no sample.
+  Payloads larger than :data:`MAX_PAYLOAD_BYTES` are refused unread, JSON nested deeper
+  than the interpreter can parse is malformed, and an integer literal of any length is
+  read as a float (one too large for a float is infinite): no payload can raise out of
+  the subscriber and stop the gateway's other drivers.
 
 Broker loss: reconnect with jittered exponential backoff in *wall* seconds (a broker is a
 real server; simulated time must not stretch or shrink its retry pacing). With an explicit
@@ -66,6 +70,9 @@ log = logging.getLogger(__name__)
 SOURCE_PAYLOAD = "mqtt:payload"
 SOURCE_RECEIPT = "mqtt:receipt"
 QOS = 1
+# A meter's reading is a few hundred bytes (Tasmota SENSOR about 300, a Shelly status a few
+# KiB); parsing megabytes would stall the event loop every other driver runs on.
+MAX_PAYLOAD_BYTES = 256 * 1024
 
 Sink = Callable[[Sequence[Sample]], object]
 PathStep = str | int
@@ -114,17 +121,22 @@ def number_at(document: object, path: str) -> float:
     value = lookup(document, path)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PayloadError(f"{path}: {_describe(value)} is not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int built elsewhere (decode_payload reads integers as floats)
+        return math.copysign(math.inf, value)
 
 
 def field_value(document: object, field: MqttField) -> float | Invalid:
-    """The scaled value of ``field``; NaN/infinity come back as :class:`Invalid`."""
+    """The scaled value of ``field``; NaN/infinity (before or after scaling) come back as
+    :class:`Invalid`."""
     raw = number_at(document, field.path)
     if math.isnan(raw):
         return Invalid("nan", field.path)
-    if math.isinf(raw):
+    value = raw * field.scale
+    if math.isinf(value):
         return Invalid("infinite", field.path)
-    return raw * field.scale
+    return value
 
 
 def timestamp_of(document: object, spec: MqttTimestamp) -> float:
@@ -147,11 +159,23 @@ def timestamp_of(document: object, spec: MqttTimestamp) -> float:
 
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    """The JSON object of a payload; :class:`PayloadError` if it is not one."""
+    """The JSON object of a payload; :class:`PayloadError` if it is not one.
+
+    Whatever the bytes, only :class:`PayloadError` comes out: a payload over
+    :data:`MAX_PAYLOAD_BYTES` is not parsed; nesting too deep for the parser's recursion
+    (``[`` x 100000) is caught; integer literals become floats, so a 5000-digit number is
+    infinity, not the ``ValueError`` of Python's int-to-string digit limit.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{len(payload)} bytes, larger than a meter reading can be ({MAX_PAYLOAD_BYTES})")
     try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = json.loads(payload, parse_int=float)
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"not JSON text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
         raise PayloadError(f"not JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise PayloadError("JSON nested too deeply to read") from exc
     if not isinstance(document, dict):
         raise PayloadError(f"not a JSON object but {_describe(document)}")
     return document

@@ -84,5 +84,5 @@ async def test_check_reports_bad_files(tmp_path: Path) -> None:
     bad.write_text("sites: [{name: s, devices: [{kind: sdm630, name: x, physics: {model: pv}}]}]\n")
     proc = await _puhui("sim", "check", str(bad))
     _, err = await proc.communicate()
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "bad.yaml: sites[0].devices[0].physics.kwp: Field required" in err.decode()

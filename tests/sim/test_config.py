@@ -72,5 +72,7 @@ def test_shared_port_needs_distinct_units_and_mqtt_needs_a_broker() -> None:
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("sites: [\n")
-    with pytest.raises(FleetConfigError, match=r"broken\.yaml: cannot read"):
+    with pytest.raises(FleetConfigError, match=r"broken\.yaml: line 2, column 1: not valid YAML"):
         load_fleet(bad)
+    with pytest.raises(FleetConfigError, match=r"absent\.yaml: cannot read: No such file"):
+        load_fleet(tmp_path / "absent.yaml")
