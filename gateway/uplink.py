@@ -59,6 +59,8 @@ def client_identifier(gateway: str) -> str:
     any client of the broker knock the gateway off by connecting with it (the broker closes
     the older session); the uplink's session is clean, so nothing depends on the id."""
     return f"puhui-gw-{gateway}-{secrets.token_hex(4)}"[-64:]
+
+
 NON_RETRY_FACTOR = 4.0  # batch-specific rejects wait this much longer than gateway-wide ones
 
 
@@ -108,7 +110,6 @@ class Uplink:
         self._work = asyncio.Event()
         self._inflight: dict[int, _InFlight] = {}
         self._held: dict[int, float] = {}  # seq -> loop time before which it is not resent
-        self._reject_at: dict[int, int] = {}  # seq -> at_ms of the last reject taken for it
         self._paused_until = 0.0
         self._reject_streak = 0
         self.counts = UplinkCounts()
@@ -279,10 +280,13 @@ class Uplink:
 
     def _answers_a_flight(self, reject: Reject) -> bool:
         """Whether ``reject`` answers a batch we have in flight, and is not a replay."""
-        flight = None if reject.seq is None else self._inflight.get(reject.seq)
-        if flight is None or reject.header_sha256 != flight.header_sha256:
+        seq = reject.seq
+        flight = None if seq is None else self._inflight.get(seq)
+        if seq is None or flight is None or reject.header_sha256 != flight.header_sha256:
             return False
-        return reject.seq is not None and reject.at_ms > self._reject_at.get(reject.seq, -1)
+        taken = self._store.delivery(seq)  # the last reject taken for it, kept across restarts
+        last = None if taken is None else taken["last_reject_ms"]
+        return last is None or reject.at_ms > last
 
     def _on_reject(self, reject: Reject) -> None:
         if not self._answers_a_flight(reject):
@@ -291,7 +295,6 @@ class Uplink:
                         self._gateway, reject.seq, reject.reason)  # fmt: skip
             return
         assert reject.seq is not None
-        self._reject_at[reject.seq] = reject.at_ms
         self.counts.rejects += 1
         reason = RejectReason(reject.reason)
         self.last_reject = f"seq {reject.seq}: {reason.value}: {reject.detail}"
@@ -299,7 +302,9 @@ class Uplink:
                   self._gateway, reject.seq, reason.value, reject.detail)  # fmt: skip
         now = asyncio.get_running_loop().time()
         self._inflight.pop(reject.seq, None)
-        rejects = self._store.record_reject(reject.seq, reason.value, self._now_ms())
+        rejects = self._store.record_reject(
+            reject.seq, reason.value, reject.at_ms
+        )  # its own time: a replay is older
         if reason.retry:
             self._reject_streak += 1
             self._paused_until = now + self._reject_backoff.delay(self._reject_streak - 1)

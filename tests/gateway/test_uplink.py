@@ -213,41 +213,45 @@ async def test_garbage_and_replayed_rejects_do_not_stall_the_gateway(
     tmp_path: Path, mosquitto: PrivateMosquitto
 ) -> None:
     """Issue 16 item 3. Anyone on the broker can publish garbage on our batch topic (the
-    aggregator then signs a reject naming no batch) and replay a reject it captured. Neither
-    answers a batch in flight: the gateway ignores them and keeps sending at full rate, under
-    the production reject backoff (10 s .. 600 s) and resend (60 s), which would stall it."""
+    aggregator then signs a reject naming no batch) and replay a reject it captured, even
+    after the gateway restarted. Neither answers a batch in flight: the gateway ignores them
+    and keeps sending at full rate, under the production reject backoff (10 s .. 600 s) and
+    resend (60 s), which would stall it."""
     gw, keys = "gw-flooded", make_keys(tmp_path / "keys")
     settings = evidence_settings(tmp_path / "state", keys, sealing=ONE)
-    uplink = uplink_settings(
-        mosquitto.host,
-        mosquitto.port,
-        keys,
-        resend_after_s=60.0,
-        reject_backoff=BackoffSettings(initial_s=10.0, max_s=600.0),
-    )
+    slow = BackoffSettings(initial_s=10.0, max_s=600.0)
+    uplink = uplink_settings(mosquitto.host, mosquitto.port, keys, resend_after_s=60.0, reject_backoff=slow)
     async with (
         subscriber(mosquitto, tmp_path, keys, gw, mode="reject") as agg,
         aiomqtt.Client(mosquitto.host, mosquitto.port) as attacker,
-        EvidencePipeline(settings, uplink, gateway_id=gw, key=keys.gateway, clock=ManualClock(T0)) as p,
     ):
         await attacker.subscribe(reject_topic(gw), qos=1)
-        await p.submit([interval(0, 0)], SNAP)  # rejected once (not enrolled): we capture that reject
-        captured = await _first_payload(attacker)
-        await eventually(lambda: p.status()["rejects"] == 1, 10, "the genuine reject")
-        agg.mode = "ack"
+        async with EvidencePipeline(
+            settings, uplink, gateway_id=gw, key=keys.gateway, clock=ManualClock(T0)
+        ) as p:
+            await p.submit([interval(0, 0)], SNAP)  # rejected (not enrolled): the attacker captures it
+            captured = await _first_payload(attacker)
+            await eventually(lambda: p.status()["rejects"] == 1, 10, "the genuine reject")
         await attacker.unsubscribe(reject_topic(gw))
-        for _ in range(50):  # garbage: the stand-in aggregator signs a reject with seq null for each
-            await attacker.publish(batch_topic(gw), b"garbage\n", qos=1)
-        for k in range(1, 11):
-            await p.submit([interval(0, k)], SNAP)
-            for _ in range(3):
-                await attacker.publish(reject_topic(gw), captured, qos=1)
-        # the 11 batches get through well before any resend (60 s) or reject backoff (10 s+)
-        await eventually(lambda: p.status()["outbox_depth_batches"] == 0, 8, "every batch acked")
-        await eventually(lambda: p.status()["unmatched_rejects"] >= 50 + 30, 20, "every false reject seen")
-        status = p.status()
-        assert [b.header.seq for b in agg.batches(gw)] == list(range(1, 12))
-    assert status["rejects"] == 1 and status["acks"] == 11
+        agg.mode = "ack"
+        # the gateway restarts: batch 1 is in flight again, the captured reject names it exactly
+        async with EvidencePipeline(
+            settings, uplink, gateway_id=gw, key=keys.gateway, clock=ManualClock(T0)
+        ) as p:
+            await eventually(lambda: p.status()["connected"] == 1, 10, "the uplink subscribed to its replies")
+            for _ in range(50):  # garbage: the stand-in aggregator signs a reject with seq null for each
+                await attacker.publish(batch_topic(gw), b"garbage\n", qos=1)
+            for k in range(1, 11):
+                await p.submit([interval(0, k)], SNAP)
+                for _ in range(3):
+                    await attacker.publish(reject_topic(gw), captured, qos=1)
+            # the 11 batches get through well before any resend (60 s) or reject backoff (10 s+)
+            await eventually(lambda: p.status()["outbox_depth_batches"] == 0, 8, "every batch acked")
+            await eventually(lambda: agg.rejected >= 50, 20, "the stand-in to reject the garbage")
+            await eventually(lambda: p.status()["unmatched_rejects"] >= 50 + 30, 20, str(p.status()))
+            status = p.status()
+            assert [b.header.seq for b in agg.batches(gw)] == list(range(1, 12))
+    assert status["rejects"] == 0 and status["acks"] == 11
 
 
 async def _first_payload(client: aiomqtt.Client) -> bytes:
