@@ -626,8 +626,8 @@ def _join(s: _Series, v: float, t: float) -> list[_Level]:
 
 def energy_rate_limit(rated_power_kw: float, unit: str, factor: float = 3.0) -> float | None:
     """Largest plausible rise of an energy counter per second: ``factor`` x rated power,
-    in the counter's unit (Wh, kWh or MWh); None for other units."""
-    per_kwh = {"Wh": 1000.0, "kWh": 1.0, "MWh": 0.001}.get(unit)
+    in the counter's unit (Wh, kWh, MWh, MJ or GJ: heat meters); None for other units."""
+    per_kwh = {"Wh": 1000.0, "kWh": 1.0, "MWh": 0.001, "MJ": 3.6, "GJ": 0.0036}.get(unit)
     if per_kwh is None or rated_power_kw <= 0:
         return None
     return factor * rated_power_kw * per_kwh / 3600.0

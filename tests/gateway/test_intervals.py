@@ -383,3 +383,13 @@ def test_a_used_meter_fitted_idle_then_running_is_not_taken_back_to_the_old_trac
     recs = b.close_due(T0 + 10 * L + 30)
     assert [f for r in recs for f in r.flags].count("reset") == 1
     assert _total(recs) == 50.0 * 8
+
+
+def test_the_rate_limit_covers_heat_meter_units() -> None:
+    """Without a rate an absurd rise is a plausible one: every energy unit gets the limit."""
+    per_s = {u: energy_rate_limit(3.6, u) for u in ("Wh", "kWh", "MWh", "MJ", "GJ", "m3")}
+    assert per_s["Wh"] == pytest.approx(3.0) and per_s["kWh"] == pytest.approx(0.003)
+    assert per_s["MJ"] == pytest.approx(3 * 3.6 * 3.6 / 3600) and per_s["GJ"] == pytest.approx(
+        3 * 3.6 * 0.0036 / 3600
+    )
+    assert per_s["MWh"] == pytest.approx(3e-6) and per_s["m3"] is None
