@@ -20,24 +20,35 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
   ``counter_start`` is the previous interval's ``counter_end`` (the last accepted reading
   before ``start``), carried across intervals, with their times in ms. ``delta =
   counter_end - counter_start`` plus the corrections below; never interpolated, never
-  negative. Over consecutive intervals the deltas add up to last reading - first reading
-  (less the reset jumps), so no energy is lost or invented at boundaries.
+  negative. Over consecutive intervals the deltas add up to last accepted reading - first
+  accepted reading (less the reset jumps), so no energy is lost or invented at boundaries.
 - **first**: no accepted reading before the interval: ``counter_start`` is the interval's
   own first reading (its time says so) and flag ``first``.
-- **Decreases.** Up to ``reset_tolerance``: jitter; the reading counts as a sample but does
-  not move the bound. Larger, on a ``per_session`` counter: a new session started at 0;
-  the new reading counts in full (``session``). Larger, with a ``modulus`` and a plausible
-  wrap (wrapped increase <= ``max_rate`` x elapsed, or <= 1 % of the modulus without a
-  rate): ``rollover``, increase = new + modulus - old. Otherwise ``reset`` (meter replaced):
-  the new reading is the new baseline: energy after it counts; whatever accrued between
-  the last old reading and the first new one (including the new counter's value) is NOT
-  counted, since it is unknown.
-- **Implausible rises** (more than ``max_rate`` x elapsed + tolerance): the reading is
-  rejected (``invalid_value``). If the next reading continues plausibly from the rejected
-  one, the jump was real (a used meter fitted): it becomes a ``reset`` with the jump
-  excluded.
-- **invalid_value**: NaN, infinities, not-implemented markers, negative counters, gauges
-  outside ``valid_range``, and rejected rises. Not counted as samples.
+- **Plausible steps.** A reading is judged against the bound (the last accepted reading):
+  a rise of at most ``max_rate`` x (elapsed + one poll period) + ``reset_tolerance`` (no
+  limit without a rate); a decrease up to ``reset_tolerance`` (jitter: counts as a sample,
+  the bound stays); with a ``modulus``, a wrap within the same limit (or <= 1 % of the
+  modulus without a rate): ``rollover``, increase = new + modulus - old. Elapsed time is
+  the readings' own times (the device's timestamp where it sends one); the extra poll
+  period covers readings stamped on receipt, which a delayed burst brings close together.
+  A plausible reading becomes the bound; anything held since the last one was a glitch.
+- **Held readings** (``invalid_value``): a reading that is not a plausible step from the
+  bound is held back, never a bound. The next plausible reading from the bound drops all
+  held ones (the two plausible readings bracket the energy, as after gateway downtime).
+  Held readings that continue plausibly from one another form candidate new levels (a
+  reading joins every level it continues). A level is confirmed only when sustained:
+  ``CONFIRM_READINGS`` readings, more than half of those held, spanning at least
+  ``confirm_s`` (default: the interval length). Then, on a ``per_session`` counter that
+  dropped, a new session started at 0 and counts in full (``session``; no time span
+  needed); otherwise ``reset`` (meter replaced, or a used meter fitted): the level's first
+  reading is the new baseline, the jump between the old bound and it is not counted. A
+  held reading keeps ``invalid_value`` on its interval even if its level is confirmed.
+- **Return.** While the level since a reset stays flat, a reading plausible from the bound
+  before that reset (and, if also plausible from the flat level, a smaller rise from the
+  old bound) undoes it: it was a glitch stuck past ``confirm_s`` (a 0 marker, an absurd
+  value); the jump is counted again (flag ``reset`` where it is undone).
+- **invalid_value** also: NaN, infinities, not-implemented markers, negative counters,
+  gauges outside ``valid_range``. Not counted as samples.
 - **out_of_order**: a sample older than (or as old as, with another value) the last one
   accepted for its series. Counters ignore it for the bounds; gauges use it for the stats
   of its interval if that is still open. It counts as a sample. Exact duplicates (same time
@@ -78,6 +89,9 @@ from gateway.errors import IntervalError
 log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
 ROLLOVER_FRACTION = 0.01  # without a rate limit, a wrap is plausible below 1 % of the modulus
+CONFIRM_READINGS = 3  # readings a new counter level needs: the one that jumped and two more
+MAX_HELD_LEVELS = 4  # candidate levels kept per series; the one with the fewest readings drops out
+Step = Literal["rise", "jitter", "rollover"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +149,21 @@ class _Acc:
             self.hi = value
 
 
+@dataclass(slots=True)
+class _Level:
+    """Counter readings held back (not plausible from the bound) that continue plausibly from
+    one another: a new level (meter replaced) once sustained, a glitch until then."""
+
+    first: tuple[float, float]  # the level's first reading: the baseline if it is confirmed
+    top: tuple[float, float]  # its bound: the last reading that rose
+    last_t: float  # time of its latest reading (jitter included)
+    n: int = 1  # readings
+    adjust: float = 0.0  # rollovers within the level
+
+
 class _Series:
-    __slots__ = ("bound", "carry", "last_t", "last_v", "next_start", "open", "origin", "pending", "spec")
+    __slots__ = ("bound", "carry", "held", "held_n", "last_t", "last_v", "next_start", "open", "origin",
+                 "prior", "spec")  # fmt: skip
 
     def __init__(self, spec: SeriesSpec, origin: float, first_start: int) -> None:
         self.spec = spec
@@ -145,9 +172,16 @@ class _Series:
         self.open: dict[int, _Acc] = {}
         self.bound: tuple[float, float] | None = None  # last accepted counter reading
         self.carry: tuple[float, float] | None = None  # counter_end of the last emitted interval
-        self.pending: tuple[float, float] | None = None  # rejected rise awaiting confirmation
+        self.held: list[_Level] = []  # levels of the readings held since the bound, oldest first
+        self.held_n = 0  # readings held since the bound
+        # (value, time) of the bound before the last resets, and the jumps they excluded; kept
+        # while the level since then is flat
+        self.prior: tuple[float, float, float] | None = None
         self.last_t = -math.inf
         self.last_v = math.nan
+
+    def drop_held(self) -> None:
+        self.held, self.held_n = [], 0
 
     def acc(self, start: int) -> _Acc:
         acc = self.open.get(start)
@@ -168,6 +202,7 @@ class IntervalBuilder:
         grace_s: float = 30.0,
         max_future_s: float = 60.0,
         boundary_s: float = 0.0,
+        confirm_s: float | None = None,
     ) -> None:
         if not 60 <= interval_s <= 3600 or 3600 % interval_s:
             raise IntervalError(f"interval must be 1-60 minutes dividing an hour, got {interval_s} s")
@@ -176,6 +211,8 @@ class IntervalBuilder:
         if not 0 <= boundary_s < interval_s / 2:
             raise IntervalError(f"boundary tolerance must be in [0, {interval_s / 2}) s, got {boundary_s}")
         self.boundary_s = boundary_s
+        # how long a new counter level must hold before it is taken for a meter replaced
+        self.confirm_s = float(interval_s) if confirm_s is None else confirm_s
         self.counts = BuilderCounts()
         origin = clock.now()
         first = self._start_of(origin)
@@ -301,54 +338,87 @@ class IntervalBuilder:
 
     def _counter(self, s: _Series, acc: _Acc, v: float, t: float) -> None:
         s.last_t, s.last_v = t, v
-        acc.samples += 1
-        bound = s.bound
-        if bound is None:
+        if s.bound is None:
+            acc.samples += 1
             s.bound = acc.first = acc.end = (v, t)
             return
-        spec = s.spec
-        rise = v - bound[0]
-        if rise >= 0:
-            if spec.max_rate is not None and rise > spec.max_rate * (t - bound[1]) + spec.reset_tolerance:
-                self._implausible_rise(s, acc, v, t)
-                return
-        elif -rise <= spec.reset_tolerance:
-            acc.end = bound  # jitter: the bound stays where it was
+        step = _step(s.spec, s.bound, v, t)
+        if s.prior is not None and _returns(s, step, v, t):
+            self._return(s, acc, v, t)
             return
-        else:
-            acc.adjust += self._decrease_adjust(s, acc, v, t)
-        s.pending = None
+        if step is None:
+            self._hold(s, acc, v, t)
+            return
+        acc.samples += 1
+        s.drop_held()  # held since the last plausible reading: glitches, bracketed by the two
+        if step == "jitter":
+            acc.end = s.bound  # the bound stays where it was
+            return
+        if step == "rollover":
+            acc.flags.add("rollover")
+            acc.adjust += s.spec.modulus or 0.0
+        if v != s.bound[0]:
+            s.prior = None  # the level since the last reset moves: a meter, not a stuck glitch
         s.bound = acc.end = (v, t)
 
-    def _decrease_adjust(self, s: _Series, acc: _Acc, v: float, t: float) -> float:
-        """Correction added to ``end - start`` for a drop from the bound to ``v``."""
-        spec, (old, old_t) = s.spec, s.bound or (v, t)
-        if spec.per_session:
-            acc.flags.add("session")
-            return old  # the new session counts from 0
-        if spec.modulus is not None:
-            wrapped = v + spec.modulus - old
-            limit = spec.max_rate * (t - old_t) if spec.max_rate is not None else None
-            if 0 <= wrapped <= (limit if limit is not None else spec.modulus * ROLLOVER_FRACTION):
-                acc.flags.add("rollover")
-                return spec.modulus
-        acc.flags.add("reset")
-        return old - v  # the new reading is the new baseline: nothing counted for the drop
+    @staticmethod
+    def _return(s: _Series, acc: _Acc, v: float, t: float) -> None:
+        """Undo the resets since ``s.prior``: the counter is back on its old track."""
+        assert s.prior is not None
+        old_v, old_t, undo = s.prior
+        acc.samples += 1
+        acc.flags.add("reset")  # delta != end - start: a discontinuity, explained by the flag
+        acc.adjust -= undo
+        if _step(s.spec, (old_v, old_t), v, t) == "rollover":
+            acc.flags.add("rollover")
+            acc.adjust += s.spec.modulus or 0.0
+        s.prior = None
+        s.drop_held()
+        s.bound = acc.end = (v, t)
 
-    def _implausible_rise(self, s: _Series, acc: _Acc, v: float, t: float) -> None:
-        spec, pending, bound = s.spec, s.pending, s.bound
-        assert bound is not None and spec.max_rate is not None
-        limit = None if pending is None else spec.max_rate * (t - pending[1]) + spec.reset_tolerance
-        if pending is not None and limit is not None and 0 <= v - pending[0] <= limit:
-            acc.adjust -= pending[0] - bound[0]  # confirmed jump: excluded like a reset
-            acc.flags.add("reset")
-            s.pending = None
-            s.bound = acc.end = (v, t)
-            return
-        s.pending = (v, t)
-        acc.samples -= 1
+    def _hold(self, s: _Series, acc: _Acc, v: float, t: float) -> None:
+        """Hold back a reading that is not plausible from the bound; take its level for a new
+        baseline once it is sustained."""
+        for level in _join(s, v, t):
+            if self._sustained(s, level):
+                self._new_level(s, acc, level)
+                return
         acc.flags.add("invalid_value")
         self.counts.invalid += 1
+
+    def _sustained(self, s: _Series, level: _Level) -> bool:
+        if level.n < CONFIRM_READINGS or 2 * level.n <= s.held_n:
+            return False  # too few readings, or most of those held are something else
+        assert s.bound is not None
+        if s.spec.per_session and level.first[0] < s.bound[0]:
+            return True  # a session restarting at 0 is this counter's normal life
+        return level.last_t - level.first[1] >= self.confirm_s
+
+    @staticmethod
+    def _new_level(s: _Series, acc: _Acc, level: _Level) -> None:
+        assert s.bound is not None
+        old = s.bound[0]
+        if s.spec.per_session and level.first[0] < old:
+            acc.flags.add("session")
+            jump = old  # the new session counts from 0
+        else:
+            acc.flags.add("reset")  # the jump from the old bound to the new baseline is not counted
+            jump = old - level.first[0]
+        acc.adjust += jump
+        # Remember the bound before the first of consecutive resets while the new level stays
+        # flat: a glitch stuck for longer than confirm_s looks like a meter replaced until the
+        # counter comes back on its old track.
+        p = s.prior
+        if level.top[0] != level.first[0]:
+            s.prior = None  # it rises: a meter
+        else:
+            s.prior = (s.bound[0], s.bound[1], jump) if p is None else (p[0], p[1], p[2] + jump)
+        if level.adjust:
+            acc.flags.add("rollover")
+            acc.adjust += level.adjust
+        acc.samples += 1
+        s.bound = acc.end = level.top
+        s.drop_held()
 
     # -- output --------------------------------------------------------------------------
 
@@ -433,11 +503,11 @@ class IntervalBuilder:
         """The builder's state as plain JSON data, to persist with the records it emitted.
 
         Per series: the next interval to emit, the counter bound (last accepted reading),
-        the carry (``counter_end`` of the last emitted interval), the pending rejected
-        rise, the last sample seen and the open intervals' accumulators. Restored into a
-        builder of the same series, the next interval's ``counter_start`` is the last
-        reading before the stop, so the energy across a restart is counted; intervals
-        missed while stopped are still emitted (``gap``), none twice.
+        the carry (``counter_end`` of the last emitted interval), the held readings
+        (candidate new levels), the last sample seen and the open intervals' accumulators.
+        Restored into a builder of the same series, the next interval's ``counter_start``
+        is the last reading before the stop, so the energy across a restart is counted;
+        intervals missed while stopped are still emitted (``gap``), none twice.
         """
         return {
             "version": SNAPSHOT_VERSION,
@@ -499,10 +569,67 @@ def _with(
     )
 
 
+def _step(spec: SeriesSpec, bound: tuple[float, float], v: float, t: float) -> Step | None:
+    """How a counter gets from ``bound`` to ``v`` at ``t``, or None if it cannot plausibly."""
+    rise = v - bound[0]
+    room = None if spec.max_rate is None else spec.max_rate * (t - bound[1] + spec.poll_period)
+    if rise >= 0:
+        return "rise" if room is None or rise <= room + spec.reset_tolerance else None
+    if -rise <= spec.reset_tolerance:
+        return "jitter"
+    if spec.modulus is not None:
+        wrapped = rise + spec.modulus
+        if 0 <= wrapped <= (room if room is not None else spec.modulus * ROLLOVER_FRACTION):
+            return "rollover"
+    return None
+
+
+def _returns(s: _Series, step: Step | None, v: float, t: float) -> bool:
+    """Whether ``v`` (``step`` from the bound) rather continues the bound before the last
+    reset, ``s.prior``, while the level since that reset is flat: plausible from it, and
+    either not plausible from the bound or a smaller rise than from the bound (a stuck 0
+    left behind by the old track, not a new meter rising from 0)."""
+    assert s.prior is not None and s.bound is not None
+    back = _step(s.spec, s.prior[:2], v, t)
+    if back is None or v == s.bound[0]:
+        return False
+    if step is None:
+        return True
+    return _gain(s.spec, s.prior[0], v, back) < _gain(s.spec, s.bound[0], v, step)
+
+
+def _gain(spec: SeriesSpec, old: float, v: float, step: Step) -> float:
+    return v - old + ((spec.modulus or 0.0) if step == "rollover" else 0.0)
+
+
+def _join(s: _Series, v: float, t: float) -> list[_Level]:
+    """Add a held reading to every held level it continues plausibly (a reading of a new
+    meter may also continue a glitch that happened to lie below it), else to a new level.
+    Returns the levels it joined, oldest first."""
+    s.held_n += 1
+    joined = []
+    for level in s.held:
+        step = _step(s.spec, level.top, v, t)
+        if step is None:
+            continue
+        level.n, level.last_t = level.n + 1, t
+        if step == "rollover":
+            level.adjust += s.spec.modulus or 0.0
+        if step != "jitter":
+            level.top = (v, t)
+        joined.append(level)
+    if joined:
+        return joined
+    if len(s.held) >= MAX_HELD_LEVELS:
+        s.held.remove(min(s.held, key=lambda h: (h.n, h.last_t)))  # the weakest candidate
+    s.held.append(_Level((v, t), (v, t), t))
+    return s.held[-1:]
+
+
 def energy_rate_limit(rated_power_kw: float, unit: str, factor: float = 3.0) -> float | None:
     """Largest plausible rise of an energy counter per second: ``factor`` x rated power,
-    in the counter's unit (Wh, kWh or MWh); None for other units."""
-    per_kwh = {"Wh": 1000.0, "kWh": 1.0, "MWh": 0.001}.get(unit)
+    in the counter's unit (Wh, kWh, MWh, MJ or GJ: heat meters); None for other units."""
+    per_kwh = {"Wh": 1000.0, "kWh": 1.0, "MWh": 0.001, "MJ": 3.6, "GJ": 0.0036}.get(unit)
     if per_kwh is None or rated_power_kw <= 0:
         return None
     return factor * rated_power_kw * per_kwh / 3600.0
@@ -541,6 +668,17 @@ def _restore_acc(raw: Mapping[str, Any]) -> _Acc:
     )  # fmt: skip
 
 
+def _level_state(h: _Level) -> dict[str, Any]:
+    return {"first": _pair(h.first), "top": _pair(h.top), "last_t": h.last_t, "n": h.n, "adjust": h.adjust}
+
+
+def _restore_level(raw: Mapping[str, Any]) -> _Level:
+    first, top = _unpair(raw["first"]), _unpair(raw["top"])
+    if first is None or top is None:
+        raise ValueError("a held counter level needs its first and top readings")
+    return _Level(first, top, float(raw["last_t"]), int(raw["n"]), float(raw["adjust"]))
+
+
 def _series_state(s: _Series) -> dict[str, Any]:
     return {
         "meter": s.spec.meter,
@@ -549,7 +687,9 @@ def _series_state(s: _Series) -> dict[str, Any]:
         "origin": s.origin,
         "bound": _pair(s.bound),
         "carry": _pair(s.carry),
-        "pending": _pair(s.pending),
+        "held": [_level_state(h) for h in s.held],
+        "held_n": s.held_n,
+        "prior": None if s.prior is None else list(s.prior),
         "last_t": _finite(s.last_t),
         "last_v": _finite(s.last_v),
         "open": [_acc_state(start, a) for start, a in sorted(s.open.items())],
@@ -557,7 +697,14 @@ def _series_state(s: _Series) -> dict[str, Any]:
 
 
 def _restore_series(s: _Series, raw: Mapping[str, Any], *, whole: bool) -> None:
-    s.bound, s.carry, s.pending = _unpair(raw["bound"]), _unpair(raw["carry"]), _unpair(raw["pending"])
+    s.bound, s.carry = _unpair(raw["bound"]), _unpair(raw["carry"])
+    s.held = [_restore_level(h) for h in raw.get("held", ())]
+    pending = _unpair(raw.get("pending"))  # written before "held": one held reading
+    if pending is not None:
+        s.held.append(_Level(pending, pending, pending[1]))
+    s.held_n = int(raw.get("held_n", sum(h.n for h in s.held)))
+    prior = raw.get("prior")
+    s.prior = None if prior is None else (float(prior[0]), float(prior[1]), float(prior[2]))
     s.last_t = -math.inf if raw["last_t"] is None else float(raw["last_t"])
     s.last_v = math.nan if raw["last_v"] is None else float(raw["last_v"])
     if not whole:

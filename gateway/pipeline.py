@@ -16,6 +16,8 @@ below a poll period; moving them to a thread would need locking for no gain ther
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -29,6 +31,7 @@ from gateway.sealer import Sealer
 from gateway.store import EvidenceStore, read_builder_state
 from gateway.uplink import Uplink
 
+log = logging.getLogger(__name__)
 StatusValue = float | int | str | None
 
 
@@ -102,14 +105,24 @@ class EvidencePipeline:
 
     async def submit(self, records: Sequence[IntervalRecord], builder_state: Mapping[str, Any]) -> None:
         """Persist ``records`` and the builder snapshot taken after emitting them, in one
-        committed transaction; seal at once if ``max_records`` are pending."""
+        committed transaction; seal at once if ``max_records`` are pending. Raises only if
+        that transaction did not commit (the caller then submits the records again)."""
         store, sealer = self._running()
         encoded = [encode_record(r) for r in records]
         store.add_pending(encoded, builder_state, round(self._clock.now() * 1000))
         if records:
             if store.pending_count() >= self._settings.sealing.max_records:
-                sealer.seal_due()
+                self._seal_now(sealer)
             sealer.wake()
+
+    def _seal_now(self, sealer: Sealer) -> None:
+        # The records are committed: a failed seal must not fail the submit (they would be
+        # submitted, and sealed, twice). They stay pending; the sealer's task retries.
+        try:
+            sealer.seal_due()
+        except sqlite3.Error as exc:
+            log.error("gateway %s: sealing at submit failed (%s); the records stay pending in %s",
+                      self._gateway, exc, self._settings.state_dir)  # fmt: skip
 
     def status(self) -> dict[str, StatusValue]:
         """Outbox depth and bytes, pending records, oldest unacknowledged age, last ack,

@@ -9,9 +9,11 @@
 :class:`Gateway` is an async context manager: on entry it opens the serial buses, starts a
 :class:`gateway.poller.Poller` for every Modbus meter, one
 :class:`drivers.mqtt.driver.MqttSubscriber` per MQTT broker connection, and the closer
-task that hands every closed interval, together with the builder's state, to the sink.
-The sink persists both in one step, so after a restart the builder resumes from the last
-persisted counter readings (energy across a stop is counted, not lost).
+task that hands every closed interval, together with the builder's state, to the sink
+(:class:`IntervalHandover`). The sink persists both in one step, so after a restart the
+builder resumes from the last persisted counter readings (energy across a stop is counted,
+not lost), and records a failed submit did not take are submitted again before any later
+state: the persisted state never moves past a record the sink does not hold.
 
 The runner guarantees no concurrent calls into one component: everything runs on one
 event loop; the builder is only touched between awaits.
@@ -53,7 +55,8 @@ log = logging.getLogger(__name__)
 
 class IntervalSink(Protocol):
     """Where closed intervals go (the evidence pipeline). ``submit`` returns once the
-    records and the builder state are durable together."""
+    records and the builder state are durable together; if it raises, neither is (the
+    caller submits the same records again, with a later state)."""
 
     def builder_state(self) -> Mapping[str, Any] | None: ...
 
@@ -75,6 +78,49 @@ class MemorySink:
         self.records.extend(records)
         self.state = builder_state
         self.changed.set()
+
+
+class IntervalHandover:
+    """Hands closed intervals, with the builder state that no longer holds them, to a sink.
+
+    Records taken out of the builder stay here until a submit has taken them: after a
+    failed submit they go first into the next one (the shutdown one included), so the
+    state the sink persists never runs ahead of the records it holds. If none succeeds
+    before the process ends, the persisted state is older than those records and the
+    restarted builder emits their intervals again, from what it still knows (``gap``).
+    """
+
+    def __init__(self, builder: IntervalBuilder, sink: IntervalSink) -> None:
+        self.builder = builder
+        self.sink = sink
+        self.unsubmitted: list[IntervalRecord] = []
+        self.submitted = 0  # records the sink has taken
+
+    async def resume(self) -> bool:
+        """Continue from the state the sink holds (True), or on a fresh sink persist the new
+        builder's state at once (False): a restart after a failed first submit then still
+        emits the intervals that process closed."""
+        state = self.sink.builder_state()
+        if state is not None:
+            self.builder.restore(state)
+            return True
+        await self.persist()
+        return False
+
+    async def close_due(self) -> list[IntervalRecord]:
+        """Close every due interval; submit them, after any a failed submit left, if any."""
+        self.unsubmitted += self.builder.close_due()
+        if not self.unsubmitted:
+            return []
+        return await self.persist()
+
+    async def persist(self) -> list[IntervalRecord]:
+        """Submit the records not submitted yet (possibly none) with the builder state."""
+        records = list(self.unsubmitted)
+        await self.sink.submit(records, self.builder.snapshot())
+        del self.unsubmitted[: len(records)]
+        self.submitted += len(records)
+        return records
 
 
 @dataclass(frozen=True)
@@ -184,15 +230,13 @@ class Gateway:
         self.poller: Poller | None = None
         self.subscribers: list[MqttSubscriber] = []
         self.buses: dict[str, SerialBusOwner] = {}
-        self.closed_intervals = 0
+        self.handover = IntervalHandover(self.builder, sink)
         self._schedules: list[Schedule] = []
         self._closer: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Gateway:
-        state = self.sink.builder_state()
-        if state is not None:
-            self.builder.restore(state)
+        if await self.handover.resume():
             log.info("gateway %s: interval state restored", self.site.gateway.id)
         async with contextlib.AsyncExitStack() as stack:
             used = {m.connection.bus for m in self.plan.modbus if isinstance(m, ModbusRtuMeter)}
@@ -231,9 +275,10 @@ class Gateway:
         try:
             await self._stack.aclose()
         finally:
-            # Persist the latest counter readings so a restart resumes from them; intervals
-            # still open are not emitted (they would be partial): they close after restart.
-            await self.sink.submit([], self.builder.snapshot())
+            # Persist the latest counter readings (and any closed interval a failed submit
+            # left) so a restart resumes from them; intervals still open are not emitted
+            # (they would be partial): they close after restart.
+            await self.handover.persist()
 
     def _take(self, samples: Sequence[Sample]) -> None:
         self.builder.add_many(samples)
@@ -245,13 +290,15 @@ class Gateway:
             await self.close_now()
             due = next_close(max(due, self.clock.now()), interval, grace)
 
+    @property
+    def closed_intervals(self) -> int:
+        """Interval records the sink has taken."""
+        return self.handover.submitted
+
     async def close_now(self) -> list[IntervalRecord]:
-        """Close every due interval and hand them, with the builder state, to the sink."""
-        records = self.builder.close_due()
-        if records:
-            await self.sink.submit(records, self.builder.snapshot())
-            self.closed_intervals += len(records)
-        return records
+        """Close every due interval and hand them, with the builder state, to the sink
+        (after any records a failed submit left); returns the records submitted."""
+        return await self.handover.close_due()
 
 
 def _by_connection(meters: Sequence[MqttMeter]) -> dict[Any, list[MqttMeter]]:
@@ -263,6 +310,7 @@ def _by_connection(meters: Sequence[MqttMeter]) -> dict[Any, list[MqttMeter]]:
 
 __all__ = [
     "Gateway",
+    "IntervalHandover",
     "IntervalSink",
     "MemorySink",
     "Plan",

@@ -13,7 +13,7 @@ from common.clock import ManualClock
 from drivers.contract import Sample
 from evidence.records import IntervalRecord
 from gateway.errors import IntervalError
-from gateway.intervals import IntervalBuilder, SeriesSpec
+from gateway.intervals import IntervalBuilder, SeriesSpec, energy_rate_limit
 
 L = 900
 T0 = 1_700_000_100 - 1_700_000_100 % L
@@ -160,3 +160,42 @@ MALFORMED = [
 def test_malformed_snapshot_is_an_error(state: dict[str, Any]) -> None:
     with pytest.raises(IntervalError):
         new_builder(T0).restore(state)
+
+
+def test_held_readings_survive_a_restart() -> None:
+    """A reading held as implausible when the gateway stops is still held after the
+    restart: a glitch is dropped by the next plausible reading, a new level goes on
+    towards its confirmation (here: the meter was replaced while the gateway was down)."""
+    spec = SeriesSpec("m1", "energy_import", "Wh", "counter", 60.0, max_rate=energy_rate_limit(5, "Wh"))
+    first = new_builder(T0, [spec])
+    first.add_many([Sample("m1", "energy_import", v, t) for v, t in [(5000.0, T0 + 60), (0.0, T0 + 120)]])
+    state = through_json(first.snapshot())
+    assert [h["first"] for h in state["series"][0]["held"]] == [[0.0, T0 + 120]]
+
+    glitch = new_builder(T0 + 180, [spec])
+    glitch.restore(state)
+    glitch.add(Sample("m1", "energy_import", 5005.0, T0 + 180))
+    [rec] = glitch.close_due(T0 + L + 30)
+    assert rec.delta == 5.0 and "reset" not in rec.flags and "invalid_value" in rec.flags
+
+    replaced = new_builder(T0 + 180, [spec])
+    replaced.restore(state)
+    replaced.add_many([Sample("m1", "energy_import", 3.0 * k, T0 + 120 + 60 * k) for k in range(1, 20)])
+    recs = replaced.close_due(T0 + 2 * L + 30)
+    assert [r.flags.count("reset") for r in recs] == [0, 1]  # held from T0 + 120 to T0 + 1020
+    assert sum(r.delta or 0.0 for r in recs) == 3.0 * 19  # the new meter from its first reading (0)
+
+
+def test_a_snapshot_with_a_pending_rise_from_before_held_levels_restores() -> None:
+    spec = SeriesSpec("m1", "energy_import", "Wh", "counter", 60.0, max_rate=energy_rate_limit(5, "Wh"))
+    first = new_builder(T0, [spec])
+    first.add(Sample("m1", "energy_import", 100.0, T0 + 60))
+    state = through_json(first.snapshot())
+    item = state["series"][0]
+    del item["held"], item["held_n"]
+    item["pending"] = [1e9, T0 + 120]  # the field a builder before the held levels wrote
+    second = new_builder(T0 + 180, [spec])
+    second.restore(state)
+    second.add(Sample("m1", "energy_import", 110.0, T0 + 180))
+    [rec] = second.close_due(T0 + L + 30)
+    assert rec.counter_end == 110.0 and rec.delta == 10.0

@@ -13,7 +13,7 @@ from common.clock import ManualClock
 from drivers.contract import Invalid, Sample
 from evidence.records import IntervalRecord, encode_record
 from gateway.errors import IntervalError
-from gateway.intervals import IntervalBuilder, SeriesSpec, energy_rate_limit
+from gateway.intervals import CONFIRM_READINGS, IntervalBuilder, SeriesSpec, energy_rate_limit
 
 L = 900
 T0 = 1_700_000_100 - 1_700_000_100 % L  # an interval boundary
@@ -34,11 +34,12 @@ def counter(**kw: object) -> SeriesSpec:
 
 
 def builder(
-    *specs: SeriesSpec, start: float = T0, future: float = 1e9
+    *specs: SeriesSpec, start: float = T0, future: float = 1e9, confirm_s: float | None = None
 ) -> tuple[IntervalBuilder, ManualClock]:
     """Tests feed samples without moving the clock, so the future limit is off by default."""
     clock = ManualClock(start)
-    b = IntervalBuilder(specs or (counter(),), clock=clock, interval_s=L, grace_s=30.0, max_future_s=future)
+    b = IntervalBuilder(specs or (counter(),), clock=clock, interval_s=L, grace_s=30.0, max_future_s=future,
+                        confirm_s=confirm_s)  # fmt: skip
     return b, clock
 
 
@@ -98,8 +99,8 @@ def test_no_reading_at_all_gives_gap_records_with_null_counters() -> None:
 
 
 def test_reset_excludes_the_jump() -> None:
-    b, _ = builder()
-    feed(b, [(T0 + 0, 5000.0), (T0 + 60, 5010.0), (T0 + 120, 3.0), (T0 + 180, 8.0)])
+    b, _ = builder(confirm_s=120)  # the new level holds from T0 + 120 to T0 + 240
+    feed(b, [(T0 + 0, 5000.0), (T0 + 60, 5010.0), (T0 + 120, 3.0), (T0 + 180, 8.0), (T0 + 240, 8.0)])
     [rec] = b.close_due(T0 + L + 30)
     assert "reset" in rec.flags
     assert rec.delta == 10.0 + 5.0  # before the reset + after the new counter's first reading
@@ -114,15 +115,15 @@ def test_rollover_is_corrected() -> None:
 
 
 def test_big_drop_with_modulus_is_a_reset_not_a_rollover() -> None:
-    b, _ = builder(counter(modulus=2.0**32, max_rate=energy_rate_limit(10, "Wh")))
-    feed(b, [(T0, 4.0e9), (T0 + 60, 1000.0)])
+    b, _ = builder(counter(modulus=2.0**32, max_rate=energy_rate_limit(10, "Wh")), confirm_s=120)
+    feed(b, [(T0, 4.0e9), (T0 + 60, 1000.0), (T0 + 120, 1000.0), (T0 + 180, 1000.0)])
     [rec] = b.close_due(T0 + L + 30)
     assert "reset" in rec.flags and "rollover" not in rec.flags and rec.delta == 0.0
 
 
 def test_per_session_counter_counts_new_session_from_zero() -> None:
     b, _ = builder(counter(per_session=True))
-    feed(b, [(T0, 7000.0), (T0 + 60, 7100.0), (T0 + 120, 50.0), (T0 + 180, 80.0)])
+    feed(b, [(T0, 7000.0), (T0 + 60, 7100.0), (T0 + 120, 50.0), (T0 + 180, 80.0), (T0 + 240, 80.0)])
     [rec] = b.close_due(T0 + L + 30)
     assert rec.delta == 100.0 + 80.0 and "reset" not in rec.flags and "session" in rec.flags
 
@@ -136,9 +137,9 @@ def test_jitter_below_tolerance_does_not_reset() -> None:
 
 def test_implausible_spike_rejected_and_confirmed_jump_becomes_reset() -> None:
     rate = energy_rate_limit(5, "Wh")  # about 4.2 Wh/s
-    b, _ = builder(counter(max_rate=rate))
+    b, _ = builder(counter(max_rate=rate), confirm_s=120)
     feed(b, [(T0, 100.0), (T0 + 60, 150.0), (T0 + 120, 1e9), (T0 + 180, 200.0)])
-    feed(b, [(T0 + 240, 90000.0), (T0 + 300, 90100.0)])
+    feed(b, [(T0 + 240, 90000.0), (T0 + 300, 90100.0), (T0 + 360, 90100.0)])
     [rec] = b.close_due(T0 + L + 30)
     assert {"invalid_value", "reset"} <= set(rec.flags)
     assert rec.delta == 50.0 + 50.0 + 100.0
@@ -249,6 +250,146 @@ def test_reset_is_flagged_and_only_the_jump_is_excluded(
     old = [float(start + sum(steps[1 : i + 1])) for i in range(cut)]
     replaced = [float(new + sum(steps[cut + 1 : j + 1])) for j in range(cut, len(ts))]
     recs = _run(list(zip(ts, old + replaced, strict=True)), counter(modulus=2.0**32))
-    assert any("reset" in r.flags for r in recs)
+    # a reset once the new level has held for CONFIRM_READINGS readings over an interval length
+    confirmed = len(replaced) >= CONFIRM_READINGS and ts[-1] - ts[cut] >= L
+    assert [r.flags.count("reset") for r in recs].count(1) == int(confirmed)
     assert all((r.delta or 0.0) >= 0 and 0 <= r.coverage <= 1 for r in recs)
-    assert sum(r.delta or 0.0 for r in recs) == (old[-1] - old[0]) + (replaced[-1] - replaced[0])
+    after = replaced[-1] - replaced[0] if confirmed else 0.0
+    assert sum(r.delta or 0.0 for r in recs) == (old[-1] - old[0]) + after
+
+
+# -- invalid readings never move a bound (issue 15, items 1 and 2) ---------------------------
+
+
+def _total(recs: list[IntervalRecord]) -> float:
+    return sum(r.delta or 0.0 for r in recs)
+
+
+def test_an_absurd_burst_between_good_readings_is_dropped_and_they_carry_the_energy() -> None:
+    """SDM630 with the ``absurd`` fault: 5138.35 kWh, 1e9, 1e9, 5143.99 kWh (a 10 kW heat
+    pump, polled every 60 s). Two equal absurd readings continue "plausibly" from each
+    other; they must not become a bound, nor the good reading after them a reset."""
+    b, _ = builder(counter(unit="kWh", max_rate=energy_rate_limit(10, "kWh")))
+    readings = [(T0, 5138.0), (T0 + 60, 1e9), (T0 + 120, 1e9), (T0 + 180, 5139.0), (T0 + 240, 1e9),
+                (T0 + 300, 5140.0)]  # fmt: skip
+    feed(b, readings)
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.delta == 2.0 and rec.counter_end == 5140.0 and rec.counter_end_time_ms == (T0 + 300) * 1000
+    assert "reset" not in rec.flags and "invalid_value" in rec.flags
+    assert rec.samples == 3 and b.counts.invalid == 3
+
+
+def test_a_sunspec_not_implemented_zero_is_not_a_meter_replacement() -> None:
+    """An acc32 energy register reads 0 (SunSpec's not-implemented marker, decoded as a real
+    0) between 1903 Wh and 1905 Wh: not two resets keeping 320 of 1903 Wh."""
+    b, _ = builder(counter(max_rate=energy_rate_limit(5, "Wh"), modulus=2.0**32))
+    feed(b, [(T0 + 60 * i, 1900.0 + i) for i in range(4)])  # 1900 .. 1903
+    feed(b, [(T0 + 240, 0.0), (T0 + 300, 1905.0), (T0 + 360, 0.0), (T0 + 420, 0.0), (T0 + 480, 1908.0)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.delta == 8.0 and "reset" not in rec.flags and "rollover" not in rec.flags
+
+
+def test_a_short_glitch_across_a_boundary_is_spanned_by_the_next_good_reading() -> None:
+    b, _ = builder(counter(max_rate=energy_rate_limit(5, "Wh")))
+    feed(b, [(T0 + 600, 100.0), (T0 + 840, 0.0), (T0 + L + 60, 0.0), (T0 + L + 120, 130.0)])
+    first, second = b.close_due(T0 + 2 * L + 30)
+    assert first.counter_end == 100.0 and first.delta == 0.0 and "invalid_value" in first.flags
+    assert second.counter_start == 100.0 and second.delta == 30.0 and "reset" not in second.flags
+
+
+def test_a_meter_replaced_is_a_reset_once_the_new_level_holds() -> None:
+    """The counter drops and stays down, rising plausibly from the new value: a reset,
+    confirmed when the new level has held for CONFIRM_READINGS readings over an interval
+    length; the jump (and only the jump) is excluded."""
+    b, _ = builder(counter(max_rate=energy_rate_limit(5, "Wh")))
+    old = [(T0 + 60 * i, 5000.0 + 10 * i) for i in range(10)]  # .. 5090 at T0 + 540
+    new = [(T0 + 600 + 60 * i, 3.0 + 5 * i) for i in range(20)]  # 3 .. 98 at T0 + 1740
+    feed(b, old + new)
+    recs = b.close_due(T0 + 3 * L + 30)
+    assert [r.flags.count("reset") for r in recs] == [0, 1, 0]
+    assert recs[0].counter_end == 5090.0 and recs[0].delta == 90.0
+    confirmed = recs[1]  # the new level held for 900 s at T0 + 1500
+    assert confirmed.counter_start == 5090.0 and confirmed.counter_end == 98.0
+    assert confirmed.delta == 98.0 - 3.0 and recs[2].counter_start == 98.0
+    assert _total(recs) == 90.0 + 95.0
+
+
+def test_a_rise_judged_against_receipt_times_close_together_is_not_a_jump() -> None:
+    """An MQTT plug (2 kW, stamped on receipt) reporting every 10 s: one message is held up
+    9.99 s and arrives 10 ms before the next. The rise between them is not impossible; no
+    energy is excluded and no reading is flagged."""
+    plug = counter(unit="Wh", poll_period=10.0, max_rate=energy_rate_limit(2, "Wh"), stats_quantity=None)
+    b, _ = builder(plug)
+    stamps = [T0 + 10.0 * i for i in range(60)]
+    stamps[30] += 9.99  # delivered 10 ms before message 31
+    feed(b, [(t, 100.0 + 5.0 * i) for i, t in enumerate(stamps)])  # 1.8 kW
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.delta == 5.0 * 59 and rec.flags == ("first", "gap")  # 60 of 90 messages
+
+
+def test_a_burst_of_delayed_messages_loses_no_energy() -> None:
+    """Messages taken every 10 s; the broker holds twelve of them for two minutes, then
+    delivers them 1 ms apart (stamped on receipt)."""
+    plug = counter(unit="Wh", poll_period=10.0, max_rate=energy_rate_limit(2, "Wh"), stats_quantity=None)
+    b, _ = builder(plug)
+    taken = [T0 + 10.0 * i for i in range(80)]
+    stamps = [t if not 20 <= i < 32 else T0 + 320 + (i - 20) / 1000 for i, t in enumerate(taken)]
+    feed(b, [(t, 100.0 + 5.0 * i) for i, t in enumerate(stamps)])
+    [rec] = b.close_due(T0 + L + 30)
+    assert rec.delta == 5.0 * 79 and not {"invalid_value", "reset"} & set(rec.flags)
+
+
+def test_a_stuck_zero_on_a_new_counter_invents_nothing_when_the_counter_comes_back() -> None:
+    """A new SunSpec inverter at 300 Wh reads 0 (its acc32 not-implemented marker) for 20
+    minutes: longer than the confirmation time, so 0 is taken for a new meter (reset).
+    The next good reading, 310 Wh, would be a plausible rise from 0 (crediting the 300 Wh
+    again), but it continues the old track more closely: the reset is undone, and the
+    intervals credit exactly 11 Wh."""
+    b, _ = builder(counter(max_rate=energy_rate_limit(5, "Wh"), modulus=2.0**32))
+    feed(b, [(T0 + 60, 300.0)] + [(T0 + 60 * k, 0.0) for k in range(2, 23)] + [(T0 + 1380, 310.0)])
+    feed(b, [(T0 + 1440, 311.0)])
+    recs = b.close_due(T0 + 2 * L + 30)
+    assert _total(recs) == 311.0 - 300.0
+    assert all(r.delta is not None and r.delta >= 0 for r in recs) and recs[-1].counter_end == 311.0
+
+
+def test_a_stuck_absurd_value_is_undone_when_the_counter_comes_back() -> None:
+    b, _ = builder(counter(unit="kWh", max_rate=energy_rate_limit(10, "kWh")))
+    stuck = [(T0 + 60 * k, 1e9) for k in range(2, 40)]  # 38 minutes: taken for a meter replaced
+    feed(b, [(T0 + 60, 5138.0), *stuck, (T0 + 2400, 5144.0), (T0 + 2460, 5144.5)])
+    recs = b.close_due(T0 + 3 * L + 30)
+    assert [r.flags.count("reset") for r in recs] == [0, 1, 1]  # taken at T0 + 1020, then undone
+    assert _total(recs) == 6.5 and all((r.delta or 0.0) >= 0 for r in recs)
+
+
+def test_a_new_meter_idle_at_zero_then_running_stays_a_reset() -> None:
+    """A meter replaced by a new one that stays at 0 for an hour, then runs: its readings
+    never continue the old track, so the reset stands and only its own energy counts."""
+    b, _ = builder(counter(max_rate=energy_rate_limit(5, "Wh")))
+    feed(b, [(T0 + 60, 5000.0)] + [(T0 + 60 * k, 0.0) for k in range(2, 62)])
+    feed(b, [(T0 + 60 * k, 20.0 * (k - 61)) for k in range(62, 80)])  # 20 Wh a minute from 0
+    recs = b.close_due(T0 + 6 * L + 30)
+    assert [f for r in recs for f in r.flags].count("reset") == 1
+    assert _total(recs) == 20.0 * 18
+
+
+def test_a_used_meter_fitted_idle_then_running_is_not_taken_back_to_the_old_track() -> None:
+    """A used meter 50 kWh above the old one, idle for two hours (by then 50 kWh is within
+    reach of the old track at 3 x rated power), then running: it continues its own level,
+    so its 50 kWh jump is never credited."""
+    b, _ = builder(counter(unit="Wh", max_rate=energy_rate_limit(10, "Wh")))
+    feed(b, [(T0 + 60, 5000.0)] + [(T0 + 60 * k, 55000.0) for k in range(2, 122)])
+    feed(b, [(T0 + 60 * k, 55000.0 + 50.0 * (k - 121)) for k in range(122, 130)])
+    recs = b.close_due(T0 + 10 * L + 30)
+    assert [f for r in recs for f in r.flags].count("reset") == 1
+    assert _total(recs) == 50.0 * 8
+
+
+def test_the_rate_limit_covers_heat_meter_units() -> None:
+    """Without a rate an absurd rise is a plausible one: every energy unit gets the limit."""
+    per_s = {u: energy_rate_limit(3.6, u) for u in ("Wh", "kWh", "MWh", "MJ", "GJ", "m3")}
+    assert per_s["Wh"] == pytest.approx(3.0) and per_s["kWh"] == pytest.approx(0.003)
+    assert per_s["MJ"] == pytest.approx(3 * 3.6 * 3.6 / 3600) and per_s["GJ"] == pytest.approx(
+        3 * 3.6 * 0.0036 / 3600
+    )
+    assert per_s["MWh"] == pytest.approx(3e-6) and per_s["m3"] is None
