@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -283,13 +284,12 @@ class BatchIngest:
         log.log(
             level, "%sgateway %s batch #%s rejected: %s: %s", alarm, gateway, seq, r.reason.value, r.detail
         )
-        kept = (
-            payload[: self._config.limits.kept_rejected_bytes]
-            if r.reason is RejectReason.TOO_LARGE
-            else payload
-        )
+        kept = payload[: self._config.limits.kept_rejected_bytes]  # a prefix and the whole's hash
         item = _Staged(gateway, self._gen[gateway or ""])
-        item.rejection = Rejection(gateway, seq, digest, r.reason.value, r.detail, now_ms, kept)
+        item.rejection = Rejection(
+            gateway, seq, digest, r.reason.value, r.detail, now_ms, kept,
+            size=len(payload), data_sha256=hashlib.sha256(payload).hexdigest(),
+        )  # fmt: skip
         if gateway is not None:
             item.reply = Reject(gateway, seq, digest, r.reason.value, r.detail[:500], now_ms)
         return item

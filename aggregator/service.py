@@ -110,7 +110,9 @@ class Aggregator:
         threads = self._stack.enter_context(StoreThreads())
         run_db, run_read = threads.run_db, threads.run_read
 
-        self.store = SQLiteEvidenceStore(self.config.store.path)
+        self.store = SQLiteEvidenceStore(
+            self.config.store.path, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
+        )
         self._stack.callback(self.store.close)
         self.registry = GatewayRegistry(self.store)
         influx = self.config.influx

@@ -8,6 +8,8 @@ batch that is not stored is answered with a reject, so its gateway resends it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -189,3 +191,29 @@ async def test_a_refused_batch_resent_is_answered_every_time_and_kept_once(harne
     assert harness.ingest.stats.rejected["not_enrolled"] == 5
     [kept] = harness.store.rejections("gw-x")
     assert (kept.repeats, kept.data) == (5, batch.to_bytes())
+
+
+async def test_refused_payloads_keep_a_prefix_and_a_hash_and_a_flood_is_only_counted(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Issue 16 item 4: 4 distinct 7 MB refused payloads grew the store by 35 MB, 3,000 tiny
+    ones added 3,000 rows. Now each keeps a 4 KiB prefix with the whole payload's size and
+    hash, and past the per-source cap refusals are only counted, per reason."""
+    harness.store.rejection_rows_per_source = 50
+    big = [os.urandom(16) * (7_000_000 // 16) for _ in range(4)]  # distinct, 7 MB, not batches
+    tiny = [b"garbage %d\n" % i for i in range(300)]
+    async with harness.ingest.pipeline(harness.send) as feed:
+        for payload in big + tiny:
+            await feed(batch_topic("gw-x"), payload)
+    kept = harness.store.rejections("gw-x")
+    assert len(kept) == 50 and sum(r.repeats for r in kept) == 50
+    assert [(len(r.data), r.size, r.data_sha256) for r in kept[:4]] == [
+        (4096, 7_000_000 - 7_000_000 % 16, hashlib.sha256(p).hexdigest()) for p in big
+    ]
+    assert harness.store.rejection_overflow() == {("gw-x", "malformed"): 4 + 300 - 50}
+    on_disk = _bytes_on_disk(tmp_path, "e.sqlite3*")
+    assert on_disk < 2_000_000, on_disk  # not 28 MB
+
+
+def _bytes_on_disk(directory: Path, pattern: str) -> int:
+    return sum(f.stat().st_size for f in directory.glob(pattern))
