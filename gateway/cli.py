@@ -125,6 +125,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="site YAML")
     p.set_defaults(func=_keygen)
 
+    p = sub.add_parser(
+        "rotate-key", help="announce a new signing key in the chain and switch to it (gateway stopped)"
+    )
+    p.add_argument("--config", type=Path, required=True, help="site YAML")
+    p.set_defaults(func=_rotate_key)
+
     p = sub.add_parser("enrol", help="write the enrolment document the aggregator imports")
     p.add_argument("--config", type=Path, required=True, help="site YAML")
     p.add_argument("--out", type=Path, help="file to write (default: stdout)")
@@ -242,7 +248,14 @@ async def _open_sink(
     evidence = site.evidence
     from evidence.keys import load_private_key
     from gateway.pipeline import EvidencePipeline
+    from gateway.rotation import finish_rotation
+    from gateway.store import EvidenceStore
 
+    store = EvidenceStore.open(evidence.state_dir, gateway_id=site.gateway.id)
+    try:
+        finish_rotation(evidence, store)  # a rotation interrupted after its batch was sealed
+    finally:
+        store.close()
     key = load_private_key(Path(evidence.key_file))
     pipeline = EvidencePipeline(evidence, site.uplink, gateway_id=site.gateway.id, key=key, clock=clock)
     await stack.enter_async_context(pipeline)
@@ -276,6 +289,26 @@ def _keygen(args: argparse.Namespace) -> int:
     except (EvidenceError, FileExistsError) as exc:
         return _fail(f"{path}: {exc}")
     print(f"{path}: new P-256 key, key id {key_id(key.public_key)}")
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from gateway.rotation import rotate_key
+
+    try:
+        site = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        done = rotate_key(site.evidence, gateway_id=site.gateway.id, clock=make_clock(site))
+    except GatewayError as exc:
+        print(f"puhui gateway: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{site.evidence.key_file}: key {done.old_key_id} -> {done.new_key_id}; announced in batch "
+        f"seq {done.batch_seq} (signed by the old key), new key from seq {done.effective_seq}"
+    )
     return 0
 
 
