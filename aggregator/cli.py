@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator import checkpoints
+from aggregator import checkpoints, keys
 from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     methodology_cli.add_arguments(
         sub.add_parser("reductions", help="compute, list, show and verify signed reduction statements")
     )
+    keys.add_arguments(sub.add_parser("keys", help="rotate, revoke and publish the aggregator's keys"))
     checkpoints.add_arguments(
         sub.add_parser("checkpoint", help="sign checkpoints of the evidence store; detect truncation")
     )

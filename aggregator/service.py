@@ -32,6 +32,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.influx import InfluxV1Client
 from aggregator.influx_writer import InfluxWriter
 from aggregator.ingest import BatchIngest
+from aggregator.keys import register_current
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from common.clock import Clock, SystemClock
@@ -114,6 +115,7 @@ class Aggregator:
             self.config.store.path, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
         )
         self._stack.callback(self.store.close)
+        register_current(self.store, key, round(self.clock.now() * 1000))  # the key history starts here
         self.registry = GatewayRegistry(self.store)
         influx = self.config.influx
         client = InfluxV1Client(

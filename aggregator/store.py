@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from aggregator.errors import StoreConflict, StoreError
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
+from evidence.keylist import AggregatorKey
 from evidence.keys import PublicKey, load_public_key
 from evidence.records import IntervalRecord, decode_record
 
@@ -89,6 +90,9 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS rejection_overflow (
     source TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL,
     first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, PRIMARY KEY (source, reason));
+CREATE TABLE IF NOT EXISTS aggregator_keys (
+    key_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, valid_from_ms INTEGER NOT NULL,
+    retired_ms INTEGER, revoked_from_ms INTEGER, endorsement TEXT, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counter_state (
     gateway TEXT NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL,
     "end" INTEGER NOT NULL, counter_end REAL NOT NULL, PRIMARY KEY (gateway, meter, quantity));
@@ -556,6 +560,37 @@ class SQLiteEvidenceStore:
             " data_sha256, size) VALUES (?,?,?,?,?,?,?,?,?)",
             (r.gateway, r.seq, r.header_sha256, r.reason, r.detail, r.received_ms, r.data, digest, size),
         )
+
+    # -- the aggregator's own keys (aggregator.keys) ------------------------------------
+
+    def aggregator_keys(self) -> list[AggregatorKey]:
+        """Every aggregator key, oldest first."""
+        rows = self._read(
+            "SELECT key_id, public_key, valid_from_ms, retired_ms, revoked_from_ms, endorsement"
+            " FROM aggregator_keys ORDER BY seq"
+        )
+        return [AggregatorKey(*row) for row in rows]
+
+    def add_aggregator_key(self, key: AggregatorKey, *, retire: str | None = None) -> None:
+        """Append ``key``; ``retire`` (its predecessor) stops signing when it starts."""
+        with self._transaction("adding an aggregator key"):
+            if retire is not None:
+                self._w.execute(
+                    "UPDATE aggregator_keys SET retired_ms = ? WHERE key_id = ?", (key.valid_from_ms, retire)
+                )
+            self._w.execute(
+                "INSERT INTO aggregator_keys VALUES (?,?,?,?,?,?,"
+                " (SELECT coalesce(max(seq), 0) + 1 FROM aggregator_keys))",
+                (key.key_id, key.public_key, key.valid_from_ms, key.retired_ms, key.revoked_from_ms,
+                 key.endorsement),
+            )  # fmt: skip
+
+    def revoke_aggregator_key(self, key_id: str, from_ms: int) -> bool:
+        with self._transaction("revoking an aggregator key"):
+            done = self._w.execute(
+                "UPDATE aggregator_keys SET revoked_from_ms = ? WHERE key_id = ?", (from_ms, key_id)
+            )
+        return done.rowcount == 1
 
     def rejection_overflow(self) -> dict[tuple[str, str], int]:
         """Rejections only counted, by (source, reason); source "" is no gateway."""

@@ -22,12 +22,13 @@ from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import MethodologyError
 from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
 from aggregator.methodology.source import EvidenceSource
-from aggregator.methodology.statements import issue_statement
+from aggregator.methodology.statements import issue_statement, parse_statement
 from aggregator.methodology.store import StatementStore
 from aggregator.methodology.subject import CHINA_TZ, Period, Subject, Unit
 from aggregator.methodology.verify import verify_statement
 from evidence.errors import EvidenceError
-from evidence.keys import load_private_key, load_public_key
+from evidence.keylist import verify_keylist
+from evidence.keys import key_id, load_private_key, load_public_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_show)
     p = sub.add_parser("verify", help="verify a statement: signature, evidence, recomputed ER")
     _db(p)
-    p.add_argument("--issuer", type=Path, required=True, help="aggregator public key (PEM or DER)")
+    p.add_argument("--issuer", type=Path, required=True, help="aggregator public key (PEM or DER), pinned")
+    p.add_argument("--keys", type=Path, help="the aggregator's signed key list: keys rotated after --issuer")
     p.add_argument("--params-dir", type=Path, default=PARAMS_DIR)
     p.add_argument("statement")
     p.set_defaults(func=_verify)
@@ -212,6 +214,17 @@ def _verify(args: argparse.Namespace) -> int:
         if document is None:
             return _fail(_not_found(args))
         issuer = load_public_key(args.issuer.read_bytes())
+        if args.keys is not None:  # the key valid when the statement was signed, trusted from --issuer
+            st_doc = parse_statement(document)
+            valid = verify_keylist(args.keys.read_bytes(), issuer).aggregator_key_at(
+                int(st_doc.body["created_ms"]), st_doc.key_id
+            )
+            if valid is None:
+                return _fail(
+                    f"statement {args.statement}: signed by key {st_doc.key_id}, which the key list (trusted "
+                    f"from {key_id(issuer)}) does not give as valid at {st_doc.body['created_ms']} ms"
+                )
+            issuer = valid
         report = verify_statement(
             document, issuer_key=issuer, source=args.open_evidence(args.db), params_dir=args.params_dir
         )
