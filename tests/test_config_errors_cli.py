@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITE = (REPO / "config" / "sites" / "inline-registers.yaml").read_bytes()
 FLEET = (REPO / "config" / "fleets" / "pv-street.yaml").read_bytes()
 AGGREGATOR = b"""\
+mqtt: {insecure: true}
 store: {path: evidence.sqlite3}
 influx: {url: http://127.0.0.1:8086, database: puhui}
 key_file: aggregator-key.pem

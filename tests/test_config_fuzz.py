@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITES = sorted((REPO / "config" / "sites").glob("*.yaml"))
 FLEETS = sorted((REPO / "config" / "fleets").glob("*.yaml"))
 AGGREGATOR = b"""\
-mqtt: {host: 127.0.0.1, port: 1883, client_id: agg-1}
+mqtt: {host: 127.0.0.1, port: 1883, client_id: agg-1, insecure: true}
 store: {path: evidence.sqlite3}
 influx: {url: http://127.0.0.1:8086, database: puhui, timeout_s: 10}
 key_file: aggregator-key.pem
@@ -92,14 +92,20 @@ def _lines(data: bytes, at: int, op: str, text: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def _paths(
+    node: Any, prefix: tuple[Any, ...] = (), seen: frozenset[int] = frozenset()
+) -> list[tuple[Any, ...]]:
+    """Every path into the tree; a node that contains itself (YAML ``&a [*a]``) is walked once."""
     out = [prefix]
+    if id(node) in seen:
+        return out
+    inner = seen | {id(node)}
     if isinstance(node, dict):
         for key, value in node.items():
-            out += _paths(value, (*prefix, key))
+            out += _paths(value, (*prefix, key), inner)
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            out += _paths(value, (*prefix, index))
+            out += _paths(value, (*prefix, index), inner)
     return out
 
 
@@ -118,7 +124,10 @@ def _replace(data: bytes, at: int, value: Any) -> bytes:
     for part in path[:-1]:
         parent = parent[part]
     parent[path[-1]] = value
-    return yaml.safe_dump(tree, allow_unicode=True).encode()
+    try:
+        return yaml.safe_dump(tree, allow_unicode=True).encode()
+    except (yaml.YAMLError, RecursionError):  # a tree that contains itself has no plain dump
+        return data
 
 
 _text_mutation = st.one_of(
