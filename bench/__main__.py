@@ -21,6 +21,7 @@ BENCHMARKS = [
     "bench.bench_ingest",
     "bench.bench_outbox",
     "bench.bench_methodology",
+    "bench.bench_tls",
 ]  # explicit list: no folder scanning
 RESULTS = Path(__file__).with_name("results.md")
 
