@@ -169,6 +169,14 @@ def _check(args: argparse.Namespace) -> int:
         state = "" if m.enabled else " (disabled)"
         source = getattr(m, "profile", None) or ("inline registers" if m.driver != "mqtt" else "mqtt topic")
         print(f"  {m.id:24} {m.driver:11} {source:22} counts {', '.join(m.counts)}{state}")
+    for spec in plan.series:
+        if spec.per_session:  # valid, but what most EV methodologies will not credit: say so now
+            print(
+                f"  note: {spec.meter} counts {spec.quantity}, a per-session counter (it restarts with "
+                "every charging session): parameter sets that require a lifetime register refuse it "
+                "(config/methodologies/ev-charging-jjj*.yaml: per_session_counters: refuse); count the "
+                "charger's lifetime energy register where it has one"
+            )
     if args.live:
         return _check_live(site, args.mqtt_wait)
     return 0

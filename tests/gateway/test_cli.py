@@ -143,6 +143,20 @@ def test_check_prints_the_plan_of_a_shipped_site() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "gw-zjk-school-01" in out.stdout and "heat-pump-heat" in out.stdout
+    # The ABB charger counts a per-session register: the shipped EV sets refuse it; check says so
+    notes = [line for line in out.stdout.splitlines() if line.strip().startswith("note:")]
+    assert len(notes) == 1 and "charger-2 counts session_energy, a per-session counter" in notes[0]
+
+
+def test_the_per_session_note_says_what_the_shipped_ev_sets_do() -> None:
+    """The note names ev-charging-jjj*.yaml as refusing per-session counters: hold it to them."""
+    import yaml
+
+    sets = sorted((REPO / "config" / "methodologies").glob("ev-charging-jjj*.yaml"))
+    assert sets
+    for path in sets:
+        method = yaml.safe_load(path.read_text(encoding="utf-8"))["method"]
+        assert method["per_session_counters"] == "refuse", path
 
 
 SCHOOL = "config/sites/zhangjiakou-school.yaml"
