@@ -33,6 +33,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.backoff import Backoff
+from common.tls import TlsSettings
 
 DEFAULT_STATE_DIR = "/var/lib/puhui/gateway"
 DEFAULT_KEY_FILE = "/etc/puhui/gateway-key.pem"
@@ -79,21 +80,6 @@ class EvidenceSettings(_Closed):
     state_dir: str = Field(default=DEFAULT_STATE_DIR, min_length=1, description="SQLite state lives here")
     sealing: SealingSettings = Field(default_factory=SealingSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
-
-
-class TlsSettings(_Closed):
-    """TLS to the broker. ``ca_file`` unset: the system's CA store. A client certificate
-    (``cert_file`` + ``key_file``) authenticates the gateway instead of, or besides, a password."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (client certificate and its key)")
-        return self
 
 
 class BackoffSettings(_Closed):

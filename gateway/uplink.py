@@ -44,6 +44,7 @@ import aiomqtt
 from common.aio import publish
 from common.clock import Clock
 from common.mqtt import run_reconnecting
+from common.tls import SecretError, client_context
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, load_public_key
 from evidence.wire import Ack, Reject, RejectReason, ack_topic, batch_topic, decode_reply, reject_topic
@@ -317,13 +318,9 @@ class Uplink:
 
 
 def _tls_context(settings: UplinkSettings) -> ssl.SSLContext | None:
-    tls = settings.tls
-    if tls is None:
+    if settings.tls is None:
         return None
     try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise UplinkSetupError(f"uplink.tls: {exc}") from exc
-    return context
+        return client_context(settings.tls, "uplink.tls")  # names the file; refuses a key others read
+    except SecretError as exc:
+        raise UplinkSetupError(str(exc)) from exc
