@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.tls import TlsSettings
 from common.yaml_models import read_yaml
 from firmware_sim.errors import FleetConfigError
 
@@ -161,10 +162,17 @@ class ClockConfig(Closed):
 
 
 class MqttConfig(Closed):
+    """The broker the MQTT meters publish to, over ``connections`` shared connections.
+
+    ``tls``: TLS to the broker; a client certificate (``cert_file`` + ``key_file``, key
+    mode 0600) is the publishers' identity on a broker with an access list (``puhui broker``).
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     connections: int = Field(default=1, ge=1, le=64)
     qos: Literal[0, 1] = 0
+    tls: TlsSettings | None = None
 
 
 class ControlConfig(Closed):

@@ -103,9 +103,9 @@ class Fleet:
             port = 0 if self.config.control.port == "auto" else self.config.control.port
             server = ControlServer(self.devices, self.clock, self.config.host, port)
             self.control = await self._stack.enter_async_context(server)
+        self._make_publishers()  # before any task: a publisher's TLS files may be refused
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(group.create_task(self._tick(), name="sim-ticker"))
-        self._make_publishers()
         for i, pub in enumerate(self._publishers):
             self._tasks.append(group.create_task(pub.run(), name=f"sim-mqtt-{i}"))
 

@@ -29,6 +29,7 @@ import heapq
 import json
 import math
 import random
+import ssl
 from typing import Any
 
 import aiomqtt
@@ -37,8 +38,10 @@ from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
 from common.mqtt import run_reconnecting
+from common.tls import SecretError, client_context
 from firmware_sim.config import MqttConfig
 from firmware_sim.device import Device
+from firmware_sim.errors import ServeError
 
 LOCAL_TZ = datetime.timezone(datetime.timedelta(hours=8))
 NOMINAL_V = 230.0
@@ -100,6 +103,7 @@ class MqttPublisher:
         self._cfg = cfg
         self._clock = clock
         self._client_id = client_id
+        self._tls = _tls_context(cfg)  # certificates read once, at start
         # seeded by the client id: the publishers of one fleet retry at different moments
         self._backoff = Backoff(0.2, 10.0, rng=random.Random(client_id))
         self.connected = asyncio.Event()
@@ -111,7 +115,8 @@ class MqttPublisher:
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._cfg
-        return aiomqtt.Client(cfg.host, cfg.port, identifier=self._client_id, timeout=CLIENT_TIMEOUT_S)
+        return aiomqtt.Client(cfg.host, cfg.port, identifier=self._client_id, timeout=CLIENT_TIMEOUT_S,
+                              tls_context=self._tls)  # fmt: skip
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self.connected.set()
@@ -138,6 +143,15 @@ class MqttPublisher:
 
 
 CLIENT_TIMEOUT_S = 3.0  # bounds aiomqtt's connect, QoS 1 acknowledgements and graceful disconnect
+
+
+def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if cfg.tls is None:
+        return None
+    try:
+        return client_context(cfg.tls, "mqtt.tls")
+    except SecretError as exc:
+        raise ServeError(f"MQTT meters: {exc}") from exc
 
 
 def _next_slot(t: float, interval: float) -> float:

@@ -42,6 +42,7 @@ from typing import Any
 
 from common.clock import Clock, FastClock, SystemClock
 from drivers.contract import Invalid
+from drivers.errors import DriverError
 from drivers.modbus.decode import ProbeLine, RegisterType, probe
 from drivers.modbus.profiles import load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
@@ -194,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
         site = site.model_copy(update={"status": site.status.model_copy(update={"port": args.status_port})})
     try:
         asyncio.run(run_until_stopped(site, dry_run=args.dry_run))
-    except (EvidenceError, GatewayError, BaseExceptionGroup) as exc:
+    except (EvidenceError, GatewayError, DriverError, BaseExceptionGroup) as exc:
         return _failed_run(args.config, exc)
     return 0
 
@@ -203,7 +204,7 @@ def _failed_run(config: Path, exc: BaseException) -> int:
     """Report why ``run`` stopped, one line per distinct error (tasks that failed together
     arrive as an exception group). Not our error: re-raised, a bug shows its traceback."""
     errors = _leaves(exc)
-    if not all(isinstance(e, EvidenceError | GatewayError) for e in errors):
+    if not all(isinstance(e, EvidenceError | GatewayError | DriverError) for e in errors):
         raise exc
     for message in dict.fromkeys(str(e) for e in errors):
         print(f"puhui gateway: {config}: {message}", file=sys.stderr)

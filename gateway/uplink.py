@@ -321,6 +321,6 @@ def _tls_context(settings: UplinkSettings) -> ssl.SSLContext | None:
     if settings.tls is None:
         return None
     try:
-        return client_context(settings.tls, "uplink.tls")
+        return client_context(settings.tls, "uplink.tls")  # names the file; refuses a key others read
     except SecretError as exc:
         raise UplinkSetupError(str(exc)) from exc

@@ -9,8 +9,10 @@
 - ``dynamic-security.json`` (0600): the access list, enforced by Mosquitto's dynamic
   security plugin. Gateway G may publish only ``puhui/v1/G/batch`` and subscribe to and
   receive only ``puhui/v1/G/ack`` and ``.../reject``; only the aggregator may subscribe to the
-  batches (directly or through the shared subscription) and publish replies. Everything
-  else is denied, including to identities that are not on the roster.
+  batches (directly or through the shared subscription) and publish replies. An MQTT
+  meter's topic (:class:`MeterTopic`) may be published only by its publisher's identity
+  and read only by the gateway that meters it. Everything else is denied, including to
+  identities that are not on the roster.
 
 Why the plugin and not an ``acl_file``: Mosquitto 2.0's ``acl_file`` never refuses a
 subscription; it only filters at delivery. A stranger who joins the aggregators' shared
@@ -60,6 +62,35 @@ _INSECURE_BANNER = """\
 """
 
 
+class MeterTopic(BaseModel):
+    """An MQTT meter's topic: only ``publisher`` may publish on it, only ``gateway`` read it.
+
+    The topic is literal (no wildcards), outside ``$`` topics and outside the evidence
+    topics (``puhui/v1/...``), so a meter can never speak for a gateway. A publisher may
+    own several topics (a simulator or a data logger standing in for several meters).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str = Field(min_length=1, max_length=1024)
+    publisher: str = Field(description="the identity that publishes the readings")
+    gateway: str = Field(description="the gateway that subscribes to them")
+
+    @field_validator("topic")
+    @classmethod
+    def _literal_topic(cls, value: str) -> str:
+        if any(c in value for c in "+#\0") or value.startswith("$"):
+            raise ValueError(f"meter topic {value!r} must be a literal topic: no +, #, NUL or leading $")
+        if value == TOPIC_ROOT or value.startswith(TOPIC_ROOT + "/"):
+            raise ValueError(f"meter topic {value!r} is inside the evidence topics {TOPIC_ROOT}/...")
+        return value
+
+    @field_validator("publisher", "gateway")
+    @classmethod
+    def _identity(cls, value: str) -> str:
+        return check_identity(value)
+
+
 class BrokerSite(BaseModel):
     """Who may connect to a site's broker, how, and what each identity may do."""
 
@@ -67,6 +98,7 @@ class BrokerSite(BaseModel):
 
     pki: Path = Field(description="the site PKI directory (puhui pki init)")
     gateways: tuple[str, ...] = Field(default=(), description="gateway ids allowed to send batches")
+    meters: tuple[MeterTopic, ...] = Field(default=(), description="MQTT meters' topics, publishers, readers")
     aggregator: str = Field(default="aggregator", description="the aggregator's identity")
     port: int = Field(default=MQTTS_PORT, ge=1, le=65535)
     bind_address: str | None = Field(default=None, description="listen on one address (default: all)")
@@ -90,15 +122,33 @@ class BrokerSite(BaseModel):
         return check_identity(value)
 
     @model_validator(mode="after")
-    def _aggregator_is_not_a_gateway(self) -> BrokerSite:
+    def _roles_apart(self) -> BrokerSite:
         if self.aggregator in self.gateways:
             raise ValueError(f"{self.aggregator!r} is both the aggregator and a gateway")
+        topics = [m.topic for m in self.meters]
+        for i, meter in enumerate(self.meters):
+            where = f"meters[{i}]"
+            if meter.gateway not in self.gateways:
+                raise ValueError(f"{where}: gateway {meter.gateway!r} is not one of the site's gateways")
+            if meter.publisher == self.aggregator or meter.publisher in self.gateways:
+                raise ValueError(
+                    f"{where}: publisher {meter.publisher!r} is the aggregator or a gateway; a meter "
+                    "publishes under an identity of its own"
+                )
+            if topics.count(meter.topic) > 1:
+                raise ValueError(f"{where}: topic {meter.topic!r} is listed twice")
         return self
 
     @property
+    def publishers(self) -> tuple[str, ...]:
+        """The MQTT meters' publisher identities, each once, in order of appearance."""
+        return tuple(dict.fromkeys(m.publisher for m in self.meters))
+
+    @property
     def roster(self) -> tuple[str, ...]:
-        """Every identity the access list names: the aggregator, then the gateways."""
-        return (self.aggregator, *self.gateways)
+        """Every identity the access list names: the aggregator, the gateways, the meters'
+        publishers."""
+        return (self.aggregator, *self.gateways, *self.publishers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +172,16 @@ def write_broker_config(site: BrokerSite, out: str | os.PathLike[str]) -> Broker
     )
     text = listener_text(site, files, port=site.port, bind=site.bind_address)  # checks the PKI first
     if files.access is not None:
-        document = json.dumps(access_document(site), indent=2) + "\n"
-        _replace(files.access, document, 0o600)
+        write_access_list(site, files.access)
     _replace(files.config, text, 0o644)
     return files
+
+
+def write_access_list(site: BrokerSite, path: Path) -> Path:
+    """Write (replace) the access list alone, mode 0600: for a broker whose listener lines
+    come from :func:`listener_text` with a port chosen at start (``puhui demo``, tests)."""
+    _replace(path, json.dumps(access_document(site), indent=2) + "\n", 0o600)
+    return path
 
 
 def listener_text(site: BrokerSite, files: BrokerFiles, *, port: int, bind: str | None) -> str:
@@ -164,7 +220,11 @@ def access_document(site: BrokerSite, salt: Callable[[int], bytes] = secrets.tok
     (:mod:`evidence.wire`), nothing wider. Nobody may publish to ``$CONTROL``, so the list
     cannot be changed through the broker.
     """
-    roles = [_aggregator_role(site), *(_gateway_role(g) for g in site.gateways)]
+    roles = [
+        _aggregator_role(site),
+        *(_gateway_role(g, [m.topic for m in site.meters if m.gateway == g]) for g in site.gateways),
+        *(_publisher_role(p, [m.topic for m in site.meters if m.publisher == p]) for p in site.publishers),
+    ]
     clients = []
     for identity, role in zip(site.roster, roles, strict=True):
         client: dict[str, Any] = {"username": identity, "roles": [{"rolename": role["rolename"]}]}
@@ -206,11 +266,17 @@ def _aggregator_role(site: BrokerSite) -> dict[str, Any]:
     return _role(f"aggregator:{site.aggregator}", acls)
 
 
-def _gateway_role(gateway: str) -> dict[str, Any]:
-    replies = (ack_topic(gateway), reject_topic(gateway))
+def _gateway_role(gateway: str, meter_topics: list[str]) -> dict[str, Any]:
+    """Publish its batches; subscribe to and receive its replies and its meters' readings."""
+    reads = (ack_topic(gateway), reject_topic(gateway), *meter_topics)
     acls = [("publishClientSend", batch_topic(gateway))]
-    acls += [(kind, topic) for topic in replies for kind in ("subscribeLiteral", "publishClientReceive")]
+    acls += [(kind, topic) for topic in reads for kind in ("subscribeLiteral", "publishClientReceive")]
     return _role(f"gateway:{gateway}", acls)
+
+
+def _publisher_role(publisher: str, topics: list[str]) -> dict[str, Any]:
+    """An MQTT meter's identity: publish its readings, nothing else (it reads nothing)."""
+    return _role(f"meter:{publisher}", [("publishClientSend", topic) for topic in topics])
 
 
 def _role(name: str, acls: list[tuple[str, str]]) -> dict[str, Any]:
@@ -262,6 +328,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=MQTTS_PORT)
     p.add_argument("--bind", default=None, help="listen on this address only (default: all)")
     p.add_argument("--gateway", action="append", default=[], metavar="ID", help="a gateway id (repeat)")
+    p.add_argument(
+        "--meter",
+        action="append",
+        default=[],
+        metavar="PUBLISHER:GATEWAY:TOPIC",
+        help="an MQTT meter: PUBLISHER alone publishes on TOPIC, GATEWAY alone reads it (repeat)",
+    )
     p.add_argument("--aggregator", default="aggregator", metavar="ID", help="the aggregator's identity")
     p.add_argument("--auth", choices=("certificate", "password"), default="certificate")
     p.add_argument("--share-group", default=SHARE_GROUP, help="the aggregators' shared-subscription group")
@@ -277,6 +350,7 @@ def _config_cmd(args: argparse.Namespace) -> int:
                "bind_address": args.bind, "auth": args.auth, "share_group": args.share_group,
                "plugin": args.plugin, "insecure": args.insecure}  # fmt: skip
     try:
+        options["meters"] = tuple(_meter_argument(text) for text in args.meter)
         site = BrokerSite(pki=args.pki, **options)
         files = write_broker_config(site, args.out)
     except ValidationError as exc:
@@ -292,6 +366,15 @@ def _config_cmd(args: argparse.Namespace) -> int:
         print(f"the broker's user must read {files.access} and {key} (e.g. chown mosquitto: both)")
     print(f"run: mosquitto -c {files.config}")
     return 0
+
+
+def _meter_argument(text: str) -> MeterTopic:
+    """``PUBLISHER:GATEWAY:TOPIC`` (the topic may itself hold colons)."""
+    parts = text.split(":", 2)
+    if len(parts) != 3:
+        raise ValueError(f"--meter {text!r}: expected PUBLISHER:GATEWAY:TOPIC")
+    publisher, gateway, topic = parts
+    return MeterTopic(topic=topic, publisher=publisher, gateway=gateway)
 
 
 def _fail(message: str) -> int:

@@ -205,8 +205,14 @@ def issue_password(layout: PkiLayout, identity: str) -> Path:
 
     The broker's password file (:mod:`puhui.broker`) holds only its hash.
     """
-    path = layout.client_password(identity)
-    layout.clients.mkdir(parents=True, exist_ok=True)
+    return new_password_file(layout.client_password(identity))
+
+
+def new_password_file(path: Path) -> Path:
+    """A random password (256 bits, URL-safe text) in a new file ``path``, mode 0600, never
+    overwritten: an MQTT identity's (:func:`issue_password`) or another service's, e.g. an
+    InfluxDB user's in ``puhui demo``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     _write_secret(path, (secrets.token_urlsafe(PASSWORD_BYTES) + "\n").encode("ascii"))
     return path
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from firmware_sim import Fleet
-from firmware_sim.config import DeviceSpec, expand
+from firmware_sim.config import DEFAULT_TOPICS, MQTT_KINDS, DeviceSpec, FleetConfig, expand
 from firmware_sim.device import Device
 
 SCENARIO = {"heating": "clean_heating", "pv": "pv", "pv_house": "pv", "ev": "ev_charging"}
@@ -62,10 +62,12 @@ def site_for(
     fast_poll_s: float | None = None,
     timeout_s: float = 2.0,
     mqtt: tuple[str, int] | None = None,
+    mqtt_tls: dict[str, str] | None = None,
     grace_s: float | None = None,
 ) -> dict[str, Any]:
     """The site config (as data) of fleet site ``site``, for gateway ``gateway_id``
-    (``grace_s``: how long intervals stay open after their end; default min(30, 2 x poll))."""
+    (``grace_s``: how long intervals stay open after their end; default min(30, 2 x poll);
+    ``mqtt_tls``: the MQTT meters' broker connection ``tls`` settings, plain TCP if None)."""
     meters: list[dict[str, Any]] = []
     buses: dict[str, str] = {}
     specs = {s.name: s for s in expand(fleet.config)}
@@ -84,7 +86,7 @@ def site_for(
         if kind in ("mqtt_plain", "mqtt_tasmota"):
             if mqtt is None:
                 raise ValueError(f"{name}: an MQTT meter needs the broker (mqtt=(host, port))")
-            mqtt_meter = _mqtt_meter(dev, spec, mqtt)
+            mqtt_meter = _mqtt_meter(dev, spec, mqtt, mqtt_tls)
             meters.append({"id": name, "driver": "mqtt", **base, **mqtt_meter, "counts": ["energy"]})
             continue
         ep = dev.endpoint
@@ -117,7 +119,20 @@ def site_for(
     }
 
 
-def _mqtt_meter(dev: Device, spec: DeviceSpec, broker: tuple[str, int]) -> dict[str, Any]:
+def mqtt_meter_topics(config: FleetConfig) -> list[tuple[str, str]]:
+    """(site, topic) of every MQTT meter :func:`site_for` configures, from the fleet config
+    alone (before any device runs): what a broker's access list must let through."""
+    topics = []
+    for spec in expand(config):
+        if spec.kind in MQTT_KINDS and spec.config.physics.model in SCENARIO:
+            template = spec.config.topic or DEFAULT_TOPICS[spec.kind]  # as firmware_sim.build does
+            topics.append((spec.site.name, template.format(site=spec.site.name, name=spec.name)))
+    return topics
+
+
+def _mqtt_meter(
+    dev: Device, spec: DeviceSpec, broker: tuple[str, int], tls: dict[str, str] | None
+) -> dict[str, Any]:
     topic = dev.endpoint.topic
     if spec.kind == "mqtt_tasmota":  # "Time" is whole seconds, local: on a fast clock, receipt time
         fields = {
@@ -132,4 +147,7 @@ def _mqtt_meter(dev: Device, spec: DeviceSpec, broker: tuple[str, int]) -> dict[
         }
         source = {"topic": topic, "fields": fields, "time": {"path": "ts", "format": "epoch_s"}}
     source["expected_period_s"] = float(spec.config.interval_s)
-    return {"connection": {"host": broker[0], "port": broker[1]}, "source": source}
+    connection: dict[str, Any] = {"host": broker[0], "port": broker[1]}
+    if tls is not None:
+        connection["tls"] = dict(tls)
+    return {"connection": connection, "source": source}

@@ -1,25 +1,31 @@
 """The whole chain with every real part: firmware_sim -> gateway (runtime + evidence pipeline)
 -> real Mosquitto -> aggregator (verify, SQLite evidence store, signed acks) -> real InfluxDB.
 
+Secured as ``puhui demo`` runs it (:mod:`puhui.demo.security`): the broker speaks TLS only,
+takes the site CA's client certificates and enforces the access list (gateway and
+aggregator each with its own certificate); InfluxDB has authentication on and the
+aggregator writes as its own user, its password in a 0600 file.
+
 On a fast clock (one simulated minute per wall second), with a broker outage in the
-middle: every interval the gateway closed is stored by the aggregator exactly once, equal
-to what the gateway sealed, the chain is gap-free, every counter delta equals the
-simulator's ground truth between its two readings, and InfluxDB holds each interval once.
+middle (the same broker, TLS and access list, restarted): every interval the gateway
+closed is stored by the aggregator exactly once, equal to what the gateway sealed, the
+chain is gap-free, every counter delta equals the simulator's ground truth between its two
+readings, and InfluxDB holds each interval once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import yaml
 
 from aggregator.config import AggregatorConfig
-from aggregator.influx import InfluxV1Client
 from aggregator.registry import GatewayRegistry
 from aggregator.service import Aggregator
 from aggregator.store import SQLiteEvidenceStore
@@ -32,12 +38,22 @@ from gateway.cli import enrolment_for
 from gateway.config import parse_site
 from gateway.pipeline import EvidencePipeline
 from gateway.runtime import Gateway
-from testbed.servers import PrivateMosquitto
+from puhui.demo.security import (
+    AGGREGATOR,
+    INFLUX_WRITER,
+    DemoSite,
+    InfluxUsers,
+    make_influx_users,
+    make_site,
+    secure_broker,
+)
+from testbed.servers import PrivateInfluxDB, PrivateMosquitto, mqtt_connack_ok
 from tests.gateway.test_acquisition import _resolution, _truth_wh
 from tests.sim.helpers import fleet_config
 
 FACTOR = 60.0
 PERIOD = 10
+GATEWAY = "gw-e2e-1"
 
 
 class Tee:
@@ -55,7 +71,9 @@ class Tee:
         self.records.extend(records)
 
 
-def _site(fleet: Fleet, clock: FastClock, tmp: Path, broker: PrivateMosquitto) -> dict[str, Any]:
+def _site(
+    fleet: Fleet, clock: FastClock, tmp: Path, broker: PrivateMosquitto, tls: dict[str, str]
+) -> dict[str, Any]:
     d = fleet.devices
 
     def tcp(name: str) -> dict[str, Any]:
@@ -74,7 +92,7 @@ def _site(fleet: Fleet, clock: FastClock, tmp: Path, broker: PrivateMosquitto) -
         m["poll"] = {"fast": PERIOD, "slow": PERIOD}
     spec = clock.spec
     return {
-        "gateway": {"id": "gw-e2e-1", "site": "e2e", "grid_region": "north"},
+        "gateway": {"id": GATEWAY, "site": "e2e", "grid_region": "north"},
         "clock": {"mode": "fast", "epoch": spec.epoch, "factor": spec.factor, "wall_start": spec.wall_start},
         "interval_minutes": 1,
         "grace_seconds": 5,
@@ -88,7 +106,7 @@ def _site(fleet: Fleet, clock: FastClock, tmp: Path, broker: PrivateMosquitto) -
         "uplink": {
             "host": broker.host,
             "port": broker.port,
-            "tls": None,
+            "tls": tls,
             "aggregator_public_key": str(tmp / "aggregator.pub.pem"),
             "resend_after_s": 120,
             "reconnect": {"initial_s": 0.2, "max_s": 1.0},
@@ -96,11 +114,27 @@ def _site(fleet: Fleet, clock: FastClock, tmp: Path, broker: PrivateMosquitto) -
     }
 
 
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[tuple[DemoSite, PrivateMosquitto]]:
+    """The site PKI, the access list and its broker (TLS, certificates required)."""
+    demo = make_site(tmp_path / "pki", tmp_path / "mosquitto", (GATEWAY,))
+    with secure_broker(tmp_path / "mosquitto", demo, outlive_parent=False) as broker:
+        yield demo, broker
+
+
+@pytest_asyncio.fixture
+async def influx_users(tmp_path: Path) -> AsyncIterator[InfluxUsers]:
+    """InfluxDB with authentication: admin, the aggregator's writer, a reader."""
+    with PrivateInfluxDB(tmp_path / "influxd", auth_enabled=True) as server:
+        yield await make_influx_users(server.url, "puhui_e2e", tmp_path / "influx.password", tmp_path)
+
+
 @pytest.mark.integration
 async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage(
-    tmp_path: Path, fresh_mosquitto: Any, influx_db: InfluxV1Client
+    tmp_path: Path, secured: tuple[DemoSite, PrivateMosquitto], influx_users: InfluxUsers
 ) -> None:
-    broker: PrivateMosquitto = fresh_mosquitto()
+    demo, broker = secured
+    assert not mqtt_connack_ok(broker.host, broker.port)  # no plain text, no anonymous client
     cfg = fleet_config(
         {"kind": "sdm630", "name": "elec", "unit": 3, "physics": {"model": "heating"}},
         {"kind": "heat_meter", "name": "heat", "unit": 1, "physics": {"model": "heating"}},
@@ -118,17 +152,24 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
             "mqtt": {
                 "host": broker.host,
                 "port": broker.port,
+                "tls": demo.tls(AGGREGATOR),
                 "reconnect_initial_s": 0.1,
                 "reconnect_max_s": 0.5,
-                "insecure": True,  # the suite's plain broker
             },
             "store": {"path": str(tmp_path / "evidence.sqlite3")},
-            "influx": {"url": influx_db.url, "database": influx_db.database, "retry_initial_s": 0.1},
+            "influx": {
+                "url": influx_users.url,
+                "database": influx_users.database,
+                "username": INFLUX_WRITER,
+                "password": {"file": str(influx_users.writer)},
+                "create_database": False,
+                "retry_initial_s": 0.1,
+            },
             "key_file": str(tmp_path / "aggregator-key.pem"),
         }
     )
     async with Fleet(cfg, clock=clock) as fleet:
-        data = _site(fleet, clock, tmp_path, broker)
+        data = _site(fleet, clock, tmp_path, broker, demo.tls(GATEWAY))
         (tmp_path / "site.yaml").write_text(yaml.safe_dump(data))
         site = parse_site(data, "site.yaml", load_profiles())
         gw_key = generate_key()
@@ -141,9 +182,7 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
             store.close()
         key = load_private_key(site.evidence.key_file)
         async with Aggregator(agg_config, clock=clock) as agg:
-            pipeline = EvidencePipeline(
-                site.evidence, site.uplink, gateway_id="gw-e2e-1", key=key, clock=clock
-            )
+            pipeline = EvidencePipeline(site.evidence, site.uplink, gateway_id=GATEWAY, key=key, clock=clock)
             async with pipeline:
                 tee = Tee(pipeline)
                 async with Gateway(site, clock=clock, sink=tee) as gateway:
@@ -162,8 +201,8 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
                         await asyncio.sleep(0.1)
             async with asyncio.timeout(60):
                 await agg.wait_for(lambda a: a.writer.stats.batches_written >= a.ingest.stats.stored)
-            stored = list(agg.store.attested_intervals(gateway="gw-e2e-1"))
-            links = agg.store.chain_links("gw-e2e-1")
+            stored = list(agg.store.attested_intervals(gateway=GATEWAY))
+            links = agg.store.chain_links(GATEWAY)
     assert all(h.failed == 0 for h in health.values()), health
     assert len(closed) >= 3 * 7
     # exactly once, equal to what was sealed, in a gap-free chain
@@ -188,10 +227,10 @@ async def test_sim_to_influx_through_gateway_and_aggregator_with_a_broker_outage
         assert r.delta == pytest.approx(truth, abs=tol), r
         checked += 1
     assert checked >= 3 * 6
-    # InfluxDB: each interval once
-    async with asyncio.timeout(30):
+    # InfluxDB: each interval once (read as the reader: the aggregator's user only writes)
+    async with asyncio.timeout(30), influx_users.reading() as reader:
         while True:
-            series = await influx_db.query('SELECT count("delta") FROM "puhui_interval"')
+            series = await reader.query('SELECT count("delta") FROM "puhui_interval"')
             count = series[0]["values"][0][1] if series and series[0]["values"] else 0
             if count >= sum(r.delta is not None for r in closed):
                 break

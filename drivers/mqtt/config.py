@@ -7,12 +7,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.tls import TlsSettings
+
 # Simple dotted paths into a JSON object, with list indexes: "data.energy.import", "ch[0].p"
 JSON_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\[[0-9]+\])*(\.[A-Za-z_][A-Za-z0-9_-]*(\[[0-9]+\])*)*$"
 
 
 class MqttConnection(BaseModel):
-    """The broker a meter publishes to."""
+    """The broker a meter publishes to.
+
+    ``tls``: false (plain TCP), true (TLS, the system's CAs) or TLS settings
+    ``{ca_file, cert_file, key_file}``: the site CA, and the gateway's client certificate
+    as its identity on a broker with an access list (key mode 0600).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -20,7 +27,7 @@ class MqttConnection(BaseModel):
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password_file: str | None = Field(default=None, description="file holding the password")
-    tls: bool = False
+    tls: bool | TlsSettings = False
 
 
 class MqttField(BaseModel):

@@ -61,6 +61,7 @@ import aiomqtt
 from common.backoff import Backoff
 from common.clock import Clock
 from common.mqtt import run_reconnecting
+from common.tls import SecretError, TlsSettings, client_context
 from drivers.contract import Invalid, Sample
 from drivers.errors import DriverError
 from drivers.mqtt.config import MqttConnection, MqttField, MqttSource, MqttTimestamp
@@ -81,7 +82,8 @@ _INDEX = re.compile(r"\[([0-9]+)\]")
 
 
 class MqttCredentialsError(DriverError):
-    """The broker password file named in the config cannot be read (a config error)."""
+    """The broker password file, or a TLS certificate or key, named in the config cannot be
+    used (a config error)."""
 
 
 class PayloadError(ValueError):
@@ -247,8 +249,8 @@ class MqttSubscriber:
         reconnect_max_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
-        """``tls_context`` overrides the default (system CAs) used when ``connection.tls``;
-        reconnect delays are wall seconds."""
+        """``tls_context`` overrides the context built from ``connection.tls`` (the system's
+        CAs when it is true); reconnect delays are wall seconds."""
         ids = [m for m, _ in meters]
         if not ids or len(set(ids)) != len(ids):
             raise ValueError(f"an MQTT subscriber needs distinct meter ids, got {ids}")
@@ -299,9 +301,16 @@ class MqttSubscriber:
         if conn.username is not None:
             options["username"] = conn.username
             options["password"] = self._password()
-        if conn.tls:
-            options["tls_context"] = self._tls_context or ssl.create_default_context()
+        if conn.tls is not False:
+            options["tls_context"] = self._tls_context or self._context(conn.tls)
         return options
+
+    def _context(self, tls: TlsSettings | bool) -> ssl.SSLContext:
+        settings = tls if isinstance(tls, TlsSettings) else TlsSettings()  # True: the system's CAs
+        try:
+            return client_context(settings, f"{self.name}: connection.tls")
+        except SecretError as exc:
+            raise MqttCredentialsError(str(exc)) from exc
 
     def _password(self) -> str | None:
         if self.connection.password_file is None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aggregator.methodology import Computation
+    from puhui.demo.security import InfluxUsers
     from puhui.demo.setup import GatewayRun
 
 CHINA = timezone(timedelta(hours=8))
@@ -44,7 +45,7 @@ class Run:
     db: Path
     aggregator_key: Path
     aggregator_pub: Path
-    influx_url: str
+    influx: InfluxUsers  # the URL, the database, its users' password files
     notes: list[str]
     wall: dict[str, float]
     steps: dict[tuple[str, str], Any] = field(default_factory=dict)  # (device, channel) -> StepLog

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from aggregator.store import SQLiteEvidenceStore
 from puhui.demo.model import Fault, Run, ScenarioResult, fmt_time, utc
-from puhui.demo.setup import INFLUX_DB, DemoMissing, puhui_argv
+from puhui.demo.security import INFLUX_READER
+from puhui.demo.setup import DemoMissing, puhui_argv
 from puhui.demo.truth import print_truth_check
 
 if TYPE_CHECKING:
@@ -445,12 +446,13 @@ QUERIES = [
 
 
 async def _influx(run: Run, results: list[ScenarioResult]) -> None:
-    from aggregator.influx import InfluxV1Client
     from aggregator.influx.errors import InfluxError
 
+    influx = run.influx
     print(
-        f"\nInfluxDB ({run.influx_url}, database {INFLUX_DB}): InfluxQL to look at the data"
-        " (InfluxDB's times are UTC; the demo's text above is China time, UTC+8)"
+        f"\nInfluxDB ({influx.url}, database {influx.database}, authentication on): InfluxQL to look at"
+        f" the data as {INFLUX_READER} (password in {_rel(influx.reader)}; InfluxDB's times are UTC,"
+        " the demo's text above is China time, UTC+8)"
     )
     replaced = next((f for f in run.faults if f.kind == "meter_replaced"), None)
     fill = {
@@ -460,15 +462,16 @@ async def _influx(run: Run, results: list[ScenarioResult]) -> None:
         "r0": utc((replaced.start if replaced else run.period[0]) - 1800),
         "r1": utc((replaced.start if replaced else run.period[0]) + 1800),
     }
-    async with InfluxV1Client(run.influx_url, INFLUX_DB) as client:
+    async with influx.writing() as writer:  # the statements, as the aggregator's user
         try:
             from aggregator.methodology.influx import write_statement
 
             for r in results:
                 if r.statement is not None:
-                    await write_statement(client, r.statement)
+                    await write_statement(writer, r.statement)
         except (InfluxError, ImportError) as exc:
             run.notes.append(f"statements not written to InfluxDB: {exc}")
+    async with influx.reading() as client:
         for title, template in QUERIES:
             q = template.format(**fill)
             if "{replaced}" in template and replaced is None:
@@ -481,10 +484,7 @@ async def _influx(run: Run, results: list[ScenarioResult]) -> None:
                 continue
             for line in _shown(_rows(series, timed="GROUP BY time" in q or 'SELECT "' in q)):
                 print(f"     {line}")
-    print(
-        f"  (with --keep-servers: curl -sG {run.influx_url}/query --data-urlencode db={INFLUX_DB} "
-        "--data-urlencode q='SELECT ...')"
-    )
+    print(f"  (with --keep-servers: {influx.curl('SELECT ...')})")
 
 
 def _rows(series: Collection[Any], *, timed: bool) -> list[str]:

@@ -2,7 +2,9 @@
 
 What runs (every process on 127.0.0.1, one fast clock shared through a FastClockSpec):
 
-- a private Mosquitto and InfluxDB (:mod:`testbed.servers`);
+- a private Mosquitto and InfluxDB (:mod:`testbed.servers`), secured as a site is
+  (:mod:`puhui.demo.security`): a demo CA, TLS with client certificates and the access list
+  on the broker, InfluxDB users with passwords in 0600 files;
 - the firmware_sim fleet ``config/fleets/demo.yaml`` in this process: a Zhangjiakou
   clean-heating village (heat pumps, heat meters, electric boilers on RS-485), a rooftop-PV
   street (SunSpec inverters and grid meters, a Tasmota plug) and a charging depot (Alfen,
@@ -42,8 +44,20 @@ from typing import Any
 import httpx
 
 from common.clock import FastClock
+from puhui.broker import find_plugin
 from puhui.demo import report
 from puhui.demo.model import Fault, Run, fmt_time, utc
+from puhui.demo.security import (
+    AGGREGATOR,
+    INFLUX_ADMIN,
+    INFLUX_READER,
+    INFLUX_WRITER,
+    DemoSite,
+    InfluxUsers,
+    make_demo_site,
+    make_influx_users,
+    secure_broker,
+)
 from puhui.demo.setup import (
     INFLUX_DB,
     REPO,
@@ -61,6 +75,7 @@ from puhui.demo.setup import (
     wait_gateways_ready,
     write_aggregator_config,
 )
+from puhui.pki import PkiError
 from testbed.servers import PrivateInfluxDB, PrivateMosquitto, ServerError, find_binary
 
 DEFAULT_FLEET = REPO / "config" / "fleets" / "demo.yaml"
@@ -126,6 +141,10 @@ def _prerequisites(args: argparse.Namespace) -> list[str]:
             find_binary(binary, package)
         except ServerError as exc:
             problems.append(str(exc))
+    try:
+        find_plugin()  # the broker's access list runs in Mosquitto's dynamic security plugin
+    except PkiError as exc:
+        problems.append(str(exc))
     if not args.days > 0 or not args.speed > 0 or not args.poll > 0:
         problems.append("--days, --speed and --poll must be > 0")
     elif 900 % args.poll:
@@ -165,15 +184,20 @@ async def run_demo(args: argparse.Namespace) -> int:
     out = prepare_out(args.out)
     log_to_file(out / "logs" / "demo.log")
     keep = bool(args.keep_servers)
+    config = load_fleet_config(args.fleet, args.sites, args.poll)
+    demo = make_demo_site(out, config)
     # A kept server outlives the demo on every start, the broker's restart after the outage
     # fault included (it used to die with the demo: a printed address nobody answered).
-    broker = PrivateMosquitto(out / "servers" / "mosquitto", outlive_parent=keep)
-    influxd = PrivateInfluxDB(out / "servers" / "influxdb", outlive_parent=keep)
+    broker = secure_broker(out / "servers" / "mosquitto", demo, outlive_parent=keep)
+    influxd = PrivateInfluxDB(out / "servers" / "influxdb", auth_enabled=True, outlive_parent=keep)
     try:
         broker.start()
         influxd.start()
-        print(f"  servers: mosquitto {broker.host}:{broker.port}, influxd {influxd.url} (private, loopback)")
-        run = await simulate(args, out, broker, influxd, t_start)
+        users = await make_influx_users(
+            influxd.url, INFLUX_DB, out / "aggregator" / "influx.password", out / "servers" / "influxdb-users"
+        )
+        _print_servers(out, demo, broker, users)
+        run = await simulate(args, out, on_broker(config, broker, demo), broker, demo, users, t_start)
         run.wall["report_start"] = time.monotonic() - t_start
         code = await report.report(run)
         run.wall["total"] = time.monotonic() - t_start
@@ -183,7 +207,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             f"report {run.wall['total'] - run.wall['report_start']:.0f} s)"
         )
         if keep:  # also after a failed check: that is when one wants to look
-            _print_kept(out, broker, influxd)
+            _print_kept(out, demo, broker, influxd, users)
             return code
     except BaseException:
         keep = False  # Ctrl-C or failure: stop everything
@@ -207,26 +231,50 @@ def log_to_file(path: Path) -> None:
     root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
 
 
-def _print_kept(out: Path, broker: PrivateMosquitto, influxd: PrivateInfluxDB) -> None:
+def _print_servers(out: Path, demo: DemoSite, broker: PrivateMosquitto, users: InfluxUsers) -> None:
+    site = demo.site
+    print(
+        f"  servers (private, loopback): mosquitto {broker.host}:{broker.port} (TLS 1.2+, client "
+        f"certificates of the demo CA {_rel(demo.layout.ca_cert, out)}, access list for "
+        f"{len(site.roster)} identities: {', '.join(site.roster)}), influxd {users.url} "
+        f"(authentication on; users {INFLUX_ADMIN}, {INFLUX_WRITER} (write), {INFLUX_READER} (read), "
+        f"passwords in 0600 files under {_rel(users.reader.parent, out)}/ and "
+        f"{_rel(users.writer, out)})"
+    )
+
+
+def _print_kept(
+    out: Path, demo: DemoSite, broker: PrivateMosquitto, influxd: PrivateInfluxDB, users: InfluxUsers
+) -> None:
     pids = f"{broker.pid} {influxd.pid}"
     (out / KEPT).write_text(pids + "\n", encoding="utf-8")
+    tls = demo.tls(AGGREGATOR)
     print("\nservers left running (--keep-servers):")
     print(
-        f"  mosquitto  {broker.host}:{broker.port}  pid {broker.pid}  (e.g. mosquitto_sub -h {broker.host} "
-        f"-p {broker.port} -t '#' -v, Debian package mosquitto-clients)"
+        f"  mosquitto  {broker.host}:{broker.port}  pid {broker.pid}  TLS, client certificate required; the "
+        f"aggregator's identity may read the batches (Debian package mosquitto-clients):\n"
+        f"    mosquitto_sub -h {broker.host} -p {broker.port} --cafile {tls['ca_file']} "
+        f"--cert {tls['cert_file']} --key {tls['key_file']} -t 'puhui/v1/+/batch' -v"
     )
     print(
-        f"  influxd    {influxd.url}  pid {influxd.pid}  database {INFLUX_DB}  (e.g. curl -sG "
-        f"{influxd.url}/query --data-urlencode db={INFLUX_DB} "
-        "--data-urlencode 'q=SHOW MEASUREMENTS')"
+        f"  influxd    {influxd.url}  pid {influxd.pid}  database {INFLUX_DB}, authentication on; "
+        f"as the reader (password in {users.reader}, mode 0600):\n"
+        f"    {users.curl('SHOW MEASUREMENTS')}"
     )
     print(f"  stop them: kill {pids}")
 
 
-def load_fleet_config(path: Path, sites: str | None, mqtt: tuple[str, int], poll: float) -> Any:
-    """The fleet file, cut to ``sites``, on the private broker, with ground truth logged per
-    poll period (the check sums it to 900 s intervals; finer truth also lets it show where
-    the gateway's readings fall)."""
+def _rel(path: Path, out: Path) -> str:
+    try:
+        return str(out.name / path.relative_to(out))
+    except ValueError:
+        return str(path)
+
+
+def load_fleet_config(path: Path, sites: str | None, poll: float) -> Any:
+    """The fleet file, cut to ``sites``, with ground truth logged per poll period (the check
+    sums it to 900 s intervals; finer truth also lets it show where the gateway's readings
+    fall)."""
     from firmware_sim import load_fleet
 
     config = load_fleet(path)
@@ -243,11 +291,15 @@ def load_fleet_config(path: Path, sites: str | None, mqtt: tuple[str, int], poll
         if unknown:
             raise DemoMissing(f"--sites: {unknown} not in {path.name} (sites: {', '.join(known)})")
         config = config.model_copy(update={"sites": [s for s in config.sites if s.name in wanted]})
-    if config.mqtt is not None:
-        config = config.model_copy(
-            update={"mqtt": config.mqtt.model_copy(update={"host": mqtt[0], "port": mqtt[1]})}
-        )
     return config
+
+
+def on_broker(config: Any, broker: PrivateMosquitto, demo: DemoSite) -> Any:
+    """The fleet's MQTT meters publish to the private broker over TLS, as their identity."""
+    if config.mqtt is None or demo.meter_publisher is None:
+        return config
+    mqtt = {"host": broker.host, "port": broker.port, "tls": demo.tls_settings(demo.meter_publisher)}
+    return config.model_copy(update={"mqtt": config.mqtt.model_copy(update=mqtt)})
 
 
 def lead_seconds(n_gateways: int) -> float:
@@ -257,11 +309,16 @@ def lead_seconds(n_gateways: int) -> float:
 
 
 async def simulate(
-    args: argparse.Namespace, out: Path, broker: PrivateMosquitto, influxd: PrivateInfluxDB, t0: float
+    args: argparse.Namespace,
+    out: Path,
+    config: Any,
+    broker: PrivateMosquitto,
+    demo: DemoSite,
+    users: InfluxUsers,
+    t0: float,
 ) -> Run:
     from firmware_sim import Fleet
 
-    config = load_fleet_config(args.fleet, args.sites, (broker.host, broker.port), args.poll)
     factor = float(args.speed)
     lead = lead_seconds(len(config.sites))
     clock = FastClock(config.clock.epoch_s, factor, time.time() + lead)
@@ -272,8 +329,10 @@ async def simulate(
             async with asyncio.timeout(20):
                 await fleet.wait_mqtt_connected()
         kinds = {name: dev.kind for name, dev in fleet.devices.items()}
-        agg = write_aggregator_config(out, broker, influxd)
-        gateways = [make_gateway(out, fleet, s.name, args.poll, clock, broker, agg) for s in config.sites]
+        agg = write_aggregator_config(out, broker, demo, users)
+        gateways = [
+            make_gateway(out, fleet, s.name, args.poll, clock, broker, agg, demo) for s in config.sites
+        ]
         await make_keys(gateways, agg)
         await enrol(gateways, agg, notes)
         async with children(out, agg, gateways) as procs:
@@ -309,7 +368,7 @@ async def simulate(
         db=agg["db"],
         aggregator_key=agg["key"],
         aggregator_pub=agg["pub"],
-        influx_url=influxd.url,
+        influx=users,
         notes=notes,
         wall=wall,
         steps=steps,

@@ -2,7 +2,8 @@
 
 - :func:`write_aggregator_config` and :func:`make_gateway`: the aggregator's key and YAML,
   each gateway's key and site config (:func:`puhui.sitegen.site_for` plus the ``clock``,
-  ``evidence``, ``uplink`` and ``status`` sections), validated like any site file;
+  ``evidence``, ``uplink`` and ``status`` sections), validated like any site file; every
+  broker link is TLS with the client's certificate (:mod:`puhui.demo.security`);
 - :func:`enrol`: ``puhui gateway enrol`` then ``puhui aggregator gateways add`` per gateway;
 - :func:`children`: the aggregator and gateways as ``python -m puhui ...`` processes, each
   with its log, stopped on exit (SIGTERM, then SIGKILL) and dying with the demo (Linux);
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import sqlite3
 import sys
@@ -30,7 +32,8 @@ import httpx
 import yaml
 
 from common.clock import FastClock
-from testbed.servers import PrivateInfluxDB, PrivateMosquitto, free_ports
+from puhui.demo.security import AGGREGATOR, INFLUX_WRITER, DemoSite, InfluxUsers, gateway_id
+from testbed.servers import PrivateMosquitto, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 INFLUX_DB = "puhui_demo"
@@ -124,19 +127,30 @@ class GatewayRun:
         return self.dir / "enrolment.txt"
 
 
-def write_aggregator_config(out: Path, broker: PrivateMosquitto, influxd: PrivateInfluxDB) -> dict[str, Path]:
+def write_aggregator_config(
+    out: Path, broker: PrivateMosquitto, demo: DemoSite, influx: InfluxUsers
+) -> dict[str, Path]:
+    """The aggregator's YAML: TLS to the broker with its certificate, InfluxDB as its own user
+    (WRITE only; the database exists), its password named by file, never inline."""
     d = out / "aggregator"
     config = {
         "mqtt": {
             "host": broker.host,
             "port": broker.port,
+            "tls": demo.tls(AGGREGATOR),
             "client_id": "puhui-demo-aggregator",
-            "insecure": True,  # the demo's private broker on loopback has no TLS yet
             "reconnect_initial_s": 0.2,
             "reconnect_max_s": 1.0,
         },
         "store": {"path": "evidence.sqlite3"},
-        "influx": {"url": influxd.url, "database": INFLUX_DB, "retry_max_s": 2.0},
+        "influx": {
+            "url": influx.url,
+            "database": influx.database,
+            "username": INFLUX_WRITER,
+            "password": {"file": os.path.relpath(influx.writer, d)},
+            "create_database": False,
+            "retry_max_s": 2.0,
+        },
         "key_file": "aggregator-key.pem",
     }
     (d / "aggregator.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -170,16 +184,19 @@ def make_gateway(
     clock: FastClock,
     broker: PrivateMosquitto,
     agg: dict[str, Path],
+    demo: DemoSite,
 ) -> GatewayRun:
-    """Key, site config (sitegen + evidence + uplink + clock) of one site's gateway."""
+    """Key, site config (sitegen + evidence + uplink + clock) of one site's gateway; its
+    uplink and its MQTT meters' connection go over TLS with the gateway's certificate."""
     from gateway.config import parse_site
     from gateway.errors import ConfigError
     from puhui.sitegen import site_for
 
-    gw = GatewayRun(f"gw-{site}", site, out / "gateways" / site, free_ports(1)[0])
+    gw = GatewayRun(gateway_id(site), site, out / "gateways" / site, free_ports(1)[0])
     gw.dir.mkdir(parents=True, exist_ok=True)
     data = site_for(fleet, site, gw.id, poll_s=poll, timeout_s=0.5, mqtt=(broker.host, broker.port),
-                    grace_s=demo_grace_s(clock.factor))  # fmt: skip
+                    mqtt_tls=demo.tls(gw.id), grace_s=demo_grace_s(clock.factor))  # fmt: skip
+    _check_meter_topics(data, demo, gw.id)
     data["gateway"]["description"] = f"puhui demo, fleet {fleet.config.name}"
     data["gateway"]["grid_region"] = REGION
     for meter in data["meters"]:  # the 2.0.0 parameter sets credit calibrated meters only
@@ -191,11 +208,10 @@ def make_gateway(
         "sealing": {"max_records": 500, "max_age_s": 900.0},
         "outbox": {"cap_bytes": 64 * 1024 * 1024, "policy": "drop_oldest"},
     }
-    data["uplink"] = {
+    data["uplink"] = {  # no client_id: a fresh random one per connection (docs/security.md)
         "host": broker.host,
         "port": broker.port,
-        "tls": None,
-        "client_id": f"puhui-{gw.id}",
+        "tls": demo.tls(gw.id),
         "aggregator_public_key": str(agg["pub"]),
         "inflight": 8,
         "resend_after_s": 5.0,
@@ -210,6 +226,17 @@ def make_gateway(
     gw.config = data
     gw.config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return gw
+
+
+def _check_meter_topics(data: dict[str, Any], demo: DemoSite, gateway: str) -> None:
+    """The broker's access list lets the gateway read exactly its MQTT meters' topics."""
+    wanted = {m["source"]["topic"] for m in data["meters"] if m["driver"] == "mqtt"}
+    granted = {m.topic for m in demo.site.meters if m.gateway == gateway}
+    if wanted != granted:
+        raise DemoMissing(
+            f"{gateway}: its MQTT meters publish on {sorted(wanted)}, the broker's access list "
+            f"lets it read {sorted(granted)}"
+        )
 
 
 def calibrated_until(epoch: float) -> str:
