@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from aggregator.registry import GatewayRegistry
-from aggregator.store import SQLiteEvidenceStore
+from aggregator.store import SCHEMA_VERSION, SQLiteEvidenceStore
 from drivers.modbus.profiles import load_profiles
 from evidence import generate_key
 from evidence.enrolment import EnrolledMeter, make_enrolment, parse_enrolment
@@ -107,5 +107,5 @@ def test_a_store_without_the_column_migrates(tmp_path: Path) -> None:
     assert [m.calibrated_until for m in store.meters()] == [DAY]
     store.close()
     con = sqlite3.connect(path)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
     con.close()
