@@ -76,9 +76,29 @@ class _Connection:
         self.connected = False
 
     async def run(self) -> None:
-        async with self._connect() as client:
-            self.connected = True
-            await self._session(client)
+        client = self._connect()
+        try:
+            async with client:
+                self.connected = True
+                await self._session(client)
+        finally:
+            _read_disconnect_error(client)
+
+
+def _read_disconnect_error(client: aiomqtt.Client) -> None:
+    """aiomqtt sets the broker's disconnect on the client's ``_disconnected`` future, at times
+    after the session already failed (a publish timed out, then the socket closed); nothing
+    awaits it then, and asyncio logs "Future exception was never retrieved" when the client is
+    collected (the demo's log at the broker outage). The loop handles that loss: read the
+    error whenever it is set."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future):
+        future.add_done_callback(_read)
+
+
+def _read(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _cancelling() -> int:

@@ -68,6 +68,12 @@ def test_a_simulated_week_passes_the_ground_truth_check(tmp_path: Path) -> None:
     for fault in ("broker outage", "meter replaced", "dead meter"):
         assert fault in text
     assert re.search(r"0 stored twice, 0 open chain gaps, 0 rejections", text), _why(text)
+    # the demo's own log across the broker outage: no traceback, no unretrieved MQTT error
+    log = (out / "logs" / "demo.log").read_text(encoding="utf-8", errors="replace")
+    noisy = [line for line in log.splitlines() if "Traceback" in line or "never retrieved" in line]
+    assert not noisy, noisy
+    # the village's heat pumps are credited under the corrected set; its boilers are shown, not enrolled
+    assert "not enrolled: boiler-00, boiler-01, boiler-02" in text, _why(text)
 
 
 def test_refuses_a_foreign_output_directory(tmp_path: Path) -> None:

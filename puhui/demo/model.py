@@ -60,6 +60,7 @@ class ScenarioResult:
     path: Path | None = None
     refused: dict[str, str] = field(default_factory=dict)
     uncredited: list[str] = field(default_factory=list)
+    not_enrolled: Computation | None = None  # units left out of the programme, computed to show why
     check: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 

@@ -30,12 +30,13 @@ from puhui.demo.truth import print_truth_check
 if TYPE_CHECKING:
     pass
 
-# PV and EV use the 2.0.0 sets (issue 23; the sites are in Hebei, inside their scopes). The
-# heating village stays on 1.0.0: under 2.0.0 (China's coal default, line losses, meter MPE) its
-# three electric-boiler houses emit more than their coal baseline and outweigh the six heat
-# pumps, so the statement's ER is zero and the ground-truth check has nothing to compare.
+# The corrected 2.0.0 sets (issue 23; the sites are in Hebei, inside their scopes). Under the
+# heating set (China's coal default, line losses, meter MPE) a house heated directly by an
+# electric boiler emits more than the coal stove it replaced on this grid: the programme enrols
+# the heat-pump houses (a heat meter beside the electricity meter); the boiler houses are
+# computed too, to show why they are left out, and signed into no statement.
 PARAMS = {
-    "clean_heating": "clean-heating-hebei.yaml",
+    "clean_heating": "clean-heating-hebei-2.0.0.yaml",
     "pv": "pv-export-mee-2.0.0.yaml",
     "ev_charging": "ev-charging-jjj-2.0.0.yaml",
 }
@@ -87,6 +88,11 @@ def series_of(db: Path) -> dict[str, dict[str, set[str]]]:
     return out
 
 
+def _heat_metered(meters: list[str], quantities: dict[str, set[str]]) -> bool:
+    """A house whose heat is metered (a heat pump with its heat meter), not estimated."""
+    return any("heat_energy" in quantities.get(m, set()) for m in meters)
+
+
 def house(meter: str) -> str:
     """A house's heat-pump electricity and heat meters earn as one unit."""
     return re.sub(r"-(elec|heat)$", "", meter)
@@ -133,6 +139,12 @@ def statements(run: Run, source: SQLiteEvidenceStore) -> list[ScenarioResult]:
                 groups: dict[str, list[str]] = defaultdict(list)
                 for meter in credited:
                     groups[house(meter) if scenario == "clean_heating" else meter].append(meter)
+                if scenario == "clean_heating":
+                    direct = {u: ms for u, ms in groups.items() if not _heat_metered(ms, quantities[gw.id])}
+                    groups = {u: ms for u, ms in groups.items() if u not in direct}
+                    if direct:
+                        left_out = Subject(gw.id, tuple(Unit(u, tuple(ms)) for u, ms in direct.items()))
+                        res.not_enrolled = compute(source, params, left_out, Period(*run.period))
                 if not groups:
                     res.error = "no meter of this scenario delivers a quantity the parameter set credits"
                     continue
@@ -205,6 +217,14 @@ def _print_results(run: Run, results: list[ScenarioResult]) -> None:
             print(
                 f"  not credited by {PARAMS[r.scenario].removesuffix('.yaml')} (metered and stored only): "
                 f"{', '.join(r.uncredited)}"
+            )
+        if r.not_enrolled is not None:
+            be, pe, _ = r.not_enrolled.result.totals_be_pe_le
+            units = ", ".join(u.id for u in r.not_enrolled.subject.units)
+            print(
+                f"  not enrolled: {units} (direct electric heating, heat estimated from electricity): "
+                f"over the period BE {be:.4f}, PE {pe:.4f} tCO2e: on this grid they emit more than the "
+                "coal stoves they replaced, so no statement credits them"
             )
 
 
