@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aggregator.methodology.errors import ParameterSetError
+from common.yaml_models import parse_yaml
 from evidence.records import FLAGS
 
 FORMAT = "puhui-methodology-params/1"
@@ -471,9 +471,12 @@ class LoadedParameterSet:
 def parse_parameter_set(data: bytes, name: str = "<parameters>") -> LoadedParameterSet:
     """Validate parameter-file bytes; errors name ``name`` and every failing path."""
     try:
-        raw = yaml.safe_load(data.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ParameterSetError(f"{name}: not valid YAML: {exc}") from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParameterSetError(f"{name}: not valid YAML: not UTF-8 text (byte {exc.start})") from exc
+    raw, issues = parse_yaml(text)  # the bounded loader: no recursion, alias bombs or odd values
+    if issues:
+        raise ParameterSetError("\n".join(i.render(name) for i in issues))
     try:
         params = ParameterSet.model_validate(raw)
     except ValidationError as exc:

@@ -66,7 +66,24 @@ def test_errors_name_file_and_path(tmp_path: Path) -> None:
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "x.yaml").write_text("id: [")
-    with pytest.raises(ParameterSetError, match=r"x\.yaml: not valid YAML"):
+    with pytest.raises(ParameterSetError, match=r"x\.yaml: (line \d+, column \d+: )?not valid YAML"):
         load_parameter_set(tmp_path / "x.yaml")
     with pytest.raises(ParameterSetError, match="cannot read"):
         load_parameter_set(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"id: " + b"[" * 5000, "nested deeper than 50 levels"),  # was a RecursionError traceback
+        (b"id: [\xff\xfe\n", "not UTF-8 text"),
+        (b"a: &a [*a, *a]\nb: &b [*a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b]\n", ""),
+    ],
+    ids=["deep", "not-utf8", "aliases"],
+)
+def test_a_hostile_parameter_file_is_a_clear_error(tmp_path: Path, content: bytes, expected: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(ParameterSetError) as err:
+        load_parameter_set(bad)
+    assert str(err.value).startswith(f"{bad}: ") and expected in str(err.value)
