@@ -126,7 +126,7 @@ def parse_header(header_bytes: bytes) -> BatchHeader:
     """Parse and validate a header line. Raises :class:`MalformedBatch`."""
     try:
         obj = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: deep nesting
         raise MalformedBatch(f"batch header is not JSON: {exc}") from exc
     if not isinstance(obj, dict) or tuple(obj) != _HEADER_KEYS:
         got = list(obj) if isinstance(obj, dict) else type(obj).__name__
@@ -177,7 +177,7 @@ def parse_signature_line(line: bytes, label: str) -> bytes:
         if obj["alg"] != SIGNATURE_ALGORITHM:
             raise ValueError(f"alg {obj['alg']!r} is not {SIGNATURE_ALGORITHM!r}")
         signature = base64.b64decode(obj["sig"], validate=True)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedBatch(f"{label}: signature line: {exc}") from exc
     if signature_line(signature) != line:
         raise MalformedBatch(f"{label}: signature line is not in canonical form")

@@ -161,7 +161,7 @@ def parse_checkpoint(data: bytes) -> Checkpoint:
             lines[0], str(body["issuer"]), int(body["created_ms"]), int(body["size"]),
             bytes.fromhex(body["root"]), chains, signature,
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError) as exc:
         raise MalformedMessage(f"checkpoint is not valid: {exc}") from exc
     _check_form(body, sig, checkpoint, lines[0], lines[1])
     return checkpoint

@@ -140,7 +140,7 @@ def parse_enrolment(data: bytes) -> EnrolmentDocument:
     body, sig_line = lines[0], lines[1]
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedEnrolment(f"enrolment body is not JSON: {exc}") from exc
     where = f"enrolment of {obj.get('gateway')!r}" if isinstance(obj, dict) else "enrolment"
     _validate(obj, where)

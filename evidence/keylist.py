@@ -154,7 +154,7 @@ def parse_keylist(data: bytes) -> KeyList:
         gateways = tuple(GatewayKeyEntry(**g) for g in body["gateway_keys"])
         keylist = KeyList(lines[0], str(body["issuer"]), int(body["created_ms"]), keys, gateways,
                           base64.b64decode(sig["sig"], validate=True))  # fmt: skip
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
         raise MalformedMessage(f"key list is not valid: {exc}") from exc
     if (
         body.get("format") != FORMAT

@@ -236,7 +236,7 @@ def decode_record(data: bytes) -> Record:
     """Parse and validate one record's bytes. Raises :class:`MalformedRecord`."""
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedRecord(f"record is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedRecord("record is not a JSON object")

@@ -152,7 +152,7 @@ def decode_reply(data: bytes, key: PublicKey | None) -> Reply:
 def _load_object(line: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedMessage(f"{what} is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedMessage(f"{what} is not a JSON object")

@@ -25,9 +25,10 @@ from aggregator.service import StoreThreads
 from aggregator.store import AcceptedBatch, Rejection, SQLiteEvidenceStore
 from common.clock import SystemClock
 from evidence import KeyRotationRecord, SealedBatch, generate_key
+from evidence.batch import seal_batch
 from evidence.keys import public_key_b64
 from evidence.wire import Ack, Reject, RejectReason, Reply, batch_topic
-from tests.aggregator.ingest_support import SimGateway
+from tests.aggregator.ingest_support import T0, SimGateway
 
 AGG_KEY = generate_key()
 
@@ -217,3 +218,24 @@ async def test_refused_payloads_keep_a_prefix_and_a_hash_and_a_flood_is_only_cou
 
 def _bytes_on_disk(directory: Path, pattern: str) -> int:
     return sum(f.stat().st_size for f in directory.glob(pattern))
+
+
+async def test_deeply_nested_or_huge_payloads_are_refused_and_ingest_goes_on(harness: Harness) -> None:
+    """JSON nested 100,000 deep raised RecursionError through the header parser, the
+    internal-error path and the pipeline: the aggregator's ingest died. Each is a
+    'malformed' refusal now, and the next genuine batch is stored."""
+    [a] = _gateways(harness, "gw-a")
+    deep = b"[" * 100_000
+    signed_deep_record = seal_batch(
+        [deep], key=a.key, gateway="gw-a", seq=1, prev=a.prev, created_ms=T0 * 1000
+    )
+    hostile = [deep, b'{"format":"puhui-batch/1"}\n' + deep + b"\n", b"9" * 5000 + b"\n\n\n"]
+    async with harness.ingest.pipeline(harness.send) as feed:
+        for payload in hostile:
+            await feed(batch_topic("gw-a"), payload)
+        await feed(batch_topic("gw-a"), signed_deep_record.to_bytes())
+    replies = await harness.run([("gw-a", a.next_batch(1))])
+    assert [(type(r).__name__, getattr(r, "reason", None)) for r in harness.replies[:4]] == [
+        ("Reject", "malformed")
+    ] * 4
+    assert [(type(r).__name__, r.seq) for r in replies] == [("Ack", 1)]

@@ -64,3 +64,22 @@ def test_malformed_replies() -> None:
 
 def test_reject_reasons_say_whether_retry_can_help() -> None:
     assert RejectReason.NOT_ENROLLED.retry and not RejectReason.BAD_SIGNATURE.retry
+
+
+@pytest.mark.parametrize("nested", [b"[" * 100_000, b'{"a":' * 100_000])
+def test_every_evidence_parser_refuses_deep_nesting_with_its_own_error(nested: bytes) -> None:
+    """json.loads raises RecursionError past about 1,000 levels: each parser says malformed."""
+    from evidence.batch import parse_batch, parse_header
+    from evidence.enrolment import parse_enrolment
+    from evidence.errors import EvidenceError
+    from evidence.records import decode_record
+
+    for parse, data in (
+        (parse_header, nested),
+        (parse_batch, nested + b"\nsig\nrec\n"),
+        (decode_record, nested),
+        (lambda d: decode_reply(d, None), nested + b"\n{}\n"),
+        (parse_enrolment, nested + b"\n{}\n"),
+    ):
+        with pytest.raises(EvidenceError):
+            parse(data)
