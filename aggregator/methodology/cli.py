@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--issuer", type=Path, required=True, help="aggregator public key (PEM or DER), pinned")
     p.add_argument("--keys", type=Path, help="the aggregator's signed key list: keys rotated after --issuer")
     p.add_argument("--params-dir", type=Path, default=PARAMS_DIR)
-    p.add_argument("statement")
+    p.add_argument("statement", help="a .statement file, or a statement id (or a prefix of >= 8 hex digits)")
     p.set_defaults(func=_verify)
 
 
@@ -207,10 +207,22 @@ def _show(args: argparse.Namespace) -> int:
     return _with_store(args, run)
 
 
+def _statement_document(store: StatementStore, ref: str) -> bytes | None:
+    """The statement ``ref`` names: a ``.statement`` file (as the tools write them, e.g. one a
+    platform received), or an id or id prefix in the store."""
+    path = Path(ref)
+    if path.suffix == ".statement" or path.is_file():
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise MethodologyError(f"{ref}: cannot read the statement file: {exc.strerror or exc}") from exc
+    st = store.get(statement_ref(ref))
+    return None if st is None else store.document(st.id)
+
+
 def _verify(args: argparse.Namespace) -> int:
     def run(store: StatementStore) -> int:
-        st = store.get(statement_ref(args.statement))
-        document = None if st is None else store.document(st.id)
+        document = _statement_document(store, args.statement)
         if document is None:
             return _fail(_not_found(args))
         issuer = load_public_key(args.issuer.read_bytes())

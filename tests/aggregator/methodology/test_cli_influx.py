@@ -12,6 +12,7 @@ from aggregator.methodology import Period, Subject, compute, issue_statement, lo
 from aggregator.methodology.cli import add_arguments
 from aggregator.methodology.influx import statement_points, write_statement
 from aggregator.methodology.params import PARAMS_DIR
+from aggregator.methodology.store import StatementStore
 from evidence import generate_key, public_key_pem, save_private_key
 
 from .evidence_fixture import T0, SealedEvidence
@@ -105,6 +106,16 @@ def test_ids_as_people_paste_them_and_periods_as_dates(
     verify = ["verify", "--db", db, "--issuer", str(tmp_path / "agg.pub.pem"), statement_id[:16] + "…"]
     assert run(verify, src) == 0
     assert "OK statement" in capsys.readouterr().out
+    # a .statement file as the tools write them (what a platform received), not looked up by id
+    with StatementStore(Path(db)) as store:
+        document = store.document(statement_id)
+    assert document is not None
+    (tmp_path / "received.statement").write_bytes(document)
+    assert run([*verify[:-1], str(tmp_path / "received.statement")], src) == 0
+    assert f"OK statement {statement_id}" in capsys.readouterr().out
+    (tmp_path / "forged.statement").write_bytes(document.replace(b'"er_tco2e":', b'"er_tco2e": ', 1))
+    assert run([*verify[:-1], str(tmp_path / "forged.statement")], src) == 1
+    assert "NOT VERIFIED" in capsys.readouterr().err
     assert run(["show", "--db", db, "%"], src) == 1
     assert "is not a statement id" in capsys.readouterr().err
     other = "0" * 10 if not statement_id.startswith("0" * 10) else "f" * 10
