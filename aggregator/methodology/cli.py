@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--params-dir", type=Path, default=PARAMS_DIR)
     p.add_argument("statement", help="a .statement file, or a statement id (or a prefix of >= 8 hex digits)")
     p.set_defaults(func=_verify)
+    p = sub.add_parser("package", help="write the portable evidence package of a statement")
+    _db(p)
+    p.add_argument("statement", help="statement id (or a unique prefix of >= 8 hex digits)")
+    p.add_argument("--out", type=Path, required=True, help="the package file to write (.zip)")
+    p.add_argument("--key", type=Path, help="aggregator private key: include a freshly signed key list")
+    p.add_argument("--params-dir", type=Path, default=PARAMS_DIR)
+    p.set_defaults(func=_package)
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -247,3 +254,9 @@ def _verify(args: argparse.Namespace) -> int:
         return _with_store(args, run)
     except EvidenceError as exc:
         return _fail(str(exc))
+
+
+def _package(args: argparse.Namespace) -> int:
+    from aggregator.package import write_package_file
+
+    return write_package_file(args, statement_ref(args.statement), _fail)
