@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import io
 import json
+import struct
 import sys
 import zipfile
 from collections.abc import Collection, Iterator
@@ -116,8 +117,11 @@ def read_package(data: bytes) -> PackageContents:
             if len(infos) > MAX_MEMBERS or sum(i.file_size for i in infos) > MAX_PACKAGE_BYTES:
                 raise PackageInvalid("package: too many members or too many bytes")
             names = [i.filename for i in infos]
+            for info in infos:
+                _check_entry(info)
             members = {n: _read_member(zf, n) for n in names}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError,
+            RuntimeError, struct.error) as exc:  # fmt: skip
         raise PackageInvalid(f"package: not a readable zip file: {exc}") from exc
     if len(members) != len(names):
         raise PackageInvalid("package: a member name occurs twice")
@@ -129,10 +133,19 @@ def read_package(data: bytes) -> PackageContents:
     return PackageContents(manifest, members)
 
 
+def _check_entry(info: zipfile.ZipInfo) -> None:
+    """Stored, no flags (encryption, data descriptors), no extras: the canonical writer's entries."""
+    if (info.compress_type, info.flag_bits, info.extra, info.comment) != (zipfile.ZIP_STORED, 0, b"", b""):
+        raise PackageInvalid(
+            f"{info.filename}: zip entry is not stored plainly (method {info.compress_type}, "
+            f"flags {info.flag_bits:#x}, {len(info.extra)} extra bytes): changed in the package"
+        )
+
+
 def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
     try:
         return zf.read(name)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, RuntimeError, ValueError, NotImplementedError, EOFError) as exc:
         raise PackageInvalid(f"{name}: changed in the package ({exc})") from exc
 
 
