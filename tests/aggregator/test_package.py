@@ -286,3 +286,31 @@ def test_the_script_in_the_docs_verifies_a_package_and_refuses_forgeries(
 
     forged = _repack(built.package, inflate)
     assert "InvalidSignature" in check(forged).stderr
+
+
+def test_gateway_keys_are_checked_for_validity_and_against_the_signed_list(built: Built) -> None:
+    def later(m: dict[str, bytes]) -> None:  # the key only valid from seq 3: batches 1 and 2 are not its
+        m["gateway/keys.json"] = m["gateway/keys.json"].replace(
+            b'"valid_from_seq": 1', b'"valid_from_seq": 3'
+        )
+
+    report = verify_package(_repack(built.bare, later), built.aggregator.public_key)
+    assert any("batches/0000000001.batch: signed with key" in p and "is none" in p for p in report.problems)
+    report = verify_package(_repack(built.package, later), built.aggregator.public_key)
+    assert report.problems == ["gateway/keys.json: differs from the gateway keys in the signed key list"]
+
+
+def test_command_line_refusals_name_what_is_missing(
+    built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(built.directory / "agg.db")
+    out = str(tmp_path / "x.zip")
+    assert main(["aggregator", "reductions", "package", "--db", db, "0" * 12, "--out", out]) == 1
+    assert f"no statement {'0' * 12}… in {db}" in capsys.readouterr().err
+    assert (
+        main(["verify", str(tmp_path / "absent.zip"), "--issuer", str(built.directory / "agg.pub.pem")]) == 2
+    )
+    assert "absent.zip: No such file" in capsys.readouterr().err
+    (tmp_path / "not.zip").write_bytes(b"hello")
+    assert main(["verify", str(tmp_path / "not.zip"), "--issuer", str(built.directory / "agg.pub.pem")]) == 1
+    assert "package: not a readable zip file" in capsys.readouterr().err
