@@ -24,13 +24,11 @@ from typing import Any
 from evidence.errors import InvalidProof, MalformedMessage
 from evidence.keys import SIGNATURE_ALGORITHM, GatewayKey, PublicKey, key_id, verify_signature
 from evidence.merkle import merkle_root, node_hash
+from evidence.signed import canonical as _canonical
+from evidence.signed import signature_line as _signature_line
 
 FORMAT = "puhui-checkpoint/1"
 _HEX64 = frozenset("0123456789abcdef")
-
-
-def _canonical(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def log_leaf(gateway: str, seq: int, header_sha256: str) -> bytes:
@@ -121,12 +119,6 @@ class Checkpoint:
 
     def to_bytes(self) -> bytes:
         return self.body + b"\n" + _signature_line(self.issuer, self.signature) + b"\n"
-
-
-def _signature_line(kid: str, signature: bytes) -> bytes:
-    return _canonical(
-        {"alg": SIGNATURE_ALGORITHM, "key_id": kid, "sig": base64.b64encode(signature).decode()}
-    )
 
 
 def sign_checkpoint(

@@ -36,13 +36,11 @@ from evidence.keys import (
     public_key_b64,
     verify_signature,
 )
+from evidence.signed import canonical as _canonical
+from evidence.signed import signature_line as _signature_line
 
 FORMAT = "puhui-keys/1"
 ENDORSEMENT = "puhui-key-endorsement/1"
-
-
-def _canonical(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +107,6 @@ class KeyList:
 
     def gateway_key(self, gateway: str, kid: str) -> GatewayKeyEntry | None:
         return next((g for g in self.gateway_keys if g.gateway == gateway and g.key_id == kid), None)
-
-
-def _signature_line(kid: str, signature: bytes) -> bytes:
-    return _canonical(
-        {"alg": SIGNATURE_ALGORITHM, "key_id": kid, "sig": base64.b64encode(signature).decode()}
-    )
 
 
 def sign_keylist(
