@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from aggregator.errors import AggregatorError
 from aggregator.store import SQLiteEvidenceStore
 from evidence.checkpoint import (
     Checkpoint,
@@ -110,10 +111,11 @@ def _sign(args: argparse.Namespace) -> int:
         store = SQLiteEvidenceStore(args.db)
         try:
             cp = make_checkpoint(store, key, created_ms=time.time_ns() // 1_000_000)
+            store.save_checkpoint(cp.size, cp.created_ms, cp.to_bytes())  # served by the API
         finally:
             store.close()
         args.out.write_bytes(cp.to_bytes())
-    except (OSError, EvidenceError) as exc:
+    except (OSError, EvidenceError, AggregatorError) as exc:
         return _fail(str(exc))
     print(f"checkpoint {args.out}: {cp.size} batches, {len(cp.chains)} gateways, root {cp.root.hex()[:16]}…")
     return 0

@@ -7,6 +7,8 @@
     puhui aggregator gateways --config aggregator.yaml list
     puhui aggregator gateways --config aggregator.yaml revoke gw-1 [--from 2026-03-01T00:00:00Z] [--key KID]
     puhui aggregator keygen --out aggregator-key.pem
+    puhui aggregator api --config aggregator.yaml
+    puhui aggregator tokens --config aggregator.yaml create --name city --scope statements:read
 
 Exit status, as for ``puhui gateway``: 0 done; 1 the command failed (store, registry,
 enrolment document refused); 2 a usage or config error (the message names the file and
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aggregator import checkpoints, keys
+from aggregator.api import cli as api_cli
 from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
@@ -70,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keys.add_arguments(sub.add_parser("keys", help="rotate, revoke and publish the aggregator's keys"))
     checkpoints.add_arguments(
         sub.add_parser("checkpoint", help="sign checkpoints of the evidence store; detect truncation")
+    )
+    api_cli.add_api_arguments(sub.add_parser("api", help="serve the platform API (HTTPS, bearer tokens)"))
+    api_cli.add_token_arguments(
+        sub.add_parser("tokens", help="make, list and revoke the API's bearer tokens")
     )
 
 

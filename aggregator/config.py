@@ -148,6 +148,31 @@ class PlausibilitySettings(_Closed):
     delta_tolerance_kwh: float = Field(default=1e-6, ge=0)  # |end - start - delta| allowed
 
 
+class ServerTls(_Closed):
+    """The API's server certificate and key (the key file mode 0600)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # also require client certificates signed by this CA
+
+
+class ApiSettings(_Closed):
+    """``puhui aggregator api``: the platform API (HTTPS; plain HTTP only with insecure: true)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)  # 0: any free port (tests)
+    tls: ServerTls | None = None
+    insecure: bool = False
+    max_page: int = Field(default=1000, ge=1, le=100_000)  # items per page, at most
+    params_dir: Path | None = None  # parameter sets for packages (default: the shipped ones)
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> Self:
+        if self.tls is None and not self.insecure:
+            raise ValueError("the API needs tls (cert_file, key_file); plain HTTP only with insecure: true")
+        return self
+
+
 class AggregatorConfig(_Closed):
     """Everything ``puhui aggregator run`` needs."""
 
@@ -158,6 +183,7 @@ class AggregatorConfig(_Closed):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
+    api: ApiSettings | None = None
 
     def resolved(self, base: Path) -> AggregatorConfig:
         """Paths made absolute against ``base`` (the config file's directory)."""
@@ -174,8 +200,22 @@ class AggregatorConfig(_Closed):
                 "token": _resolved(self.influx.token, base),
             }
         )
+        api = self.api
+        if api is not None:
+            tls = api.tls
+            if tls is not None:
+                paths = {k: str(base / v) for k, v in tls.model_dump().items() if v is not None}
+                tls = tls.model_copy(update=paths)
+            params = None if api.params_dir is None else base / api.params_dir
+            api = api.model_copy(update={"tls": tls, "params_dir": params})
         return self.model_copy(
-            update={"store": store, "key_file": base / self.key_file, "mqtt": mqtt, "influx": influx}
+            update={
+                "store": store,
+                "key_file": base / self.key_file,
+                "mqtt": mqtt,
+                "influx": influx,
+                "api": api,
+            }
         )
 
 

@@ -83,6 +83,11 @@ def read_secret(source: SecretSource, what: str) -> str:
         raise SecretError(f"{what}.file: {path}: {exc}") from exc
 
 
+def check_private(path: Path, what: str) -> None:
+    """Refuse a key or secret file that others may read (mode not 0600 or stricter)."""
+    _check_private(path, what)
+
+
 def _check_private(path: Path, what: str) -> None:
     """Refuse a secret that others may read (as ssh does with a private key)."""
     try:

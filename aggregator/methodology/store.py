@@ -4,6 +4,7 @@ Tables (prefixed ``reduction_``, so they can share the aggregator's database fil
 
 - ``reduction_statements``: one row per statement: id (SHA-256 of the body), the document's
   exact bytes, and columns to list by gateway, scenario and period.
+- ``reduction_statement_units``: which units each statement covers (to list by unit).
 - ``reduction_ledger``: one row per credited run ``[start, end)`` of a series (gateway,
   meter, quantity), naming the statement. A statement is stored only if none of its runs
   overlaps a stored run of the same series: checked and inserted in one ``BEGIN IMMEDIATE``
@@ -12,7 +13,11 @@ Tables (prefixed ``reduction_``, so they can share the aggregator's database fil
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +49,12 @@ CREATE TABLE IF NOT EXISTS reduction_ledger (
     PRIMARY KEY (gateway, meter, quantity, start)
 );
 CREATE INDEX IF NOT EXISTS reduction_ledger_statement ON reduction_ledger(statement);
+CREATE TABLE IF NOT EXISTS reduction_statement_units (
+    statement TEXT NOT NULL REFERENCES reduction_statements(id),
+    unit TEXT NOT NULL,
+    PRIMARY KEY (unit, statement)
+);
+CREATE INDEX IF NOT EXISTS reduction_statements_order ON reduction_statements(period_start, gateway, id);
 """
 _OVERLAP = (
     "SELECT statement, start, end FROM reduction_ledger WHERE gateway = ? AND meter = ? "
@@ -64,18 +75,55 @@ class StoredStatement:
     er_tco2e: float
 
 
+@dataclass(frozen=True, slots=True)
+class StatementFilter:
+    """What a statement list asks for (every field optional; all given must hold)."""
+
+    gateway: str | None = None
+    scenario: str | None = None
+    unit: str | None = None
+    period_from: int | None = None  # period_start >= this
+    period_to: int | None = None  # period_end <= this
+
+
+StatementKey = tuple[int, str, str]
+"""A statement's place in the list order: (period_start, gateway, id)."""
+
+
 class StatementStore:
-    """Statements and the ledger in a SQLite database file (WAL, synchronous=FULL)."""
+    """Statements and the ledger in a SQLite database file (WAL, synchronous=FULL).
+
+    Thread-safe: one connection behind a lock (the API reads from a thread pool)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._index_units()
+
+    def _index_units(self) -> None:
+        """Fill the unit index for statements stored before it existed."""
+        rows = self._db.execute(
+            "SELECT id, document FROM reduction_statements WHERE id NOT IN "
+            "(SELECT statement FROM reduction_statement_units)"
+        ).fetchall()
+        for sid, document in rows:
+            units = {u["id"] for u in parse_statement(bytes(document)).body["subject"]["units"]}
+            self._db.executemany(
+                "INSERT OR IGNORE INTO reduction_statement_units VALUES (?, ?)", [(sid, u) for u in units]
+            )
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -88,6 +136,10 @@ class StatementStore:
     def save(self, statement: Statement) -> None:
         """Store a statement and its ledger runs; raise :class:`DoubleClaim` if any interval
         it credits is already credited (or the statement is already stored)."""
+        with self._lock:
+            self._save(statement)
+
+    def _save(self, statement: Statement) -> None:
         b, sid = statement.body, statement.id  # the id hashes the body: compute it once
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -111,6 +163,10 @@ class StatementStore:
             db.executemany(
                 "INSERT INTO reduction_ledger VALUES (?,?,?,?,?,?)",
                 [(statement.gateway, m, q, s, e, sid) for m, q, s, e in statement.credited_runs()],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO reduction_statement_units VALUES (?, ?)",
+                [(sid, u["id"]) for u in b["subject"]["units"]],
             )
         except BaseException:
             db.execute("ROLLBACK")
@@ -144,17 +200,19 @@ class StatementStore:
         """A stored statement by id (a unique prefix of at least 8 hex digits also works)."""
         if not 8 <= len(statement_id) <= 64 or statement_id.lower().strip("0123456789abcdef"):
             return None  # not an id: and no LIKE wildcards reach the query
-        rows = self._db.execute(
-            "SELECT document FROM reduction_statements WHERE id LIKE ? LIMIT 2",
-            (statement_id.lower() + "%" if len(statement_id) >= 8 else statement_id,),
-        ).fetchall()
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT document FROM reduction_statements WHERE id LIKE ? LIMIT 2",
+                (statement_id.lower() + "%" if len(statement_id) >= 8 else statement_id,),
+            ).fetchall()
         return parse_statement(bytes(rows[0][0])) if len(rows) == 1 else None
 
     def document(self, statement_id: str) -> bytes | None:
         """The stored bytes exactly as kept (the verifier reads these)."""
-        row = self._db.execute(
-            "SELECT document FROM reduction_statements WHERE id = ?", (statement_id,)
-        ).fetchone()
+        with self._locked() as db:
+            row = db.execute(
+                "SELECT document FROM reduction_statements WHERE id = ?", (statement_id,)
+            ).fetchone()
         return None if row is None else bytes(row[0])
 
     def list(self, *, gateway: str | None = None) -> list[StoredStatement]:
@@ -164,14 +222,47 @@ class StatementStore:
         args: tuple[str, ...] = ()
         if gateway is not None:
             sql, args = sql + " WHERE gateway = ?", (gateway,)
-        rows = self._db.execute(sql + " ORDER BY period_start, gateway, id", args).fetchall()
+        with self._locked() as db:
+            rows = db.execute(sql + " ORDER BY period_start, gateway, id", args).fetchall()
+        return [StoredStatement(*row) for row in rows]
+
+    def page(
+        self, where: StatementFilter, *, after: StatementKey | None = None, limit: int = 100
+    ) -> builtins.list[StoredStatement]:
+        """Up to ``limit`` statements matching ``where`` after ``after``, in list order
+        (period start, gateway, id): a cursor that stays valid while statements are added."""
+        sql = "SELECT id, gateway, scenario, parameter_set, parameter_version, period_start, period_end, "
+        sql += "created_ms, er_tco2e FROM reduction_statements"
+        conds: list[str] = []
+        args: list[object] = []
+        for column, value in (("gateway", where.gateway), ("scenario", where.scenario)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                args.append(value)
+        if where.unit is not None:
+            conds.append("id IN (SELECT statement FROM reduction_statement_units WHERE unit = ?)")
+            args.append(where.unit)
+        if where.period_from is not None:
+            conds.append("period_start >= ?")
+            args.append(where.period_from)
+        if where.period_to is not None:
+            conds.append("period_end <= ?")
+            args.append(where.period_to)
+        if after is not None:
+            conds.append("(period_start, gateway, id) > (?, ?, ?)")
+            args.extend(after)
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        with self._locked() as db:
+            rows = db.execute(sql + " ORDER BY period_start, gateway, id LIMIT ?", (*args, limit)).fetchall()
         return [StoredStatement(*row) for row in rows]
 
     def credited_by(self, gateway: str, meter: str, quantity: str, start: int) -> str | None:
         """The statement that credited the interval starting at ``start``, if any."""
-        row = self._db.execute(
-            "SELECT statement FROM reduction_ledger WHERE gateway = ? AND meter = ? AND quantity = ? "
-            "AND start <= ? AND end > ?",
-            (gateway, meter, quantity, start, start),
-        ).fetchone()
+        with self._locked() as db:
+            row = db.execute(
+                "SELECT statement FROM reduction_ledger WHERE gateway = ? AND meter = ? AND quantity = ? "
+                "AND start <= ? AND end > ?",
+                (gateway, meter, quantity, start, start),
+            ).fetchone()
         return None if row is None else str(row[0])

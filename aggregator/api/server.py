@@ -1,0 +1,107 @@
+"""``puhui aggregator api``: serve the platform API with uvicorn, over TLS by default.
+
+The listening socket is bound here (so ``port: 0`` picks a free port and the command says
+which), then handed to uvicorn. The stores are opened for the API's lifetime; the API only
+reads evidence (tokens are the one table it reads for access, and ``tokens`` writes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import uvicorn
+
+from aggregator.api.app import ApiContext, create_app
+from aggregator.api.tokens import TokenStore
+from aggregator.config import AggregatorConfig, ApiSettings
+from aggregator.errors import ConfigError
+from aggregator.methodology.params import PARAMS_DIR
+from aggregator.methodology.store import StatementStore
+from aggregator.store import SQLiteEvidenceStore
+from common.tls import SecretError, check_private
+from evidence.keys import load_private_key
+
+
+def api_settings(config: AggregatorConfig, file: str) -> ApiSettings:
+    if config.api is None:
+        raise ConfigError(f"{file}: api: missing: the API needs an api section (tls, or insecure: true)")
+    return config.api
+
+
+@contextlib.contextmanager
+def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[ApiContext]:
+    """The stores and key the API serves from, closed on exit."""
+    evidence = SQLiteEvidenceStore(config.store.path)
+    statements = StatementStore(config.store.path)
+    tokens = TokenStore(config.store.path)
+    try:
+        key = load_private_key(config.key_file) if config.key_file.exists() else None
+        yield ApiContext(
+            evidence, statements, tokens, params_dir=settings.params_dir or PARAMS_DIR,
+            signing_key=key, max_page=settings.max_page,
+        )  # fmt: skip
+    finally:
+        tokens.close()
+        statements.close()
+        evidence.close()
+
+
+def _tls_options(settings: ApiSettings, file: str) -> dict[str, object]:
+    tls = settings.tls
+    if tls is None:
+        return {}
+    check_private(Path(tls.key_file), f"{file}: api.tls.key_file")
+    options: dict[str, object] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+    if tls.client_ca_file is not None:
+        options |= {"ssl_ca_certs": tls.client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    try:  # fail here, naming the file, rather than inside uvicorn's startup
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SecretError(f"{file}: api.tls: {exc}") from exc
+    return options
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: AggregatorConfig, file: str, announce: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn handles both: it finishes requests in flight)."""
+    settings = api_settings(config, file)
+    tls = _tls_options(settings, file)
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"{file}: api: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from exc
+    with api_context(config, settings) as ctx:
+        app = create_app(ctx)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, log_level="warning", access_log=False, proxy_headers=False,
+                server_header=False, timeout_graceful_shutdown=10, **tls,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+        host, port = sock.getsockname()[:2]
+        scheme = "https" if tls else "http"
+        shown = f"[{host}]" if ":" in host else host
+        announce(f"serving {scheme}://{shown}:{port}/v1 (OpenAPI 3.1: /openapi.json, health: /healthz)")
+        asyncio.run(server.serve(sockets=[sock]))
+
+
+def main_announce(line: str) -> None:
+    print(f"puhui aggregator api: {line}", flush=True)
+    sys.stdout.flush()
