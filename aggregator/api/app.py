@@ -12,7 +12,6 @@ filter), 404 (nothing by that name). The OpenAPI 3.1 document is generated from 
 generated requests and checks every answer against it.
 """
 
-
 import base64
 import binascii
 import csv

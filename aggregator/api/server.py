@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from aggregator.api.app import ApiContext, create_app
 from aggregator.api.tokens import TokenStore
 from aggregator.config import AggregatorConfig, ApiSettings
 from aggregator.errors import ConfigError
+from aggregator.keys import register_current
 from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.store import StatementStore
 from aggregator.store import SQLiteEvidenceStore
@@ -42,6 +44,8 @@ def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[Api
     tokens = TokenStore(config.store.path)
     try:
         key = load_private_key(config.key_file) if config.key_file.exists() else None
+        if key is not None:  # the key list it signs starts from the key a platform pinned
+            register_current(evidence, key, time.time_ns() // 1_000_000)
         yield ApiContext(
             evidence, statements, tokens, params_dir=settings.params_dir or PARAMS_DIR,
             signing_key=key, max_page=settings.max_page,

@@ -74,7 +74,9 @@ async def _ingest(db: Path, tmp: Path, aggregator: GatewayKey) -> None:
             ingest = BatchIngest(config, store=store, registry=registry, key=aggregator, clock=SystemClock(),
                                  run_db=threads.run_db)  # fmt: skip
             for i in range(0, STEPS, PER_BATCH):
-                records = [r for pair in zip(*(s[i : i + PER_BATCH] for s in series), strict=True) for r in pair]
+                records = [
+                    r for pair in zip(*(s[i : i + PER_BATCH] for s in series), strict=True) for r in pair
+                ]
                 end = min(i + PER_BATCH, STEPS)
                 sealed = gw.seal(records, created_ms=(START + end * 900 + 5) * 1000)
                 answer = await ingest.process(batch_topic(GATEWAY), sealed.to_bytes())
@@ -92,9 +94,10 @@ def populate(tmp: Path, *, weeks: int = 3) -> Populated:
     for week in range(weeks):
         for meter in METERS:
             start = START + week * STATEMENT_STEPS * 900
+            end = start + STATEMENT_STEPS * 900
             compute = ["aggregator", "reductions", "compute", "--db", str(db), "--key", str(key_file),
                        "--params", str(PARAMS_DIR / "pv-export-mee.yaml"), "--gateway", GATEWAY,
-                       "--meter", meter, "--start", str(start), "--end", str(start + STATEMENT_STEPS * 900)]  # fmt: skip
+                       "--meter", meter, "--start", str(start), "--end", str(end)]  # fmt: skip
             assert main(compute) == 0
     ca = make_ca(tmp / "pki")
     server = issue_server(ca)
@@ -138,7 +141,8 @@ def running_api(config: Path) -> Iterator[RunningApi]:
     """``puhui aggregator api`` in a process of its own; stopped with SIGTERM on exit."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "puhui.cli", "aggregator", "api", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
         assert proc.stdout is not None
