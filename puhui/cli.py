@@ -21,6 +21,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "sim": ("firmware_sim.cli", "simulated meters (firmware_sim)"),
     "evidence": ("evidence.cli", "inspect and verify evidence files"),
     "verify": ("puhui.verify", "verify a statement's evidence package with a pinned aggregator key"),
+    "platform": ("puhui.platform", "a platform's side: pull and verify statements from aggregators' APIs"),
     "demo": ("puhui.demo.run", "a whole site on one machine: sim -> gateway -> aggregator"),
     "pki": ("puhui.pki", "a site's private CA: broker and client certificates, passwords"),
     "broker": ("puhui.broker", "a site's Mosquitto configuration: TLS, no anonymous access, access list"),

@@ -83,7 +83,10 @@ class StatementSummary(_Model):
 
 class StatementPage(_Model):
     items: list[StatementSummary]
-    next_cursor: str | None = Field(description="give as cursor for the next page; null: no more now")
+    next_cursor: str | None = Field(
+        description="the cursor after the last item: ask with it for the next page, or later for "
+        "statements signed since (null: the page is empty)"
+    )
 
 
 class StatementDetail(_Model):
@@ -362,7 +365,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         key = None if after is None else (after[0], after[1], after[2])
         rows = ctx.statements.page(where, after=key, limit=page_limit(limit))
         items = [summary(s, units_of(ctx.statements.document(s.id) or b"")) for s in rows]
-        last = rows[-1] if len(rows) == limit else None
+        last = rows[-1] if rows else None  # poll from it later: statements signed since come after
         nxt = (
             None if last is None else _encode_cursor("statements", [last.period_start, last.gateway, last.id])
         )
