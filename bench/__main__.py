@@ -22,6 +22,7 @@ BENCHMARKS = [
     "bench.bench_outbox",
     "bench.bench_methodology",
     "bench.bench_tls",
+    "bench.bench_api",
 ]  # explicit list: no folder scanning
 RESULTS = Path(__file__).with_name("results.md")
 

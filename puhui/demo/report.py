@@ -21,6 +21,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from aggregator.store import SQLiteEvidenceStore
 from puhui.demo.model import Fault, Run, ScenarioResult, fmt_time, utc
 from puhui.demo.security import INFLUX_READER
@@ -60,6 +62,7 @@ async def report(run: Run) -> int:
         verified = await _print_statements(run, source, results)
     finally:
         source.close()
+    pulled = await platform_pull(run) if verified else False
     await _influx(run, results)
     if run.notes:
         print("\nnotes (pieces not finished or not as planned):\n  " + "\n  ".join(run.notes))
@@ -68,8 +71,9 @@ async def report(run: Run) -> int:
         "\nresult: "
         + ("ER CHECK PASSED" if ok and not failed else "ER CHECK FAILED")
         + ("" if verified else "; statement verification FAILED")
+        + ("" if pulled or not verified else "; platform pull FAILED")
     )
-    return 0 if ok and verified and not failed else 1
+    return 0 if ok and verified and pulled and not failed else 1
 
 
 # -- statements ---------------------------------------------------------------------------------
@@ -413,6 +417,66 @@ async def _print_statements(run: Run, source: SQLiteEvidenceStore, results: list
         return _verify_in_process(run, source, done[0])
     print(f"    -> FAILED (exit {proc.returncode}):\n{output}")
     return False
+
+
+async def platform_pull(run: Run) -> bool:
+    """The platform's side: serve the API, make a token, pull and verify every statement's
+    evidence package with the reference client, as a city or province platform would."""
+    config = run.db.parent / "aggregator.yaml"
+    ca = yaml.safe_load(config.read_text(encoding="utf-8"))["mqtt"]["tls"]["ca_file"]
+    platform = run.out / "platform"
+    platform.mkdir(exist_ok=True)
+    token = platform / "token"
+    token.unlink(missing_ok=True)
+    make = ["aggregator", "tokens", "--config", _rel(config), "create", "--name", "demo-platform",
+            "--scope", "statements:read", "--days", "1", "--out", _rel(token)]  # fmt: skip
+    code, output = await _cli(make)
+    if code != 0:
+        print(f"\nplatform API: token not made (exit {code}): {output}")
+        return False
+    print("\nplatform API (HTTPS, bearer token with scope statements:read), and the platform's pull:")
+    print(f"  .venv/bin/puhui aggregator api --config {_rel(config)}")
+    api = await asyncio.create_subprocess_exec(
+        *puhui_argv("aggregator", "api", "--config", str(config)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = await _announced_url(api)
+        if url is None:
+            print("    -> the API did not start")
+            return False
+        print(f"    -> serving {url}/v1")
+        pull = ["platform", "pull", "--from", url, "--token-file", _rel(token), "--ca-file", _rel(Path(ca)),
+                "--issuer", _rel(run.aggregator_pub), "--out", _rel(platform / "mirror")]  # fmt: skip
+        print(f"  .venv/bin/puhui {' '.join(pull)}")
+        code, output = await _cli(pull)
+        for line in output.splitlines():
+            print(f"    {line}")
+        return code == 0
+    finally:
+        if api.returncode is None:
+            api.terminate()
+            await api.wait()
+
+
+async def _announced_url(api: asyncio.subprocess.Process) -> str | None:
+    assert api.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            while line := (await api.stdout.readline()).decode(errors="replace"):
+                if "serving " in line:
+                    return line.split("serving ", 1)[1].split("/v1", 1)[0]
+    except TimeoutError:
+        return None
+    return None
+
+
+async def _cli(argv: list[str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *puhui_argv(*argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=Path.cwd()
+    )
+    output = (await proc.communicate())[0].decode(errors="replace").strip()
+    return int(proc.returncode or 0), output
 
 
 def _verify_in_process(run: Run, source: SQLiteEvidenceStore, r: ScenarioResult) -> bool:

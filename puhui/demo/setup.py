@@ -152,6 +152,13 @@ def write_aggregator_config(
             "retry_max_s": 2.0,
         },
         "key_file": "aggregator-key.pem",
+        # The platform API (puhui aggregator api), HTTPS with the site CA's server certificate
+        # (names localhost and 127.0.0.1); port 0: a free one, printed when it starts.
+        "api": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "tls": {"cert_file": str(demo.layout.server_cert), "key_file": str(demo.layout.server_key)},
+        },
     }
     (d / "aggregator.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return {

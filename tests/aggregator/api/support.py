@@ -59,13 +59,15 @@ def _records(meter: str, n: int, delta: float) -> list[object]:
     return list(counter_records(meter, "energy_export", [delta] * n, start=START))
 
 
-async def _ingest(db: Path, tmp: Path, aggregator: GatewayKey) -> None:
+async def _ingest(
+    db: Path, tmp: Path, aggregator: GatewayKey, meters: tuple[str, ...], steps: int, per_batch: int
+) -> None:
     config = AggregatorConfig.model_validate(
         {"mqtt": {"insecure": True}, "store": {"path": str(db)},
          "influx": {"url": "http://127.0.0.1:9", "database": "unused"}, "key_file": str(tmp / "unused.pem")}
     )  # fmt: skip
-    gw = SimGateway(GATEWAY, meters=METERS)
-    series = [_records(m, STEPS, 1.25 + 0.5 * k) for k, m in enumerate(METERS)]
+    gw = SimGateway(GATEWAY, meters=meters)
+    series = [_records(m, steps, 1.25 + 0.5 * (k % 4)) for k, m in enumerate(meters)]
     with StoreThreads() as threads:
         store = SQLiteEvidenceStore(db)
         try:
@@ -77,7 +79,7 @@ async def _ingest(db: Path, tmp: Path, aggregator: GatewayKey) -> None:
                 records = [
                     r for pair in zip(*(s[i : i + PER_BATCH] for s in series), strict=True) for r in pair
                 ]
-                end = min(i + PER_BATCH, STEPS)
+                end = min(i + per_batch, steps)
                 sealed = gw.seal(records, created_ms=(START + end * 900 + 5) * 1000)
                 answer = await ingest.process(batch_topic(GATEWAY), sealed.to_bytes())
                 assert answer is not None and isinstance(answer[1], Ack), answer
@@ -85,20 +87,38 @@ async def _ingest(db: Path, tmp: Path, aggregator: GatewayKey) -> None:
             store.close()
 
 
-def populate(tmp: Path, *, weeks: int = 3) -> Populated:
+def populate(
+    tmp: Path,
+    *,
+    weeks: int = 3,
+    meters: tuple[str, ...] = METERS,
+    steps: int = STEPS,
+    per_batch: int = PER_BATCH,
+    one_statement: bool = False,
+) -> Populated:
+    """A store of ``steps`` intervals per meter; statements: one per meter and week for
+    ``weeks`` weeks, or (``one_statement``) one over every meter and the whole span."""
     db, key_file, aggregator = tmp / "agg.db", tmp / "agg.pem", generate_key()
     save_private_key(aggregator, key_file)
     issuer = tmp / "agg.pub.pem"
     issuer.write_bytes(public_key_pem(aggregator.public_key))
-    asyncio.run(_ingest(db, tmp, aggregator))
-    for week in range(weeks):
-        for meter in METERS:
-            start = START + week * STATEMENT_STEPS * 900
-            end = start + STATEMENT_STEPS * 900
-            compute = ["aggregator", "reductions", "compute", "--db", str(db), "--key", str(key_file),
-                       "--params", str(PARAMS_DIR / "pv-export-mee.yaml"), "--gateway", GATEWAY,
-                       "--meter", meter, "--start", str(start), "--end", str(end)]  # fmt: skip
-            assert main(compute) == 0
+    asyncio.run(_ingest(db, tmp, aggregator, meters, steps, per_batch))
+    plan = (
+        [(meters, START, START + steps * 900)]
+        if one_statement
+        else [
+            ((m,), START + w * STATEMENT_STEPS * 900, START + (w + 1) * STATEMENT_STEPS * 900)
+            for w in range(weeks)
+            for m in meters
+        ]
+    )
+    for chosen, start, end in plan:
+        compute = ["aggregator", "reductions", "compute", "--db", str(db), "--key", str(key_file),
+                   "--params", str(PARAMS_DIR / "pv-export-mee.yaml"), "--gateway", GATEWAY,
+                   "--start", str(start), "--end", str(end)]  # fmt: skip
+        for m in chosen:
+            compute += ["--meter", m]
+        assert main(compute) == 0
     ca = make_ca(tmp / "pki")
     server = issue_server(ca)
     config = tmp / "aggregator.yaml"
