@@ -65,6 +65,9 @@ def test_a_simulated_week_passes_the_ground_truth_check(tmp_path: Path) -> None:
     assert all(float(c[2]) > 0 for c in checks), "a check against zero truth proves nothing"
     statements = sorted(p.name.split("-")[0] for p in (out / "statements").glob("*.statement"))
     assert statements == ["clean_heating", "ev_charging", "pv"]
+    # the platform's side: every statement pulled through the API and verified with the pinned key
+    assert re.search(r"platform/mirror: 3 verified, 0 refused", text), _why(text)
+    assert len(list((out / "platform" / "mirror" / "verified").glob("*.zip"))) == 3
     for fault in ("broker outage", "meter replaced", "dead meter"):
         assert fault in text
     assert re.search(r"0 stored twice, 0 open chain gaps, 0 rejections", text), _why(text)
