@@ -7,7 +7,7 @@ others (the x10 / x100 steps and the per-hour energy units) in one only. Code 0x
 m3/h x 10 in one source and volts in another: it is not accepted.
 
 Factors are exact rationals: a reading is converted as ``Fraction(decimal) * factor`` and
-rounded to a float once, so 1.00 GJ becomes exactly the float nearest 2500000/9 kWh.
+rounded to a float once, so 1.00 GJ becomes exactly the float nearest 2500/9 kWh.
 """
 
 from __future__ import annotations
