@@ -82,3 +82,28 @@ def test_golden_block(case: str) -> None:
     status = expected["status"]
     assert (data.status.st1, data.status.st2) == (status["st1"], status["st2"])
     assert data.status.valve == status["valve"] and data.status.battery_low is status["battery_low"]
+
+
+def test_readme_sample_config_loads() -> None:
+    text = (CASES.parent / "README.md").read_text()
+    block = text.split("## Sample config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    settings = Cjt188MeterSettings.model_validate(yaml.safe_load(block))
+    assert (
+        settings.connection.wire_address.digits == "00000012345678" and settings.connection.type_code == 0x20
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"connection": {"line": "l", "address": "1234"}}, "not a CJ/T 188 address"),
+        ({"connection": {"line": "l", "address": "00000012345678", "meter_typ": "heat"}}, "meter_typ"),
+        (
+            {"connection": {"line": "l", "address": "00000012345678"}, "quantities": ["heat"]},
+            "not a CJ/T 188 quantity",
+        ),
+    ],
+)
+def test_config_errors_name_the_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Cjt188MeterSettings.model_validate(change)
