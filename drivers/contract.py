@@ -20,7 +20,9 @@ from drivers.breaker import BreakerState
 
 log = logging.getLogger(__name__)
 
-InvalidReason = Literal["not_implemented", "nan", "infinite", "not_ascii", "scale_factor"]
+InvalidReason = Literal[
+    "not_implemented", "nan", "infinite", "not_ascii", "scale_factor", "not_bcd", "unknown_unit"
+]
 
 
 @dataclass(frozen=True, slots=True)
