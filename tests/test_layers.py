@@ -43,6 +43,7 @@ DRIVER_FOLDERS = {  # protocol folder -> the other driver folders it may use
     "drivers.modbus_tcp": frozenset({"drivers.modbus"}),
     "drivers.modbus_rtu": frozenset({"drivers.modbus", "drivers.modbus_tcp"}),
     "drivers.mqtt": frozenset(),
+    "drivers.cjt188": frozenset(),  # over drivers.line, the shared line layer (not a protocol)
 }
 # The gateway's generic machinery: it works for any driver, so it sees the contract only.
 GENERIC_GATEWAY = (
