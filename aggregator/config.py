@@ -165,6 +165,8 @@ class ApiSettings(_Closed):
     insecure: bool = False
     max_page: int = Field(default=1000, ge=1, le=100_000)  # items per page, at most
     params_dir: Path | None = None  # parameter sets for packages (default: the shipped ones)
+    # platforms whose signed receipts POST /v1/receipts takes: name -> public key file (PEM), pinned
+    platforms: dict[str, Path] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> Self:
@@ -207,7 +209,8 @@ class AggregatorConfig(_Closed):
                 paths = {k: str(base / v) for k, v in tls.model_dump().items() if v is not None}
                 tls = tls.model_copy(update=paths)
             params = None if api.params_dir is None else base / api.params_dir
-            api = api.model_copy(update={"tls": tls, "params_dir": params})
+            platforms = {name: base / key for name, key in api.platforms.items()}
+            api = api.model_copy(update={"tls": tls, "params_dir": params, "platforms": platforms})
         return self.model_copy(
             update={
                 "store": store,

@@ -36,7 +36,7 @@ from aggregator.api.metrics import Metrics
 from aggregator.api.tokens import Refused, TokenStore
 from aggregator.errors import AggregatorError
 from aggregator.keys import key_list
-from aggregator.methodology.errors import MethodologyError
+from aggregator.methodology.errors import MethodologyError, ReceiptRefused
 from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.store import StatementFilter, StatementStore, StoredStatement
 from aggregator.package import build_package
@@ -44,12 +44,15 @@ from aggregator.store import IntervalKey, SQLiteEvidenceStore
 from aggregator.view import AttestedInterval
 from evidence.batch import parse_batch
 from evidence.errors import EvidenceError
-from evidence.keys import GatewayKey
+from evidence.keys import GatewayKey, PublicKey
 from evidence.merkle import inclusion_proof, leaf_hash
+from evidence.receipt import verify_receipt
 
 API_VERSION = "1"
 MAX_TIME = 2**40  # POSIX seconds: far beyond any interval, far inside SQLite's integers
-Scope = Literal["statements:read", "intervals:read", "registry:read", "metrics:read"]
+Scope = Literal["statements:read", "intervals:read", "registry:read", "metrics:read", "receipts:write"]
+Status = Literal["signed", "issued", "transferred", "retired"]
+MAX_RECEIPT_BYTES = 16_384
 
 
 # -- response models -------------------------------------------------------------------------
@@ -78,7 +81,7 @@ class StatementSummary(_Model):
     period_end: int
     created_ms: int
     er_tco2e: float
-    status: Literal["signed"]
+    status: Status = Field(description="signed, or what the latest platform receipt did with it")
 
 
 class StatementPage(_Model):
@@ -168,6 +171,21 @@ class CheckpointOut(_Model):
     url: str
 
 
+class ReceiptOut(_Model):
+    platform: str
+    receipt_id: str
+    kind: Literal["issuance", "transfer", "retirement"]
+    tco2e: float
+    created_ms: int
+
+
+class ReceiptTaken(_Model):
+    receipt: ReceiptOut
+    statement: str
+    statement_status: Status
+    new: bool = Field(description="false: the same receipt was taken before (idempotent)")
+
+
 class Health(_Model):
     status: Literal["ok", "unavailable"]
     detail: str
@@ -210,6 +228,7 @@ class ApiContext:
     now_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
     max_page: int = 1000
     metrics: Metrics = field(default_factory=Metrics)
+    platform_keys: dict[str, PublicKey] = field(default_factory=dict)  # pinned, for receipts
 
 
 # -- cursors ---------------------------------------------------------------------------------
@@ -324,7 +343,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return StatementSummary(
             id=s.id, gateway=s.gateway, scenario=s.scenario, units=units, parameter_set=s.parameter_set,
             parameter_version=s.parameter_version, period_start=s.period_start, period_end=s.period_end,
-            created_ms=s.created_ms, er_tco2e=s.er_tco2e, status="signed",
+            created_ms=s.created_ms, er_tco2e=s.er_tco2e, status=ctx.statements.status(s.id),  # type: ignore[arg-type]
         )  # fmt: skip
 
     def units_of(document: bytes) -> list[str]:
@@ -355,13 +374,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
             int | None, Query(ge=0, le=MAX_TIME, description="period start >= (s)")
         ] = None,
         period_to: Annotated[int | None, Query(ge=0, le=MAX_TIME, description="period end <= (s)")] = None,
-        status: Annotated[Literal["signed"] | None, Query()] = None,
+        status: Annotated[Status | None, Query()] = None,
         cursor: Annotated[str | None, Query(max_length=512)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> StatementPage:
         """Signed statements, oldest period first; page with ``cursor``."""
         after = _decode_cursor("statements", cursor, (int, str, str))
-        where = StatementFilter(gateway, scenario, unit, period_from, period_to)
+        where = StatementFilter(gateway, scenario, unit, period_from, period_to, status)
         key = None if after is None else (after[0], after[1], after[2])
         rows = ctx.statements.page(where, after=key, limit=page_limit(limit))
         items = [summary(s, units_of(ctx.statements.document(s.id) or b"")) for s in rows]
@@ -434,6 +453,59 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise ApiError(409, "package_unavailable", f"statement {statement_id}: {exc}") from exc
         disposition = {"Content-Disposition": f'attachment; filename="{statement_id}.zip"'}
         return etag_response(request, data, "application/zip", hashlib.sha256(data).hexdigest(), disposition)
+
+    # -- platform receipts ---------------------------------------------------------------------
+
+    @app.post(
+        "/v1/receipts",
+        response_model=ReceiptTaken,
+        status_code=201,
+        responses={**_problems(400, 401, 403, 409, 413, 422), 200: {"model": ReceiptTaken}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/vnd.puhui.receipt": {"schema": {"type": "string"}}},
+            }
+        },
+        tags=["receipts"],
+    )
+    async def post_receipt(request: Request, _: Annotated[str, need("receipts:write")]) -> Any:
+        """Take a platform's signed receipt (issuance, transfer, retirement) for a statement.
+        The platform's key must be pinned in the API's config (``api.platforms``); the same
+        receipt twice is taken once (200); a retired statement takes nothing more (409)."""
+        body = await request.body()
+        if len(body) > MAX_RECEIPT_BYTES:
+            raise ApiError(413, "too_large", f"a receipt is at most {MAX_RECEIPT_BYTES} bytes")
+        try:
+            receipt = verify_receipt(body, ctx.platform_keys)
+        except EvidenceError as exc:
+            raise ApiError(422, "receipt_not_verified", str(exc)) from exc
+        try:
+            new = ctx.statements.add_receipt(receipt, received_ms=ctx.now_ms())
+        except ReceiptRefused as exc:
+            raise ApiError(409, "receipt_refused", str(exc)) from exc
+        out = ReceiptTaken(
+            receipt=ReceiptOut(platform=receipt.platform, receipt_id=receipt.receipt_id, kind=receipt.kind,
+                               tco2e=receipt.tco2e, created_ms=receipt.created_ms),
+            statement=receipt.statement,
+            statement_status=ctx.statements.status(receipt.statement),  # type: ignore[arg-type]
+            new=new,
+        )  # fmt: skip
+        return JSONResponse(out.model_dump(), status_code=201 if new else 200)
+
+    @app.get(
+        "/v1/statements/{statement_id}/receipts",
+        response_model=list[ReceiptOut],
+        responses=_problems(400, 401, 403, 404),
+        tags=["receipts"],
+    )
+    def statement_receipts(statement_id: str, _: Annotated[str, need("statements:read")]) -> list[ReceiptOut]:
+        """The platform receipts a statement has, in the order taken."""
+        stored(statement_id)
+        return [
+            ReceiptOut(platform=p, receipt_id=i, kind=k, tco2e=t, created_ms=c)  # type: ignore[arg-type]
+            for p, i, k, t, c in ctx.statements.receipts(statement_id)
+        ]
 
     # -- attested intervals --------------------------------------------------------------------
 

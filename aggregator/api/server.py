@@ -27,7 +27,8 @@ from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.store import StatementStore
 from aggregator.store import SQLiteEvidenceStore
 from common.tls import SecretError, check_private
-from evidence.keys import load_private_key
+from evidence.errors import EvidenceError
+from evidence.keys import PublicKey, load_private_key, load_public_key
 
 
 def api_settings(config: AggregatorConfig, file: str) -> ApiSettings:
@@ -46,14 +47,22 @@ def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[Api
         key = load_private_key(config.key_file) if config.key_file.exists() else None
         if key is not None:  # the key list it signs starts from the key a platform pinned
             register_current(evidence, key, time.time_ns() // 1_000_000)
+        platforms = {name: _platform_key(name, path) for name, path in settings.platforms.items()}
         yield ApiContext(
             evidence, statements, tokens, params_dir=settings.params_dir or PARAMS_DIR,
-            signing_key=key, max_page=settings.max_page,
+            signing_key=key, max_page=settings.max_page, platform_keys=platforms,
         )  # fmt: skip
     finally:
         tokens.close()
         statements.close()
         evidence.close()
+
+
+def _platform_key(name: str, path: Path) -> PublicKey:
+    try:
+        return load_public_key(path.read_bytes())
+    except (OSError, EvidenceError, ValueError) as exc:
+        raise ConfigError(f"api.platforms.{name}: {path}: not a readable public key: {exc}") from exc
 
 
 def _tls_options(settings: ApiSettings, file: str) -> dict[str, object]:

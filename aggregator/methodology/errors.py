@@ -54,3 +54,8 @@ class StatementFormatError(MethodologyError, ValueError):
 
 class VerificationFailed(MethodologyError):
     """A statement does not verify: signature, evidence or recomputed figures differ."""
+
+
+class ReceiptRefused(MethodologyError):
+    """A platform receipt that cannot be taken: unknown statement, out of order, a
+    different document under a receipt id already taken, more than was issued."""

@@ -5,6 +5,8 @@ Tables (prefixed ``reduction_``, so they can share the aggregator's database fil
 - ``reduction_statements``: one row per statement: id (SHA-256 of the body), the document's
   exact bytes, and columns to list by gateway, scenario and period.
 - ``reduction_statement_units``: which units each statement covers (to list by unit).
+- ``reduction_receipts``: the platforms' signed receipts (issuance, transfer, retirement)
+  per statement; a statement's status is its latest receipt's kind.
 - ``reduction_ledger``: one row per credited run ``[start, end)`` of a series (gateway,
   meter, quantity), naming the statement. A statement is stored only if none of its runs
   overlaps a stored run of the same series: checked and inserted in one ``BEGIN IMMEDIATE``
@@ -23,8 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from aggregator.methodology.errors import DoubleClaim
+from aggregator.methodology.errors import DoubleClaim, ReceiptRefused
 from aggregator.methodology.statements import Statement, parse_statement
+from evidence.receipt import Receipt
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reduction_statements (
@@ -54,6 +57,18 @@ CREATE TABLE IF NOT EXISTS reduction_statement_units (
     unit TEXT NOT NULL,
     PRIMARY KEY (unit, statement)
 );
+CREATE TABLE IF NOT EXISTS reduction_receipts (
+    platform TEXT NOT NULL,
+    receipt_id TEXT NOT NULL,
+    statement TEXT NOT NULL REFERENCES reduction_statements(id),
+    kind TEXT NOT NULL,
+    tco2e REAL NOT NULL,
+    created_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    document BLOB NOT NULL,
+    PRIMARY KEY (platform, receipt_id)
+);
+CREATE INDEX IF NOT EXISTS reduction_receipts_statement ON reduction_receipts(statement, received_ms);
 CREATE INDEX IF NOT EXISTS reduction_statements_order ON reduction_statements(period_start, gateway, id);
 """
 _OVERLAP = (
@@ -84,6 +99,7 @@ class StatementFilter:
     unit: str | None = None
     period_from: int | None = None  # period_start >= this
     period_to: int | None = None  # period_end <= this
+    status: str | None = None  # signed, issued, transferred, retired (the latest receipt)
 
 
 StatementKey = tuple[int, str, str]
@@ -191,7 +207,10 @@ class StatementStore:
                 if s < b and e > a
             ]
         if clashes:
-            more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+            others = sorted({c.rsplit("statement ", 1)[1] for c in clashes})
+            held = [f"{o[:16]}… is {self._status(o)}" + self._receipt_note(o) for o in others]
+            clashes = [*clashes[:5], *(f"statement {h}" for h in held)]
+            more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 + len(held) else ""
             raise DoubleClaim(
                 f"statement {sid} would credit intervals twice: " + "; ".join(clashes[:5]) + more
             )
@@ -248,6 +267,15 @@ class StatementStore:
         if where.period_to is not None:
             conds.append("period_end <= ?")
             args.append(where.period_to)
+        if where.status == "signed":
+            conds.append("id NOT IN (SELECT statement FROM reduction_receipts)")
+        elif where.status is not None:
+            kind = {"issued": "issuance", "transferred": "transfer", "retired": "retirement"}[where.status]
+            conds.append(
+                "(SELECT r.kind FROM reduction_receipts r WHERE r.statement = reduction_statements.id "
+                "ORDER BY r.received_ms DESC, r.rowid DESC LIMIT 1) = ?"
+            )
+            args.append(kind)
         if after is not None:
             conds.append("(period_start, gateway, id) > (?, ?, ?)")
             args.extend(after)
@@ -256,6 +284,90 @@ class StatementStore:
         with self._locked() as db:
             rows = db.execute(sql + " ORDER BY period_start, gateway, id LIMIT ?", (*args, limit)).fetchall()
         return [StoredStatement(*row) for row in rows]
+
+    # -- platform receipts ------------------------------------------------------------
+
+    def add_receipt(self, receipt: Receipt, *, received_ms: int) -> bool:
+        """Keep a verified receipt; False when the same document was taken already. Raises
+        :class:`ReceiptRefused` naming the receipt when it cannot apply."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                new = self._check_receipt(receipt)
+                if new:
+                    db.execute(
+                        "INSERT INTO reduction_receipts VALUES (?,?,?,?,?,?,?,?)",
+                        (receipt.platform, receipt.receipt_id, receipt.statement, receipt.kind, receipt.tco2e,
+                         receipt.created_ms, received_ms, receipt.to_bytes()),
+                    )  # fmt: skip
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return new
+
+    def _check_receipt(self, r: Receipt) -> bool:
+        db = self._db
+        same = db.execute(
+            "SELECT document FROM reduction_receipts WHERE platform = ? AND receipt_id = ?",
+            (r.platform, r.receipt_id),
+        ).fetchone()
+        if same is not None:
+            if bytes(same[0]) == r.to_bytes():
+                return False
+            raise ReceiptRefused(
+                f"{r.label}: {r.platform} already gave another document under this receipt id"
+            )
+        row = db.execute("SELECT er_tco2e FROM reduction_statements WHERE id = ?", (r.statement,)).fetchone()
+        if row is None:
+            raise ReceiptRefused(f"{r.label}: no such statement here")
+        taken = db.execute("SELECT kind FROM reduction_receipts WHERE statement = ?", (r.statement,))
+        kinds = [str(k) for (k,) in taken]
+        if "retirement" in kinds:
+            raise ReceiptRefused(f"{r.label}: the statement is retired already; nothing follows a retirement")
+        if r.kind == "issuance" and "issuance" in kinds:
+            raise ReceiptRefused(f"{r.label}: the statement is issued already (one issuance per statement)")
+        if r.kind != "issuance" and "issuance" not in kinds:
+            raise ReceiptRefused(f"{r.label}: a {r.kind} needs the statement's issuance first")
+        if r.tco2e > float(row[0]) * (1 + 1e-9) + 1e-12:
+            raise ReceiptRefused(f"{r.label}: {r.tco2e} tCO2e is more than the statement's ER {row[0]}")
+        return True
+
+    def receipts(self, statement_id: str) -> builtins.list[tuple[str, str, str, float, int]]:
+        """(platform, receipt_id, kind, tco2e, created_ms) of a statement's receipts, in order taken."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT platform, receipt_id, kind, tco2e, created_ms FROM reduction_receipts "
+                "WHERE statement = ? ORDER BY received_ms, rowid",
+                (statement_id,),
+            ).fetchall()
+        return [(str(p), str(i), str(k), float(t), int(c)) for p, i, k, t, c in rows]
+
+    def status(self, statement_id: str) -> str:
+        """signed, issued, transferred or retired: what the latest receipt says."""
+        with self._locked():
+            return self._status(statement_id)
+
+    def _status(self, statement_id: str) -> str:
+        row = self._db.execute(
+            "SELECT kind FROM reduction_receipts WHERE statement = ? "
+            "ORDER BY received_ms DESC, rowid DESC LIMIT 1",
+            (statement_id,),
+        ).fetchone()
+        return (
+            "signed"
+            if row is None
+            else {"issuance": "issued", "transfer": "transferred"}.get(str(row[0]), "retired")
+        )
+
+    def _receipt_note(self, statement_id: str) -> str:
+        rows = self._db.execute(
+            "SELECT platform, receipt_id, kind FROM reduction_receipts WHERE statement = ? "
+            "ORDER BY received_ms, rowid",
+            (statement_id,),
+        ).fetchall()
+        return "" if not rows else " (" + ", ".join(f"{k} receipt {p}/{i}" for p, i, k in rows) + ")"
 
     def credited_by(self, gateway: str, meter: str, quantity: str, start: int) -> str | None:
         """The statement that credited the interval starting at ``start``, if any."""

@@ -40,6 +40,7 @@ GATEWAY = "gw-pv"
 METERS = ("pv-01", "pv-02")
 STEPS = 5_200  # 15-minute intervals per meter: 10,400 records, more than 10,000
 PER_BATCH = 400  # intervals per meter in one batch
+PLATFORM = "city-platform"
 STATEMENT_STEPS = 96 * 7  # each statement covers a week of one meter
 START = T0 - 70 * 86_400  # the data lies in the past: batches from the future are implausible
 
@@ -53,6 +54,7 @@ class Populated:
     aggregator: GatewayKey
     issuer_pem: Path  # the aggregator's public key, pinned by verifiers
     statements: tuple[str, ...]
+    platform: GatewayKey  # the pinned key of PLATFORM, whose receipts the API takes
 
 
 def _records(meter: str, n: int, delta: float) -> list[object]:
@@ -75,10 +77,9 @@ async def _ingest(
             registry.enrol(gw.enrolment(), at_ms=0)
             ingest = BatchIngest(config, store=store, registry=registry, key=aggregator, clock=SystemClock(),
                                  run_db=threads.run_db)  # fmt: skip
-            for i in range(0, STEPS, PER_BATCH):
-                records = [
-                    r for pair in zip(*(s[i : i + PER_BATCH] for s in series), strict=True) for r in pair
-                ]
+            for i in range(0, steps, per_batch):
+                parts = (s[i : i + per_batch] for s in series)
+                records = [r for pair in zip(*parts, strict=True) for r in pair]
                 end = min(i + per_batch, steps)
                 sealed = gw.seal(records, created_ms=(START + end * 900 + 5) * 1000)
                 answer = await ingest.process(batch_topic(GATEWAY), sealed.to_bytes())
@@ -98,6 +99,7 @@ def populate(
 ) -> Populated:
     """A store of ``steps`` intervals per meter; statements: one per meter and week for
     ``weeks`` weeks, or (``one_statement``) one over every meter and the whole span."""
+    tmp.mkdir(parents=True, exist_ok=True)
     db, key_file, aggregator = tmp / "agg.db", tmp / "agg.pem", generate_key()
     save_private_key(aggregator, key_file)
     issuer = tmp / "agg.pub.pem"
@@ -119,6 +121,8 @@ def populate(
         for m in chosen:
             compute += ["--meter", m]
         assert main(compute) == 0
+    platform = generate_key()
+    (tmp / "platform.pub.pem").write_bytes(public_key_pem(platform.public_key))
     ca = make_ca(tmp / "pki")
     server = issue_server(ca)
     config = tmp / "aggregator.yaml"
@@ -130,6 +134,7 @@ def populate(
                 "influx": {"url": "http://127.0.0.1:9", "database": "unused"},
                 "key_file": str(key_file),
                 "api": {"host": "127.0.0.1", "port": 0, "max_page": 20_000,
+                        "platforms": {PLATFORM: "platform.pub.pem"},
                         "tls": {"cert_file": str(server.cert_path), "key_file": str(server.key_path)}},
             }
         )
@@ -138,7 +143,7 @@ def populate(
 
     with contextlib.closing(sqlite3.connect(db)) as conn:
         ids = tuple(str(r[0]) for r in conn.execute("SELECT id FROM reduction_statements ORDER BY id"))
-    return Populated(tmp, config, db, ca.layout.ca_cert, aggregator, issuer, ids)
+    return Populated(tmp, config, db, ca.layout.ca_cert, aggregator, issuer, ids, platform)
 
 
 def make_token(config: Path, *scopes: str, days: float = 1.0) -> str:
