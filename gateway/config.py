@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from drivers.line.config import LineConfig
 from drivers.modbus.decode import RegisterType
 from drivers.modbus.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
 from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
@@ -168,6 +169,10 @@ class SiteConfig(Closed):
         description="a counter reading this soon after a boundary closes the interval that ended (<= grace)",
     )  # fmt: skip
     serial_buses: tuple[SerialBus, ...] = ()
+    lines: tuple[LineConfig, ...] = Field(
+        default=(),
+        description="shared RS-485 lines (serial port or TCP serial server) of DL/T 645 and RTU meters",
+    )
     meters: tuple[Meter, ...] = Field(min_length=1)
     # Defaults: key /etc/puhui/gateway-key.pem, state /var/lib/puhui/gateway (see
     # gateway/evidence_config.py); without an uplink the gateway seals and keeps batches.
@@ -241,14 +246,16 @@ def _bus_issues(data: dict[str, Any]) -> list[Issue]:
     buses = [b for b in _list(data.get("serial_buses")) if isinstance(b, dict)]
     meters = _list(data.get("meters"))
     issues = _duplicates("serial_buses", buses, "id") + _duplicates("serial_buses", buses, "port")
-    issues += _duplicates("meters", meters, "id")
+    issues += _duplicates("meters", meters, "id") + _line_issues(data)
     bus_ids = [str(b.get("id")) for b in buses]
     on_bus: dict[tuple[str, object], int] = {}
     for i, m in enumerate(meters):
         if not isinstance(m, dict) or m.get("driver") != "modbus_rtu":
             continue
         bus = (m.get("connection") or {}).get("bus") if isinstance(m.get("connection"), dict) else None
-        if bus is not None and str(bus) not in bus_ids:
+        if bus is None:  # on a shared line: checked with the lines
+            continue
+        if str(bus) not in bus_ids:
             hint = suggest(str(bus), bus_ids)
             msg = f"{bus!r} is not a serial bus" + (f" ({hint}?)" if hint else "; declare it in serial_buses")
             issues.append(Issue(("meters", i, "connection", "bus"), msg))
@@ -260,6 +267,62 @@ def _bus_issues(data: dict[str, Any]) -> list[Issue]:
             msg = f"unit id {key[1]} is already used on bus {bus!r} by meters[{on_bus[key]}]"
             issues.append(Issue(("meters", i, "unit_id"), msg))
         on_bus.setdefault(key, i)
+    return issues
+
+
+def _line_issues(data: dict[str, Any]) -> list[Issue]:
+    """Line ids unique (and not a serial bus's), one line per serial port or server port,
+    meters on declared lines, one address (unit id) per line."""
+    lines = _list(data.get("lines"))
+    issues = _duplicates("lines", lines, "id")
+    bus_ids = {b.get("id") for b in _list(data.get("serial_buses")) if isinstance(b, dict)}
+    bus_ports = {b.get("port") for b in _list(data.get("serial_buses")) if isinstance(b, dict)}
+    seen: dict[object, int] = {}
+    for i, line in enumerate(lines):
+        if not isinstance(line, dict):
+            continue
+        if _scalar(line.get("id")) and line.get("id") in bus_ids:
+            issues.append(Issue(("lines", i, "id"), f"{line.get('id')!r} is already a serial bus's id"))
+        where = (line.get("host"), line.get("port")) if line.get("kind") == "tcp_server" else line.get("port")
+        if not _scalar(where) and not (isinstance(where, tuple) and all(map(_scalar, where))):
+            continue
+        if where in seen:
+            issues.append(Issue(("lines", i, "port"), f"{where!r} is already lines[{seen[where]}]'s"))
+        elif line.get("kind") == "serial" and where in bus_ports:
+            issues.append(Issue(("lines", i, "port"), f"{where!r} is already a serial bus's port"))
+        seen.setdefault(where, i)
+    return issues + _on_line_issues(data, lines)
+
+
+LINE_DRIVERS = {"modbus_rtu": "unit_id", "dlt645": "address"}  # driver -> its address on a line
+
+
+def _on_line_issues(data: dict[str, Any], lines: list[Any]) -> list[Issue]:
+    line_ids = [str(line.get("id")) for line in lines if isinstance(line, dict)]
+    taken: dict[tuple[str, str, object], int] = {}
+    issues: list[Issue] = []
+    for i, m in enumerate(_list(data.get("meters"))):
+        if not isinstance(m, dict) or m.get("driver") not in LINE_DRIVERS:
+            continue
+        connection = m.get("connection")
+        if not isinstance(connection, dict) or connection.get("line") is None:
+            continue
+        name = connection["line"]
+        if str(name) not in line_ids:
+            hint = suggest(str(name), line_ids)
+            msg = f"{name!r} is not a line" + (f" ({hint}?)" if hint else "; declare it in lines")
+            issues.append(Issue(("meters", i, "connection", "line"), msg))
+        field = LINE_DRIVERS[str(m["driver"])]
+        address = m.get(field) if field == "unit_id" else connection.get(field)
+        if not _scalar(address):
+            continue
+        key = (str(name), str(m["driver"]), address)
+        if key in taken:
+            path = ("meters", i, field) if field == "unit_id" else ("meters", i, "connection", field)
+            issues.append(
+                Issue(path, f"{address!r} is already used on line {name!r} by meters[{taken[key]}]")
+            )
+        taken.setdefault(key, i)
     return issues
 
 
