@@ -20,7 +20,7 @@ from drivers.breaker import BreakerState
 
 log = logging.getLogger(__name__)
 
-InvalidReason = Literal["not_implemented", "nan", "infinite", "not_ascii", "scale_factor"]
+InvalidReason = Literal["not_implemented", "nan", "infinite", "not_ascii", "scale_factor", "not_bcd"]
 
 
 @dataclass(frozen=True, slots=True)

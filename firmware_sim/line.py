@@ -37,6 +37,7 @@ class LineCounters:
     frames: int = 0  # frames a responder claimed
     answers: int = 0
     dropped_bytes: int = 0  # bytes no responder claimed (garbage, or a frame of nobody)
+    collisions: int = 0  # answers beyond the first to one frame
 
 
 class SimLine:
@@ -75,12 +76,16 @@ class SimLine:
         self._arm_drop()
 
     def _offer(self, buffer: bytes) -> Taken | None:
+        """Every device hears the frame; the one it addresses answers. Two answers to one
+        frame (two devices with one address) would collide on a real line: counted, and
+        only the first goes back."""
         now = self._clock.now()
-        for responder in self.responders:
-            taken = responder.take(buffer, now)
-            if taken is not None and taken.consumed > 0:
-                return taken
-        return None
+        heard = [t for r in self.responders if (t := r.take(buffer, now)) is not None and t.consumed > 0]
+        if not heard:
+            return None
+        answers = [t for t in heard if t.answer is not None]
+        self.counters.collisions += max(0, len(answers) - 1)
+        return answers[0] if answers else heard[0]
 
     def _answer(self, answer: bytes, request_bytes: int, reply: Writer) -> None:
         self.counters.answers += 1
