@@ -62,7 +62,7 @@ from gateway.commission import (
     exception_meaning,
     scan_units,
 )
-from gateway.config import FastClockConfig, SiteConfig, load_site
+from gateway.config import Dlt645Meter, FastClockConfig, SiteConfig, load_site
 from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
 from gateway.runtime import Gateway, IntervalSink, MemorySink
 from gateway.status import StatusServer, gateway_status
@@ -153,6 +153,13 @@ def make_clock(site: SiteConfig) -> Clock:
     return SystemClock()
 
 
+def _source_name(meter: object) -> str:
+    """What a meter without a profile reads: inline registers, an MQTT topic, a DL/T 645 address."""
+    if isinstance(meter, Dlt645Meter):
+        return f"address {meter.connection.address}"
+    return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         site = _load(args.config)
@@ -168,7 +175,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  {site.interval_minutes}-minute intervals, {len(plan.series)} series")
     for m in site.meters:
         state = "" if m.enabled else " (disabled)"
-        source = getattr(m, "profile", None) or ("inline registers" if m.driver != "mqtt" else "mqtt topic")
+        source = getattr(m, "profile", None) or _source_name(m)
         print(f"  {m.id:24} {m.driver:11} {source:22} counts {', '.join(m.counts)}{state}")
     for spec in plan.series:
         if spec.per_session:  # valid, but what most EV methodologies will not credit: say so now

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from drivers.dlt645.config import Dlt645Connection
+from drivers.dlt645.identifiers import DEFAULT_READ, ITEMS, DataItem, item_quantities
 from drivers.line.config import LineConfig
 from drivers.modbus.decode import RegisterType
 from drivers.modbus.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
@@ -154,7 +156,46 @@ class MqttMeter(MeterBase):
     source: MqttSource
 
 
-Meter = Annotated[ModbusTcpMeter | ModbusRtuMeter | MqttMeter, Field(discriminator="driver")]
+class Dlt645Meter(MeterBase):
+    """A DL/T 645-2007 meter on a shared line: its address and the data items read."""
+
+    driver: Literal["dlt645"]
+    connection: Dlt645Connection
+    read: tuple[str, ...] = Field(
+        default=DEFAULT_READ, min_length=1, description="data items (drivers/dlt645)"
+    )
+    poll: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], float] = Field(
+        default_factory=lambda: dict(DEFAULT_POLL), description="poll group -> seconds"
+    )
+
+    @field_validator("read")
+    @classmethod
+    def _known_items(cls, read: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for name in read:
+            if name not in ITEMS:
+                hint = suggest(name, list(ITEMS))
+                problems.append(f"{name!r} is not a DL/T 645 data item" + (f" ({hint}?)" if hint else ""))
+        twice = sorted({q for q in read if read.count(q) > 1})
+        problems += [f"{q!r} listed more than once" for q in twice]
+        if problems:
+            raise ValueError("; ".join(problems) + f"; known: {', '.join(ITEMS)}")
+        return read
+
+    @model_validator(mode="after")
+    def _periods(self) -> Dlt645Meter:
+        bad = [f"poll.{g}: {s} s is not a period (> 0)" for g, s in self.poll.items() if not s > 0]
+        missing = sorted({i.group for i in self.items()} - set(self.poll))
+        bad += [f"poll: no period for group {g!r} of the items read" for g in missing]
+        if bad:
+            raise ValueError("; ".join(bad))
+        return self
+
+    def items(self) -> tuple[DataItem, ...]:
+        return tuple(ITEMS[name] for name in self.read)
+
+
+Meter = Annotated[ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter, Field(discriminator="driver")]
 
 
 class SiteConfig(Closed):
@@ -211,6 +252,8 @@ def meter_quantities(meter: MeterBase, profiles: Mapping[str, Profile]) -> set[s
     """Quantities a meter can deliver (SunSpec: every mapped point's quantity)."""
     if isinstance(meter, MqttMeter):
         return set(meter.source.fields)
+    if isinstance(meter, Dlt645Meter):
+        return set(item_quantities(meter.items()))
     assert isinstance(meter, ModbusMeterBase)
     if meter.profile is None:
         return {f.quantity for f in meter.registers if f.quantity}
@@ -350,6 +393,14 @@ def _meter_refs(i: int, m: dict[str, Any], profiles: Mapping[str, Profile]) -> l
 
 def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str, str] | None:
     """quantity -> poll group ("" when the driver has no groups), from raw meter data."""
+    if m.get("driver") == "dlt645":
+        read = m.get("read", DEFAULT_READ)
+        items = (
+            [ITEMS[n] for n in read if isinstance(n, str) and n in ITEMS]
+            if isinstance(read, list | tuple)
+            else []
+        )
+        return {f.quantity: item.group for item in items for f in item.fields} if items else None
     if m.get("driver") == "mqtt":
         source = m.get("source")
         fields = source.get("fields") if isinstance(source, dict) else None
@@ -482,6 +533,35 @@ def mqtt_series_specs(meter: MqttMeter) -> list[SeriesSpec]:
             reset_tolerance=meter.reset_tolerance,
             max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, f.unit),
             stats_quantity=meter.stats_quantity if stats is not None and stats.kind == "gauge" else None,
+            stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
+
+
+DLT645_MODULUS_KWH = 1_000_000.0  # XXXXXX.XX kWh rolls over after 999999.99
+
+
+def dlt645_series_specs(meter: Dlt645Meter) -> list[SeriesSpec]:
+    """The interval builder's series for a DL/T 645 meter's counted quantities."""
+    items = meter.items()
+    fields = item_quantities(items)
+    group = {f.quantity: item.group for item in items for f in item.fields}
+    stats = fields.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        f = fields[q]
+        period = meter.poll.get(group[q], DEFAULT_POLL["slow"])
+        if f.kind == "info":
+            continue
+        if f.kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, f.unit, "gauge", period))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, f.unit, "counter", period,
+            modulus=DLT645_MODULUS_KWH,
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, f.unit),
+            stats_quantity=stats.quantity if stats is not None and stats.kind == "gauge" else None,
             stats_unit=stats.unit if stats is not None else "",
         ))  # fmt: skip
     return out

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from common.clock import Clock
 from drivers.contract import PollSource, Sample
+from drivers.dlt645.source import Dlt645Source
 from drivers.line.owner import LineOwner
 from drivers.modbus.profiles import Profile, RegisterField, load_profiles
 from drivers.modbus.source import ModbusSource, ReadPolicy, RegisterReader
@@ -41,11 +42,13 @@ from drivers.modbus_tcp.driver import TcpConnections, tcp_policy, tcp_reader, tc
 from drivers.mqtt.driver import MqttSubscriber
 from evidence.records import IntervalRecord
 from gateway.config import (
+    Dlt645Meter,
     ModbusMeterBase,
     ModbusRtuMeter,
     ModbusTcpMeter,
     MqttMeter,
     SiteConfig,
+    dlt645_series_specs,
     mqtt_series_specs,
     series_specs,
 )
@@ -132,6 +135,7 @@ class Plan:
     series: tuple[SeriesSpec, ...]
     modbus: tuple[ModbusMeterBase, ...]
     mqtt: tuple[MqttMeter, ...]
+    dlt645: tuple[Dlt645Meter, ...] = ()
 
 
 def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
@@ -139,6 +143,7 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
     series: list[SeriesSpec] = []
     modbus: list[ModbusMeterBase] = []
     mqtt: list[MqttMeter] = []
+    dlt645: list[Dlt645Meter] = []
     for meter in site.meters:
         if not meter.enabled:
             continue
@@ -146,10 +151,14 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
             mqtt.append(meter)
             series.extend(mqtt_series_specs(meter))
             continue
+        if isinstance(meter, Dlt645Meter):
+            dlt645.append(meter)
+            series.extend(dlt645_series_specs(meter))
+            continue
         assert isinstance(meter, ModbusMeterBase)
         modbus.append(meter)
         series.extend(series_specs(meter, static_fields(meter, profiles)))
-    return Plan(tuple(series), tuple(modbus), tuple(mqtt))
+    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645))
 
 
 def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
@@ -245,7 +254,15 @@ def _transport(
 
 def used_lines(plan: Plan) -> set[str]:
     """The ids of the lines the plan's meters hang on (only those are opened)."""
-    return {m.connection.line for m in plan.modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
+    rtu = {m.connection.line for m in plan.modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
+    return rtu | {m.connection.line for m in plan.dlt645}
+
+
+def dlt645_source(meter: Dlt645Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Dlt645Source:
+    """The poll source of a DL/T 645 meter on its line's owner."""
+    line = lines[meter.connection.line]
+    timeout = meter.connection.timeout_s or line.config.timeout_s
+    return Dlt645Source(meter.id, meter.connection.address, meter.items(), line, clock, timeout_s=timeout)
 
 
 def next_close(now: float, interval_s: int, grace_s: float) -> float:
@@ -300,6 +317,9 @@ class Gateway:
                 Schedule(modbus_source(m, self.profiles, self.clock, self.buses, self.lines, tcp), m.poll)
                 for m in self.plan.modbus
             ]
+            self._schedules += [
+                Schedule(dlt645_source(m, self.lines, self.clock), m.poll) for m in self.plan.dlt645
+            ]
             if self._schedules:
                 self.poller = await stack.enter_async_context(Poller(self._schedules, self._take, self.clock))
             for connection, meters in _by_connection(self.plan.mqtt).items():
@@ -316,9 +336,9 @@ class Gateway:
             self._closer = group.create_task(self._close_loop(first), name=f"closer:{self.site.gateway.id}")
             self._stack = stack.pop_all()
         log.info(
-            "gateway %s: %d Modbus meter(s), %d MQTT meter(s), %d series, %d-min intervals",
-            self.site.gateway.id, len(self.plan.modbus), len(self.plan.mqtt), len(self.plan.series),
-            self.site.interval_minutes,
+            "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d MQTT meter(s), %d series, "
+            "%d-min intervals", self.site.gateway.id, len(self.plan.modbus), len(self.plan.dlt645),
+            len(self.plan.mqtt), len(self.plan.series), self.site.interval_minutes,
         )  # fmt: skip
         return self
 

@@ -182,7 +182,7 @@ ITEMS: dict[str, DataItem] = {
             "meter_time",
             (0x04000101, 0x04000102),
             (Field("meter_time", "s", "info", 0, BcdFormat(4, 0)),),
-            "identity",
+            "slow",
             "DL/T 645-2007 A.5: 04000101 date YYMMDDWW, 04000102 time hhmmss (Beijing time)",
             decoder=meter_time,
         ),
