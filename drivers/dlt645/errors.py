@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from drivers.errors import DriverError
 
-# Error byte of an abnormal answer (DL/T 645-2007, 7.3.3 / table "错误信息字 ERR").
+# Error byte of an abnormal answer (DL/T 645-2007, the error information word 错误信息字 ERR).
 ERROR_BITS: dict[int, str] = {
     0: "other error",
     1: "no such data (the meter has no value for this identifier)",
