@@ -318,8 +318,9 @@ def _line_issues(data: dict[str, Any]) -> list[Issue]:
     meters on declared lines, one address (unit id) per line."""
     lines = _list(data.get("lines"))
     issues = _duplicates("lines", lines, "id")
-    bus_ids = {b.get("id") for b in _list(data.get("serial_buses")) if isinstance(b, dict)}
-    bus_ports = {b.get("port") for b in _list(data.get("serial_buses")) if isinstance(b, dict)}
+    buses = [b for b in _list(data.get("serial_buses")) if isinstance(b, dict)]
+    bus_ids = {b.get("id") for b in buses if _scalar(b.get("id"))}
+    bus_ports = {b.get("port") for b in buses if _scalar(b.get("port"))}
     seen: dict[object, int] = {}
     for i, line in enumerate(lines):
         if not isinstance(line, dict):
@@ -345,7 +346,7 @@ def _on_line_issues(data: dict[str, Any], lines: list[Any]) -> list[Issue]:
     taken: dict[tuple[str, str, object], int] = {}
     issues: list[Issue] = []
     for i, m in enumerate(_list(data.get("meters"))):
-        if not isinstance(m, dict) or m.get("driver") not in LINE_DRIVERS:
+        if not isinstance(m, dict) or not isinstance(m.get("driver"), str) or m["driver"] not in LINE_DRIVERS:
             continue
         connection = m.get("connection")
         if not isinstance(connection, dict) or connection.get("line") is None:
