@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from drivers.dlt645.config import Dlt645Connection
 from drivers.modbus_rtu.config import ModbusRtuConnection
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.mqtt.config import MqttConnection
@@ -16,4 +17,5 @@ CONNECTIONS: dict[str, type[BaseModel]] = {
     "modbus_tcp": ModbusTcpConnection,
     "modbus_rtu": ModbusRtuConnection,
     "mqtt": MqttConnection,
+    "dlt645": Dlt645Connection,
 }

@@ -19,12 +19,16 @@ from firmware_sim.config import (
     PvPhysics,
 )
 from firmware_sim.device import Device, Endpoint
+from firmware_sim.dlt645_meter import MODULUS_WH as DLT645_MODULUS_WH
+from firmware_sim.dlt645_meter import Dlt645Responder
+from firmware_sim.line_contract import LineResponder
 from firmware_sim.meter import Meter
 from firmware_sim.physics import EvModel, HeatingModel, LoadModel, PvHouseModel, PvModel
 from firmware_sim.physics.noise import u01
 from firmware_sim.physics.sample import PowerModel
 from firmware_sim.registers import chargers, eastron, heatmeter, sunspec
 from firmware_sim.registers.base import UnitMap
+from firmware_sim.rtu_responder import RtuResponder
 
 MQTT_MODULUS_WH = 1.0e9  # 1 000 000 kWh
 
@@ -74,6 +78,7 @@ KINDS: dict[str, KindSpec] = {
     "alfen": KindSpec(chargers.ALFEN_MODULUS_WH, _alfen_units),
     "abb": KindSpec(chargers.ABB_MODULUS_WH, _unit(_abb), per_session=True),
     "heat_meter": KindSpec(heatmeter.MODULUS_WH, _unit(lambda s: heatmeter.HeatMeterMap()), quantity="heat"),
+    "dlt645_meter": KindSpec(DLT645_MODULUS_WH, lambda s: {}),
     "mqtt_tasmota": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
     "mqtt_plain": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
 }
@@ -144,7 +149,27 @@ def build_device(spec: DeviceSpec, fleet: FleetConfig, start: float) -> Device:
     )
 
 
+def _dlt645(device: Device, spec: DeviceSpec) -> LineResponder:
+    assert spec.address is not None  # expand() gives every DL/T 645 meter its address
+    return Dlt645Responder(device, spec.address)
+
+
+# Kind -> how a device of that kind answers on a shared line (other kinds: Modbus RTU).
+LINE_RESPONDERS: dict[str, Callable[[Device, DeviceSpec], LineResponder]] = {
+    "dlt645_meter": _dlt645,
+}
+
+
+def line_responder(device: Device, spec: DeviceSpec) -> LineResponder:
+    """The responder of a device on a shared line, by its kind."""
+    make = LINE_RESPONDERS.get(spec.kind)
+    return make(device, spec) if make is not None else RtuResponder(device)
+
+
 def _endpoint(spec: DeviceSpec, fleet: FleetConfig, units: dict[int, UnitMap]) -> Endpoint:
+    if spec.config.line is not None:
+        unit = None if spec.address is not None else spec.unit
+        return Endpoint("line", unit=unit, line=spec.config.line, address=spec.address)
     if spec.kind in DEFAULT_TOPICS:
         template = spec.config.topic or DEFAULT_TOPICS[spec.kind]
         return Endpoint("mqtt", topic=template.format(site=spec.site.name, name=spec.name))

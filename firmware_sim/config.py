@@ -30,6 +30,7 @@ DeviceKind = Literal[
     "alfen",
     "abb",
     "heat_meter",
+    "dlt645_meter",
     "mqtt_tasmota",
     "mqtt_plain",
 ]
@@ -43,9 +44,11 @@ ALLOWED_PHYSICS: dict[str, frozenset[str]] = {
     "alfen": frozenset({"ev"}),
     "abb": frozenset({"ev"}),
     "heat_meter": frozenset({"heating"}),
+    "dlt645_meter": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "mqtt_tasmota": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "mqtt_plain": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
 }
+LINE_ONLY_KINDS = frozenset({"dlt645_meter"})  # kinds that only exist on a shared line
 DEFAULT_TOPICS = {"mqtt_tasmota": "tele/{name}/SENSOR", "mqtt_plain": "puhui/{site}/{name}/reading"}
 
 
@@ -110,6 +113,8 @@ class DeviceConfig(Closed):
     port: int | Literal["auto"] = "auto"  # Modbus TCP port (same port = units behind one gateway)
     unit: int = Field(default=1, ge=1, le=247)
     rtu_bus: str | None = None  # serve over Modbus RTU on a pseudo-terminal bus of this name
+    line: str | None = None  # hang on this shared line of the site (DL/T 645; Modbus kinds answer RTU)
+    address: str | None = Field(default=None, pattern=r"^[0-9]{12}$")  # DL/T 645; + i with count
     sockets: int = Field(default=2, ge=1, le=2)  # alfen only
     topic: str | None = None  # MQTT kinds: template with {site}, {name}
     interval_s: float = Field(default=10.0, gt=0)  # MQTT publish interval, simulated seconds
@@ -133,7 +138,16 @@ class DeviceConfig(Closed):
             raise ValueError("topic is only for MQTT meters")
         if self.rtu_bus is not None and self.port != "auto":
             raise ValueError("give either port (Modbus TCP) or rtu_bus (Modbus RTU), not both")
+        self._check_line(mqtt)
         return self
+
+    def _check_line(self, mqtt: bool) -> None:
+        if self.kind in LINE_ONLY_KINDS and self.line is None:
+            raise ValueError(f"kind {self.kind} hangs on a shared line: give line (one of the site's lines)")
+        if self.line is not None and (mqtt or self.port != "auto" or self.rtu_bus is not None):
+            raise ValueError("a device on a line has no port, rtu_bus or MQTT topic")
+        if self.address is not None and self.kind not in LINE_ONLY_KINDS:
+            raise ValueError("address is a DL/T 645 meter's; Modbus devices have a unit")
 
 
 def _check_template(name: str) -> None:
@@ -144,11 +158,32 @@ def _check_template(name: str) -> None:
         raise ValueError(f"name {name!r} is not a template with only {{i}} in it ({exc})") from exc
 
 
+class LineConfig(Closed):
+    """A shared RS-485 line of a site, reached on a pty or behind a transparent serial server."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    serve: Literal["pty", "tcp_server"] = "tcp_server"
+    port: int | Literal["auto"] = "auto"  # tcp_server only
+    baudrate: int | None = Field(default=None, gt=0, description="pace answers as on the wire (bench)")
+    silence_ms: float = Field(default=50.0, gt=0, description="an unclaimed buffer is dropped after this")
+
+
 class SiteConfig(Closed):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     latitude: float = Field(default=ZHANGJIAKOU[0], ge=-90, le=90)
     longitude: float = Field(default=ZHANGJIAKOU[1], ge=-180, le=180)
+    lines: list[LineConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lines_declared(self) -> SiteConfig:
+        names = [line.name for line in self.lines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"line names must be unique in site {self.name}")
+        for d in self.devices:
+            if d.line is not None and d.line not in names:
+                raise ValueError(f"{d.name}: line {d.line!r} is not a line of site {self.name} ({names})")
+        return self
 
 
 class ClockConfig(Closed):
@@ -221,7 +256,8 @@ class DeviceSpec:
     seed: int
     port: int | None  # None = auto
     index: int
-    unit: int  # unit + index on an RTU bus, else the configured unit
+    unit: int  # unit + index on an RTU bus or a line, else the configured unit
+    address: str | None = None  # DL/T 645: address + index, 12 digits
 
     @property
     def kind(self) -> str:
@@ -237,8 +273,11 @@ def expand(fleet: FleetConfig) -> list[DeviceSpec]:
             for i in range(dev.count):
                 name = dev.name.format(i=i) if dev.count > 1 else dev.name
                 port = None if dev.port == "auto" else dev.port + i
-                unit = dev.unit + i if dev.rtu_bus is not None else dev.unit
-                out.append(DeviceSpec(site, dev, name, base + i, port, i, unit))
+                unit = dev.unit + i if dev.rtu_bus is not None or dev.line is not None else dev.unit
+                address = None
+                if dev.kind in LINE_ONLY_KINDS:
+                    address = f"{int(dev.address or dev.unit) + i:012d}"
+                out.append(DeviceSpec(site, dev, name, base + i, port, i, unit, address))
     return out
 
 
@@ -250,6 +289,8 @@ def _check_shared_ports(specs: Sequence[DeviceSpec]) -> None:
             key = ("tcp", s.port)
         elif s.config.rtu_bus is not None:
             key = ("rtu", s.config.rtu_bus)
+        elif s.config.line is not None:
+            key = ("line", f"{s.site.name}/{s.config.line}")
         if key is None:
             continue
         for other in seen.setdefault(key, []):
@@ -258,7 +299,9 @@ def _check_shared_ports(specs: Sequence[DeviceSpec]) -> None:
         seen[key].append(s)
 
 
-def _units(s: DeviceSpec) -> set[int]:
+def _units(s: DeviceSpec) -> set[int | str]:
+    if s.address is not None:
+        return {s.address}
     return {s.unit} if s.kind != "alfen" else {200, *range(1, s.config.sockets + 1)}
 
 

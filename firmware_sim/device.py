@@ -20,15 +20,19 @@ from firmware_sim.registers.base import ChannelView, Image, Readout, UnitMap
 
 @dataclass
 class Endpoint:
-    """Where a device is served. ``port`` for Modbus TCP, ``rtu_path`` for RTU, ``topic`` MQTT."""
+    """Where a device is served. ``port`` for Modbus TCP, ``rtu_path`` for RTU, ``topic`` MQTT;
+    on a shared line (transport "line"): ``line``, and ``host``/``port`` of its simulated serial
+    server or ``rtu_path`` of its pty, with ``unit`` (Modbus) or ``address`` (DL/T 645)."""
 
-    transport: str  # "tcp", "rtu" or "mqtt"
+    transport: str  # "tcp", "rtu", "mqtt" or "line"
     host: str | None = None
     port: int | None = None
     unit: int | None = None
     units: tuple[int, ...] = ()
     rtu_path: str | None = None
     topic: str | None = None
+    line: str | None = None
+    address: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, ())}

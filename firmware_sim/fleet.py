@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import Clock, FastClock
-from firmware_sim.build import build_device
+from firmware_sim.build import build_device, line_responder
 from firmware_sim.config import MQTT_KINDS, FleetConfig, expand, load_fleet
 from firmware_sim.control import ControlServer
 from firmware_sim.device import Device
 from firmware_sim.errors import UnknownDeviceError
+from firmware_sim.line import SimLine, TcpSerialServer, serve_pty, serve_tcp
 from firmware_sim.meter import StepLog
 from firmware_sim.modbus_server import ModbusPortServer
 from firmware_sim.mqtt import MqttPublisher
@@ -58,6 +59,8 @@ class Fleet:
         self.devices = DeviceTable((s.name, build_device(s, config, self.start)) for s in self._specs)
         self._servers: list[ModbusPortServer] = []
         self._publishers: list[MqttPublisher] = []
+        self.lines: dict[str, SimLine] = {}  # "site/line" -> the simulated line
+        self.line_servers: dict[str, TcpSerialServer] = {}
         self.control: ControlServer | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,6 +102,7 @@ class Fleet:
 
     async def _start(self) -> None:
         await self._start_modbus()
+        await self._start_lines()
         if self.config.control is not None:
             port = 0 if self.config.control.port == "auto" else self.config.control.port
             server = ControlServer(self.devices, self.clock, self.config.host, port)
@@ -115,7 +119,7 @@ class Fleet:
         for spec in self._specs:
             dev = self.devices[spec.name]
             units = dict.fromkeys(dev.units, dev)
-            if spec.kind in MQTT_KINDS:
+            if spec.kind in MQTT_KINDS or spec.config.line is not None:
                 continue
             if spec.config.rtu_bus is not None:
                 rtu[spec.config.rtu_bus].update(units)
@@ -144,6 +148,27 @@ class Fleet:
         self._servers.append(server)
         for dev in set(units.values()):
             dev.endpoint.rtu_path = client_path
+
+    async def _start_lines(self) -> None:
+        for site in self.config.sites:
+            for cfg in site.lines:
+                key = f"{site.name}/{cfg.name}"
+                line = SimLine(key, self.clock, silence_s=cfg.silence_ms / 1000.0, baudrate=cfg.baudrate)
+                on_line = [s for s in self._specs if s.site is site and s.config.line == cfg.name]
+                for spec in on_line:
+                    line.add(line_responder(self.devices[spec.name], spec))
+                self.lines[key] = line
+                if cfg.serve == "pty":
+                    path = await self._stack.enter_async_context(serve_pty(line))
+                    where: dict[str, Any] = {"rtu_path": path}
+                else:
+                    port = 0 if cfg.port == "auto" else cfg.port
+                    server = await self._stack.enter_async_context(serve_tcp(line, self.config.host, port))
+                    self.line_servers[key] = server
+                    where = {"host": server.host, "port": server.port}
+                for spec in on_line:
+                    for name, value in where.items():
+                        setattr(self.devices[spec.name].endpoint, name, value)
 
     def _make_publishers(self) -> None:
         mqtt = self.config.mqtt

@@ -38,6 +38,8 @@ from typing import Literal
 from common.clock import Clock
 from drivers.contract import Invalid, Sample
 from drivers.errors import SunSpecModelError, SunSpecNotFound
+from drivers.line.config import describe_line
+from drivers.line.owner import LineOwner
 from drivers.modbus.errors import (
     DeviceExceptionReply,
     DeviceTimeout,
@@ -443,8 +445,11 @@ def modbus_where(meter: ModbusMeterBase, site: SiteConfig) -> str:
     if isinstance(meter, ModbusTcpMeter):
         return f"tcp {meter.connection.host}:{meter.connection.port} unit {meter.unit_id}"
     assert isinstance(meter, ModbusRtuMeter)
+    if meter.connection.line is not None:
+        lines = {line.id: describe_line(line) for line in site.lines}
+        return f"rtu on {lines.get(meter.connection.line, meter.connection.line)} unit {meter.unit_id}"
     ports = {b.id: b.port for b in site.serial_buses}
-    return f"rtu {meter.connection.bus} ({ports.get(meter.connection.bus, '?')}) unit {meter.unit_id}"
+    return f"rtu {meter.connection.bus} ({ports.get(meter.connection.bus or '', '?')}) unit {meter.unit_id}"
 
 
 async def check_live(
@@ -462,9 +467,15 @@ async def check_live(
             for b in site.serial_buses
             if b.id in used
         }
+        on_lines = {m.connection.line for m in modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
+        lines = {
+            line.id: await stack.enter_async_context(LineOwner(line))
+            for line in site.lines
+            if line.id in on_lines
+        }
         async with asyncio.TaskGroup() as group:
             polls = [
-                group.create_task(_poll_once(m, site, profiles, clock, buses), name=f"check:{m.id}")
+                group.create_task(_poll_once(m, site, profiles, clock, buses, lines), name=f"check:{m.id}")
                 for m in modbus
             ]
             listens = [
@@ -485,10 +496,11 @@ async def _poll_once(
     profiles: Mapping[str, Profile],
     clock: Clock,
     buses: Mapping[str, SerialBusOwner],
+    lines: Mapping[str, LineOwner],
 ) -> MeterCheck:
     where = modbus_where(meter, site)
     specs = quantity_specs(meter, profiles)
-    source = modbus_source(meter, profiles, clock, buses)
+    source = modbus_source(meter, profiles, clock, buses, lines)
     async with source:
         result = await source.poll()
     return judge(meter, specs, result.samples, where=where, error=result.error, latency_s=result.latency_s)

@@ -28,6 +28,9 @@ from pydantic import (
 )
 
 from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from drivers.dlt645.config import Dlt645Connection
+from drivers.dlt645.identifiers import DEFAULT_READ, ITEMS, DataItem, item_quantities
+from drivers.line.config import LineConfig
 from drivers.modbus.decode import RegisterType
 from drivers.modbus.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
 from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
@@ -153,7 +156,46 @@ class MqttMeter(MeterBase):
     source: MqttSource
 
 
-Meter = Annotated[ModbusTcpMeter | ModbusRtuMeter | MqttMeter, Field(discriminator="driver")]
+class Dlt645Meter(MeterBase):
+    """A DL/T 645-2007 meter on a shared line: its address and the data items read."""
+
+    driver: Literal["dlt645"]
+    connection: Dlt645Connection
+    read: tuple[str, ...] = Field(
+        default=DEFAULT_READ, min_length=1, description="data items (drivers/dlt645)"
+    )
+    poll: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], float] = Field(
+        default_factory=lambda: dict(DEFAULT_POLL), description="poll group -> seconds"
+    )
+
+    @field_validator("read")
+    @classmethod
+    def _known_items(cls, read: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for name in read:
+            if name not in ITEMS:
+                hint = suggest(name, list(ITEMS))
+                problems.append(f"{name!r} is not a DL/T 645 data item" + (f" ({hint}?)" if hint else ""))
+        twice = sorted({q for q in read if read.count(q) > 1})
+        problems += [f"{q!r} listed more than once" for q in twice]
+        if problems:
+            raise ValueError("; ".join(problems) + f"; known: {', '.join(ITEMS)}")
+        return read
+
+    @model_validator(mode="after")
+    def _periods(self) -> Dlt645Meter:
+        bad = [f"poll.{g}: {s} s is not a period (> 0)" for g, s in self.poll.items() if not s > 0]
+        missing = sorted({i.group for i in self.items()} - set(self.poll))
+        bad += [f"poll: no period for group {g!r} of the items read" for g in missing]
+        if bad:
+            raise ValueError("; ".join(bad))
+        return self
+
+    def items(self) -> tuple[DataItem, ...]:
+        return tuple(ITEMS[name] for name in self.read)
+
+
+Meter = Annotated[ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter, Field(discriminator="driver")]
 
 
 class SiteConfig(Closed):
@@ -168,6 +210,10 @@ class SiteConfig(Closed):
         description="a counter reading this soon after a boundary closes the interval that ended (<= grace)",
     )  # fmt: skip
     serial_buses: tuple[SerialBus, ...] = ()
+    lines: tuple[LineConfig, ...] = Field(
+        default=(),
+        description="shared RS-485 lines (serial port or TCP serial server) of DL/T 645 and RTU meters",
+    )
     meters: tuple[Meter, ...] = Field(min_length=1)
     # Defaults: key /etc/puhui/gateway-key.pem, state /var/lib/puhui/gateway (see
     # gateway/evidence_config.py); without an uplink the gateway seals and keeps batches.
@@ -206,6 +252,8 @@ def meter_quantities(meter: MeterBase, profiles: Mapping[str, Profile]) -> set[s
     """Quantities a meter can deliver (SunSpec: every mapped point's quantity)."""
     if isinstance(meter, MqttMeter):
         return set(meter.source.fields)
+    if isinstance(meter, Dlt645Meter):
+        return set(item_quantities(meter.items()))
     assert isinstance(meter, ModbusMeterBase)
     if meter.profile is None:
         return {f.quantity for f in meter.registers if f.quantity}
@@ -241,14 +289,16 @@ def _bus_issues(data: dict[str, Any]) -> list[Issue]:
     buses = [b for b in _list(data.get("serial_buses")) if isinstance(b, dict)]
     meters = _list(data.get("meters"))
     issues = _duplicates("serial_buses", buses, "id") + _duplicates("serial_buses", buses, "port")
-    issues += _duplicates("meters", meters, "id")
+    issues += _duplicates("meters", meters, "id") + _line_issues(data)
     bus_ids = [str(b.get("id")) for b in buses]
     on_bus: dict[tuple[str, object], int] = {}
     for i, m in enumerate(meters):
         if not isinstance(m, dict) or m.get("driver") != "modbus_rtu":
             continue
         bus = (m.get("connection") or {}).get("bus") if isinstance(m.get("connection"), dict) else None
-        if bus is not None and str(bus) not in bus_ids:
+        if bus is None:  # on a shared line: checked with the lines
+            continue
+        if str(bus) not in bus_ids:
             hint = suggest(str(bus), bus_ids)
             msg = f"{bus!r} is not a serial bus" + (f" ({hint}?)" if hint else "; declare it in serial_buses")
             issues.append(Issue(("meters", i, "connection", "bus"), msg))
@@ -260,6 +310,63 @@ def _bus_issues(data: dict[str, Any]) -> list[Issue]:
             msg = f"unit id {key[1]} is already used on bus {bus!r} by meters[{on_bus[key]}]"
             issues.append(Issue(("meters", i, "unit_id"), msg))
         on_bus.setdefault(key, i)
+    return issues
+
+
+def _line_issues(data: dict[str, Any]) -> list[Issue]:
+    """Line ids unique (and not a serial bus's), one line per serial port or server port,
+    meters on declared lines, one address (unit id) per line."""
+    lines = _list(data.get("lines"))
+    issues = _duplicates("lines", lines, "id")
+    buses = [b for b in _list(data.get("serial_buses")) if isinstance(b, dict)]
+    bus_ids = {b.get("id") for b in buses if _scalar(b.get("id"))}
+    bus_ports = {b.get("port") for b in buses if _scalar(b.get("port"))}
+    seen: dict[object, int] = {}
+    for i, line in enumerate(lines):
+        if not isinstance(line, dict):
+            continue
+        if _scalar(line.get("id")) and line.get("id") in bus_ids:
+            issues.append(Issue(("lines", i, "id"), f"{line.get('id')!r} is already a serial bus's id"))
+        where = (line.get("host"), line.get("port")) if line.get("kind") == "tcp_server" else line.get("port")
+        if not _scalar(where) and not (isinstance(where, tuple) and all(map(_scalar, where))):
+            continue
+        if where in seen:
+            issues.append(Issue(("lines", i, "port"), f"{where!r} is already lines[{seen[where]}]'s"))
+        elif line.get("kind") == "serial" and where in bus_ports:
+            issues.append(Issue(("lines", i, "port"), f"{where!r} is already a serial bus's port"))
+        seen.setdefault(where, i)
+    return issues + _on_line_issues(data, lines)
+
+
+LINE_DRIVERS = {"modbus_rtu": "unit_id", "dlt645": "address"}  # driver -> its address on a line
+
+
+def _on_line_issues(data: dict[str, Any], lines: list[Any]) -> list[Issue]:
+    line_ids = [str(line.get("id")) for line in lines if isinstance(line, dict)]
+    taken: dict[tuple[str, str, object], int] = {}
+    issues: list[Issue] = []
+    for i, m in enumerate(_list(data.get("meters"))):
+        if not isinstance(m, dict) or not isinstance(m.get("driver"), str) or m["driver"] not in LINE_DRIVERS:
+            continue
+        connection = m.get("connection")
+        if not isinstance(connection, dict) or connection.get("line") is None:
+            continue
+        name = connection["line"]
+        if str(name) not in line_ids:
+            hint = suggest(str(name), line_ids)
+            msg = f"{name!r} is not a line" + (f" ({hint}?)" if hint else "; declare it in lines")
+            issues.append(Issue(("meters", i, "connection", "line"), msg))
+        field = LINE_DRIVERS[str(m["driver"])]
+        address = m.get(field) if field == "unit_id" else connection.get(field)
+        if not _scalar(address):
+            continue
+        key = (str(name), str(m["driver"]), address)
+        if key in taken:
+            path = ("meters", i, field) if field == "unit_id" else ("meters", i, "connection", field)
+            issues.append(
+                Issue(path, f"{address!r} is already used on line {name!r} by meters[{taken[key]}]")
+            )
+        taken.setdefault(key, i)
     return issues
 
 
@@ -287,6 +394,14 @@ def _meter_refs(i: int, m: dict[str, Any], profiles: Mapping[str, Profile]) -> l
 
 def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str, str] | None:
     """quantity -> poll group ("" when the driver has no groups), from raw meter data."""
+    if m.get("driver") == "dlt645":
+        read = m.get("read", DEFAULT_READ)
+        items = (
+            [ITEMS[n] for n in read if isinstance(n, str) and n in ITEMS]
+            if isinstance(read, list | tuple)
+            else []
+        )
+        return {f.quantity: item.group for item in items for f in item.fields} if items else None
     if m.get("driver") == "mqtt":
         source = m.get("source")
         fields = source.get("fields") if isinstance(source, dict) else None
@@ -419,6 +534,35 @@ def mqtt_series_specs(meter: MqttMeter) -> list[SeriesSpec]:
             reset_tolerance=meter.reset_tolerance,
             max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, f.unit),
             stats_quantity=meter.stats_quantity if stats is not None and stats.kind == "gauge" else None,
+            stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
+
+
+DLT645_MODULUS_KWH = 1_000_000.0  # XXXXXX.XX kWh rolls over after 999999.99
+
+
+def dlt645_series_specs(meter: Dlt645Meter) -> list[SeriesSpec]:
+    """The interval builder's series for a DL/T 645 meter's counted quantities."""
+    items = meter.items()
+    fields = item_quantities(items)
+    group = {f.quantity: item.group for item in items for f in item.fields}
+    stats = fields.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        f = fields[q]
+        period = meter.poll.get(group[q], DEFAULT_POLL["slow"])
+        if f.kind == "info":
+            continue
+        if f.kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, f.unit, "gauge", period))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, f.unit, "counter", period,
+            modulus=DLT645_MODULUS_KWH,
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, f.unit),
+            stats_quantity=stats.quantity if stats is not None and stats.kind == "gauge" else None,
             stats_unit=stats.unit if stats is not None else "",
         ))  # fmt: skip
     return out

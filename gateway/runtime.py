@@ -31,19 +31,24 @@ from typing import Any, Protocol
 
 from common.clock import Clock
 from drivers.contract import PollSource, Sample
+from drivers.dlt645.source import Dlt645Source
+from drivers.line.owner import LineOwner
 from drivers.modbus.profiles import Profile, RegisterField, load_profiles
-from drivers.modbus.source import ReadPolicy, RegisterReader
+from drivers.modbus.source import ModbusSource, ReadPolicy, RegisterReader
 from drivers.modbus.sunspec_source import SunSpecSource, template_fields
 from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner, rtu_policy, rtu_source
-from drivers.modbus_tcp.driver import tcp_policy, tcp_reader, tcp_source
+from drivers.modbus_rtu.framing import LineRegisterReader
+from drivers.modbus_tcp.driver import TcpConnections, tcp_policy, tcp_reader, tcp_source
 from drivers.mqtt.driver import MqttSubscriber
 from evidence.records import IntervalRecord
 from gateway.config import (
+    Dlt645Meter,
     ModbusMeterBase,
     ModbusRtuMeter,
     ModbusTcpMeter,
     MqttMeter,
     SiteConfig,
+    dlt645_series_specs,
     mqtt_series_specs,
     series_specs,
 )
@@ -130,6 +135,7 @@ class Plan:
     series: tuple[SeriesSpec, ...]
     modbus: tuple[ModbusMeterBase, ...]
     mqtt: tuple[MqttMeter, ...]
+    dlt645: tuple[Dlt645Meter, ...] = ()
 
 
 def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
@@ -137,6 +143,7 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
     series: list[SeriesSpec] = []
     modbus: list[ModbusMeterBase] = []
     mqtt: list[MqttMeter] = []
+    dlt645: list[Dlt645Meter] = []
     for meter in site.meters:
         if not meter.enabled:
             continue
@@ -144,10 +151,14 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
             mqtt.append(meter)
             series.extend(mqtt_series_specs(meter))
             continue
+        if isinstance(meter, Dlt645Meter):
+            dlt645.append(meter)
+            series.extend(dlt645_series_specs(meter))
+            continue
         assert isinstance(meter, ModbusMeterBase)
         modbus.append(meter)
         series.extend(series_specs(meter, static_fields(meter, profiles)))
-    return Plan(tuple(series), tuple(modbus), tuple(mqtt))
+    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645))
 
 
 def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
@@ -162,15 +173,22 @@ def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tu
 
 
 def modbus_source(
-    meter: ModbusMeterBase, profiles: Mapping[str, Profile], clock: Clock, buses: Mapping[str, SerialBusOwner]
+    meter: ModbusMeterBase,
+    profiles: Mapping[str, Profile],
+    clock: Clock,
+    buses: Mapping[str, SerialBusOwner],
+    lines: Mapping[str, LineOwner] | None = None,
+    tcp: TcpConnections | None = None,
 ) -> PollSource:
-    """The poll source of one Modbus meter (not connected yet)."""
+    """The poll source of one Modbus meter (not connected yet). ``lines``: the owners of the
+    shared lines (RTU meters on a ``line``); ``tcp``: connections shared per host:port."""
+    lines = lines or {}
     profile = profiles[meter.profile] if meter.profile is not None else None
     max_gap = meter.max_gap if meter.max_gap is not None else (profile.max_gap if profile else 0)
     if profile is not None and profile.sunspec is not None:
         # Over TCP or RS-485 alike (most residential inverters speak SunSpec on their RS-485
         # port): discovery walks the model chain through the meter's reader like any read.
-        reader, policy = _transport(meter, buses)
+        reader, policy = _transport(meter, buses, lines, tcp)
         return SunSpecSource(
             meter.id,
             reader,
@@ -182,23 +200,69 @@ def modbus_source(
         )
     if isinstance(meter, ModbusTcpMeter):
         return tcp_source(
-            meter.id, meter.connection, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap
-        )
+            meter.id, meter.connection, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap,
+            connections=tcp,
+        )  # fmt: skip
     assert isinstance(meter, ModbusRtuMeter)
-    owner = buses[meter.connection.bus]
+    if meter.connection.line is not None:
+        reader, policy = _transport(meter, buses, lines, tcp)
+        return ModbusSource(
+            meter.id,
+            meter.fields(profiles),
+            reader,
+            clock,
+            unit=meter.unit_id,
+            policy=policy,
+            max_gap=max_gap,
+        )
+    owner = buses[_bus(meter)]
     return rtu_source(meter.id, owner, meter.unit_id, meter.fields(profiles), clock, max_gap=max_gap)
 
 
+def _bus(meter: ModbusRtuMeter) -> str:
+    bus = meter.connection.bus
+    assert bus is not None  # the connection model holds either a bus or a line
+    return bus
+
+
+def line_rtu_policy(owner: LineOwner) -> ReadPolicy:
+    """The read policy of an RTU meter on a shared line: no deadline of its own beyond the
+    line's (the line times each request from its write; waiting for the line is others'
+    timeouts, bounded by theirs), and no retry (the next slot is the retry)."""
+    return ReadPolicy(timeout_s=60.0, retries=0)
+
+
 def _transport(
-    meter: ModbusMeterBase, buses: Mapping[str, SerialBusOwner]
+    meter: ModbusMeterBase,
+    buses: Mapping[str, SerialBusOwner],
+    lines: Mapping[str, LineOwner],
+    tcp: TcpConnections | None,
 ) -> tuple[RegisterReader, ReadPolicy]:
     """The register reader and read policy of a meter's connection (as its source gets them)."""
     if isinstance(meter, ModbusTcpMeter):
         policy = tcp_policy(meter.connection)
-        return tcp_reader(meter.connection, policy), policy
+        reader = tcp_reader(meter.connection, policy) if tcp is None else tcp.reader(meter.connection, policy)
+        return reader, policy
     assert isinstance(meter, ModbusRtuMeter)
-    owner = buses[meter.connection.bus]
+    if meter.connection.line is not None:
+        line = lines[meter.connection.line]
+        reader = LineRegisterReader(line, timeout_s=line.config.timeout_s, meter=meter.id)
+        return reader, line_rtu_policy(line)
+    owner = buses[_bus(meter)]
     return RtuRegisterReader(owner), rtu_policy(owner)
+
+
+def used_lines(plan: Plan) -> set[str]:
+    """The ids of the lines the plan's meters hang on (only those are opened)."""
+    rtu = {m.connection.line for m in plan.modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
+    return rtu | {m.connection.line for m in plan.dlt645}
+
+
+def dlt645_source(meter: Dlt645Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Dlt645Source:
+    """The poll source of a DL/T 645 meter on its line's owner."""
+    line = lines[meter.connection.line]
+    timeout = meter.connection.timeout_s or line.config.timeout_s
+    return Dlt645Source(meter.id, meter.connection.address, meter.items(), line, clock, timeout_s=timeout)
 
 
 def next_close(now: float, interval_s: int, grace_s: float) -> float:
@@ -230,6 +294,7 @@ class Gateway:
         self.poller: Poller | None = None
         self.subscribers: list[MqttSubscriber] = []
         self.buses: dict[str, SerialBusOwner] = {}
+        self.lines: dict[str, LineOwner] = {}
         self.handover = IntervalHandover(self.builder, sink)
         self._schedules: list[Schedule] = []
         self._closer: asyncio.Task[None] | None = None
@@ -243,9 +308,17 @@ class Gateway:
             for bus in self.site.serial_buses:
                 if bus.id in used:
                     self.buses[bus.id] = await stack.enter_async_context(SerialBusOwner(bus))
+            on_lines = used_lines(self.plan)
+            for line in self.site.lines:
+                if line.id in on_lines:
+                    self.lines[line.id] = await stack.enter_async_context(LineOwner(line))
+            tcp = TcpConnections([m.connection for m in self.plan.modbus if isinstance(m, ModbusTcpMeter)])
             self._schedules = [
-                Schedule(modbus_source(m, self.profiles, self.clock, self.buses), m.poll)
+                Schedule(modbus_source(m, self.profiles, self.clock, self.buses, self.lines, tcp), m.poll)
                 for m in self.plan.modbus
+            ]
+            self._schedules += [
+                Schedule(dlt645_source(m, self.lines, self.clock), m.poll) for m in self.plan.dlt645
             ]
             if self._schedules:
                 self.poller = await stack.enter_async_context(Poller(self._schedules, self._take, self.clock))
@@ -263,9 +336,9 @@ class Gateway:
             self._closer = group.create_task(self._close_loop(first), name=f"closer:{self.site.gateway.id}")
             self._stack = stack.pop_all()
         log.info(
-            "gateway %s: %d Modbus meter(s), %d MQTT meter(s), %d series, %d-min intervals",
-            self.site.gateway.id, len(self.plan.modbus), len(self.plan.mqtt), len(self.plan.series),
-            self.site.interval_minutes,
+            "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d MQTT meter(s), %d series, "
+            "%d-min intervals", self.site.gateway.id, len(self.plan.modbus), len(self.plan.dlt645),
+            len(self.plan.mqtt), len(self.plan.series), self.site.interval_minutes,
         )  # fmt: skip
         return self
 

@@ -41,9 +41,11 @@ DRIVER_CONTRACT = ("drivers.contract", "drivers.breaker", "drivers.errors")
 DRIVER_FOLDERS = {  # protocol folder -> the other driver folders it may use
     "drivers.modbus": frozenset(),
     "drivers.modbus_tcp": frozenset({"drivers.modbus"}),
-    "drivers.modbus_rtu": frozenset({"drivers.modbus", "drivers.modbus_tcp"}),
+    "drivers.modbus_rtu": frozenset({"drivers.modbus", "drivers.modbus_tcp", "drivers.line"}),
     "drivers.mqtt": frozenset(),
-    "drivers.cjt188": frozenset(),  # over drivers.line, the shared line layer (not a protocol)
+    "drivers.line": frozenset(),  # the shared line: below every line protocol
+    "drivers.dlt645": frozenset({"drivers.line"}),
+    "drivers.cjt188": frozenset({"drivers.line"}),
 }
 # The gateway's generic machinery: it works for any driver, so it sees the contract only.
 GENERIC_GATEWAY = (

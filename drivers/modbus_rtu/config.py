@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SerialBus(BaseModel):
@@ -29,8 +29,16 @@ class SerialBus(BaseModel):
 
 
 class ModbusRtuConnection(BaseModel):
-    """Which serial bus an RTU meter hangs on."""
+    """Which serial bus, or which shared line (a local port or a TCP serial server: "RTU over
+    TCP"), an RTU meter hangs on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bus: str = Field(min_length=1, description="id of a serial_buses entry")
+    bus: str | None = Field(default=None, min_length=1, description="id of a serial_buses entry")
+    line: str | None = Field(default=None, min_length=1, description="id of a lines entry")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModbusRtuConnection:
+        if (self.bus is None) == (self.line is None):
+            raise ValueError("give either bus (a serial_buses id) or line (a lines id)")
+        return self

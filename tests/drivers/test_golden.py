@@ -62,7 +62,14 @@ REPO = Path(__file__).resolve().parents[2]
 MODBUS_TCP_CASES = Path(drivers.modbus_tcp.driver.__file__).resolve().parent / "testcases"
 MODBUS_RTU_CASES = Path(drivers.modbus_rtu.driver.__file__).resolve().parent / "testcases"
 MQTT_CASES = Path(drivers.mqtt.driver.__file__).resolve().parent / "testcases"
-CASES = {"modbus_tcp": MODBUS_TCP_CASES, "modbus_rtu": MODBUS_RTU_CASES, "mqtt": MQTT_CASES}
+# DL/T 645 cases (frames, not registers) run in tests/drivers/test_dlt645_golden.py
+DLT645_CASES = REPO / "drivers" / "dlt645" / "testcases"
+CASES = {
+    "modbus_tcp": MODBUS_TCP_CASES,
+    "modbus_rtu": MODBUS_RTU_CASES,
+    "mqtt": MQTT_CASES,
+    "dlt645": DLT645_CASES,
+}
 PROFILES = load_profiles()
 POLL_CLOCK = 1_736_899_200.0  # 2025-01-15T00:00:00Z: the Modbus poll's clock time
 DEADLINE_S = 10.0
