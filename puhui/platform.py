@@ -154,6 +154,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--issuer", type=Path, required=True, help="the aggregator's public key, pinned")
     p.add_argument("--out", type=Path, required=True, help="directory to mirror into")
     p.set_defaults(func=_pull)
+    p = sub.add_parser(
+        "receipt", help="sign a receipt for a statement (issuance, transfer, retirement) and send it"
+    )
+    p.add_argument("--key", type=Path, required=True, help="the platform's private key (PKCS#8 PEM, 0600)")
+    p.add_argument("--platform", required=True, help="the platform's name, as the operator pinned it")
+    p.add_argument("--kind", required=True, choices=["issuance", "transfer", "retirement"])
+    p.add_argument("--statement", required=True, help="statement id (64 hex)")
+    p.add_argument("--receipt-id", required=True, help="the platform's own id of this receipt")
+    p.add_argument("--account", required=True, help="pseudonymous account (never a name or phone number)")
+    p.add_argument("--tco2e", type=float, required=True)
+    p.add_argument("--registry-ref", default="", help="the registry's reference, e.g. a serial range")
+    p.add_argument("--out", type=Path, help="also write the signed receipt here")
+    p.add_argument("--to", dest="url", help="the aggregator API's base URL: POST the receipt there")
+    p.add_argument("--token-file", type=Path, help="file (0600) holding a token with receipts:write")
+    p.add_argument("--token-env", help="environment variable holding that token")
+    p.add_argument("--ca-file", type=Path, help="CA certificate the API's server certificate must chain to")
+    p.set_defaults(func=_receipt)
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -181,3 +198,50 @@ def _pull(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.out}: {len(report.verified)} verified, {len(report.refused)} refused")
     return 0 if report.ok else 1
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    import time
+
+    from evidence.keys import load_private_key
+    from evidence.receipt import sign_receipt
+
+    if args.url is not None and (args.token_file is None) == (args.token_env is None):
+        print("puhui platform receipt: --to needs --token-file or --token-env (one of them)", file=sys.stderr)
+        return 2
+    try:
+        receipt = sign_receipt(
+            load_private_key(args.key), kind=args.kind, receipt_id=args.receipt_id, platform=args.platform,
+            statement=args.statement, account=args.account, tco2e=args.tco2e,
+            created_ms=time.time_ns() // 1_000_000, registry_ref=args.registry_ref,
+        )  # fmt: skip
+        if args.out is not None:
+            _write_atomic(args.out, receipt.to_bytes())
+    except (EvidenceError, OSError) as exc:
+        print(f"puhui platform receipt: {exc}", file=sys.stderr)
+        return 2
+    print(f"signed {receipt.label}")
+    if args.url is None:
+        return 0
+    try:
+        file = None if args.token_file is None else str(args.token_file)
+        token = read_secret(SecretSource(file=file, env=args.token_env), "token")
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(args.ca_file)) if args.ca_file else True
+        )
+        with httpx.Client(base_url=args.url, verify=verify, timeout=60,
+                          headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
+            r = client.post("/v1/receipts", content=receipt.to_bytes(),
+                            headers={"Content-Type": "application/vnd.puhui.receipt"})  # fmt: skip
+    except (SecretError, OSError, ssl.SSLError, httpx.HTTPError) as exc:
+        print(f"puhui platform receipt: {exc}", file=sys.stderr)
+        return 1
+    if r.status_code not in (200, 201):
+        try:
+            reason = r.json().get("detail", r.text[:200])
+        except ValueError:
+            reason = r.text[:200]
+        print(f"puhui platform receipt: refused ({r.status_code}): {reason}", file=sys.stderr)
+        return 1
+    print(f"taken: statement {receipt.statement[:16]}… is {r.json()['statement_status']}")
+    return 0

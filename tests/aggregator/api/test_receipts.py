@@ -140,3 +140,30 @@ def test_a_retired_statement_is_never_credited_again_and_the_refusal_names_the_r
     finally:
         store.close()
     assert parse_statement(again.to_bytes()).id != sid
+
+
+def test_the_platform_signs_and_sends_a_receipt_from_the_command_line(
+    api: RunningApi, populated: Populated, tmp_path: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from evidence import save_private_key
+
+    key = tmp_path / "platform.pem"
+    save_private_key(populated.platform, key)
+    token = tmp_path / "token"
+    token.write_text(make_token(populated.config, "receipts:write") + "\n")
+    token.chmod(0o600)
+    sid = populated.statements[4]
+    base = [sys.executable, "-m", "puhui.cli", "platform", "receipt", "--key", str(key),
+            "--platform", PLATFORM, "--statement", sid, "--account", "acct-1", "--tco2e", "0.01",
+            "--to", api.url,
+            "--token-file", str(token), "--ca-file", str(populated.ca)]  # fmt: skip
+    ok = subprocess.run([*base, "--kind", "issuance", "--receipt-id", "cli-1", "--out", str(tmp_path / "r")],
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ok.returncode == 0 and "is issued" in ok.stdout, ok.stderr
+    assert parse_receipt((tmp_path / "r").read_bytes()).receipt_id == "cli-1"
+    again = subprocess.run([*base, "--kind", "issuance", "--receipt-id", "cli-2"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 1 and "refused (409)" in again.stderr and "Traceback" not in again.stderr
