@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from firmware_sim.cjt188 import ENERGY_UNITS as CJT188_ENERGY_UNITS
+from firmware_sim.cjt188 import Cjt188HeatMeter
 from firmware_sim.config import (
     DEFAULT_TOPICS,
     DeviceSpec,
@@ -18,8 +20,6 @@ from firmware_sim.config import (
     PvHousePhysics,
     PvPhysics,
 )
-from firmware_sim.cjt188 import ENERGY_UNITS as CJT188_ENERGY_UNITS
-from firmware_sim.cjt188 import Cjt188HeatMeter
 from firmware_sim.device import Device, Endpoint
 from firmware_sim.dlt645_meter import MODULUS_WH as DLT645_MODULUS_WH
 from firmware_sim.dlt645_meter import Dlt645Responder

@@ -217,7 +217,8 @@ class Cjt188Meter(MeterBase, Cjt188MeterSettings):
         if unit not in CJT188_ENERGY_UNITS:
             hint = suggest(unit, list(CJT188_ENERGY_UNITS))
             raise ValueError(
-                f"{unit!r} is not a CJ/T 188 energy unit" + (f" ({hint}?)" if hint else "")
+                f"{unit!r} is not a CJ/T 188 energy unit"
+                + (f" ({hint}?)" if hint else "")
                 + f"; known: {', '.join(CJT188_ENERGY_UNITS)}"
             )
         return unit
@@ -370,7 +371,11 @@ def _line_issues(data: dict[str, Any]) -> list[Issue]:
     return issues + _on_line_issues(data, lines)
 
 
-LINE_DRIVERS = {"modbus_rtu": "unit_id", "dlt645": "address", "cjt188": "address"}  # driver -> its address on a line
+LINE_DRIVERS = {
+    "modbus_rtu": "unit_id",
+    "dlt645": "address",
+    "cjt188": "address",
+}  # driver -> its address on a line
 
 
 def _on_line_issues(data: dict[str, Any], lines: list[Any]) -> list[Issue]:
@@ -436,7 +441,10 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
         return {f.quantity: item.group for item in items for f in item.fields} if items else None
     if m.get("driver") == "cjt188":
         quantities = m.get("quantities", CJT188_DEFAULT_QUANTITIES)
-        return {str(q): "" for q in quantities} if isinstance(quantities, list | tuple) else None
+        known = (
+            [q for q in quantities if q in CJT188_QUANTITIES] if isinstance(quantities, list | tuple) else []
+        )
+        return {q: "" for q in known} or None  # none known: the quantities error says it
     if m.get("driver") == "mqtt":
         source = m.get("source")
         fields = source.get("fields") if isinstance(source, dict) else None

@@ -359,7 +359,8 @@ class Gateway:
         log.info(
             "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d CJ/T 188 meter(s), "
             "%d MQTT meter(s), %d series, %d-min intervals", self.site.gateway.id, len(self.plan.modbus),
-            len(self.plan.dlt645), len(self.plan.cjt188), len(self.plan.mqtt), len(self.plan.series), self.site.interval_minutes,
+            len(self.plan.dlt645), len(self.plan.cjt188), len(self.plan.mqtt), len(self.plan.series),
+            self.site.interval_minutes,
         )  # fmt: skip
         return self
 

@@ -129,4 +129,3 @@ def _check_heat(meter: str, records: list[Any], log: Any, digit_kwh: float, rate
         truth_total += truth
     assert truth_total * 0.005 > 2 * digit_kwh, (meter, truth_total)  # the digit is well inside 0.5 %
     assert total == pytest.approx(truth_total, rel=0.005), meter
-    print(f"{meter}: {total:.2f} kWh read, {truth_total:.2f} kWh true")  # noqa: T201
