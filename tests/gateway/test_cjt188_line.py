@@ -17,6 +17,7 @@ import pytest
 from common.clock import FastClock
 from drivers.modbus.profiles import load_profiles
 from firmware_sim import Fleet, parse_fleet
+from firmware_sim.errors import FleetConfigError
 from firmware_sim.meter import MWS_PER_WH
 from gateway.config import Cjt188Meter, SiteConfig, parse_site
 from gateway.runtime import Gateway, MemorySink
@@ -129,3 +130,21 @@ def _check_heat(meter: str, records: list[Any], log: Any, digit_kwh: float, rate
         truth_total += truth
     assert truth_total * 0.005 > 2 * digit_kwh, (meter, truth_total)  # the digit is well inside 0.5 %
     assert total == pytest.approx(truth_total, rel=0.005), meter
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"address": "000000000101"}, "address of a cjt188_heat_meter has 14 digits, got '000000000101'"),
+        ({"physics": {"model": "pv", "kwp": 5}}, "kind cjt188_heat_meter cannot meter physics 'pv'"),
+        ({"line": None}, "kind cjt188_heat_meter hangs on a shared line"),
+        ({"energy_unit": "MJ"}, "energy_unit"),
+    ],
+)
+def test_a_bad_heat_meter_in_a_fleet_file_is_named(change: dict[str, Any], message: str) -> None:
+    device = {"kind": "cjt188_heat_meter", "name": "flat", "line": "east", "address": "00000000000001",
+              "physics": {"model": "heating"}, **change}  # fmt: skip
+    data = {"control": None, "sites": [{"name": "v", "lines": [{"name": "east"}], "devices": [device]}]}
+    with pytest.raises(FleetConfigError, match=r"sites\[0\]\.devices\[0\]") as err:
+        parse_fleet(data, "fleet.yaml")
+    assert message in str(err.value)
