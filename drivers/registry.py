@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from drivers.cjt188.config import Cjt188Connection
 from drivers.dlt645.config import Dlt645Connection
 from drivers.modbus_rtu.config import ModbusRtuConnection
 from drivers.modbus_tcp.config import ModbusTcpConnection
@@ -18,4 +19,5 @@ CONNECTIONS: dict[str, type[BaseModel]] = {
     "modbus_rtu": ModbusRtuConnection,
     "mqtt": MqttConnection,
     "dlt645": Dlt645Connection,
+    "cjt188": Cjt188Connection,
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from firmware_sim.cjt188 import ENERGY_UNITS as CJT188_ENERGY_UNITS
+from firmware_sim.cjt188 import Cjt188HeatMeter
 from firmware_sim.config import (
     DEFAULT_TOPICS,
     DeviceSpec,
@@ -22,7 +24,7 @@ from firmware_sim.device import Device, Endpoint
 from firmware_sim.dlt645_meter import MODULUS_WH as DLT645_MODULUS_WH
 from firmware_sim.dlt645_meter import Dlt645Responder
 from firmware_sim.line_contract import LineResponder
-from firmware_sim.meter import Meter
+from firmware_sim.meter import MWS_PER_WH, Meter
 from firmware_sim.physics import EvModel, HeatingModel, LoadModel, PvHouseModel, PvModel
 from firmware_sim.physics.noise import u01
 from firmware_sim.physics.sample import PowerModel
@@ -79,6 +81,8 @@ KINDS: dict[str, KindSpec] = {
     "abb": KindSpec(chargers.ABB_MODULUS_WH, _unit(_abb), per_session=True),
     "heat_meter": KindSpec(heatmeter.MODULUS_WH, _unit(lambda s: heatmeter.HeatMeterMap()), quantity="heat"),
     "dlt645_meter": KindSpec(DLT645_MODULUS_WH, lambda s: {}),
+    # modulus for a kWh meter; a cjt188_heat_meter's is that of its energy_unit (_modulus_wh)
+    "cjt188_heat_meter": KindSpec(1.0e9, lambda s: {}, quantity="heat"),
     "mqtt_tasmota": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
     "mqtt_plain": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
 }
@@ -130,7 +134,7 @@ def build_device(spec: DeviceSpec, fleet: FleetConfig, start: float) -> Device:
             step_s=fleet.step_s,
             interval_s=fleet.truth_interval_s,
             initial_wh=first,
-            modulus_wh=kind.modulus_wh,
+            modulus_wh=_modulus_wh(spec, kind),
             quantity=kind.quantity,
             channel=ch,
             per_session=kind.per_session,
@@ -149,14 +153,28 @@ def build_device(spec: DeviceSpec, fleet: FleetConfig, start: float) -> Device:
     )
 
 
+def _modulus_wh(spec: DeviceSpec, kind: KindSpec) -> float:
+    """Where the device's counter rolls over: a CJ/T 188 meter shows XXXXXX.XX of its unit."""
+    if spec.kind != "cjt188_heat_meter":
+        return kind.modulus_wh
+    _code, mws_per_step = CJT188_ENERGY_UNITS[spec.config.energy_unit]
+    return mws_per_step * 10**8 / MWS_PER_WH
+
+
 def _dlt645(device: Device, spec: DeviceSpec) -> LineResponder:
     assert spec.address is not None  # expand() gives every DL/T 645 meter its address
     return Dlt645Responder(device, spec.address)
 
 
+def _cjt188(device: Device, spec: DeviceSpec) -> LineResponder:
+    assert spec.address is not None  # expand() gives every CJ/T 188 meter its address
+    return Cjt188HeatMeter(device, spec.address, energy_unit=spec.config.energy_unit)
+
+
 # Kind -> how a device of that kind answers on a shared line (other kinds: Modbus RTU).
 LINE_RESPONDERS: dict[str, Callable[[Device, DeviceSpec], LineResponder]] = {
     "dlt645_meter": _dlt645,
+    "cjt188_heat_meter": _cjt188,
 }
 
 

@@ -31,6 +31,7 @@ DeviceKind = Literal[
     "abb",
     "heat_meter",
     "dlt645_meter",
+    "cjt188_heat_meter",
     "mqtt_tasmota",
     "mqtt_plain",
 ]
@@ -45,10 +46,12 @@ ALLOWED_PHYSICS: dict[str, frozenset[str]] = {
     "abb": frozenset({"ev"}),
     "heat_meter": frozenset({"heating"}),
     "dlt645_meter": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+    "cjt188_heat_meter": frozenset({"heating"}),
     "mqtt_tasmota": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "mqtt_plain": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
 }
-LINE_ONLY_KINDS = frozenset({"dlt645_meter"})  # kinds that only exist on a shared line
+LINE_ONLY_KINDS = frozenset({"dlt645_meter", "cjt188_heat_meter"})  # kinds only on a shared line
+ADDRESS_DIGITS = {"dlt645_meter": 12, "cjt188_heat_meter": 14}  # a line-only kind's address
 DEFAULT_TOPICS = {"mqtt_tasmota": "tele/{name}/SENSOR", "mqtt_plain": "puhui/{site}/{name}/reading"}
 
 
@@ -113,8 +116,9 @@ class DeviceConfig(Closed):
     port: int | Literal["auto"] = "auto"  # Modbus TCP port (same port = units behind one gateway)
     unit: int = Field(default=1, ge=1, le=247)
     rtu_bus: str | None = None  # serve over Modbus RTU on a pseudo-terminal bus of this name
-    line: str | None = None  # hang on this shared line of the site (DL/T 645; Modbus kinds answer RTU)
-    address: str | None = Field(default=None, pattern=r"^[0-9]{12}$")  # DL/T 645; + i with count
+    line: str | None = None  # hang on this shared line of the site (DL/T 645, CJ/T 188; Modbus: RTU)
+    address: str | None = Field(default=None, pattern=r"^[0-9]{12}([0-9]{2})?$")  # 12/14 digits; + i
+    energy_unit: Literal["kWh", "MWh", "GJ"] = "kWh"  # cjt188_heat_meter: the unit it counts heat in
     sockets: int = Field(default=2, ge=1, le=2)  # alfen only
     topic: str | None = None  # MQTT kinds: template with {site}, {name}
     interval_s: float = Field(default=10.0, gt=0)  # MQTT publish interval, simulated seconds
@@ -147,7 +151,12 @@ class DeviceConfig(Closed):
         if self.line is not None and (mqtt or self.port != "auto" or self.rtu_bus is not None):
             raise ValueError("a device on a line has no port, rtu_bus or MQTT topic")
         if self.address is not None and self.kind not in LINE_ONLY_KINDS:
-            raise ValueError("address is a DL/T 645 meter's; Modbus devices have a unit")
+            raise ValueError("address is a DL/T 645 or CJ/T 188 meter's; Modbus devices have a unit")
+        digits = ADDRESS_DIGITS.get(self.kind)
+        if self.address is not None and digits is not None and len(self.address) != digits:
+            raise ValueError(f"address of a {self.kind} has {digits} digits, got {self.address!r}")
+        if self.energy_unit != "kWh" and self.kind != "cjt188_heat_meter":
+            raise ValueError("energy_unit is a cjt188_heat_meter's")
 
 
 def _check_template(name: str) -> None:
@@ -257,7 +266,7 @@ class DeviceSpec:
     port: int | None  # None = auto
     index: int
     unit: int  # unit + index on an RTU bus or a line, else the configured unit
-    address: str | None = None  # DL/T 645: address + index, 12 digits
+    address: str | None = None  # DL/T 645 / CJ/T 188: address + index, 12 / 14 digits
 
     @property
     def kind(self) -> str:
@@ -276,7 +285,7 @@ def expand(fleet: FleetConfig) -> list[DeviceSpec]:
                 unit = dev.unit + i if dev.rtu_bus is not None or dev.line is not None else dev.unit
                 address = None
                 if dev.kind in LINE_ONLY_KINDS:
-                    address = f"{int(dev.address or dev.unit) + i:012d}"
+                    address = f"{int(dev.address or dev.unit) + i:0{ADDRESS_DIGITS[dev.kind]}d}"
                 out.append(DeviceSpec(site, dev, name, base + i, port, i, unit, address))
     return out
 

@@ -28,6 +28,10 @@ from pydantic import (
 )
 
 from common.yaml_models import Issue, PathPart, issues_from, read_yaml, suggest
+from drivers.cjt188.config import DEFAULT_QUANTITIES as CJT188_DEFAULT_QUANTITIES
+from drivers.cjt188.config import QUANTITIES as CJT188_QUANTITIES
+from drivers.cjt188.config import Cjt188MeterSettings
+from drivers.cjt188.units import UNITS as CJT188_UNITS
 from drivers.dlt645.config import Dlt645Connection
 from drivers.dlt645.identifiers import DEFAULT_READ, ITEMS, DataItem, item_quantities
 from drivers.line.config import LineConfig
@@ -195,7 +199,34 @@ class Dlt645Meter(MeterBase):
         return tuple(ITEMS[name] for name in self.read)
 
 
-Meter = Annotated[ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter, Field(discriminator="driver")]
+# The energy units a CJ/T 188 meter may count in (its unit code's symbol), kWh per unit.
+CJT188_ENERGY_UNITS = {u.symbol: float(u.factor) for u in CJT188_UNITS.values() if u.kind == "energy"}
+
+
+class Cjt188Meter(MeterBase, Cjt188MeterSettings):
+    """A CJ/T 188 heat meter on a shared line: the driver's settings (connection,
+    quantities, poll_s, policy) with the common meter fields, and the unit its energy
+    counters count in (which sets where they roll over: 10^6 of that unit)."""
+
+    driver: Literal["cjt188"]
+    energy_unit: str = Field(default="kWh", description="unit of the meter's energy counters (nameplate)")
+
+    @field_validator("energy_unit")
+    @classmethod
+    def _energy_unit(cls, unit: str) -> str:
+        if unit not in CJT188_ENERGY_UNITS:
+            hint = suggest(unit, list(CJT188_ENERGY_UNITS))
+            raise ValueError(
+                f"{unit!r} is not a CJ/T 188 energy unit"
+                + (f" ({hint}?)" if hint else "")
+                + f"; known: {', '.join(CJT188_ENERGY_UNITS)}"
+            )
+        return unit
+
+
+Meter = Annotated[
+    ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter, Field(discriminator="driver")
+]
 
 
 class SiteConfig(Closed):
@@ -254,6 +285,8 @@ def meter_quantities(meter: MeterBase, profiles: Mapping[str, Profile]) -> set[s
         return set(meter.source.fields)
     if isinstance(meter, Dlt645Meter):
         return set(item_quantities(meter.items()))
+    if isinstance(meter, Cjt188Meter):
+        return set(meter.quantities)
     assert isinstance(meter, ModbusMeterBase)
     if meter.profile is None:
         return {f.quantity for f in meter.registers if f.quantity}
@@ -338,7 +371,11 @@ def _line_issues(data: dict[str, Any]) -> list[Issue]:
     return issues + _on_line_issues(data, lines)
 
 
-LINE_DRIVERS = {"modbus_rtu": "unit_id", "dlt645": "address"}  # driver -> its address on a line
+LINE_DRIVERS = {
+    "modbus_rtu": "unit_id",
+    "dlt645": "address",
+    "cjt188": "address",
+}  # driver -> its address on a line
 
 
 def _on_line_issues(data: dict[str, Any], lines: list[Any]) -> list[Issue]:
@@ -402,6 +439,12 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
             else []
         )
         return {f.quantity: item.group for item in items for f in item.fields} if items else None
+    if m.get("driver") == "cjt188":
+        quantities = m.get("quantities", CJT188_DEFAULT_QUANTITIES)
+        known = (
+            [q for q in quantities if q in CJT188_QUANTITIES] if isinstance(quantities, list | tuple) else []
+        )
+        return {q: "" for q in known} or None  # none known: the quantities error says it
     if m.get("driver") == "mqtt":
         source = m.get("source")
         fields = source.get("fields") if isinstance(source, dict) else None
@@ -566,6 +609,39 @@ def dlt645_series_specs(meter: Dlt645Meter) -> list[SeriesSpec]:
             stats_unit=stats.unit if stats is not None else "",
         ))  # fmt: skip
     return out
+
+
+CJT188_COUNTER_DIGITS = 10**6  # XXXXXX.XX of the meter's unit, XXXXXX h
+
+
+def cjt188_series_specs(meter: Cjt188Meter) -> list[SeriesSpec]:
+    """The interval builder's series for a CJ/T 188 meter's counted quantities. Energy
+    arrives in kWh and rolls over at 10^6 of the meter's own unit (1,000,000 kWh for a kWh
+    meter, 277,777,777.8 kWh for a GJ one); volume's unit is the meter's, so no modulus."""
+    stats = CJT188_QUANTITIES.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        spec = CJT188_QUANTITIES[q]
+        if spec.kind == "info":
+            continue
+        if spec.kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, spec.unit, "gauge", meter.poll_s))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, spec.unit, "counter", meter.poll_s,
+            modulus=_cjt188_modulus(meter, q),
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, spec.unit),
+            stats_quantity=meter.stats_quantity if stats is not None and stats.kind == "gauge" else None,
+            stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
+
+
+def _cjt188_modulus(meter: Cjt188Meter, quantity: str) -> float | None:
+    if quantity in ("heat_energy", "cooling_energy"):
+        return CJT188_COUNTER_DIGITS * CJT188_ENERGY_UNITS[meter.energy_unit]
+    return float(CJT188_COUNTER_DIGITS) if quantity == "operating_hours" else None
 
 
 def _modulus(meter: MeterBase, f: RegisterField) -> float | None:

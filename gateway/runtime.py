@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common.clock import Clock
+from drivers.cjt188.source import Cjt188Source
 from drivers.contract import PollSource, Sample
 from drivers.dlt645.source import Dlt645Source
 from drivers.line.owner import LineOwner
@@ -42,12 +43,14 @@ from drivers.modbus_tcp.driver import TcpConnections, tcp_policy, tcp_reader, tc
 from drivers.mqtt.driver import MqttSubscriber
 from evidence.records import IntervalRecord
 from gateway.config import (
+    Cjt188Meter,
     Dlt645Meter,
     ModbusMeterBase,
     ModbusRtuMeter,
     ModbusTcpMeter,
     MqttMeter,
     SiteConfig,
+    cjt188_series_specs,
     dlt645_series_specs,
     mqtt_series_specs,
     series_specs,
@@ -136,6 +139,7 @@ class Plan:
     modbus: tuple[ModbusMeterBase, ...]
     mqtt: tuple[MqttMeter, ...]
     dlt645: tuple[Dlt645Meter, ...] = ()
+    cjt188: tuple[Cjt188Meter, ...] = ()
 
 
 def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
@@ -144,6 +148,7 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
     modbus: list[ModbusMeterBase] = []
     mqtt: list[MqttMeter] = []
     dlt645: list[Dlt645Meter] = []
+    cjt188: list[Cjt188Meter] = []
     for meter in site.meters:
         if not meter.enabled:
             continue
@@ -155,10 +160,14 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
             dlt645.append(meter)
             series.extend(dlt645_series_specs(meter))
             continue
+        if isinstance(meter, Cjt188Meter):
+            cjt188.append(meter)
+            series.extend(cjt188_series_specs(meter))
+            continue
         assert isinstance(meter, ModbusMeterBase)
         modbus.append(meter)
         series.extend(series_specs(meter, static_fields(meter, profiles)))
-    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645))
+    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645), tuple(cjt188))
 
 
 def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
@@ -255,7 +264,7 @@ def _transport(
 def used_lines(plan: Plan) -> set[str]:
     """The ids of the lines the plan's meters hang on (only those are opened)."""
     rtu = {m.connection.line for m in plan.modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
-    return rtu | {m.connection.line for m in plan.dlt645}
+    return rtu | {m.connection.line for m in plan.dlt645} | {m.connection.line for m in plan.cjt188}
 
 
 def dlt645_source(meter: Dlt645Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Dlt645Source:
@@ -263,6 +272,14 @@ def dlt645_source(meter: Dlt645Meter, lines: Mapping[str, LineOwner], clock: Clo
     line = lines[meter.connection.line]
     timeout = meter.connection.timeout_s or line.config.timeout_s
     return Dlt645Source(meter.id, meter.connection.address, meter.items(), line, clock, timeout_s=timeout)
+
+
+CJT188_POLL_GROUP = "all"  # one request reads the whole block: one poll group
+
+
+def cjt188_source(meter: Cjt188Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Cjt188Source:
+    """The poll source of a CJ/T 188 heat meter on its line's owner."""
+    return Cjt188Source.from_settings(meter.id, meter, lines[meter.connection.line], clock)
 
 
 def next_close(now: float, interval_s: int, grace_s: float) -> float:
@@ -320,6 +337,10 @@ class Gateway:
             self._schedules += [
                 Schedule(dlt645_source(m, self.lines, self.clock), m.poll) for m in self.plan.dlt645
             ]
+            self._schedules += [
+                Schedule(cjt188_source(m, self.lines, self.clock), {CJT188_POLL_GROUP: m.poll_s})
+                for m in self.plan.cjt188
+            ]
             if self._schedules:
                 self.poller = await stack.enter_async_context(Poller(self._schedules, self._take, self.clock))
             for connection, meters in _by_connection(self.plan.mqtt).items():
@@ -336,9 +357,10 @@ class Gateway:
             self._closer = group.create_task(self._close_loop(first), name=f"closer:{self.site.gateway.id}")
             self._stack = stack.pop_all()
         log.info(
-            "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d MQTT meter(s), %d series, "
-            "%d-min intervals", self.site.gateway.id, len(self.plan.modbus), len(self.plan.dlt645),
-            len(self.plan.mqtt), len(self.plan.series), self.site.interval_minutes,
+            "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d CJ/T 188 meter(s), "
+            "%d MQTT meter(s), %d series, %d-min intervals", self.site.gateway.id, len(self.plan.modbus),
+            len(self.plan.dlt645), len(self.plan.cjt188), len(self.plan.mqtt), len(self.plan.series),
+            self.site.interval_minutes,
         )  # fmt: skip
         return self
 

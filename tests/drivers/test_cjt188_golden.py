@@ -87,7 +87,10 @@ def test_golden_block(case: str) -> None:
 def test_readme_sample_config_loads() -> None:
     text = (CASES.parent / "README.md").read_text()
     block = text.split("## Sample config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
-    settings = Cjt188MeterSettings.model_validate(yaml.safe_load(block))
+    (meter,) = yaml.safe_load(block)["meters"]  # a site fragment: the settings + the gateway's fields
+    settings = Cjt188MeterSettings.model_validate(
+        {k: v for k, v in meter.items() if k in Cjt188MeterSettings.model_fields}
+    )
     assert (
         settings.connection.wire_address.digits == "00000012345678" and settings.connection.type_code == 0x20
     )

@@ -64,11 +64,14 @@ MODBUS_RTU_CASES = Path(drivers.modbus_rtu.driver.__file__).resolve().parent / "
 MQTT_CASES = Path(drivers.mqtt.driver.__file__).resolve().parent / "testcases"
 # DL/T 645 cases (frames, not registers) run in tests/drivers/test_dlt645_golden.py
 DLT645_CASES = REPO / "drivers" / "dlt645" / "testcases"
+# CJ/T 188 cases (frames) run in tests/drivers/test_cjt188_golden.py
+CJT188_CASES = REPO / "drivers" / "cjt188" / "testcases"
 CASES = {
     "modbus_tcp": MODBUS_TCP_CASES,
     "modbus_rtu": MODBUS_RTU_CASES,
     "mqtt": MQTT_CASES,
     "dlt645": DLT645_CASES,
+    "cjt188": CJT188_CASES,
 }
 PROFILES = load_profiles()
 POLL_CLOCK = 1_736_899_200.0  # 2025-01-15T00:00:00Z: the Modbus poll's clock time
