@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import Clock, FastClock, SystemClock
+from common.sdnotify import NotifyError, ServiceNotifier
 from drivers.contract import Invalid
 from drivers.errors import DriverError
 from drivers.modbus.decode import ProbeLine, RegisterType, probe
@@ -195,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         site = site.model_copy(update={"status": site.status.model_copy(update={"port": args.status_port})})
     try:
         asyncio.run(run_until_stopped(site, dry_run=args.dry_run))
-    except (EvidenceError, GatewayError, DriverError, BaseExceptionGroup) as exc:
+    except (EvidenceError, GatewayError, DriverError, NotifyError, BaseExceptionGroup) as exc:
         return _failed_run(args.config, exc)
     return 0
 
@@ -204,10 +205,12 @@ def _failed_run(config: Path, exc: BaseException) -> int:
     """Report why ``run`` stopped, one line per distinct error (tasks that failed together
     arrive as an exception group). Not our error: re-raised, a bug shows its traceback."""
     errors = _leaves(exc)
-    if not all(isinstance(e, EvidenceError | GatewayError | DriverError) for e in errors):
+    if not all(isinstance(e, EvidenceError | GatewayError | DriverError | NotifyError) for e in errors):
         raise exc
     for message in dict.fromkeys(str(e) for e in errors):
         print(f"puhui gateway: {config}: {message}", file=sys.stderr)
+    if any(isinstance(e, NotifyError) for e in errors):
+        return 1  # systemd's socket, not the config
     if any(isinstance(e, EvidenceStoreError) for e in errors):
         print(
             "puhui gateway: stopped; what was committed stays in the state directory and the counters "
@@ -233,6 +236,7 @@ async def run_until_stopped(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     clock = make_clock(site)
+    notifier = ServiceNotifier()  # systemd Type=notify: READY=1 once polling, then watchdog pings
     try:
         async with contextlib.AsyncExitStack() as stack:
             sink, evidence_status = await _open_sink(stack, site, clock, dry_run)
@@ -241,8 +245,11 @@ async def run_until_stopped(
                 await stack.enter_async_context(
                     StatusServer(site.status, lambda: status_of(gateway, evidence_status()))
                 )
+            await stack.enter_async_context(notifier)
+            notifier.ready(f"gateway {site.gateway.id}: polling {len(site.meters)} meter(s)")
             await stop.wait()
             log.info("gateway %s: stopping", site.gateway.id)
+            notifier.stopping()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
