@@ -49,6 +49,7 @@ from drivers.modbus.profiles import load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
+from gateway.clock_guard import AssumeSynchronised, ClockGuard, KernelSync, SyncSource, build_floor
 from gateway.commission import (
     LINK_FAILURES,
     Answer,
@@ -154,6 +155,16 @@ def make_clock(site: SiteConfig) -> Clock:
     return SystemClock()
 
 
+def make_clock_guard(site: SiteConfig, clock: Clock, source: SyncSource | None = None) -> ClockGuard | None:
+    """The guard of a system clock (kernel sync state unless ``require_sync: false``, and the
+    build floor); None for simulated time, which is what the simulation says it is."""
+    if isinstance(site.clock, FastClockConfig):
+        return None
+    if source is None:
+        source = KernelSync() if site.clock.require_sync else AssumeSynchronised()
+    return ClockGuard(clock, source, floor=build_floor(), gateway=site.gateway.id)
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         site = _load(args.config)
@@ -228,19 +239,27 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def run_until_stopped(
-    site: SiteConfig, *, dry_run: bool = False, stop: asyncio.Event | None = None
+    site: SiteConfig,
+    *,
+    dry_run: bool = False,
+    stop: asyncio.Event | None = None,
+    sync_source: SyncSource | None = None,
 ) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set). ``sync_source``: where the
+    clock guard reads the clock's sync state (default: the kernel)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     clock = make_clock(site)
+    guard = make_clock_guard(site, clock, sync_source)
     notifier = ServiceNotifier()  # systemd Type=notify: READY=1 once polling, then watchdog pings
     try:
         async with contextlib.AsyncExitStack() as stack:
-            sink, evidence_status = await _open_sink(stack, site, clock, dry_run)
-            gateway = await stack.enter_async_context(Gateway(site, clock=clock, sink=sink))
+            sink, evidence_status = await _open_sink(stack, site, clock, guard, dry_run)
+            gateway = await stack.enter_async_context(
+                Gateway(site, clock=clock, sink=sink, clock_guard=guard)
+            )
             if site.status.enabled:
                 await stack.enter_async_context(
                     StatusServer(site.status, lambda: status_of(gateway, evidence_status()))
@@ -256,7 +275,7 @@ async def run_until_stopped(
 
 
 async def _open_sink(
-    stack: contextlib.AsyncExitStack, site: SiteConfig, clock: Clock, dry_run: bool
+    stack: contextlib.AsyncExitStack, site: SiteConfig, clock: Clock, guard: ClockGuard | None, dry_run: bool
 ) -> tuple[IntervalSink, Any]:
     if dry_run:
         log.warning("gateway %s: dry run: intervals stay in memory, nothing is sealed", site.gateway.id)
@@ -273,7 +292,9 @@ async def _open_sink(
     finally:
         store.close()
     key = load_private_key(Path(evidence.key_file))
-    pipeline = EvidencePipeline(evidence, site.uplink, gateway_id=site.gateway.id, key=key, clock=clock)
+    pipeline = EvidencePipeline(
+        evidence, site.uplink, gateway_id=site.gateway.id, key=key, clock=clock, clock_guard=guard
+    )
     await stack.enter_async_context(pipeline)
     return pipeline, pipeline.status
 
@@ -286,7 +307,12 @@ def status_of(gateway: Gateway, evidence: Mapping[str, Any] | None) -> dict[str,
         mqtt.update(subscriber.health)
     counts = dict(vars(gateway.builder.counts))
     counts["closed"] = gateway.closed_intervals
-    return gateway_status(gateway.site.gateway.id, gateway.site.gateway.site, devices, mqtt, counts, evidence)
+    counts["held_back_samples"] = gateway.held_back_samples
+    guard = gateway.clock_guard
+    clock = guard.status() if guard is not None else {"ok": True, "detail": "simulated time (fast clock)"}
+    return gateway_status(
+        gateway.site.gateway.id, gateway.site.gateway.site, devices, mqtt, counts, evidence, clock=clock
+    )
 
 
 def _keygen(args: argparse.Namespace) -> int:

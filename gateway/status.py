@@ -111,6 +111,14 @@ def prometheus_text(status: Mapping[str, Any]) -> str:
     for key, value in sorted(status.get("intervals", {}).items()):
         if isinstance(value, int | float):
             m.add(f"puhui_intervals_{key}_total", "counter", f"interval builder: {key}", value)
+    clock = status.get("clock", {})
+    if "ok" in clock:
+        m.add(
+            "puhui_clock_good",
+            "gauge",
+            "1 while the clock is trusted to stamp and seal",
+            float(bool(clock["ok"])),
+        )
     for key, value in sorted(status.get("evidence", {}).items()):
         if isinstance(value, bool):
             value = float(value)
@@ -201,6 +209,8 @@ def gateway_status(
     mqtt: Mapping[str, Any],
     intervals: Any,
     evidence: Mapping[str, Any] | None,
+    *,
+    clock: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status document (see module docstring)."""
     return {
@@ -210,6 +220,7 @@ def gateway_status(
         "mqtt": plain(mqtt),
         "intervals": plain(intervals),
         "evidence": plain(evidence or {}),
+        "clock": plain(clock or {}),
     }
 
 
