@@ -8,6 +8,8 @@
                                                   # one block: raw words and every decoding
     puhui gateway scan --serial /dev/ttyUSB0 --baud 9600 --units 1-32
                                                   # which unit ids answer on a bus
+    puhui gateway init --serial /dev/ttyUSB0 --gateway-id gw-1 --site s --owner puhui
+                                                  # config from a scan, key, enrolment
     puhui gateway run --config site.yaml          # until SIGTERM / Ctrl-C
     puhui gateway keygen --config site.yaml       # the gateway's P-256 key (0600, never overwritten)
     puhui gateway enrol --config site.yaml --out enrolment.json
@@ -66,6 +68,7 @@ from gateway.commission import (
 )
 from gateway.config import FastClockConfig, SiteConfig, load_site
 from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
+from gateway.evidence_config import DEFAULT_KEY_FILE, DEFAULT_STATE_DIR
 from gateway.runtime import Gateway, IntervalSink, MemorySink
 from gateway.status import StatusServer, gateway_status
 
@@ -115,6 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--sunspec", action="store_true", help="look for the SunSpec marker on units that answer")
     p.set_defaults(func=_scan)
 
+    _add_init_parser(sub)
+
     p = sub.add_parser("run", help="run acquisition (and the evidence pipeline) until stopped")
     p.add_argument("--config", type=Path, required=True, help="site YAML")
     p.add_argument(
@@ -138,6 +143,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="site YAML")
     p.add_argument("--out", type=Path, help="file to write (default: stdout)")
     p.set_defaults(func=_enrol)
+
+
+def _add_init_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "init", help="write a first site config from a scan, create the key, write the enrolment"
+    )
+    _add_target_arguments(p)
+    p.add_argument("--units", type=_unit_list, default=list(range(1, 248)), help="default 1-247")
+    p.add_argument("--timeout", type=_seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
+    p.add_argument("--gateway-id", required=True, help="letters, digits, . _ - (used in MQTT topics)")
+    p.add_argument("--site", required=True, help="the site's name, as the operator knows it")
+    p.add_argument("--config", type=Path, default=Path("/etc/puhui/site.yaml"), help="file to write")
+    p.add_argument("--key-file", default=DEFAULT_KEY_FILE, help=f"default {DEFAULT_KEY_FILE}")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}")
+    p.add_argument("--enrolment", type=Path, help="default: enrolment.json beside the config")
+    p.add_argument("--owner", help="the services' user (puhui): owns the key, reads the config")
+    p.add_argument("--force", action="store_true", help="replace an existing config (never the key)")
+    p.add_argument("--mqtt-host", help="also list the MQTT topics published on this broker")
+    p.add_argument("--mqtt-port", type=_bounded("TCP port", 1, 65535), default=1883)
+    p.add_argument("--mqtt-wait", type=_seconds(600), default=10.0, metavar="S", help="default 10 s")
+    p.set_defaults(func=_init, address=0, count=1)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from gateway.siteinit import init_site
+
+    try:
+        target = _target(args) if args.host is not None or args.serial is not None else None
+    except UsageError as exc:
+        return _fail(f"init: {exc}")
+    if target is None:
+        return _fail("init: give --host (Modbus TCP) or --serial (Modbus RTU) to scan")
+    _quiet_pymodbus()
+    return init_site(args, target, on_unit=_print_unit, enrol=enrolment_for)
 
 
 def _fail(message: str) -> int:
@@ -602,11 +641,23 @@ def _check_live(site: SiteConfig, mqtt_wait_s: float) -> int:
     checks = asyncio.run(check_live(site, load_profiles(), clock, mqtt_wait_s=mqtt_wait_s))
     for check in checks:
         _print_check(check)
+    print(_key_line(site))
     failed = [c.meter for c in checks if not c.ok]
     warned = sum(len(c.warnings) for c in checks)
     summary = f"{len(checks) - len(failed)} of {len(checks)} meter(s) ok, {warned} warning(s)"
     print(summary + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _key_line(site: SiteConfig) -> str:
+    """The signing key the gateway will use, by the id its enrolment carries."""
+    from evidence.keys import load_private_key
+
+    path = site.evidence.key_file
+    try:
+        return f"  key {path}: key id {load_private_key(Path(path)).key_id} (compare with the enrolment)"
+    except EvidenceError as exc:
+        return f"  key: {exc} (puhui gateway keygen makes one)"
 
 
 def _print_check(check: MeterCheck) -> None:
