@@ -347,11 +347,25 @@ def status_of(gateway: Gateway, evidence: Mapping[str, Any] | None) -> dict[str,
     counts = dict(vars(gateway.builder.counts))
     counts["closed"] = gateway.closed_intervals
     counts["held_back_samples"] = gateway.held_back_samples
+    counts["last_end"] = gateway.last_closed_end
     guard = gateway.clock_guard
     clock = guard.status() if guard is not None else {"ok": True, "detail": "simulated time (fast clock)"}
     return gateway_status(
-        gateway.site.gateway.id, gateway.site.gateway.site, devices, mqtt, counts, evidence, clock=clock
-    )
+        gateway.site.gateway.id, gateway.site.gateway.site, devices, mqtt, counts, evidence, clock=clock,
+        readings=_readings(gateway),
+    )  # fmt: skip
+
+
+def _readings(gateway: Gateway) -> dict[str, dict[str, dict[str, Any]]]:
+    units = gateway.reading_units()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for meter, samples in gateway.last_readings.items():
+        out[meter] = {
+            q: {"value": s.value if not isinstance(s.value, Invalid) else str(s.value),
+                "unit": units.get((meter, q), ""), "at": s.time}
+            for q, s in samples.items()
+        }  # fmt: skip
+    return out
 
 
 def _keygen(args: argparse.Namespace) -> int:

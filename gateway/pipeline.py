@@ -153,6 +153,7 @@ class EvidencePipeline:
             "connected": int(up is not None and up.connected),
             "inflight": 0 if up is None else up.inflight,
             "last_reject": None if up is None else up.last_reject,
+            "key_id": self._key.key_id,
         }
         counts = vars(up.counts) if up is not None else {}
         for name in (

@@ -237,6 +237,7 @@ class Gateway:
         self.last_readings: dict[str, dict[str, Sample]] = {}
         self.held_back_samples = 0  # read while the clock was not good: not in any interval
         self._fresh_when_good = False  # a fresh builder made on a bad clock: remade once it is good
+        self.last_closed_end: int | None = None  # end of the latest interval handed to the sink
 
     def _new_builder(self) -> IntervalBuilder:
         site = self.site
@@ -336,7 +337,22 @@ class Gateway:
         nothing while the clock guard says time is not good (its boundaries would be wrong)."""
         if not self._clock_good():
             return []
-        return await self.handover.close_due()
+        records = await self.handover.close_due()
+        if records:
+            self.last_closed_end = max(r.end for r in records)
+        return records
+
+    def reading_units(self) -> dict[tuple[str, str], str]:
+        """(meter, quantity) -> unit, for every field the plan knows (SunSpec: the mapping's)."""
+        units: dict[tuple[str, str], str] = {}
+        for meter in self.plan.modbus:
+            for f in static_fields(meter, self.profiles):
+                if f.quantity:
+                    units[(meter.id, f.quantity)] = f.unit
+        for m in self.plan.mqtt:
+            units.update({(m.id, q): f.unit for q, f in m.source.fields.items()})
+        units.update({(s.meter, s.quantity): s.unit for s in self.plan.series})
+        return units
 
 
 def _by_connection(meters: Sequence[MqttMeter]) -> dict[Any, list[MqttMeter]]:
