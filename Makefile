@@ -1,13 +1,14 @@
 # puhui: two commands from a fresh clone (see README):
 #   make demo   simulated site -> gateway -> aggregator -> InfluxDB -> reductions
 #   make test   ruff, mypy and the test suite (real Mosquitto and InfluxDB on loopback)
+#   make deb    the Debian package in build/ (DEB_ARCH=arm64 for a Raspberry Pi; docs/install.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench system-deps venv clean
+.PHONY: demo test lint typecheck pytest bench system-deps venv clean deb
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,11 @@ test: lint typecheck pytest
 
 bench: venv system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+DEB_ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+
+deb: venv
+	PYTHON=$(BIN)/python packaging/build-deb --arch $(DEB_ARCH) --out build
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -32,6 +32,7 @@ from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
+from common.sdnotify import NotifyError, ServiceNotifier
 from evidence import cli as evidence_cli
 from evidence.errors import EvidenceError
 
@@ -106,7 +107,9 @@ def _run(args: argparse.Namespace) -> int:
             assert task is not None
             # SIGTERM (systemd, docker stop) ends the run like Ctrl-C: tasks cancelled, store closed.
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-            async with Aggregator(config) as agg:
+            # systemd Type=notify: ready once the store, registry and tasks are up; watchdog pings
+            async with Aggregator(config) as agg, ServiceNotifier() as notifier:
+                notifier.ready("aggregator: verifying batches")
                 await agg.run_forever()
 
         asyncio.run(main())
@@ -114,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     except ConfigError as exc:
         return _config_error(exc)
-    except (AggregatorError, EvidenceError) as exc:
+    except (AggregatorError, EvidenceError, NotifyError) as exc:
         return _fail(str(exc))
     return 0
 

@@ -131,6 +131,8 @@ class LimitSettings(_Closed):
     max_batch_bytes: int = Field(default=8_000_000, ge=1024)
     record_skew_s: float = Field(default=300.0, ge=0)  # record timestamps vs the batch's created_ms
     batch_ahead_s: float = Field(default=300.0, ge=0)  # batch created_ms ahead of the aggregator clock
+    # created_ms of a batch vs the one before it in the chain: back at all, or forward by more
+    clock_jump_s: float = Field(default=7 * 86400.0, gt=0)
     kept_rejected_bytes: int = Field(default=4096, ge=0)  # of a refused payload: this prefix and its hash
     rejection_rows_per_source: int = Field(default=1000, ge=1)  # then refusals are only counted
 

@@ -47,7 +47,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.errors import KeyRejected, StoreConflict, StoreError
 from aggregator.influx import LineProtocolError
 from aggregator.influx_writer import batch_line, interval_lines, lines_bytes
-from aggregator.plausibility import CounterState, check_intervals
+from aggregator.plausibility import CounterState, check_intervals, clock_jumped
 from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, EvidenceStore, IntervalRow, Rejection
@@ -174,6 +174,7 @@ class BatchIngest:
         self._on_progress = on_progress
         self._chains: dict[str, ChainTracker] = {}
         self._counters: dict[str, CounterState] = {}
+        self._created: dict[str, tuple[int, int]] = {}  # gateway -> (seq, created_ms) last staged
         self._gen: Counter[str] = Counter()
         self._inflight: Counter[str] = Counter()  # staged, not yet answered, per gateway
         self.stats = IngestStats()
@@ -328,17 +329,27 @@ class BatchIngest:
             return
         if step.verdict is ChainVerdict.FORK:
             raise _Refused(RejectReason.FORK, f"{h.label}: {step.reason}", h)
-        item.accepted, records = self._prepare(sealed, digest, step.verdict.value, step.missing, now_ms)
+        previous = await self._previous_created(h) if step.verdict is ChainVerdict.APPEND else None
+        item.accepted, records = self._prepare(
+            sealed, digest, step.verdict.value, step.missing, now_ms, previous
+        )
         try:
             item.lines = self._lines(item.accepted, records, h)
         except LineProtocolError as exc:  # stored all the same; the InfluxDB writer parks it
             log.error("%s: cannot be written to InfluxDB: %s", h.label, exc)
         tracker.observe(h, digest)
+        self._created[gateway] = (h.seq, h.created_ms)
         self._counter_state(gateway).update(item.accepted.counters)
         self._inflight[gateway] += 1
 
     def _prepare(
-        self, sealed: SealedBatch, digest: str, verdict: str, missing: tuple[int, ...], now_ms: int
+        self,
+        sealed: SealedBatch,
+        digest: str,
+        verdict: str,
+        missing: tuple[int, ...],
+        now_ms: int,
+        previous_created_ms: int | None = None,
     ) -> tuple[AcceptedBatch, list[Interval]]:
         h = sealed.header
         try:
@@ -359,7 +370,11 @@ class BatchIngest:
             now_ms=now_ms,
             settings=self._config.plausibility,
             limits=self._config.limits,
+            previous_created_ms=previous_created_ms,
         )
+        if clock_jumped(previous_created_ms, h.created_ms, self._config.limits):
+            log.warning("gateway %s batch #%s: clock jumped: created %+d ms from batch #%s",
+                        h.gateway, h.seq, h.created_ms - (previous_created_ms or 0), h.seq - 1)  # fmt: skip
         rows = [
             IntervalRow(i, r.meter, r.quantity, r.start, r.end, found)
             for (i, r), found in zip(intervals, issues, strict=True)
@@ -503,6 +518,14 @@ class BatchIngest:
             tracker.observe(BatchHeader(gateway, "", seq, prev, 0, 0, ""), digest)
         return tracker
 
+    async def _previous_created(self, h: BatchHeader) -> int | None:
+        """created_ms of the batch before ``h`` in the chain (staged or stored), if known."""
+        last = self._created.get(h.gateway)
+        if last is not None and last[0] == h.seq - 1:
+            return last[1]
+        created: int | None = await self._run_db(self._store.batch_created_ms, h.gateway, h.seq - 1)
+        return created
+
     def _counter_state(self, gateway: str) -> CounterState:
         state = self._counters.get(gateway)
         if state is None:
@@ -514,6 +537,7 @@ class BatchIngest:
         self._gen[gateway] += 1
         self._chains.pop(gateway, None)
         self._counters.pop(gateway, None)
+        self._created.pop(gateway, None)
 
     def _forget_all(self) -> None:
         for gateway in set(self._chains) | set(self._counters) | set(self._inflight):

@@ -23,6 +23,9 @@ Issue codes (docs/aggregator.md):
                          before the interval started
 ``batch_time_ahead``     the batch's ``created_ms`` is ahead of the aggregator clock by
                          more than ``batch_ahead_s``
+``gateway_clock_jump``   the batch's ``created_ms`` is earlier than that of the batch just
+                         before it in the chain (seq - 1), or later by more than
+                         ``clock_jump_s``: the gateway's clock jumped
 ``low_coverage``         samples / expected below ``min_coverage`` (or nothing expected)
 ``excess_samples``       more samples than the poll schedule allows
 ``stats_inconsistent``   not min <= avg <= max
@@ -58,21 +61,26 @@ def check_intervals(
     now_ms: int,
     settings: PlausibilitySettings,
     limits: LimitSettings,
+    previous_created_ms: int | None = None,
 ) -> tuple[list[tuple[str, ...]], CounterState]:
     """Issues for each record (same order), and the counter state after them.
 
+    ``previous_created_ms``: of the batch with seq - 1 when known (for ``gateway_clock_jump``).
     ``state`` is not modified; the returned state holds only the keys that moved.
     """
     ahead = created_ms - now_ms > limits.batch_ahead_s * 1000
+    jumped = clock_jumped(previous_created_ms, created_ms, limits)
     latest_ms = created_ms + limits.record_skew_s * 1000
     issues: list[list[str]] = [[] for _ in records]
     for i, r in enumerate(records):
         meter = meters.get(r.meter)
-        if not ahead and meter is not None and _clean(r, meter, latest_ms, settings):
+        if not ahead and not jumped and meter is not None and _clean(r, meter, latest_ms, settings):
             continue  # the common case, decided in one expression; the checks below say why not
         found = issues[i]
         if ahead:
             found.append("batch_time_ahead")
+        if jumped:
+            found.append("gateway_clock_jump")
         if meter is None:
             found.append("unknown_meter")
         _check_times(r, latest_ms, found)
@@ -82,6 +90,13 @@ def check_intervals(
             _check_counter(r, meter, settings, found)
     moved = _check_continuity(records, state, settings, issues)
     return [tuple(sorted(x)) if x else () for x in issues], moved
+
+
+def clock_jumped(previous_ms: int | None, created_ms: int, limits: LimitSettings) -> bool:
+    """A gateway clock that went back between two consecutive batches, or far forward."""
+    if previous_ms is None:
+        return False
+    return created_ms < previous_ms or created_ms - previous_ms > limits.clock_jump_s * 1000
 
 
 def _clean(r: Interval, meter: MeterInfo, latest_ms: float, settings: PlausibilitySettings) -> bool:

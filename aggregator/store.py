@@ -217,6 +217,7 @@ class EvidenceStore(Protocol):
     def gateways(self) -> list[GatewayEntry]: ...
     def registry_version(self) -> int: ...
     def highest_seq(self, gateway: str) -> int: ...
+    def batch_created_ms(self, gateway: str, seq: int) -> int | None: ...
     def pending_influx(
         self, limit: int, known: Container[int] = (), exclude: Collection[int] = ()
     ) -> list[PendingBatch]: ...
@@ -694,6 +695,11 @@ class SQLiteEvidenceStore:
         leaves of the checkpoint log (:mod:`aggregator.checkpoints`)."""
         rows = self._read("SELECT gateway, seq, header_sha256 FROM batches ORDER BY id")
         return [(str(g), int(s), str(h)) for g, s, h in rows]
+
+    def batch_created_ms(self, gateway: str, seq: int) -> int | None:
+        """The creation time (gateway clock) of a stored batch, or None."""
+        rows = self._read("SELECT created_ms FROM batches WHERE gateway = ? AND seq = ?", (gateway, seq))
+        return int(rows[0][0]) if rows else None
 
     def highest_seq(self, gateway: str) -> int:
         [(top,)] = self._read("SELECT coalesce(max(seq), 0) FROM batches WHERE gateway = ?", (gateway,))

@@ -8,6 +8,8 @@
                                                   # one block: raw words and every decoding
     puhui gateway scan --serial /dev/ttyUSB0 --baud 9600 --units 1-32
                                                   # which unit ids answer on a bus
+    puhui gateway init --serial /dev/ttyUSB0 --gateway-id gw-1 --site s --owner puhui
+                                                  # config from a scan, key, enrolment
     puhui gateway run --config site.yaml          # until SIGTERM / Ctrl-C
     puhui gateway keygen --config site.yaml       # the gateway's P-256 key (0600, never overwritten)
     puhui gateway enrol --config site.yaml --out enrolment.json
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import Clock, FastClock, SystemClock
+from common.sdnotify import NotifyError, ServiceNotifier
 from drivers.contract import Invalid
 from drivers.errors import DriverError
 from drivers.line.config import SerialLineConfig, TcpServerLineConfig, describe_line
@@ -50,6 +53,7 @@ from drivers.modbus.profiles import load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
+from gateway.clock_guard import AssumeSynchronised, ClockGuard, KernelSync, SyncSource, build_floor
 from gateway.commission import (
     LINK_FAILURES,
     Answer,
@@ -67,6 +71,7 @@ from gateway.commission import (
 from gateway.config import Dlt645Meter, FastClockConfig, SiteConfig, load_site
 from gateway.dlt645_commission import describe_value, find_address, probe_identifier
 from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
+from gateway.evidence_config import DEFAULT_KEY_FILE, DEFAULT_STATE_DIR
 from gateway.runtime import Gateway, IntervalSink, MemorySink
 from gateway.status import StatusServer, gateway_status
 
@@ -132,6 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_seconds(10), default=1.0, metavar="S", help="default 1 s")
     p.set_defaults(func=_dlt645)
 
+    _add_init_parser(sub)
+
     p = sub.add_parser("run", help="run acquisition (and the evidence pipeline) until stopped")
     p.add_argument("--config", type=Path, required=True, help="site YAML")
     p.add_argument(
@@ -157,6 +164,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_enrol)
 
 
+def _add_init_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "init", help="write a first site config from a scan, create the key, write the enrolment"
+    )
+    _add_target_arguments(p)
+    p.add_argument("--units", type=_unit_list, default=list(range(1, 248)), help="default 1-247")
+    p.add_argument("--timeout", type=_seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
+    p.add_argument("--gateway-id", required=True, help="letters, digits, . _ - (used in MQTT topics)")
+    p.add_argument("--site", required=True, help="the site's name, as the operator knows it")
+    p.add_argument("--config", type=Path, default=Path("/etc/puhui/site.yaml"), help="file to write")
+    p.add_argument("--key-file", default=DEFAULT_KEY_FILE, help=f"default {DEFAULT_KEY_FILE}")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}")
+    p.add_argument("--enrolment", type=Path, help="default: enrolment.json beside the config")
+    p.add_argument("--owner", help="the services' user (puhui): owns the key, reads the config")
+    p.add_argument("--force", action="store_true", help="replace an existing config (never the key)")
+    p.add_argument("--mqtt-host", help="also list the MQTT topics published on this broker")
+    p.add_argument("--mqtt-port", type=_bounded("TCP port", 1, 65535), default=1883)
+    p.add_argument("--mqtt-wait", type=_seconds(600), default=10.0, metavar="S", help="default 10 s")
+    p.set_defaults(func=_init, address=0, count=1)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from gateway.siteinit import init_site
+
+    try:
+        target = _target(args) if args.host is not None or args.serial is not None else None
+    except UsageError as exc:
+        return _fail(f"init: {exc}")
+    if target is None:
+        return _fail("init: give --host (Modbus TCP) or --serial (Modbus RTU) to scan")
+    _quiet_pymodbus()
+    return init_site(args, target, on_unit=_print_unit, enrol=enrolment_for)
+
+
 def _fail(message: str) -> int:
     print(f"puhui gateway: {message}", file=sys.stderr)
     return 2
@@ -177,6 +218,16 @@ def _source_name(meter: object) -> str:
     if isinstance(meter, Dlt645Meter):
         return f"address {meter.connection.address}"
     return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
+
+
+def make_clock_guard(site: SiteConfig, clock: Clock, source: SyncSource | None = None) -> ClockGuard | None:
+    """The guard of a system clock (kernel sync state unless ``require_sync: false``, and the
+    build floor); None for simulated time, which is what the simulation says it is."""
+    if isinstance(site.clock, FastClockConfig):
+        return None
+    if source is None:
+        source = KernelSync() if site.clock.require_sync else AssumeSynchronised()
+    return ClockGuard(clock, source, floor=build_floor(), gateway=site.gateway.id)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -221,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
         site = site.model_copy(update={"status": site.status.model_copy(update={"port": args.status_port})})
     try:
         asyncio.run(run_until_stopped(site, dry_run=args.dry_run))
-    except (EvidenceError, GatewayError, DriverError, BaseExceptionGroup) as exc:
+    except (EvidenceError, GatewayError, DriverError, NotifyError, BaseExceptionGroup) as exc:
         return _failed_run(args.config, exc)
     return 0
 
@@ -230,10 +281,12 @@ def _failed_run(config: Path, exc: BaseException) -> int:
     """Report why ``run`` stopped, one line per distinct error (tasks that failed together
     arrive as an exception group). Not our error: re-raised, a bug shows its traceback."""
     errors = _leaves(exc)
-    if not all(isinstance(e, EvidenceError | GatewayError | DriverError) for e in errors):
+    if not all(isinstance(e, EvidenceError | GatewayError | DriverError | NotifyError) for e in errors):
         raise exc
     for message in dict.fromkeys(str(e) for e in errors):
         print(f"puhui gateway: {config}: {message}", file=sys.stderr)
+    if any(isinstance(e, NotifyError) for e in errors):
+        return 1  # systemd's socket, not the config
     if any(isinstance(e, EvidenceStoreError) for e in errors):
         print(
             "puhui gateway: stopped; what was committed stays in the state directory and the counters "
@@ -251,31 +304,43 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def run_until_stopped(
-    site: SiteConfig, *, dry_run: bool = False, stop: asyncio.Event | None = None
+    site: SiteConfig,
+    *,
+    dry_run: bool = False,
+    stop: asyncio.Event | None = None,
+    sync_source: SyncSource | None = None,
 ) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set). ``sync_source``: where the
+    clock guard reads the clock's sync state (default: the kernel)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     clock = make_clock(site)
+    guard = make_clock_guard(site, clock, sync_source)
+    notifier = ServiceNotifier()  # systemd Type=notify: READY=1 once polling, then watchdog pings
     try:
         async with contextlib.AsyncExitStack() as stack:
-            sink, evidence_status = await _open_sink(stack, site, clock, dry_run)
-            gateway = await stack.enter_async_context(Gateway(site, clock=clock, sink=sink))
+            sink, evidence_status = await _open_sink(stack, site, clock, guard, dry_run)
+            gateway = await stack.enter_async_context(
+                Gateway(site, clock=clock, sink=sink, clock_guard=guard)
+            )
             if site.status.enabled:
                 await stack.enter_async_context(
                     StatusServer(site.status, lambda: status_of(gateway, evidence_status()))
                 )
+            await stack.enter_async_context(notifier)
+            notifier.ready(f"gateway {site.gateway.id}: polling {len(site.meters)} meter(s)")
             await stop.wait()
             log.info("gateway %s: stopping", site.gateway.id)
+            notifier.stopping()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
 async def _open_sink(
-    stack: contextlib.AsyncExitStack, site: SiteConfig, clock: Clock, dry_run: bool
+    stack: contextlib.AsyncExitStack, site: SiteConfig, clock: Clock, guard: ClockGuard | None, dry_run: bool
 ) -> tuple[IntervalSink, Any]:
     if dry_run:
         log.warning("gateway %s: dry run: intervals stay in memory, nothing is sealed", site.gateway.id)
@@ -292,7 +357,9 @@ async def _open_sink(
     finally:
         store.close()
     key = load_private_key(Path(evidence.key_file))
-    pipeline = EvidencePipeline(evidence, site.uplink, gateway_id=site.gateway.id, key=key, clock=clock)
+    pipeline = EvidencePipeline(
+        evidence, site.uplink, gateway_id=site.gateway.id, key=key, clock=clock, clock_guard=guard
+    )
     await stack.enter_async_context(pipeline)
     return pipeline, pipeline.status
 
@@ -305,7 +372,26 @@ def status_of(gateway: Gateway, evidence: Mapping[str, Any] | None) -> dict[str,
         mqtt.update(subscriber.health)
     counts = dict(vars(gateway.builder.counts))
     counts["closed"] = gateway.closed_intervals
-    return gateway_status(gateway.site.gateway.id, gateway.site.gateway.site, devices, mqtt, counts, evidence)
+    counts["held_back_samples"] = gateway.held_back_samples
+    counts["last_end"] = gateway.last_closed_end
+    guard = gateway.clock_guard
+    clock = guard.status() if guard is not None else {"ok": True, "detail": "simulated time (fast clock)"}
+    return gateway_status(
+        gateway.site.gateway.id, gateway.site.gateway.site, devices, mqtt, counts, evidence, clock=clock,
+        readings=_readings(gateway),
+    )  # fmt: skip
+
+
+def _readings(gateway: Gateway) -> dict[str, dict[str, dict[str, Any]]]:
+    units = gateway.reading_units()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for meter, samples in gateway.last_readings.items():
+        out[meter] = {
+            q: {"value": s.value if not isinstance(s.value, Invalid) else str(s.value),
+                "unit": units.get((meter, q), ""), "at": s.time}
+            for q, s in samples.items()
+        }  # fmt: skip
+    return out
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -639,11 +725,23 @@ def _check_live(site: SiteConfig, mqtt_wait_s: float) -> int:
     checks = asyncio.run(check_live(site, load_profiles(), clock, mqtt_wait_s=mqtt_wait_s))
     for check in checks:
         _print_check(check)
+    print(_key_line(site))
     failed = [c.meter for c in checks if not c.ok]
     warned = sum(len(c.warnings) for c in checks)
     summary = f"{len(checks) - len(failed)} of {len(checks)} meter(s) ok, {warned} warning(s)"
     print(summary + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _key_line(site: SiteConfig) -> str:
+    """The signing key the gateway will use, by the id its enrolment carries."""
+    from evidence.keys import load_private_key
+
+    path = site.evidence.key_file
+    try:
+        return f"  key {path}: key id {load_private_key(Path(path)).key_id} (compare with the enrolment)"
+    except EvidenceError as exc:
+        return f"  key: {exc} (puhui gateway keygen makes one)"
 
 
 def _print_check(check: MeterCheck) -> None:

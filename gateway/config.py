@@ -67,7 +67,12 @@ class GatewayInfo(Closed):
 
 
 class SystemClockConfig(Closed):
+    """Wall time. The gateway stamps and seals only while the kernel reports the clock
+    synchronised (NTP) and it reads later than the software's build; ``require_sync: false``
+    skips the kernel's report (a time source that does not tell the kernel), not the floor."""
+
     mode: Literal["system"] = "system"
+    require_sync: bool = True
 
 
 class FastClockConfig(Closed):

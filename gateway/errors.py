@@ -7,7 +7,8 @@
     │                               (.issues: every problem, each with its path)
     ├── IntervalError               the interval builder was set up inconsistently
     ├── EvidenceStoreError          the state database cannot be used (other gateway, schema)
-    └── UplinkSetupError            a file the uplink settings name cannot be used
+    ├── UplinkSetupError            a file the uplink settings name cannot be used
+    └── StatusSetupError            the status page's password file cannot be used
 
 Samples that are bad (NaN, late, out of order, from the future) are not errors: the
 interval builder counts them and flags the intervals they touch. Device failures are
@@ -47,3 +48,7 @@ class EvidenceStoreError(GatewayError):
 
 class UplinkSetupError(GatewayError):
     """The uplink cannot start: a key, password or certificate file named in its settings."""
+
+
+class StatusSetupError(GatewayError):
+    """The status page's ``password_file`` is unreadable or empty (names the setting and file)."""

@@ -26,6 +26,7 @@ from common.clock import Clock
 from evidence.keys import GatewayKey
 from evidence.records import IntervalRecord, encode_record
 from evidence.wire import check_gateway_id
+from gateway.clock_guard import ClockGuard
 from gateway.evidence_config import EvidenceSettings, UplinkSettings
 from gateway.sealer import Sealer
 from gateway.store import EvidenceStore, read_builder_state
@@ -46,8 +47,10 @@ class EvidencePipeline:
         gateway_id: str,
         key: GatewayKey,
         clock: Clock,
+        clock_guard: ClockGuard | None = None,
     ) -> None:
         self._settings, self._uplink_settings = settings, uplink
+        self._clock_guard = clock_guard  # the sealer seals only while it says time is good
         self._gateway, self._key, self._clock = check_gateway_id(gateway_id), key, clock
         self._store: EvidenceStore | None = None
         self._sealer: Sealer | None = None
@@ -65,7 +68,8 @@ class EvidencePipeline:
                                               clock=self._clock)  # fmt: skip
             self._sealer = Sealer(store, key=self._key, gateway_id=self._gateway, clock=self._clock,
                                   sealing=self._settings.sealing, outbox=self._settings.outbox,
-                                  on_sealed=uplink.wake if uplink is not None else _nothing)  # fmt: skip
+                                  on_sealed=uplink.wake if uplink is not None else _nothing,
+                                  clock_guard=self._clock_guard)  # fmt: skip
             group = asyncio.TaskGroup()
             await group.__aenter__()
         except BaseException:
@@ -149,6 +153,7 @@ class EvidencePipeline:
             "connected": int(up is not None and up.connected),
             "inflight": 0 if up is None else up.inflight,
             "last_reject": None if up is None else up.last_reject,
+            "key_id": self._key.key_id,
         }
         counts = vars(up.counts) if up is not None else {}
         for name in (

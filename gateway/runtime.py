@@ -42,6 +42,7 @@ from drivers.modbus_rtu.framing import LineRegisterReader
 from drivers.modbus_tcp.driver import TcpConnections, tcp_policy, tcp_reader, tcp_source
 from drivers.mqtt.driver import MqttSubscriber
 from evidence.records import IntervalRecord
+from gateway.clock_guard import ClockGuard
 from gateway.config import (
     Cjt188Meter,
     Dlt645Meter,
@@ -297,17 +298,15 @@ class Gateway:
         clock: Clock,
         sink: IntervalSink,
         profiles: Mapping[str, Profile] | None = None,
+        clock_guard: ClockGuard | None = None,
     ) -> None:
         self.site = site
+        self.clock_guard = clock_guard  # None: the clock is trusted (simulated time, tests)
         self.clock = clock
         self.sink = sink
         self.profiles = load_profiles() if profiles is None else profiles
         self.plan = plan_site(site, self.profiles)
-        self.builder = IntervalBuilder(
-            self.plan.series, clock=clock, interval_s=site.interval_s, grace_s=site.grace_seconds,
-            # the boundary reading must arrive while its interval is still open
-            boundary_s=min(site.boundary_seconds, site.grace_seconds),
-        )  # fmt: skip
+        self.builder = self._new_builder()
         self.poller: Poller | None = None
         self.subscribers: list[MqttSubscriber] = []
         self.buses: dict[str, SerialBusOwner] = {}
@@ -316,9 +315,26 @@ class Gateway:
         self._schedules: list[Schedule] = []
         self._closer: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
+        # meter -> quantity -> the last sample read (the status page), taken or not
+        self.last_readings: dict[str, dict[str, Sample]] = {}
+        self.held_back_samples = 0  # read while the clock was not good: not in any interval
+        self._fresh_when_good = False  # a fresh builder made on a bad clock: remade once it is good
+        self.last_closed_end: int | None = None  # end of the latest interval handed to the sink
+
+    def _new_builder(self) -> IntervalBuilder:
+        site = self.site
+        return IntervalBuilder(
+            self.plan.series, clock=self.clock, interval_s=site.interval_s, grace_s=site.grace_seconds,
+            # the boundary reading must arrive while its interval is still open
+            boundary_s=min(site.boundary_seconds, site.grace_seconds),
+        )  # fmt: skip
 
     async def __aenter__(self) -> Gateway:
-        if await self.handover.resume():
+        if self.sink.builder_state() is None and not self._clock_good():
+            # A fresh builder takes its first interval from the clock: not from this one.
+            self._fresh_when_good = True
+            log.warning("gateway %s: intervals start once the clock is good", self.site.gateway.id)
+        elif await self.handover.resume():
             log.info("gateway %s: interval state restored", self.site.gateway.id)
         async with contextlib.AsyncExitStack() as stack:
             used = {m.connection.bus for m in self.plan.modbus if isinstance(m, ModbusRtuMeter)}
@@ -372,11 +388,31 @@ class Gateway:
         finally:
             # Persist the latest counter readings (and any closed interval a failed submit
             # left) so a restart resumes from them; intervals still open are not emitted
-            # (they would be partial): they close after restart.
-            await self.handover.persist()
+            # (they would be partial): they close after restart. Not a builder whose timeline
+            # came from a bad clock: the next start makes a fresh one.
+            if not self._fresh_when_good:
+                await self.handover.persist()
 
     def _take(self, samples: Sequence[Sample]) -> None:
+        for s in samples:
+            self.last_readings.setdefault(s.meter, {})[s.quantity] = s
+        if not self._clock_good():
+            # Stamped by a clock not to be trusted: kept out of every interval. The builder
+            # continues from its last good counter readings once time is good.
+            self.held_back_samples += len(samples)
+            return
         self.builder.add_many(samples)
+
+    def _clock_good(self) -> bool:
+        if self.clock_guard is None:
+            return True
+        if not self.clock_guard.ok():
+            return False
+        if self._fresh_when_good:  # the first good moment: the builder's timeline starts now
+            self._fresh_when_good = False
+            self.builder = self._new_builder()
+            self.handover = IntervalHandover(self.builder, self.sink)
+        return True
 
     async def _close_loop(self, due: float) -> None:
         interval, grace = self.site.interval_s, self.site.grace_seconds
@@ -392,8 +428,26 @@ class Gateway:
 
     async def close_now(self) -> list[IntervalRecord]:
         """Close every due interval and hand them, with the builder state, to the sink
-        (after any records a failed submit left); returns the records submitted."""
-        return await self.handover.close_due()
+        (after any records a failed submit left); returns the records submitted. Closes
+        nothing while the clock guard says time is not good (its boundaries would be wrong)."""
+        if not self._clock_good():
+            return []
+        records = await self.handover.close_due()
+        if records:
+            self.last_closed_end = max(r.end for r in records)
+        return records
+
+    def reading_units(self) -> dict[tuple[str, str], str]:
+        """(meter, quantity) -> unit, for every field the plan knows (SunSpec: the mapping's)."""
+        units: dict[tuple[str, str], str] = {}
+        for meter in self.plan.modbus:
+            for f in static_fields(meter, self.profiles):
+                if f.quantity:
+                    units[(meter.id, f.quantity)] = f.unit
+        for m in self.plan.mqtt:
+            units.update({(m.id, q): f.unit for q, f in m.source.fields.items()})
+        units.update({(s.meter, s.quantity): s.unit for s in self.plan.series})
+        return units
 
 
 def _by_connection(meters: Sequence[MqttMeter]) -> dict[Any, list[MqttMeter]]:

@@ -40,11 +40,13 @@ from evidence.records import (
     decode_record,
     encode_record,
 )
+from gateway.clock_guard import ClockGuard
 from gateway.evidence_config import OutboxSettings, SealingSettings
 from gateway.store import EvidenceStore, StoredBatch
 
 log = logging.getLogger(__name__)
 DROP_REASON = "outbox_cap"
+CLOCK_RECHECK_S = 10.0  # while the clock is not good, look again this often (clock seconds)
 
 
 @dataclass(eq=False)
@@ -71,8 +73,10 @@ class Sealer:
         sealing: SealingSettings,
         outbox: OutboxSettings,
         on_sealed: Callable[[], None] = lambda: None,
+        clock_guard: ClockGuard | None = None,
     ) -> None:
         self._store, self._key, self._gateway = store, key, gateway_id
+        self._guard = clock_guard  # None: the clock is trusted
         self._clock, self._sealing, self._outbox = clock, sealing, outbox
         self._on_sealed = on_sealed
         self._wake = asyncio.Event()
@@ -82,7 +86,10 @@ class Sealer:
     # -- sealing ------------------------------------------------------------------------
 
     def seal_due(self) -> int:
-        """Seal every batch that is due now; returns how many were sealed."""
+        """Seal every batch that is due now; returns how many were sealed. Seals nothing while
+        the clock guard says time is not good (the batch's creation time would be wrong)."""
+        if self._guard is not None and not self._guard.ok():
+            return 0
         now_ms = round(self._clock.now() * 1000)
         max_age_ms = round(self._sealing.max_age_s * 1000)
         sealed = 0
@@ -217,7 +224,13 @@ class Sealer:
             self.seal_due()
             oldest = self._store.oldest_pending_ms()
             deadline = None if oldest is None else oldest / 1000 + self._sealing.max_age_s
+            if self._held_back():
+                deadline = self._clock.now() + CLOCK_RECHECK_S
             await self._sleep(deadline)
+
+    def _held_back(self) -> bool:
+        state = self._guard.state if self._guard is not None else None
+        return state is not None and not state.ok
 
     async def _sleep(self, deadline: float | None) -> None:
         alarm = None

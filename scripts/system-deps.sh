@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages puhui runs against when they are missing:
 #   mosquitto (MQTT broker), influxdb (InfluxDB 1.x server, influxd), mbpoll (independent
-#   Modbus client used by tests and benchmarks as a reference).
+#   Modbus client used by tests and benchmarks as a reference), chromium (headless: the
+#   gateway status page test loads the page and takes a screenshot).
 # Nothing is started: tests and the demo start private servers on free loopback ports.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 have mosquitto || need+=(mosquitto)
 have influxd || need+=(influxdb)
 have mbpoll || need+=(mbpoll)
+have chromium || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "puhui: installing Debian packages: ${need[*]}"
