@@ -51,7 +51,9 @@ async def run_reconnecting(
             # fails while the group waits in __aexit__ leaves a cancel request counted on the
             # group's task (CPython gh-116720). Kept out of this task, a rise of cancelling()
             # here is a real cancellation.
-            await asyncio.create_task(round_.run(), name=f"{name}: session")
+            task = asyncio.create_task(round_.run(), name=f"{name}: session")
+            await _until_done(task)
+            task.result()
             return
         except* aiomqtt.MqttError as group:
             errors = _leaves(group)
@@ -99,6 +101,28 @@ def _read_disconnect_error(client: aiomqtt.Client) -> None:
 def _read(future: asyncio.Future[object]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+async def _until_done(task: asyncio.Task[None]) -> None:
+    """Wait for ``task``; cancelled, cancel it until it ends, then raise the cancellation.
+
+    Awaiting the task directly would pass a cancel on and wait for the task to honour it:
+    Python 3.11's ``asyncio.wait_for`` drops a cancel that lands as its future completes
+    (CPython gh-86296), and aiomqtt waits for CONNACK and SUBACK with it, so a session
+    cancelled as the broker answered went on receiving and the closing gateway hung. Here
+    the cancel ends this wait at once and the session is cancelled again until it stops."""
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        while not task.done():
+            task.cancel()
+            try:
+                await asyncio.wait({task}, timeout=0.05)
+            except asyncio.CancelledError:
+                continue  # cancelled again: the session still has to stop first
+        if not task.cancelled():
+            task.exception()  # read: the cancellation is what this task reports
+        raise
 
 
 def _cancelling() -> int:

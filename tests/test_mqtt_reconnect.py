@@ -171,3 +171,29 @@ async def test_a_cancellation_that_ends_in_an_mqtt_error_still_ends_the_loop(
         await asyncio.wait({task}, timeout=5)
     assert done, f"cancelled, yet it went on: {rec.connects} connections"
     assert task.cancelled() and rec.connects == 1
+
+
+async def test_a_cancellation_the_session_drops_still_ends_the_loop(mosquitto: PrivateMosquitto) -> None:
+    """Python 3.11's ``asyncio.wait_for`` drops a cancel that lands as its future completes
+    (CPython gh-86296); aiomqtt waits for CONNACK and SUBACK with it. A session that swallows
+    the first cancel, as such a wait does, must not keep the loop (and a closing gateway)
+    waiting: this hung the clock-guard test one run in two."""
+    rec = Recorder()
+    swallowed = 0
+
+    async def session(client: aiomqtt.Client) -> None:
+        nonlocal swallowed
+        await rec.connected()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed += 1  # dropped, as wait_for's race drops it
+        await asyncio.Event().wait()  # then on to receiving, as a session would
+
+    task = asyncio.create_task(run_reconnecting(_connect(mosquitto), session, backoff=Backoff(0.01, 0.01),
+                                                name=NAME, on_lost=rec.on_lost))  # fmt: skip
+    assert await rec.next() == ("connected", 1)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "cancelled, yet the loop still waits for a session that dropped the cancel"
+    assert task.cancelled() and swallowed == 1 and rec.connects == 1
