@@ -76,6 +76,18 @@ class Evaluation:
         return max(0.0, be - pe - le)
 
 
+@dataclass(frozen=True, slots=True)
+class EarlierClaims:
+    """What a statement this one supplements already credited (a supplementary statement
+    credits only what it did not): its credited runs, and its units' BE, which counts
+    against their baseline caps. Built from the statement (``statements.earlier_claims``)."""
+
+    statement: str
+    er_tco2e: float
+    runs: tuple[tuple[str, str, int, int], ...]  # (meter, quantity, start, end)
+    unit_be: Mapping[str, float]
+
+
 def rules_for(params: ParameterSet) -> ScenarioRules:
     m = params.method
     if isinstance(m, EVMethod):
@@ -96,12 +108,15 @@ def evaluate(
     threshold: float,
     accuracy: np.ndarray | None = None,
     be_cap: np.ndarray | None = None,
+    earlier: np.ndarray | None = None,
 ) -> Evaluation:
     """The array core: series x slots -> per-unit figures, counts and credited runs.
 
     ``accuracy``: per series row, the maximum permissible error of its meter (activity feeding
     BE is taken x (1 - MPE), feeding PE x (1 + MPE)); ``be_cap``: per unit, the most BE it
-    may earn (tCO2, inf for no cap)."""
+    may earn (tCO2, inf for no cap); ``earlier``: per series row and slot, credited by a
+    statement this one supplements: such a slot counts towards completeness (the data are
+    there) but earns nothing again."""
     ok = series.status == OK
     rows = series.unit_of_row
     valid_u = _all_per_unit(ok, rows, n_units)
@@ -112,11 +127,14 @@ def evaluate(
         valid &= ~mask
     completeness = valid.sum(axis=1) * interval_s / period.seconds  # integers first: exact ratios
     credited = completeness >= threshold
-    totals = {r: np.where(valid, a, 0.0).sum(axis=1) * credited for r, a in activity.items()}
-    used_rows = _per_row(valid & credited[:, None], rows, n_units)
+    before = np.zeros_like(valid) if earlier is None else ~_all_per_unit(~earlier, rows, n_units)
+    fresh = valid & ~before
+    totals = {r: np.where(fresh, a, 0.0).sum(axis=1) * credited for r, a in activity.items()}
+    used_rows = _per_row(fresh & credited[:, None], rows, n_units)
     bounds = Credited(totals, totals) if accuracy is None else _bounds(series, used_rows, totals, accuracy)
     figs = rules.figures(bounds, present, grid, period.year, be_cap)
-    excluded = _reason_counts(series, ok, _per_row(valid_u, rows, n_units), rejects, used_rows, credited)
+    valid_rows, before_rows = _per_row(valid_u, rows, n_units), _per_row(before, rows, n_units)
+    excluded = _reason_counts(series, ok, valid_rows, rejects, used_rows, credited, before_rows)
     return Evaluation(
         completeness=completeness,
         credited=credited,
@@ -194,6 +212,7 @@ def _reason_counts(
     rejects: Mapping[str, np.ndarray],
     used_rows: np.ndarray,
     credited: np.ndarray,
+    before_rows: np.ndarray,
 ) -> dict[str, int]:
     """Why each existing interval that was not used earned nothing (one reason each)."""
     counts = np.bincount(series.status.ravel(), minlength=len(series.reasons))
@@ -206,7 +225,9 @@ def _reason_counts(
         hit = left & _per_row(mask, rows, n_units)
         _add(out, reason, int(hit.sum()))
         left &= ~hit
-    _add(out, "period_below_completeness", int((left & ~used_rows).sum()))
+    earlier = left & before_rows & _per_row(credited, rows, n_units)[:, None]
+    _add(out, "credited_earlier", int(earlier.sum()))
+    _add(out, "period_below_completeness", int((left & ~earlier & ~used_rows).sum()))
     return out
 
 
@@ -244,6 +265,8 @@ class Computation:
     accuracy: np.ndarray | None = None  # per series row: the meter's MPE, with an accuracy discount
     be_cap: np.ndarray | None = None  # per unit: BE cap from recorded historical fuel use
     baselines: Mapping[str, HistoricalUse] = field(default_factory=dict)
+    earlier: tuple[EarlierClaims, ...] = ()  # the statements this one supplements
+    beneficiary: str | None = None  # the platform account the subject's reductions go to
 
     def evaluate_values(self, values: np.ndarray, mask: np.ndarray, threshold: float = 0.0) -> Evaluation:
         """The same units, grid factors, accuracy and caps over other activity values (series x
@@ -264,6 +287,7 @@ class Computation:
             threshold=threshold,
             accuracy=self.accuracy,
             be_cap=self.be_cap,
+            earlier=_earlier_mask(self.series, self.period, self.interval_s, self.earlier),
         )
 
 
@@ -275,16 +299,22 @@ def compute(
     *,
     commissioned: Mapping[str, int] | None = None,
     baselines: Mapping[str, HistoricalUse] | None = None,
+    earlier: Sequence[EarlierClaims] = (),
+    beneficiary: str | None = None,
 ) -> Computation:
     """Compute a subject's reductions for a period from the evidence source; ``baselines``:
-    recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`)."""
+    recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`);
+    ``earlier``: the statements of the same subject and period this one supplements."""
     infos = _meter_infos(source, params.params, subject, period, commissioned or {})
     intervals = list(
         source.attested_intervals(
             gateway=subject.gateway, meters=subject.meters, start=period.start, end=period.end
         )
     )
-    return compute_from(intervals, infos, params, subject, period, baselines=baselines)
+    return compute_from(
+        intervals, infos, params, subject, period,
+        baselines=baselines, earlier=earlier, beneficiary=beneficiary,
+    )  # fmt: skip
 
 
 def compute_from(
@@ -295,6 +325,8 @@ def compute_from(
     period: Period,
     *,
     baselines: Mapping[str, HistoricalUse] | None = None,
+    earlier: Sequence[EarlierClaims] = (),
+    beneficiary: str | None = None,
 ) -> Computation:
     """The object path over intervals already read (the verifier re-derives them)."""
     items = list(intervals)
@@ -306,6 +338,10 @@ def compute_from(
     series, evidence = build_series(items, subject, rules, p.data_policy.flags, period, interval_s, until)
     accuracy = row_mpe(p, infos, series.keys)
     be_cap = baseline_caps(p, subject, period, baselines or {})
+    earlier = tuple(earlier)
+    if earlier and be_cap is not None:  # the cap is the period's: what was credited before uses it up
+        spent = np.array([sum(e.unit_be.get(u.id, 0.0) for e in earlier) for u in subject.units])
+        be_cap = np.maximum(be_cap - spent, 0.0)
     result = evaluate(
         series,
         len(subject.units),
@@ -316,11 +352,32 @@ def compute_from(
         threshold=p.completeness.threshold,
         accuracy=accuracy,
         be_cap=be_cap,
+        earlier=_earlier_mask(series, period, interval_s, earlier),
     )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,
-        dict(baselines or {}),
+        dict(baselines or {}), earlier, beneficiary,
     )  # fmt: skip
+
+
+def _earlier_mask(
+    series: SeriesArrays, period: Period, interval_s: int, earlier: Sequence[EarlierClaims]
+) -> np.ndarray | None:
+    """Per series row and slot: credited by one of the ``earlier`` statements."""
+    if not earlier:
+        return None
+    mask = np.zeros(series.status.shape, bool)
+    row_of = {(k.meter, k.quantity): r for r, k in enumerate(series.keys)}
+    for claims in earlier:
+        for meter, quantity, start, end in claims.runs:
+            row = row_of.get((meter, quantity))
+            if row is None:
+                continue
+            a = max(0, (start - period.start) // interval_s)
+            b = min(mask.shape[1], -(-(end - period.start) // interval_s))
+            if a < b:
+                mask[row, a:b] = True
+    return mask
 
 
 def _interval_length(items: Sequence[AttestedInterval], subject: Subject) -> int:

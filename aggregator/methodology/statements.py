@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.methodology.engine import Computation
+from aggregator.methodology.engine import Computation, EarlierClaims
 from aggregator.methodology.errors import StatementFormatError
 from aggregator.methodology.params import Factor
 from evidence.keys import SIGNATURE_ALGORITHM, GatewayKey
@@ -64,6 +64,17 @@ class Statement:
             for s in self.body["evidence"]["series"]
             for a, b in s["credited_runs"]
         ]
+
+
+def earlier_claims(statement: Statement) -> EarlierClaims:
+    """What ``statement`` credited, for a supplementary statement of its subject and period."""
+    b = statement.body
+    return EarlierClaims(
+        statement=statement.id,
+        er_tco2e=statement.er_tco2e,
+        runs=tuple(statement.credited_runs()),
+        unit_be={u["id"]: float(u["be_tco2e"]) for u in b["units"]},
+    )
 
 
 def signature_line(key_id: str, signature: bytes) -> bytes:
@@ -114,14 +125,17 @@ def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dic
     be, pe, le = r.totals_be_pe_le
     p = comp.params.params
     units = [_unit(comp, i) for i in range(len(comp.subject.units))]
-    return {
+    subject: dict[str, Any] = {
+        "gateway": comp.subject.gateway,
+        "units": [{"id": u.id, "meters": list(u.meters)} for u in comp.subject.units],
+    }
+    if comp.beneficiary is not None:
+        subject["beneficiary"] = comp.beneficiary
+    body = {
         "format": FORMAT,
         "issuer": {"key_id": issuer_key_id},
         "created_ms": created_ms,
-        "subject": {
-            "gateway": comp.subject.gateway,
-            "units": [{"id": u.id, "meters": list(u.meters)} for u in comp.subject.units],
-        },
+        "subject": subject,
         "period": {"start": comp.period.start, "end": comp.period.end, "interval_s": comp.interval_s},
         "methodology": {
             "scenario": p.method.scenario,
@@ -149,6 +163,11 @@ def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dic
         "meters": [_meter(comp, m) for m in comp.subject.meters],
         "evidence": _evidence(comp),
     }
+    if comp.earlier:
+        # A supplementary statement: late evidence for a period already stated. It credits
+        # only what these did not, and says so; they stay as they were.
+        body["supplements"] = [{"statement": e.statement, "er_tco2e": e.er_tco2e} for e in comp.earlier]
+    return body
 
 
 # Keys added for the 2.0.0 parameter sets appear only when the set (or the unit) uses them, so
@@ -173,6 +192,8 @@ def _unit(comp: Computation, i: int) -> dict[str, Any]:
             "for_be": {role: float(t[i]) for role, t in r.bounds.low.items()},
             "for_pe": {role: float(t[i]) for role, t in r.bounds.high.items()},
         }
+    if comp.earlier:
+        out["be_credited_earlier_tco2e"] = sum(e.unit_be.get(out["id"], 0.0) for e in comp.earlier)
     use = comp.baselines.get(comp.subject.units[i].id)
     if use is not None and comp.be_cap is not None and r.capped is not None:
         out["baseline_cap"] = {

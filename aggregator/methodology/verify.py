@@ -27,17 +27,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aggregator.methodology.baseline import HistoricalUse
-from aggregator.methodology.engine import check_eligibility, compute_from
+from aggregator.methodology.engine import EarlierClaims, check_eligibility, compute_from
 from aggregator.methodology.errors import MethodologyError, StatementFormatError
 from aggregator.methodology.params import PARAMS_DIR, LoadedParameterSet, find_parameter_set
 from aggregator.methodology.source import EvidenceSource
-from aggregator.methodology.statements import Statement, build_body, canonical, parse_statement
+from aggregator.methodology.statements import (
+    Statement,
+    build_body,
+    canonical,
+    earlier_claims,
+    parse_statement,
+)
 from aggregator.methodology.subject import Period, Subject, Unit
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.batch import verify_batch
@@ -75,8 +81,11 @@ def verify_statement(
     source: EvidenceSource,
     params: LoadedParameterSet | None = None,
     params_dir: Path = PARAMS_DIR,
+    earlier: Callable[[str], bytes | None] | None = None,
 ) -> VerificationReport:
-    """Verify a statement document; the report lists every problem found."""
+    """Verify a statement document; the report lists every problem found. ``earlier`` finds
+    the documents of the statements a supplementary statement supplements (by id): what they
+    credited is rebuilt as not credited again (verify them on their own)."""
     try:
         st = parse_statement(document)
     except StatementFormatError as exc:
@@ -88,7 +97,7 @@ def verify_statement(
     if loaded is None:
         return report
     try:
-        _recompute(st, loaded, source, report)
+        _recompute(st, loaded, source, report, earlier)
     except MethodologyError as exc:
         report.problems.append(f"recomputation: {exc}")
     return report
@@ -128,7 +137,11 @@ def _parameter_set(
 
 
 def _recompute(
-    st: Statement, loaded: LoadedParameterSet, source: EvidenceSource, report: VerificationReport
+    st: Statement,
+    loaded: LoadedParameterSet,
+    source: EvidenceSource,
+    report: VerificationReport,
+    find: Callable[[str], bytes | None] | None = None,
 ) -> None:
     body = st.body
     subject = Subject(
@@ -157,10 +170,46 @@ def _recompute(
         intervals += _rederive(subject, seq, seqs[seq], issues, source, report)
     if report.problems:
         return
-    comp = compute_from(intervals, infos, loaded, subject, period, baselines=_signed_baselines(body))
+    supplemented = _supplemented(st, find, report)
+    if report.problems:
+        return
+    comp = compute_from(
+        intervals, infos, loaded, subject, period, baselines=_signed_baselines(body), earlier=supplemented,
+        beneficiary=body["subject"].get("beneficiary"),
+    )  # fmt: skip
     rebuilt = json.loads(canonical(build_body(comp, issuer_key_id=st.key_id, created_ms=body["created_ms"])))
     report.recomputed_er_tco2e = comp.result.er
     _compare(body, rebuilt, "", report.problems)
+
+
+def _supplemented(
+    st: Statement, find: Callable[[str], bytes | None] | None, report: VerificationReport
+) -> list[EarlierClaims]:
+    """The statements a supplementary statement names, as it was computed against them."""
+    out: list[EarlierClaims] = []
+    for entry in st.body.get("supplements", []):
+        sid = str(entry.get("statement"))
+        document = None if find is None else find(sid)
+        if document is None:
+            report.problems.append(f"supplements: statement {sid} is not available to the verifier")
+            continue
+        try:
+            earlier = parse_statement(document)
+        except StatementFormatError as exc:
+            report.problems.append(f"supplements: statement {sid}: {exc}")
+            continue
+        if earlier.id != sid:
+            report.problems.append(f"supplements: the document found for {sid} is statement {earlier.id}")
+            continue
+        same = (earlier.body["subject"]["gateway"], earlier.body["period"]) == (
+            st.body["subject"]["gateway"],
+            st.body["period"],
+        )
+        if not same:
+            report.problems.append(f"supplements: statement {sid} is not of the same gateway and period")
+            continue
+        out.append(earlier_claims(earlier))
+    return out
 
 
 def _signed_calibration(
