@@ -366,7 +366,8 @@ def _earlier_mask(
     """Per series row and slot: credited by one of the ``earlier`` statements."""
     if not earlier:
         return None
-    mask = np.zeros(series.status.shape, bool)
+    n_rows, n_slots = series.status.shape
+    mask = np.zeros((n_rows, n_slots), bool)
     row_of = {(k.meter, k.quantity): r for r, k in enumerate(series.keys)}
     for claims in earlier:
         for meter, quantity, start, end in claims.runs:
@@ -374,7 +375,7 @@ def _earlier_mask(
             if row is None:
                 continue
             a = max(0, (start - period.start) // interval_s)
-            b = min(mask.shape[1], -(-(end - period.start) // interval_s))
+            b = min(n_slots, -(-(end - period.start) // interval_s))
             if a < b:
                 mask[row, a:b] = True
     return mask

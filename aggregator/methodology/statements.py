@@ -193,7 +193,8 @@ def _unit(comp: Computation, i: int) -> dict[str, Any]:
             "for_pe": {role: float(t[i]) for role, t in r.bounds.high.items()},
         }
     if comp.earlier:
-        out["be_credited_earlier_tco2e"] = sum(e.unit_be.get(out["id"], 0.0) for e in comp.earlier)
+        uid = comp.subject.units[i].id
+        out["be_credited_earlier_tco2e"] = sum(e.unit_be.get(uid, 0.0) for e in comp.earlier)
     use = comp.baselines.get(comp.subject.units[i].id)
     if use is not None and comp.be_cap is not None and r.capped is not None:
         out["baseline_cap"] = {
