@@ -24,7 +24,7 @@ reported with the file and the path inside it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -177,6 +177,18 @@ class ApiSettings(_Closed):
         return self
 
 
+class ProgrammeSettings(_Closed):
+    """Statements signed on a calendar for the units in the database (``puhui aggregator units``)."""
+
+    period: Literal["month", "week", "day"] = "month"  # calendar periods, China time
+    settle_hours: float = Field(default=48.0, ge=0)  # after a period ends: time for late batches
+    check_every_s: float = Field(default=300.0, gt=0)  # how often to look for due periods and late data
+    production: bool = False  # refuse to sign with a parameter set that is not filed and valid
+    # scenario -> the parameter set file its units are credited with
+    parameter_sets: dict[Literal["pv", "ev_charging", "clean_heating"], Path] = Field(default_factory=dict)
+    baselines_file: Path | None = None  # heating units' recorded coal use (puhui-heating-baseline/1)
+
+
 class AggregatorConfig(_Closed):
     """Everything ``puhui aggregator run`` needs."""
 
@@ -188,6 +200,7 @@ class AggregatorConfig(_Closed):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
     api: ApiSettings | None = None
+    programme: ProgrammeSettings | None = None  # None: statements only when someone asks
 
     def resolved(self, base: Path) -> AggregatorConfig:
         """Paths made absolute against ``base`` (the config file's directory)."""
@@ -213,6 +226,11 @@ class AggregatorConfig(_Closed):
             params = None if api.params_dir is None else base / api.params_dir
             platforms = {name: base / key for name, key in api.platforms.items()}
             api = api.model_copy(update={"tls": tls, "params_dir": params, "platforms": platforms})
+        programme = self.programme
+        if programme is not None:
+            sets = {k: base / v for k, v in programme.parameter_sets.items()}
+            baselines = None if programme.baselines_file is None else base / programme.baselines_file
+            programme = programme.model_copy(update={"parameter_sets": sets, "baselines_file": baselines})
         return self.model_copy(
             update={
                 "store": store,
@@ -220,6 +238,7 @@ class AggregatorConfig(_Closed):
                 "mqtt": mqtt,
                 "influx": influx,
                 "api": api,
+                "programme": programme,
             }
         )
 

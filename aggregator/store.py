@@ -915,6 +915,24 @@ class SQLiteEvidenceStore:
                 return
             cursor = int(batches[-1][0])
 
+    # -- for the statement schedule: has evidence arrived since? ---------------------------
+
+    def latest_batch_id(self, gateway: str) -> int:
+        """The row id of the gateway's latest stored batch (0: none): grows with every batch."""
+        [(top,)] = self._read("SELECT coalesce(max(id), 0) FROM batches WHERE gateway = ?", (gateway,))
+        return int(top)
+
+    def evidence_mark(self, gateway: str, meters: Collection[str], start: int, end: int) -> int:
+        """The row id of the latest stored batch with an interval of ``meters`` in
+        ``[start, end)`` (0: none): it grows when late evidence for the period arrives."""
+        marks = ",".join("?" * len(meters))
+        [(top,)] = self._read(
+            f"SELECT coalesce(max(batch_id), 0) FROM batch_series WHERE gateway = ? AND meter IN ({marks}) "
+            "AND first_start < ? AND last_end > ?",
+            (gateway, *meters, end, start),
+        )
+        return int(top)
+
     # -- for the platform API's metrics ------------------------------------------------
 
     def verdict_counts(self) -> dict[str, int]:

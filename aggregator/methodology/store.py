@@ -226,6 +226,17 @@ class StatementStore:
             ).fetchall()
         return parse_statement(bytes(rows[0][0])) if len(rows) == 1 else None
 
+    def of_unit(self, unit: str, start: int, end: int) -> builtins.list[Statement]:
+        """The stored statements of ``unit`` for exactly the period ``[start, end)``, oldest first."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT s.document FROM reduction_statements s JOIN reduction_statement_units u "
+                "ON u.statement = s.id WHERE u.unit = ? AND s.period_start = ? AND s.period_end = ? "
+                "ORDER BY s.created_ms, s.id",
+                (unit, start, end),
+            ).fetchall()
+        return [parse_statement(bytes(r[0])) for r in rows]
+
     def document(self, statement_id: str) -> bytes | None:
         """The stored bytes exactly as kept (the verifier reads these)."""
         with self._locked() as db:

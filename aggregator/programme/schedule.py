@@ -1,0 +1,316 @@
+"""Statements signed on a calendar, and supplementary statements for late evidence.
+
+For every unit in the registry and every calendar period (month by default, China time)
+that ended more than ``settle_hours`` ago, the scheduler signs one statement per stretch of
+the period with one beneficiary, once the unit has evidence there. When a batch with
+intervals of a stated period arrives later (a gateway that was offline uploads its
+backlog), it signs a *supplementary* statement that names the earlier ones and credits only
+what they did not (:mod:`aggregator.methodology.engine`, ``earlier``): a signed statement is
+never changed, and nothing is credited twice.
+
+What it did is kept in two tables of the aggregator's database:
+
+- ``programme_statements``: the statements it signed, per unit and stretch, with the
+  evidence mark (latest batch row id with an interval there) each was computed on;
+- ``programme_checks``: per unit and stretch, the last look: the gateway's latest batch row
+  id then (nothing new from the gateway: nothing to do), the evidence mark, and the problem
+  that kept it from signing (logged once, shown by ``puhui aggregator units status``).
+
+Restart-safe: a statement is saved (with its ledger entries) before its row here, and the
+ledger refuses a second statement for intervals already credited; a crash between the two
+is repaired on the next look (the stored statement is found by its subject and period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal, Protocol
+
+from aggregator.methodology.baseline import HistoricalUse
+from aggregator.methodology.engine import compute
+from aggregator.methodology.errors import MethodologyError
+from aggregator.methodology.params import LoadedParameterSet
+from aggregator.methodology.source import EvidenceSource
+from aggregator.methodology.statements import Statement, earlier_claims, issue_statement
+from aggregator.methodology.store import StatementStore
+from aggregator.methodology.subject import CHINA_TZ, Period, Subject, Unit
+from aggregator.programme.errors import ProgrammeError
+from aggregator.programme.units import Segment, UnitEntry, UnitRegistry
+from common.clock import Clock
+from evidence.keys import GatewayKey
+
+log = logging.getLogger(__name__)
+
+PeriodKind = Literal["month", "week", "day"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS programme_statements (
+    statement TEXT PRIMARY KEY,
+    unit TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    period_end INTEGER NOT NULL,
+    beneficiary TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    evidence_mark INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS programme_statements_unit ON programme_statements(unit, period_start, period_end);
+CREATE TABLE IF NOT EXISTS programme_checks (
+    unit TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    period_end INTEGER NOT NULL,
+    gateway_mark INTEGER NOT NULL,
+    evidence_mark INTEGER NOT NULL,
+    checked_ms INTEGER NOT NULL,
+    problem TEXT,
+    PRIMARY KEY (unit, period_start, period_end)
+);
+"""
+
+
+class MarkedEvidence(EvidenceSource, Protocol):
+    """An evidence source that says when evidence arrived (the SQLite evidence store)."""
+
+    def latest_batch_id(self, gateway: str) -> int: ...
+
+    def evidence_mark(self, gateway: str, meters: tuple[str, ...], start: int, end: int) -> int: ...
+
+
+def calendar_periods(kind: PeriodKind, start: int, until: int) -> Iterator[tuple[int, int]]:
+    """The calendar periods (China time) that overlap ``[start, ...)`` and end at or before
+    ``until`` (POSIX seconds), in order."""
+    t = datetime.fromtimestamp(start, CHINA_TZ)
+    if kind == "month":
+        p = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    elif kind == "week":  # ISO weeks: Monday 00:00
+        p = (t - timedelta(days=t.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        p = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    while True:
+        if kind == "month":
+            q = p.replace(year=p.year + p.month // 12, month=p.month % 12 + 1)
+        else:
+            q = p + timedelta(days=7 if kind == "week" else 1)
+        if int(q.timestamp()) > until:
+            return
+        yield int(p.timestamp()), int(q.timestamp())
+        p = q
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    statement: str
+    unit: str
+    period_start: int
+    period_end: int
+    beneficiary: str
+    kind: str  # scheduled | supplementary
+    er_tco2e: float
+
+
+@dataclass(slots=True)
+class TickReport:
+    signed: list[Signed] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # new problems (logged once each)
+
+
+class StatementScheduler:
+    """Signs due statements for every unit; :meth:`tick` is one look, :meth:`run` repeats it."""
+
+    def __init__(
+        self,
+        *,
+        db: str | Path,
+        units: UnitRegistry,
+        statements: StatementStore,
+        evidence: MarkedEvidence,
+        key: GatewayKey,
+        clock: Clock,
+        parameter_sets: Mapping[str, LoadedParameterSet],
+        period: PeriodKind = "month",
+        settle_s: float = 48 * 3600.0,
+        baselines: Mapping[str, HistoricalUse] | None = None,
+        check_production: Callable[[LoadedParameterSet, Period], None] | None = None,
+    ) -> None:
+        """``check_production(params, period)`` raises if the set may not be signed with."""
+        self.units, self.statements, self.evidence = units, statements, evidence
+        self.key, self.clock = key, clock
+        self.parameter_sets = dict(parameter_sets)
+        self.period, self.settle_s = period, settle_s
+        self.baselines = dict(baselines or {})
+        self.check_production = check_production
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(db, isolation_level=None, timeout=30.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def run(self, every_s: float, *, run_db: Callable[..., object] | None = None) -> None:
+        """Look every ``every_s`` seconds (clock time) until cancelled; a look runs in a thread
+        (``run_db``, the aggregator's store thread) so ingest keeps going."""
+        while True:
+            if run_db is None:
+                await asyncio.to_thread(self.tick)
+            else:
+                await run_db(self.tick)  # type: ignore[misc]
+            await self.clock.sleep(every_s)
+
+    def tick(self) -> TickReport:
+        """One look at every unit: sign what is due, supplement what got late evidence."""
+        report = TickReport()
+        now = self.clock.now()
+        until = int(now - self.settle_s)
+        for unit in self.units.units():
+            gw_mark = self.evidence.latest_batch_id(unit.gateway)
+            start = -(-unit.start_ms // 1000)
+            for ps, pe in calendar_periods(self.period, start, until):
+                for seg in self.units.segments(unit, ps, pe):
+                    self._look(unit, seg, gw_mark, now, report)
+        return report
+
+    def _look(self, unit: UnitEntry, seg: Segment, gw_mark: int, now: float, report: TickReport) -> None:
+        key = (unit.unit, seg.start, seg.end)
+        with self._locked() as db:
+            check = db.execute(
+                "SELECT gateway_mark, evidence_mark, problem FROM programme_checks "
+                "WHERE unit = ? AND period_start = ? AND period_end = ?",
+                key,
+            ).fetchone()
+        if check is not None and check[0] == gw_mark:
+            return  # nothing new from the gateway since the last look
+        mark = self.evidence.evidence_mark(unit.gateway, unit.meters, seg.start, seg.end)
+        problem: str | None = None
+        if check is None or check[2] is not None or mark != check[1]:
+            try:
+                stated = self._stated(unit, seg)
+                signed = self._sign(unit, seg, mark, stated, now)
+            except (MethodologyError, ProgrammeError) as exc:
+                problem = f"unit {unit.unit} {_span(seg)}: {exc}"
+            else:
+                if signed is not None:
+                    report.signed.append(signed)
+                    log.info(
+                        "unit %s %s: signed %s statement %s… for %s, ER %.6g tCO2e",
+                        unit.unit, _span(seg), signed.kind, signed.statement[:16], seg.beneficiary,
+                        signed.er_tco2e,
+                    )  # fmt: skip
+        if problem is not None and (check is None or check[2] != problem):
+            report.problems.append(problem)
+            log.warning("%s", problem)
+        with self._locked() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO programme_checks VALUES (?,?,?,?,?,?,?)",
+                (*key, gw_mark, mark, round(now * 1000), problem),
+            )
+
+    def _stated(self, unit: UnitEntry, seg: Segment) -> list[str]:
+        """The statements of this unit and stretch: the ones signed here, or else any stored
+        for exactly this unit and period (signed by hand, or saved just before a crash)."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT statement FROM programme_statements WHERE unit = ? AND period_start = ? "
+                "AND period_end = ? ORDER BY created_ms, statement",
+                (unit.unit, seg.start, seg.end),
+            ).fetchall()
+        if rows:
+            return [str(r[0]) for r in rows]
+        found = self.statements.of_unit(unit.unit, seg.start, seg.end)
+        for st in found:
+            kind = "supplementary" if "supplements" in st.body else "scheduled"
+            with self._locked() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO programme_statements VALUES (?,?,?,?,?,?,?,?)",
+                    (st.id, unit.unit, seg.start, seg.end, st.body["subject"].get("beneficiary", ""), kind, 0,
+                     st.body["created_ms"]),
+                )  # fmt: skip
+            log.info(
+                "unit %s %s: found statement %s… stored before; it counts", unit.unit, _span(seg), st.id[:16]
+            )
+        return [st.id for st in found]
+
+    def _sign(self, unit: UnitEntry, seg: Segment, mark: int, stated: list[str], now: float) -> Signed | None:
+        if mark == 0:
+            return None  # no evidence yet: nothing to state (the look is recorded)
+        params = self.parameter_sets.get(unit.scenario)
+        if params is None:
+            raise ProgrammeError(
+                f"no parameter set for scenario {unit.scenario} (programme.parameter_sets in the config)"
+            )
+        period = Period(seg.start, seg.end)
+        if self.check_production is not None:
+            self.check_production(params, period)
+        earlier: list[Statement] = []
+        for sid in stated:
+            st = self.statements.get(sid)
+            if st is None:
+                raise ProgrammeError(f"statement {sid} is listed for the unit but not stored")
+            earlier.append(st)
+        subject = Subject(unit.gateway, (Unit(unit.unit, unit.meters),))
+        baselines = {unit.unit: self.baselines[unit.unit]} if unit.unit in self.baselines else None
+        comp = compute(
+            self.evidence, params, subject, period, baselines=baselines,
+            earlier=[earlier_claims(s) for s in earlier], beneficiary=seg.beneficiary,
+        )  # fmt: skip
+        if earlier and not comp.result.used:
+            return None  # the late batches brought nothing creditable: no supplement
+        if not earlier and not comp.result.used and not any(comp.result.excluded.values()):
+            return None
+        statement = issue_statement(comp, self.key, created_ms=round(now * 1000))
+        self.statements.save(statement)
+        kind = "supplementary" if earlier else "scheduled"
+        with self._locked() as db:
+            db.execute(
+                "INSERT INTO programme_statements VALUES (?,?,?,?,?,?,?,?)",
+                (statement.id, unit.unit, seg.start, seg.end, seg.beneficiary, kind, mark, round(now * 1000)),
+            )
+        return Signed(statement.id, unit.unit, seg.start, seg.end, seg.beneficiary, kind, statement.er_tco2e)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def signed(self, unit: str | None = None) -> list[Signed]:
+        sql = (
+            "SELECT p.statement, p.unit, p.period_start, p.period_end, p.beneficiary, p.kind, s.er_tco2e "
+            "FROM programme_statements p JOIN reduction_statements s ON s.id = p.statement"
+        )
+        args: tuple[str, ...] = ()
+        if unit is not None:
+            sql, args = sql + " WHERE p.unit = ?", (unit,)
+        with self._locked() as db:
+            rows = db.execute(sql + " ORDER BY p.unit, p.period_start, p.created_ms", args).fetchall()
+        return [
+            Signed(str(a), str(b), int(c), int(d), str(e), str(f), float(g)) for a, b, c, d, e, f, g in rows
+        ]
+
+    def problems(self) -> list[tuple[str, int, int, str]]:
+        """(unit, start, end, problem) of every stretch whose last look could not sign."""
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT unit, period_start, period_end, problem FROM programme_checks "
+                "WHERE problem IS NOT NULL ORDER BY unit, period_start"
+            ).fetchall()
+        return [(str(u), int(s), int(e), str(p)) for u, s, e, p in rows]
+
+
+def _span(seg: Segment) -> str:
+    a = datetime.fromtimestamp(seg.start, CHINA_TZ).isoformat(timespec="minutes")
+    b = datetime.fromtimestamp(seg.end, CHINA_TZ).isoformat(timespec="minutes")
+    return f"{a} .. {b}"

@@ -1,0 +1,212 @@
+"""Statements on a calendar (issue 18): a month of evidence yields one statement per unit and
+beneficiary with nobody running a command; late evidence yields a signed supplement."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from aggregator.methodology import verify_statement
+from aggregator.methodology.engine import compute
+from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
+from aggregator.methodology.store import StatementStore
+from aggregator.methodology.subject import Period, Subject, Unit
+from aggregator.programme.schedule import StatementScheduler, calendar_periods
+from aggregator.programme.units import UnitRegistry
+from aggregator.store import SQLiteEvidenceStore
+from evidence import generate_key
+
+from .support import DELTA_KWH, GATEWAY, MONTH, MONTH_END, Street, deliver
+
+DAY = 86400
+PV = load_parameter_set(PARAMS_DIR / "pv-export-mee-2.0.0.yaml")
+EV = load_parameter_set(PARAMS_DIR / "ev-charging-jjj-2.0.0.yaml")
+SETS = {"pv": PV, "ev_charging": EV}
+SPLIT = MONTH + 15 * DAY  # pv-02's reductions go to another account from 16 January on
+
+
+class StillClock:
+    """Time as the test sets it (``t``); the scheduler only reads it in a tick."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("the tests call tick() themselves")
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.db, self.key, self.street = tmp, tmp / "agg.sqlite3", generate_key(), Street()
+        self.clock = StillClock(MONTH)
+        with UnitRegistry(self.db) as units:
+            now = MONTH * 1000
+            units.add("house-7-pv", gateway=GATEWAY, meters=["pv-01"], scenario="pv", beneficiary="acct-0001",
+                      start_ms=now, now_ms=now)  # fmt: skip
+            units.add("house-9-pv", gateway=GATEWAY, meters=["pv-02"], scenario="pv", beneficiary="acct-0002",
+                      start_ms=now, now_ms=now)  # fmt: skip
+            units.set_beneficiary("house-9-pv", "acct-0003", from_ms=SPLIT * 1000, now_ms=now)
+            units.add("charger-1", gateway=GATEWAY, meters=["ev-01"], scenario="ev_charging",
+                      beneficiary="acct-0004", start_ms=now, now_ms=now)  # fmt: skip
+        self._enrolled = False
+
+    def deliver(self, start: int, end: int) -> None:
+        deliver(self.db, self.tmp, self.key, self.street, start, end, enrol=not self._enrolled)
+        self._enrolled = True
+
+    def scheduler(self) -> Iterator[StatementScheduler]:
+        evidence = SQLiteEvidenceStore(self.db)
+        units, statements = UnitRegistry(self.db), StatementStore(self.db)
+        sched = StatementScheduler(
+            db=self.db, units=units, statements=statements, evidence=evidence, key=self.key, clock=self.clock,  # type: ignore[arg-type]
+            parameter_sets=SETS, period="month", settle_s=48 * 3600,
+        )  # fmt: skip
+        try:
+            yield sched
+        finally:
+            sched.close()
+            units.close()
+            statements.close()
+            evidence.close()
+
+
+@pytest.fixture
+def street(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+def _pv_er(meter: str, intervals: int) -> float:
+    """Export x (1 - class-1 MPE) x the smallest of Hebei 0.6516, North China 0.6361, national 0.5306."""
+    return intervals * DELTA_KWH[meter] / 1000 * (1 - 0.01) * 0.5306
+
+
+def test_calendar_months_in_china_time() -> None:
+    periods = list(calendar_periods("month", MONTH + 5 * DAY, MONTH_END + 40 * DAY))
+    assert periods[0] == (MONTH, MONTH_END)  # January 2026, 1st 00:00 +08:00 to 1 February
+    assert (periods[1][1] - periods[1][0]) // DAY == 28  # February 2026
+    assert list(calendar_periods("month", MONTH, MONTH_END - 1)) == []  # not ended yet
+    weeks = list(calendar_periods("week", MONTH, MONTH + 20 * DAY))
+    assert all(b - a == 7 * DAY for a, b in weeks) and weeks[0][0] == MONTH - 3 * DAY  # Mon 29 Dec 2025
+
+
+def test_a_month_yields_one_statement_per_unit_and_beneficiary_with_no_command(street: Setup) -> None:
+    street.deliver(MONTH, MONTH_END + 3 * DAY)
+    for sched in street.scheduler():
+        street.clock.t = MONTH_END + 47 * 3600  # the month has not settled yet (48 h)
+        assert sched.tick().signed == []
+        street.clock.t = MONTH_END + 48 * 3600
+        report = sched.tick()
+        assert report.problems == []
+        got = {(s.unit, s.period_start, s.period_end, s.beneficiary, s.kind) for s in report.signed}
+        assert got == {
+            ("house-7-pv", MONTH, MONTH_END, "acct-0001", "scheduled"),
+            ("house-9-pv", MONTH, SPLIT, "acct-0002", "scheduled"),
+            ("house-9-pv", SPLIT, MONTH_END, "acct-0003", "scheduled"),
+            ("charger-1", MONTH, MONTH_END, "acct-0004", "scheduled"),
+        }
+        er = {(s.unit, s.beneficiary): s.er_tco2e for s in report.signed}
+        assert er[("house-7-pv", "acct-0001")] == pytest.approx(_pv_er("pv-01", 31 * 96), rel=1e-12)
+        assert er[("house-9-pv", "acct-0002")] == pytest.approx(_pv_er("pv-02", 15 * 96), rel=1e-12)
+        assert er[("house-9-pv", "acct-0003")] == pytest.approx(_pv_er("pv-02", 16 * 96), rel=1e-12)
+        assert er[("charger-1", "acct-0004")] > 0
+        street.clock.t += 3600
+        assert sched.tick().signed == []  # nothing new: nothing signed twice
+        for s in report.signed:
+            st = sched.statements.get(s.statement)
+            assert st is not None and st.body["subject"]["beneficiary"] == s.beneficiary
+            assert st.body["subject"]["units"] == [{"id": s.unit, "meters": list(_meters(s.unit))}]
+            ok = verify_statement(st.to_bytes(), issuer_key=street.key.public_key, source=sched.evidence)
+            assert ok.ok, str(ok)
+
+
+def _meters(unit: str) -> tuple[str, ...]:
+    return {"house-7-pv": ("pv-01",), "house-9-pv": ("pv-02",), "charger-1": ("ev-01",)}[unit]
+
+
+def test_a_late_batch_yields_a_signed_supplement_and_the_first_statement_stays(street: Setup) -> None:
+    street.deliver(MONTH, MONTH_END - DAY)  # the gateway went offline on 31 January
+    street.clock.t = MONTH_END + 3 * DAY
+    for sched in street.scheduler():
+        first = {(s.unit, s.beneficiary): s for s in sched.tick().signed}
+        assert first[("house-7-pv", "acct-0001")].er_tco2e == pytest.approx(
+            _pv_er("pv-01", 30 * 96), rel=1e-12
+        )
+        kept = {s.statement: sched.statements.document(s.statement) for s in first.values()}
+    street.deliver(MONTH_END - DAY, MONTH_END + 3 * DAY)  # back online: the backlog arrives
+    street.clock.t += 600
+    for sched in street.scheduler():  # a restarted aggregator
+        late = sched.tick()
+        assert {(s.unit, s.beneficiary, s.kind) for s in late.signed} == {
+            ("house-7-pv", "acct-0001", "supplementary"),
+            ("house-9-pv", "acct-0003", "supplementary"),  # the 31st is in the second stretch only
+            ("charger-1", "acct-0004", "supplementary"),
+        }
+        sup = {(s.unit, s.beneficiary): s for s in late.signed}
+        assert sup[("house-7-pv", "acct-0001")].er_tco2e == pytest.approx(_pv_er("pv-01", 96), rel=1e-12)
+        body = sched.statements.get(sup[("house-7-pv", "acct-0001")].statement).body  # type: ignore[union-attr]
+        assert body["supplements"] == [
+            {"statement": first[("house-7-pv", "acct-0001")].statement,
+             "er_tco2e": first[("house-7-pv", "acct-0001")].er_tco2e}
+        ]  # fmt: skip
+        assert {sid: sched.statements.document(sid) for sid in kept} == kept  # never changed
+        # together: exactly what one statement over the whole month credits
+        whole = compute(
+            sched.evidence, PV, Subject(GATEWAY, (Unit("house-7-pv", ("pv-01",)),)), Period(MONTH, MONTH_END)
+        ).result.er
+        total = first[("house-7-pv", "acct-0001")].er_tco2e + sup[("house-7-pv", "acct-0001")].er_tco2e
+        assert total == pytest.approx(whole, rel=1e-12)
+        find = sched.statements.document
+        for s in late.signed:
+            doc = sched.statements.document(s.statement)
+            assert doc is not None
+            report = verify_statement(
+                doc, issuer_key=street.key.public_key, source=sched.evidence, earlier=find
+            )
+            assert report.ok, str(report)
+        street.clock.t += 600
+        assert sched.tick().signed == []
+
+
+def test_a_statement_saved_just_before_a_crash_is_found_not_signed_again(street: Setup) -> None:
+    street.deliver(MONTH, MONTH_END + 3 * DAY)
+    street.clock.t = MONTH_END + 3 * DAY
+    for sched in street.scheduler():
+        signed = sched.tick().signed
+    with closing(sqlite3.connect(street.db)) as db, db:  # the crash: statements saved, rows not written
+        db.execute("DELETE FROM programme_statements")
+        db.execute("DELETE FROM programme_checks")
+    for sched in street.scheduler():
+        report = sched.tick()
+        assert report.signed == [] and report.problems == []
+        assert {s.statement for s in sched.signed()} == {s.statement for s in signed}
+
+
+def test_a_unit_that_cannot_be_stated_is_reported_once_and_the_others_go_on(
+    street: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    street.deliver(MONTH, MONTH_END + 3 * DAY)
+    street.clock.t = MONTH_END + 3 * DAY
+    for sched in street.scheduler():
+        sched.parameter_sets.pop("ev_charging")
+        report = sched.tick()
+        assert {s.unit for s in report.signed} == {"house-7-pv", "house-9-pv"}
+        assert report.problems == [
+            "unit charger-1 2026-01-01T00:00+08:00 .. 2026-02-01T00:00+08:00: no parameter set for scenario "
+            "ev_charging (programme.parameter_sets in the config)"
+        ]
+        street.deliver(MONTH_END + 3 * DAY, MONTH_END + 4 * DAY)  # more batches: it looks again
+        street.clock.t += 600
+        again = sched.tick()
+        assert again.signed == [] and again.problems == []  # the same problem: not logged again
+        assert [p[0] for p in sched.problems()] == ["charger-1"]
+        sched.parameter_sets["ev_charging"] = EV  # fixed (the config, then a restart)
+        street.deliver(MONTH_END + 4 * DAY, MONTH_END + 5 * DAY)
+        assert [s.unit for s in sched.tick().signed] == ["charger-1"]
+        assert sched.problems() == []
