@@ -33,6 +33,7 @@ from aggregator.influx import InfluxV1Client
 from aggregator.influx_writer import InfluxWriter
 from aggregator.ingest import BatchIngest
 from aggregator.keys import register_current
+from aggregator.programme.schedule import StatementScheduler, open_scheduler
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from common.clock import Clock, SystemClock
@@ -97,6 +98,7 @@ class Aggregator:
         self.registry: GatewayRegistry
         self.ingest: BatchIngest
         self.writer: InfluxWriter
+        self.scheduler: StatementScheduler | None = None  # with a programme section
 
     async def __aenter__(self) -> Self:
         try:
@@ -134,6 +136,12 @@ class Aggregator:
             self.config, store=self.store, registry=self.registry, key=key, clock=self.clock,
             run_db=run_db, on_stored=self.writer.offer, on_progress=self._progress,
         )  # fmt: skip
+        programme = self.config.programme
+        if programme is not None:  # closed after the tasks stopped (a look under way finishes first)
+            self.scheduler = open_scheduler(
+                programme, db=self.config.store.path, evidence=self.store, key=key, clock=self.clock
+            )
+            self._stack.callback(self.scheduler.close)
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._cancel_tasks)
         self._running = [
@@ -142,6 +150,12 @@ class Aggregator:
             ),
             self._tasks.create_task(self.writer.run(), name="aggregator-influx"),
         ]
+        if self.scheduler is not None and programme is not None:
+            self._running.append(
+                self._tasks.create_task(
+                    self.scheduler.run(programme.check_every_s), name="aggregator-statements"
+                )
+            )
 
     async def _cancel_tasks(self) -> None:
         for task in self._running:

@@ -34,10 +34,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol
 
-from aggregator.methodology.baseline import HistoricalUse
+from aggregator.config import ProgrammeSettings
+from aggregator.errors import StoreError
+from aggregator.methodology.baseline import HistoricalUse, load_baselines
 from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import MethodologyError
-from aggregator.methodology.params import LoadedParameterSet
+from aggregator.methodology.params import LoadedParameterSet, load_parameter_set
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import Statement, earlier_claims, issue_statement
 from aggregator.methodology.store import StatementStore
@@ -139,6 +141,7 @@ class StatementScheduler:
         settle_s: float = 48 * 3600.0,
         baselines: Mapping[str, HistoricalUse] | None = None,
         check_production: Callable[[LoadedParameterSet, Period], None] | None = None,
+        owns: tuple[UnitRegistry | StatementStore, ...] = (),
     ) -> None:
         """``check_production(params, period)`` raises if the set may not be signed with."""
         self.units, self.statements, self.evidence = units, statements, evidence
@@ -147,15 +150,19 @@ class StatementScheduler:
         self.period, self.settle_s = period, settle_s
         self.baselines = dict(baselines or {})
         self.check_production = check_production
+        self._owns = owns  # closed with the scheduler
         self._lock = threading.Lock()
+        self._busy = threading.Lock()  # held by a look: close() waits for it
         self._db = sqlite3.connect(db, isolation_level=None, timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
+        with self._busy, self._lock:
             self._db.close()
+        for part in self._owns:
+            part.close()
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -168,14 +175,21 @@ class StatementScheduler:
         """Look every ``every_s`` seconds (clock time) until cancelled; a look runs in a thread
         (``run_db``, the aggregator's store thread) so ingest keeps going."""
         while True:
-            if run_db is None:
-                await asyncio.to_thread(self.tick)
-            else:
-                await run_db(self.tick)  # type: ignore[misc]
+            try:
+                if run_db is None:
+                    await asyncio.to_thread(self.tick)
+                else:
+                    await run_db(self.tick)  # type: ignore[misc]
+            except (sqlite3.Error, OSError, StoreError) as exc:  # the next look tries again
+                log.error("statement schedule: this look failed, the next in %.0f s: %s", every_s, exc)
             await self.clock.sleep(every_s)
 
     def tick(self) -> TickReport:
         """One look at every unit: sign what is due, supplement what got late evidence."""
+        with self._busy:
+            return self._tick()
+
+    def _tick(self) -> TickReport:
         report = TickReport()
         now = self.clock.now()
         until = int(now - self.settle_s)
@@ -314,3 +328,29 @@ def _span(seg: Segment) -> str:
     a = datetime.fromtimestamp(seg.start, CHINA_TZ).isoformat(timespec="minutes")
     b = datetime.fromtimestamp(seg.end, CHINA_TZ).isoformat(timespec="minutes")
     return f"{a} .. {b}"
+
+
+def open_scheduler(
+    settings: ProgrammeSettings, *, db: Path, evidence: MarkedEvidence, key: GatewayKey, clock: Clock
+) -> StatementScheduler:
+    """A scheduler as the aggregator config's ``programme`` section says; a parameter set or
+    baseline file that cannot be read is a :class:`ProgrammeError` naming it."""
+    sets: dict[str, LoadedParameterSet] = {}
+    try:
+        for scenario, path in settings.parameter_sets.items():
+            loaded = load_parameter_set(path)
+            if loaded.params.method.scenario != scenario:
+                raise ProgrammeError(
+                    f"programme.parameter_sets.{scenario}: {path} is a set for "
+                    f"{loaded.params.method.scenario}"
+                )
+            sets[scenario] = loaded
+        baselines = load_baselines(settings.baselines_file) if settings.baselines_file is not None else {}
+    except MethodologyError as exc:
+        raise ProgrammeError(f"programme: {exc}") from exc
+    units, statements = UnitRegistry(db), StatementStore(db)
+    return StatementScheduler(
+        db=db, units=units, statements=statements, evidence=evidence, key=key, clock=clock,
+        parameter_sets=sets, period=settings.period, settle_s=settings.settle_hours * 3600,
+        baselines=baselines, owns=(units, statements),
+    )  # fmt: skip
