@@ -933,6 +933,19 @@ class SQLiteEvidenceStore:
         )
         return int(top)
 
+    def evidence_reach(self, gateway: str, meters: Collection[str]) -> tuple[int, int]:
+        """How far the gateway's evidence for ``meters`` has come: the latest interval end
+        (seconds, 0: none) and when its latest batch arrived (ms, 0: none)."""
+        marks = ",".join("?" * len(meters))
+        [(end,)] = self._read(
+            f"SELECT coalesce(max(last_end), 0) FROM batch_series WHERE gateway = ? AND meter IN ({marks})",
+            (gateway, *meters),
+        )
+        [(received,)] = self._read(
+            "SELECT coalesce(max(received_ms), 0) FROM batches WHERE gateway = ?", (gateway,)
+        )
+        return int(end), int(received)
+
     # -- for the platform API's metrics ------------------------------------------------
 
     def verdict_counts(self) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 For every unit in the registry and every calendar period (month by default, China time)
 that ended more than ``settle_hours`` ago, the scheduler signs one statement per stretch of
-the period with one beneficiary, once the unit has evidence there. When a batch with
+the period with one beneficiary, once the unit has evidence there and its gateway is done
+with the stretch: its intervals reach past the stretch's end, or it has sent nothing for
+``settle_hours`` (a gateway uploading a backlog is not stated half-way). When a batch with
 intervals of a stated period arrives later (a gateway that was offline uploads its
 backlog), it signs a *supplementary* statement that names the earlier ones and credits only
 what they did not (:mod:`aggregator.methodology.engine`, ``earlier``): a signed statement is
@@ -28,7 +30,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,6 +86,8 @@ class MarkedEvidence(EvidenceSource, Protocol):
     def latest_batch_id(self, gateway: str) -> int: ...
 
     def evidence_mark(self, gateway: str, meters: tuple[str, ...], start: int, end: int) -> int: ...
+
+    def evidence_reach(self, gateway: str, meters: tuple[str, ...]) -> tuple[int, int]: ...
 
 
 def calendar_periods(kind: PeriodKind, start: int, until: int) -> Iterator[tuple[int, int]]:
@@ -153,6 +157,7 @@ class StatementScheduler:
         self._owns = owns  # closed with the scheduler
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # held by a look: close() waits for it
+        self.db = Path(db)
         self._db = sqlite3.connect(db, isolation_level=None, timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -211,6 +216,9 @@ class StatementScheduler:
             ).fetchone()
         if check is not None and check[0] == gw_mark:
             return  # nothing new from the gateway since the last look
+        reach, received_ms = self.evidence.evidence_reach(unit.gateway, unit.meters)
+        if reach < seg.end and received_ms / 1000 + self.settle_s > now:
+            return  # the gateway is still delivering this stretch (a backlog): wait until it is past or quiet
         mark = self.evidence.evidence_mark(unit.gateway, unit.meters, seg.start, seg.end)
         problem: str | None = None
         if check is None or check[2] is not None or mark != check[1]:
@@ -300,28 +308,12 @@ class StatementScheduler:
 
     # -- reading ------------------------------------------------------------------------
 
-    def signed(self, unit: str | None = None) -> list[Signed]:
-        sql = (
-            "SELECT p.statement, p.unit, p.period_start, p.period_end, p.beneficiary, p.kind, s.er_tco2e "
-            "FROM programme_statements p JOIN reduction_statements s ON s.id = p.statement"
-        )
-        args: tuple[str, ...] = ()
-        if unit is not None:
-            sql, args = sql + " WHERE p.unit = ?", (unit,)
-        with self._locked() as db:
-            rows = db.execute(sql + " ORDER BY p.unit, p.period_start, p.created_ms", args).fetchall()
-        return [
-            Signed(str(a), str(b), int(c), int(d), str(e), str(f), float(g)) for a, b, c, d, e, f, g in rows
-        ]
+    def signed(self) -> list[Signed]:
+        return signed_statements(self.db)
 
     def problems(self) -> list[tuple[str, int, int, str]]:
         """(unit, start, end, problem) of every stretch whose last look could not sign."""
-        with self._locked() as db:
-            rows = db.execute(
-                "SELECT unit, period_start, period_end, problem FROM programme_checks "
-                "WHERE problem IS NOT NULL ORDER BY unit, period_start"
-            ).fetchall()
-        return [(str(u), int(s), int(e), str(p)) for u, s, e, p in rows]
+        return schedule_problems(self.db)
 
 
 def _span(seg: Segment) -> str:
@@ -354,3 +346,31 @@ def open_scheduler(
         parameter_sets=sets, period=settings.period, settle_s=settings.settle_hours * 3600,
         baselines=baselines, owns=(units, statements),
     )  # fmt: skip
+
+
+def signed_statements(db: str | Path) -> list[Signed]:
+    """What the schedule signed, from the database alone (``units status``)."""
+    with closing(_open(db)) as conn:
+        rows = conn.execute(
+            "SELECT p.statement, p.unit, p.period_start, p.period_end, p.beneficiary, p.kind, s.er_tco2e "
+            "FROM programme_statements p JOIN reduction_statements s ON s.id = p.statement "
+            "ORDER BY p.unit, p.period_start, p.created_ms"
+        ).fetchall()
+    return [Signed(str(a), str(b), int(c), int(d), str(e), str(f), float(g)) for a, b, c, d, e, f, g in rows]
+
+
+def schedule_problems(db: str | Path) -> list[tuple[str, int, int, str]]:
+    """(unit, start, end, problem) of every stretch whose last look could not sign."""
+    with closing(_open(db)) as conn:
+        rows = conn.execute(
+            "SELECT unit, period_start, period_end, problem FROM programme_checks "
+            "WHERE problem IS NOT NULL ORDER BY unit, period_start"
+        ).fetchall()
+    return [(str(u), int(s), int(e), str(p)) for u, s, e, p in rows]
+
+
+def _open(db: str | Path) -> sqlite3.Connection:
+    StatementStore(db).close()  # its tables, should nothing have been stated yet
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30.0)
+    conn.executescript(_SCHEMA)
+    return conn

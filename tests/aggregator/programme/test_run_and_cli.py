@@ -1,0 +1,134 @@
+"""The aggregator signs the programme's statements by itself (``aggregator run`` with a
+``programme`` section, real Mosquitto and InfluxDB), and ``puhui aggregator units``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aggregator.config import AggregatorConfig
+from aggregator.methodology.params import PARAMS_DIR
+from aggregator.programme.schedule import signed_statements
+from aggregator.programme.units import UnitRegistry
+from aggregator.registry import GatewayRegistry
+from aggregator.service import Aggregator
+from aggregator.store import SQLiteEvidenceStore
+from evidence import generate_key, save_private_key
+from evidence.wire import Ack
+from puhui.cli import main
+from testbed.servers import PrivateMosquitto
+from tests.aggregator.ingest_support import gateway_peer, make_config
+
+from .support import GATEWAY, MONTH, MONTH_END, Street, deliver
+
+pytestmark = pytest.mark.integration
+DAY = 86400
+KEY = generate_key()
+
+
+def _units(db: Path) -> None:
+    with UnitRegistry(db) as units:
+        for unit, meter, scenario, acct in (("house-7-pv", "pv-01", "pv", "acct-0001"),
+                                            ("house-9-pv", "pv-02", "pv", "acct-0002"),
+                                            ("charger-1", "ev-01", "ev_charging", "acct-0004")):  # fmt: skip
+            units.add(unit, gateway=GATEWAY, meters=[meter], scenario=scenario, beneficiary=acct,
+                      start_ms=MONTH * 1000, now_ms=MONTH * 1000)  # fmt: skip
+
+
+async def test_a_month_of_batches_over_mqtt_is_stated_per_unit_by_the_running_aggregator(
+    tmp_path: Path, mosquitto: PrivateMosquitto, influx_db: object
+) -> None:
+    url, database = influx_db.url, influx_db.database  # type: ignore[attr-defined]
+    base = make_config(tmp_path, mqtt_port=mosquitto.port, influx_url=url, database=database)
+    programme = {"period": "month", "settle_hours": 1, "check_every_s": 0.2,
+                 "parameter_sets": {"pv": PARAMS_DIR / "pv-export-mee-2.0.0.yaml",
+                                    "ev_charging": PARAMS_DIR / "ev-charging-jjj-2.0.0.yaml"}}  # fmt: skip
+    config = AggregatorConfig.model_validate({**base.model_dump(), "programme": programme})
+    street = Street()
+    store = SQLiteEvidenceStore(config.store.path)
+    GatewayRegistry(store).enrol(street.enrolment(), at_ms=MONTH * 1000)
+    store.close()
+    _units(config.store.path)
+    payloads = [street.seal(street.records(s, s + DAY)) for s in range(MONTH, MONTH_END + DAY, DAY)]
+    async with (
+        Aggregator(config, key=KEY) as agg,
+        gateway_peer(mosquitto.port, KEY.public_key) as peer,
+    ):  # fmt: skip
+        async with asyncio.timeout(10):
+            await agg.connected.wait()
+        for p in payloads:
+            await peer.publish(GATEWAY, p)
+        replies = await peer.wait_replies(len(payloads))
+        assert all(isinstance(r, Ack) and r.status == "stored" for r in replies)
+        async with asyncio.timeout(30):  # nobody runs a command: the aggregator's schedule signs
+            while len(signed_statements(config.store.path)) < 3:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # a few more looks: nothing signed twice
+    signed = signed_statements(config.store.path)
+    assert sorted((s.unit, s.period_start, s.period_end, s.kind) for s in signed) == [
+        ("charger-1", MONTH, MONTH_END, "scheduled"),
+        ("house-7-pv", MONTH, MONTH_END, "scheduled"),
+        ("house-9-pv", MONTH, MONTH_END, "scheduled"),
+    ]
+
+
+def _config(tmp: Path) -> Path:
+    key = tmp / "agg.pem"
+    save_private_key(KEY, key)
+    sets = {"pv": str(PARAMS_DIR / "pv-export-mee-2.0.0.yaml")}
+    path = tmp / "aggregator.yaml"
+    path.write_text(yaml.safe_dump({
+        "mqtt": {"insecure": True}, "store": {"path": "agg.sqlite3"},
+        "influx": {"url": "http://127.0.0.1:9", "database": "unused"}, "key_file": "agg.pem",
+        "programme": {"parameter_sets": sets},
+    }))  # fmt: skip
+    return path
+
+
+def test_units_cli_add_change_list_export_and_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    street = Street()
+    deliver(tmp_path / "agg.sqlite3", tmp_path, KEY, street, MONTH, MONTH + 2 * DAY, enrol=True)
+    base = ["aggregator", "units", "--config", str(config)]
+    assert main([*base, "add", "house-7-pv", "--gateway", GATEWAY, "--meter", "pv-01", "--scenario", "pv",
+                 "--beneficiary", "acct-0001", "--from", "2026-01-01T00:00+08:00"]) == 0  # fmt: skip
+    assert main([*base, "beneficiary", "house-7-pv", "acct-0009", "--from", "2026-01-02T00:00+08:00"]) == 0
+    # refused, saying why: personal data, a reused id, a meter of another unit, a change back in time
+    for argv, why in (
+        ([*base, "add", "h2", "--gateway", GATEWAY, "--meter", "pv-02", "--scenario", "pv",
+          "--beneficiary", "13812345678"], "looks like a phone number"),
+        ([*base, "add", "h2", "--gateway", GATEWAY, "--meter", "pv-02", "--scenario", "pv",
+          "--beneficiary", "张三"], "is not an account reference"),
+        ([*base, "add", "house-7-pv", "--gateway", GATEWAY, "--meter", "pv-02", "--scenario", "pv",
+          "--beneficiary", "acct-0002"], "already enrolled"),
+        ([*base, "add", "h3", "--gateway", GATEWAY, "--meter", "pv-01", "--scenario", "pv",
+          "--beneficiary", "acct-0002"], "gw-street/pv-01 (unit house-7-pv)"),
+        ([*base, "beneficiary", "house-7-pv", "acct-0003", "--from", "2026-01-01T12:00+08:00"],
+         "must start after the last one"),
+    ):  # fmt: skip
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, err
+    assert main([*base, "list", "--beneficiary", "acct-0001"]) == 0
+    assert "house-7-pv  pv  gw-street/pv-01" in capsys.readouterr().out
+    out = tmp_path / "export"
+    assert main([*base, "export", "house-7-pv", "--out", str(out)]) == 0
+    unit = json.loads((out / "unit.json").read_text())
+    assert [b["beneficiary"] for b in unit["beneficiaries"]] == ["acct-0001", "acct-0009"]
+    rows = (out / "intervals.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 96 and all(",pv-02," not in r for r in rows)  # only its own meter
+    records = tmp_path / "records.json"
+    assert main([*base, "records", "--out", str(records)]) == 0
+    [site] = json.loads(records.read_text())["sites"]
+    assert site["site"] == "street" and site["region"] == "hebei"
+    [u] = site["units"]
+    assert u["meters"] == [{"meter": "pv-01", "scenario": "pv", "rated_power_kw": 7.0, "meter_class": "1",
+                            "calibrated_until": "2031-12-31"}]  # fmt: skip
+    assert u["parameter_set"]["id"] == "pv-export-mee" and u["parameter_set"]["filing"] is None
