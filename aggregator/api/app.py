@@ -82,6 +82,12 @@ class StatementSummary(_Model):
     created_ms: int
     er_tco2e: float
     status: Status = Field(description="signed, or what the latest platform receipt did with it")
+    beneficiary: str | None = Field(
+        default=None, description="the platform account the reductions go to (pseudonymous), if named"
+    )
+    supplements: list[str] = Field(
+        default_factory=list, description="a supplementary statement: the statements it adds to"
+    )
 
 
 class StatementPage(_Model):
@@ -339,15 +345,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     # -- statements --------------------------------------------------------------------------
 
-    def summary(s: StoredStatement, units: list[str]) -> StatementSummary:
+    def summary(s: StoredStatement, document: bytes) -> StatementSummary:
+        body = json.loads(document.split(b"\n", 1)[0])
+        units = [str(u["id"]) for u in body["subject"]["units"]]
         return StatementSummary(
+            beneficiary=body["subject"].get("beneficiary"),
+            supplements=[str(x["statement"]) for x in body.get("supplements", [])],
             id=s.id, gateway=s.gateway, scenario=s.scenario, units=units, parameter_set=s.parameter_set,
             parameter_version=s.parameter_version, period_start=s.period_start, period_end=s.period_end,
             created_ms=s.created_ms, er_tco2e=s.er_tco2e, status=ctx.statements.status(s.id),  # type: ignore[arg-type]
         )  # fmt: skip
-
-    def units_of(document: bytes) -> list[str]:
-        return [str(u["id"]) for u in json.loads(document.split(b"\n", 1)[0])["subject"]["units"]]
 
     def stored(statement_id: str) -> bytes:
         if len(statement_id) != 64 or statement_id.strip("0123456789abcdef"):
@@ -375,15 +382,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ] = None,
         period_to: Annotated[int | None, Query(ge=0, le=MAX_TIME, description="period end <= (s)")] = None,
         status: Annotated[Status | None, Query()] = None,
+        beneficiary: Annotated[
+            str | None, Query(max_length=64, description="the platform account the statement is for")
+        ] = None,
         cursor: Annotated[str | None, Query(max_length=512)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> StatementPage:
         """Signed statements, oldest period first; page with ``cursor``."""
         after = _decode_cursor("statements", cursor, (int, str, str))
-        where = StatementFilter(gateway, scenario, unit, period_from, period_to, status)
+        where = StatementFilter(gateway, scenario, unit, period_from, period_to, status, beneficiary)
         key = None if after is None else (after[0], after[1], after[2])
         rows = ctx.statements.page(where, after=key, limit=page_limit(limit))
-        items = [summary(s, units_of(ctx.statements.document(s.id) or b"")) for s in rows]
+        items = [summary(s, ctx.statements.document(s.id) or b"") for s in rows]
         last = rows[-1] if rows else None  # poll from it later: statements signed since come after
         nxt = (
             None if last is None else _encode_cursor("statements", [last.period_start, last.gateway, last.id])
@@ -409,7 +419,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             float(body["result"]["er_tco2e"]),
         )  # fmt: skip
         detail = StatementDetail(
-            summary=summary(s, units_of(document)),
+            summary=summary(s, document),
             document=document.decode("ascii"),
             body=body,
             key_id=str(sig["key_id"]),

@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS reduction_receipts (
     PRIMARY KEY (platform, receipt_id)
 );
 CREATE INDEX IF NOT EXISTS reduction_receipts_statement ON reduction_receipts(statement, received_ms);
+CREATE TABLE IF NOT EXISTS reduction_statement_beneficiaries (
+    statement TEXT PRIMARY KEY REFERENCES reduction_statements(id),
+    beneficiary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reduction_statement_beneficiaries_ref
+    ON reduction_statement_beneficiaries(beneficiary);
 CREATE INDEX IF NOT EXISTS reduction_statements_order ON reduction_statements(period_start, gateway, id);
 """
 _OVERLAP = (
@@ -100,6 +106,7 @@ class StatementFilter:
     period_from: int | None = None  # period_start >= this
     period_to: int | None = None  # period_end <= this
     status: str | None = None  # signed, issued, transferred, retired (the latest receipt)
+    beneficiary: str | None = None  # the platform account the statement's subject names
 
 
 StatementKey = tuple[int, str, str]
@@ -184,6 +191,11 @@ class StatementStore:
                 "INSERT OR IGNORE INTO reduction_statement_units VALUES (?, ?)",
                 [(sid, u["id"]) for u in b["subject"]["units"]],
             )
+            if "beneficiary" in b["subject"]:
+                db.execute(
+                    "INSERT INTO reduction_statement_beneficiaries VALUES (?, ?)",
+                    (sid, b["subject"]["beneficiary"]),
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -272,6 +284,11 @@ class StatementStore:
         if where.unit is not None:
             conds.append("id IN (SELECT statement FROM reduction_statement_units WHERE unit = ?)")
             args.append(where.unit)
+        if where.beneficiary is not None:
+            conds.append(
+                "id IN (SELECT statement FROM reduction_statement_beneficiaries WHERE beneficiary = ?)"
+            )
+            args.append(where.beneficiary)
         if where.period_from is not None:
             conds.append("period_start >= ?")
             args.append(where.period_from)

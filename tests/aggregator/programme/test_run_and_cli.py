@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from aggregator.config import AggregatorConfig
-from aggregator.methodology.params import PARAMS_DIR
+from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
 from aggregator.programme.schedule import signed_statements
 from aggregator.programme.units import UnitRegistry
 from aggregator.registry import GatewayRegistry
@@ -132,3 +132,56 @@ def test_units_cli_add_change_list_export_and_records(
     assert u["meters"] == [{"meter": "pv-01", "scenario": "pv", "rated_power_kw": 7.0, "meter_class": "1",
                             "calibrated_until": "2031-12-31"}]  # fmt: skip
     assert u["parameter_set"]["id"] == "pv-export-mee" and u["parameter_set"]["filing"] is None
+
+
+def test_the_api_lists_statements_by_beneficiary(tmp_path: Path) -> None:
+    import ssl
+
+    import httpx
+
+    from aggregator.methodology.store import StatementFilter, StatementStore
+    from aggregator.programme.schedule import StatementScheduler
+    from puhui.pki import issue_server, make_ca
+    from tests.aggregator.api.support import make_token, running_api
+
+    db = tmp_path / "agg.sqlite3"
+    street = Street()
+    deliver(db, tmp_path, KEY, street, MONTH, MONTH_END + 2 * DAY, enrol=True)
+    _units(db)
+    with UnitRegistry(db) as units:
+        units.set_beneficiary("house-9-pv", "acct-0003", from_ms=(MONTH + 15 * DAY) * 1000, now_ms=0)
+    sets = {"pv": load_parameter_set(PARAMS_DIR / "pv-export-mee-2.0.0.yaml"),
+            "ev_charging": load_parameter_set(PARAMS_DIR / "ev-charging-jjj-2.0.0.yaml")}  # fmt: skip
+
+    class Later:
+        def now(self) -> float:
+            return MONTH_END + 3 * DAY
+
+    evidence, units, statements = SQLiteEvidenceStore(db), UnitRegistry(db), StatementStore(db)
+    sched = StatementScheduler(db=db, units=units, statements=statements, evidence=evidence, key=KEY,
+                               clock=Later(), parameter_sets=sets, owns=(units, statements))  # type: ignore[arg-type]  # fmt: skip
+    try:
+        signed = sched.tick().signed
+        mine = statements.page(StatementFilter(beneficiary="acct-0003"))
+    finally:
+        sched.close()
+        evidence.close()
+    [expected] = [s.statement for s in signed if s.beneficiary == "acct-0003"]
+    assert [s.id for s in mine] == [expected]
+    ca = make_ca(tmp_path / "pki")
+    server = issue_server(ca)
+    config = tmp_path / "api.yaml"
+    config.write_text(yaml.safe_dump({
+        "mqtt": {"insecure": True}, "store": {"path": str(db)},
+        "influx": {"url": "http://127.0.0.1:9", "database": "unused"}, "key_file": str(tmp_path / "none.pem"),
+        "api": {"host": "127.0.0.1", "port": 0,
+                "tls": {"cert_file": str(server.cert_path), "key_file": str(server.key_path)}},
+    }))  # fmt: skip
+    token = make_token(config, "statements:read")
+    with running_api(config) as api:
+        tls = ssl.create_default_context(cafile=ca.layout.ca_cert)
+        r = httpx.get(api.url + "/v1/statements", params={"beneficiary": "acct-0003"}, verify=tls,
+                      headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    [item] = r.json()["items"]
+    assert (item["id"], item["beneficiary"], item["units"]) == (expected, "acct-0003", ["house-9-pv"])
