@@ -49,6 +49,7 @@ ROLES = (
     "aggregator-keys",
     "key-list",
     "verdicts",
+    "supplemented",  # a supplementary statement's earlier statements (what they credited is not again)
 )
 
 
@@ -103,6 +104,11 @@ def build_package(
     members[VERDICTS] = ("verdicts", canonical_json(_verdicts(st, issues)))
     _add_gateway(store, st.gateway, members)
     _add_parameter_set(st, params_dir, members)
+    for entry in st.body.get("supplements", []):
+        earlier = statement_store.document(str(entry["statement"]))
+        if earlier is None:
+            raise PackageError(f"statement {st.id} supplements {entry['statement']}, which is not stored")
+        members[f"supplemented/{entry['statement']}.statement"] = ("supplemented", earlier)
     keys = [_fields(k) for k in store.aggregator_keys()]
     members[AGGREGATOR_KEYS] = ("aggregator-keys", canonical_json({"aggregator_keys": keys}))
     if keylist is not None:

@@ -295,7 +295,11 @@ def _verify_contents(
     params = _parameter_set(contents)
     keys = {e.key_id: load_public_key(e.public_key) for e in entries}
     source = PackageSource(gateway, meters, batches, keys, _verdicts(contents, gateway))
-    result = verify_statement(contents.members[STATEMENT], issuer_key=issuer, source=source, params=params)
+    earlier = {n.removeprefix("supplemented/").removesuffix(".statement"): contents.members[n]
+               for n in contents.role("supplemented")}  # fmt: skip
+    result = verify_statement(
+        contents.members[STATEMENT], issuer_key=issuer, source=source, params=params, earlier=earlier.get
+    )
     report.problems += [f"statement: {p}" for p in result.problems]
     if result.ok:
         report.recomputed_er_tco2e = result.recomputed_er_tco2e

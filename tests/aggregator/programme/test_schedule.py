@@ -16,10 +16,12 @@ from aggregator.methodology.engine import compute
 from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
 from aggregator.methodology.store import StatementStore
 from aggregator.methodology.subject import Period, Subject, Unit
+from aggregator.package import build_package
 from aggregator.programme.schedule import StatementScheduler, calendar_periods
 from aggregator.programme.units import UnitRegistry
 from aggregator.store import SQLiteEvidenceStore
 from evidence import generate_key
+from puhui.verify import verify_package
 
 from .support import DELTA_KWH, GATEWAY, MONTH, MONTH_END, Street, deliver
 
@@ -174,6 +176,14 @@ def test_a_late_batch_yields_a_signed_supplement_and_the_first_statement_stays(s
             assert report.ok, str(report)
         street.clock.t += 600
         assert sched.tick().signed == []
+        # the supplement's evidence package carries the statement it adds to, and verifies alone
+        sid = sup[("house-7-pv", "acct-0001")].statement
+        package = build_package(sched.evidence, sched.statements, sid)  # type: ignore[arg-type]
+        assert f"supplemented/{first[('house-7-pv', 'acct-0001')].statement}.statement" in package.decode(
+            "latin-1"
+        )
+        checked = verify_package(package, street.key.public_key)
+        assert checked.ok, checked.problems
 
 
 def test_a_statement_saved_just_before_a_crash_is_found_not_signed_again(street: Setup) -> None:
