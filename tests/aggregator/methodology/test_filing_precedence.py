@@ -199,7 +199,9 @@ GOLDEN: list[tuple[str, str, bool, list[Spec], str, str, dict[str, str]]] = [
 
 
 @pytest.mark.parametrize(
-    ("case", "region", "production", "specs", "chosen", "reason", "others"), GOLDEN, ids=[g[0] for g in GOLDEN]
+    ("case", "region", "production", "specs", "chosen", "reason", "others"),
+    GOLDEN,
+    ids=[g[0] for g in GOLDEN],
 )
 def test_golden_precedence(
     case: str,
@@ -253,7 +255,9 @@ def test_nothing_applies_names_every_set_and_why() -> None:
         "no ev_charging parameter set applies to region 'beijing' for 2025-06-21T08:00+08:00 .. "
         "2025-06-21T18:00+08:00 (production signs only with a filed set valid for the whole period): "
     )
-    assert "ev-national 2.0.0: filing TEST-ev-national-2.0.0 (fictitious) (生态环境部) is valid through " in msg
+    assert (
+        "ev-national 2.0.0: filing TEST-ev-national-2.0.0 (fictitious) (生态环境部) is valid through " in msg
+    )
     assert "2025-06-20 (China time), the period ends 2025-06-21T18:00+08:00" in msg
     assert "ev-he-local 2.0.0: region 'beijing' is not where DB11/T 3043-2024 applies (hebei)" in msg
     assert "ev-puhui 2.0.0: not filed" in msg
