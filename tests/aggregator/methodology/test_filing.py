@@ -46,6 +46,14 @@ def _write(tmp_path: Path, filing: str) -> Path:
     return path
 
 
+def test_the_documented_sample_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "methodologies.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Filing and precedence") :]
+    sample = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml"))]
+    f = load_parameter_set(_write(tmp_path, sample)).params.filing
+    assert f is not None and (f.status, f.tier, f.number) == ("filed", "local", "TEST-0001 (fictitious)")
+
+
 def test_a_filing_section_loads(tmp_path: Path) -> None:
     f = load_parameter_set(_write(tmp_path, FILING)).params.filing
     assert f is not None
