@@ -20,7 +20,13 @@ from typing import Any
 from aggregator.methodology.baseline import load_baselines
 from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import MethodologyError
-from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
+from aggregator.methodology.filing import Selection, require_filed, select_for_unit, unit_region
+from aggregator.methodology.params import (
+    PARAMS_DIR,
+    LoadedParameterSet,
+    list_parameter_sets,
+    load_parameter_set,
+)
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import issue_statement, parse_statement
 from aggregator.methodology.store import StatementStore
@@ -30,13 +36,27 @@ from evidence.errors import EvidenceError
 from evidence.keylist import verify_keylist
 from evidence.keys import key_id, load_private_key, load_public_key
 
+SCENARIOS = ("pv", "ev_charging", "clean_heating")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("compute", help="compute, sign and store a statement for a subject and period")
     _db(p)
     p.add_argument("--key", type=Path, required=True, help="aggregator private key (PKCS#8 PEM, mode 0600)")
-    p.add_argument("--params", type=Path, required=True, help="parameter set file (config/methodologies/)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--params", type=Path, help="parameter set file (config/methodologies/)")
+    which.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        help="let the precedence rule pick the set among --params-dir for the meters' region",
+    )
+    p.add_argument("--params-dir", type=Path, default=PARAMS_DIR, help="the sets --scenario picks from")
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="sign only with a filed parameter set valid for the whole period (docs/methodologies.md)",
+    )
     p.add_argument("--gateway", required=True)
     p.add_argument("--meter", action="append", default=[], help="a meter as its own unit (repeatable)")
     p.add_argument("--unit", action="append", default=[], help="ID=METER+METER: meters earning as one unit")
@@ -139,19 +159,44 @@ def _subject(args: argparse.Namespace) -> Subject:
     return Subject(args.gateway, tuple(units))
 
 
+def _parameter_set(
+    args: argparse.Namespace, source: EvidenceSource, subject: Subject, period: Period
+) -> tuple[LoadedParameterSet, Selection | None]:
+    """``--params`` as given, or the set the precedence rule picks for the meters' region."""
+    if args.params is not None:
+        return load_parameter_set(args.params), None
+    known = {m.meter: m for m in source.meters() if m.gateway == subject.gateway}
+    missing = [m for m in subject.meters if m not in known]
+    if missing:
+        raise MethodologyError(f"gateway {subject.gateway}: meters {missing} are not enrolled")
+    region = unit_region(known[m].region for m in subject.meters)
+    sets = list_parameter_sets(args.params_dir)
+    selection = select_for_unit(sets, args.scenario, region, period, args.production)
+    return selection.chosen, selection
+
+
 def _compute(args: argparse.Namespace) -> int:
     try:
         key = load_private_key(args.key)
-        params = load_parameter_set(args.params)
         source = args.open_evidence(args.db)
+        subject, period = _subject(args), Period(args.start, args.end)
+        params, selection = _parameter_set(args, source, subject, period)
+        if args.production:
+            require_filed(params, period)
         baselines = load_baselines(args.baseline) if args.baseline else None
-        comp = compute(source, params, _subject(args), Period(args.start, args.end), baselines=baselines)
+        comp = compute(source, params, subject, period, baselines=baselines)
         if not comp.result.used and not any(comp.result.excluded.values()):
             return _fail(
                 f"gateway {args.gateway}: no attested interval of {', '.join(comp.subject.meters)} in "
                 f"{_when(args.start)} .. {_when(args.end)}: nothing to state, no statement signed"
             )
-        statement = issue_statement(comp, key, created_ms=time.time_ns() // 1_000_000)
+        statement = issue_statement(
+            comp,
+            key,
+            created_ms=time.time_ns() // 1_000_000,
+            selection=None if selection is None else selection.to_json(),
+            production=args.production,
+        )
         with StatementStore(args.db) as store:
             store.save(statement)
     except (MethodologyError, EvidenceError, OSError) as exc:
@@ -181,6 +226,17 @@ def _summary(body: dict[str, Any], statement_id: str) -> None:
         f"intervals used {ev['intervals_used']}, excluded {ev['intervals_excluded']} "
         f"{json.dumps(ev['excluded_by_reason'])}, missing {ev['intervals_missing']}"
     )
+    m = body["methodology"]
+    if "selection" in m:
+        sel = m["selection"]
+        print(
+            f"  chosen by {sel['rule']} ({sel['reason']}) among {len(sel['candidates'])} "
+            f"{sel['scenario']} sets for region {sel['region']}"
+        )
+    if m.get("production"):
+        f = m["filing"]
+        standard = f", {f['standard']}" if f["standard"] else ""
+        print(f"  production: filing {f['number']} ({f['authority']}), tier {f['tier']}{standard}")
 
 
 def _with_store(args: argparse.Namespace, action: Callable[[StatementStore], int]) -> int:

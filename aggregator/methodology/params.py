@@ -15,10 +15,13 @@ signed with it stays verifiable): ``scope`` (regions a programme credits, and th
 factors that may apply in each), ``meter_accuracy`` (calibration and permissible error),
 ``method.transmission_loss``, ``method.historical_coal_ncv`` and ``alternatives`` (the
 published values the set did not choose: tests/aggregator/methodology/test_conservative.py).
+``filing`` (optional, issue 18) records the set's filing (备案) with an authority and the tier of
+the standard it implements; :mod:`.filing` holds the production check and the precedence rule.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 from collections.abc import Sequence
@@ -294,6 +297,66 @@ class Alternative(_Closed):
     chosen_because: str | None = None
 
 
+FilingStatus = Literal["unfiled", "pending", "filed", "withdrawn"]
+StandardTier = Literal["national", "local", "group", "international", "none"]
+NEEDS_NUMBER: frozenset[str] = frozenset({"filed", "withdrawn"})
+
+
+class Filing(_Closed):
+    """Where the set stands with the authority that files (备案) methodologies, and the tier of
+    the standard it implements: ``national`` (GB, MEE), ``local`` (DB, a province's own; names
+    its ``regions``), ``group`` (T/ 团体标准), ``international`` (CDM, Verra) or ``none``
+    (puhui's own reading). ``status`` is the filing's state now: ``unfiled``, ``pending``
+    (submitted, no number yet), ``filed`` (in force from ``valid_from`` through ``valid_to``,
+    China time) or ``withdrawn``. docs/methodologies.md, *Filing and precedence*."""
+
+    status: FilingStatus
+    tier: StandardTier
+    standard: str | None = Field(default=None, min_length=3)  # e.g. DB11/T 3043-2024
+    authority: str | None = Field(default=None, min_length=2)  # e.g. 河北省生态环境厅
+    number: str | None = Field(default=None, min_length=1)  # 备案号
+    regions: list[Annotated[str, Field(pattern=REGION)]] = Field(default_factory=list)
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+    source: str = Field(min_length=3)
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Filing:
+        problems = [*self._status_problems(), *self._tier_problems()]
+        if self.valid_from and self.valid_to and self.valid_to < self.valid_from:
+            problems.append(f"valid_to {self.valid_to} is before valid_from {self.valid_from}")
+        if len(set(self.regions)) != len(self.regions):
+            problems.append("regions: a region is named twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _status_problems(self) -> list[str]:
+        s, out = self.status, []
+        if s in NEEDS_NUMBER and self.number is None:
+            out.append(f"number (备案号) is required when status is {s!r}")
+        if s not in NEEDS_NUMBER and self.number is not None:
+            out.append(f"number: a set with status {s!r} has no 备案号")
+        if s != "unfiled" and self.authority is None:
+            out.append(f"authority is required when status is {s!r}")
+        if s == "filed" and self.valid_from is None:
+            out.append("valid_from is required when status is 'filed'")
+        return out
+
+    def _tier_problems(self) -> list[str]:
+        t, out = self.tier, []
+        if t == "local" and not self.regions:
+            out.append("regions: a local standard names the regions it applies in")
+        if t == "national" and self.regions:
+            out.append("regions: a national standard applies everywhere (leave regions out)")
+        if t != "none" and self.standard is None:
+            out.append(f"standard (the standard's code) is required for tier {t!r}")
+        if t == "none" and self.standard is not None:
+            out.append("standard: tier 'none' is puhui's own reading, it names no standard")
+        return out
+
+
 class ParameterSet(_Closed):
     """One versioned parameter set for one methodology."""
 
@@ -311,6 +374,17 @@ class ParameterSet(_Closed):
     scope: ProgrammeScope | None = None
     meter_accuracy: MeterAccuracy | None = None
     alternatives: list[Alternative] = Field(default_factory=list)
+    filing: Filing | None = None
+
+    @model_validator(mode="after")
+    def _filing_regions_in_scope(self) -> ParameterSet:
+        if self.filing is None or self.scope is None:
+            return self
+        outside = sorted(set(self.filing.regions) - set(self.scope.regions))
+        if outside:
+            in_scope = sorted(self.scope.regions)
+            raise ValueError(f"filing.regions {outside} are not in scope.regions ({in_scope})")
+        return self
 
     @model_validator(mode="after")
     def _grid_choice_exists(self) -> ParameterSet:
@@ -509,6 +583,22 @@ def find_parameter_set(
                 )
             return loaded
     raise ParameterSetError(f"{directory}: no parameter set {set_id} version {version}")
+
+
+def list_parameter_sets(directory: Path = PARAMS_DIR) -> list[LoadedParameterSet]:
+    """Every parameter set of ``directory`` (``*.yaml``, all versions), in file-name order.
+    Two files claiming one id and version are an error naming both."""
+    if not directory.is_dir():
+        raise ParameterSetError(f"{directory}: not a directory of parameter sets")
+    out: list[LoadedParameterSet] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        loaded = load_parameter_set(path)
+        other = seen.setdefault((loaded.id, loaded.version), path)
+        if other != path:
+            raise ParameterSetError(f"{path}: parameter set {loaded.id} {loaded.version} is also {other}")
+        out.append(loaded)
+    return out
 
 
 def validation_issues(exc: ValidationError, name: str) -> list[str]:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,20 @@ def sign_statement(body: dict[str, Any], key: GatewayKey) -> Statement:
     return Statement(data, json.loads(data), key.key_id, key.sign(data))
 
 
-def issue_statement(comp: Computation, key: GatewayKey, *, created_ms: int) -> Statement:
-    """Build and sign the statement for a computation."""
-    return sign_statement(build_body(comp, issuer_key_id=key.key_id, created_ms=created_ms), key)
+def issue_statement(
+    comp: Computation,
+    key: GatewayKey,
+    *,
+    created_ms: int,
+    selection: Mapping[str, Any] | None = None,
+    production: bool = False,
+) -> Statement:
+    """Build and sign the statement for a computation (``selection``, ``production``: see
+    :func:`build_body`)."""
+    body = build_body(
+        comp, issuer_key_id=key.key_id, created_ms=created_ms, selection=selection, production=production
+    )
+    return sign_statement(body, key)
 
 
 def parse_statement(data: bytes) -> Statement:
@@ -119,8 +131,18 @@ def parse_statement(data: bytes) -> Statement:
     return Statement(body_bytes, body, key_id, signature)
 
 
-def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dict[str, Any]:
-    """The statement body for a computation (the verifier rebuilds it and compares)."""
+def build_body(
+    comp: Computation,
+    *,
+    issuer_key_id: str,
+    created_ms: int,
+    selection: Mapping[str, Any] | None = None,
+    production: bool = False,
+) -> dict[str, Any]:
+    """The statement body for a computation (the verifier rebuilds it and compares).
+
+    ``selection``: how the precedence rule picked the set (:meth:`.filing.Selection.to_json`);
+    ``production``: the set was checked as filed and valid for the period (:mod:`.filing`)."""
     r = comp.result
     be, pe, le = r.totals_be_pe_le
     p = comp.params.params
@@ -137,12 +159,7 @@ def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dic
         "created_ms": created_ms,
         "subject": subject,
         "period": {"start": comp.period.start, "end": comp.period.end, "interval_s": comp.interval_s},
-        "methodology": {
-            "scenario": p.method.scenario,
-            "title": p.title,
-            "programme": p.programme,
-            "parameter_set": comp.params.reference(),
-        },
+        "methodology": _methodology(comp, selection, production),
         "parameters": _parameters(comp),
         "activity": {role: float(t.sum()) for role, t in r.totals.items()},
         "result": {
@@ -172,6 +189,23 @@ def build_body(comp: Computation, *, issuer_key_id: str, created_ms: int) -> dic
 
 # Keys added for the 2.0.0 parameter sets appear only when the set (or the unit) uses them, so
 # a statement signed with a 1.0.0 set rebuilds to the same body and stays verifiable.
+
+
+def _methodology(comp: Computation, selection: Mapping[str, Any] | None, production: bool) -> dict[str, Any]:
+    p = comp.params.params
+    out: dict[str, Any] = {
+        "scenario": p.method.scenario,
+        "title": p.title,
+        "programme": p.programme,
+        "parameter_set": comp.params.reference(),
+    }
+    if p.filing is not None:  # the filing keys (issue 18) likewise appear only when used
+        out["filing"] = p.filing.model_dump(mode="json")
+    if selection is not None:
+        out["selection"] = dict(selection)
+    if production:
+        out["production"] = True
+    return out
 
 
 def _unit(comp: Computation, i: int) -> dict[str, Any]:

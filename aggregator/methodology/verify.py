@@ -17,6 +17,11 @@ later date; an enrolment naming an *earlier* date, or none, is a problem) and a 
 unit's recorded historical fuel use (``units[].baseline_cap``: it can only lower BE; the
 verifier checks the record it names).
 
+A statement that claims ``methodology.production`` must name a set that is filed and valid for
+the whole period; one with ``methodology.selection`` must name the set the precedence rule
+picks when run again over the candidates it lists, found by id, version and sha256 among
+``candidates`` (default: the sets of ``params_dir``) and the given set (:mod:`.filing`).
+
 Any tampering with the stored statement (signature, step 1), with the parameter file
 (step 2), with a batch it names (step 3) or with the evidence's verdicts or coverage
 (step 5) makes verification fail, and every problem is reported.
@@ -27,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,23 @@ from typing import Any
 from aggregator.methodology.baseline import HistoricalUse
 from aggregator.methodology.engine import EarlierClaims, check_eligibility, compute_from
 from aggregator.methodology.errors import MethodologyError, StatementFormatError
-from aggregator.methodology.params import PARAMS_DIR, LoadedParameterSet, find_parameter_set
+from aggregator.methodology.filing import (
+    PRODUCTION_NEEDS,
+    RULE,
+    FilingError,
+    NoApplicableSet,
+    Selection,
+    explain,
+    production_problem,
+    select_for_unit,
+    unit_region,
+)
+from aggregator.methodology.params import (
+    PARAMS_DIR,
+    LoadedParameterSet,
+    find_parameter_set,
+    list_parameter_sets,
+)
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import (
     Statement,
@@ -82,10 +103,12 @@ def verify_statement(
     params: LoadedParameterSet | None = None,
     params_dir: Path = PARAMS_DIR,
     earlier: Callable[[str], bytes | None] | None = None,
+    candidates: Sequence[LoadedParameterSet] | None = None,
 ) -> VerificationReport:
     """Verify a statement document; the report lists every problem found. ``earlier`` finds
     the documents of the statements a supplementary statement supplements (by id): what they
-    credited is rebuilt as not credited again (verify them on their own)."""
+    credited is rebuilt as not credited again (verify them on their own). ``candidates``: the
+    sets a ``methodology.selection`` may name (default: every set of ``params_dir``)."""
     try:
         st = parse_statement(document)
     except StatementFormatError as exc:
@@ -96,10 +119,13 @@ def verify_statement(
     loaded = _parameter_set(st, params, params_dir, report)
     if loaded is None:
         return report
+    filing_problems: list[str] = []
     try:
-        _recompute(st, loaded, source, report, earlier)
+        claims = _filing_claims(st, loaded, source, params_dir, candidates, filing_problems)
+        _recompute(st, loaded, source, report, claims, earlier)
     except MethodologyError as exc:
         report.problems.append(f"recomputation: {exc}")
+    report.problems[:0] = filing_problems
     return report
 
 
@@ -136,11 +162,108 @@ def _parameter_set(
     return params
 
 
+def _filing_claims(
+    st: Statement,
+    loaded: LoadedParameterSet,
+    source: EvidenceSource,
+    directory: Path,
+    candidates: Sequence[LoadedParameterSet] | None,
+    problems: list[str],
+) -> dict[str, Any]:
+    """Check ``methodology.production`` and ``methodology.selection``; the keyword arguments
+    the body is rebuilt with (the selection as the rule makes it again, where it can)."""
+    m, b = st.body["methodology"], st.body["period"]
+    period = Period(b["start"], b["end"])
+    production = m.get("production", False)
+    if production is not False and production is not True:
+        problems.append(f"production: methodology.production is {production!r}, not true")
+    elif production and (why := production_problem(loaded, period)) is not None:
+        problems.append(f"production: {explain(loaded, why, None, period)}: {PRODUCTION_NEEDS}")
+    claims: dict[str, Any] = {"production": production is True}
+    if "selection" not in m:
+        return claims
+    claims["selection"] = m["selection"]  # rebuilt as signed unless the rule can be re-run
+    try:
+        pool = list(candidates) if candidates is not None else list_parameter_sets(directory)
+    except MethodologyError as exc:
+        problems.append(f"selection: cannot read the candidate sets: {exc}")
+        return claims
+    where = "the candidate sets given" if candidates is not None else str(directory)
+    again = _reselect(m["selection"], st.body, loaded, source, [*pool, loaded], where, problems)
+    if again is not None:
+        claims["selection"] = again.to_json()
+    return claims
+
+
+def _reselect(
+    signed: Any,
+    body: dict[str, Any],
+    loaded: LoadedParameterSet,
+    source: EvidenceSource,
+    pool: list[LoadedParameterSet],
+    where: str,
+    problems: list[str],
+) -> Selection | None:
+    """The precedence rule run again over the candidates the statement lists."""
+    try:
+        rule, scenario, region = signed["rule"], signed["scenario"], signed["region"]
+        named = {k: signed["chosen"][k] for k in ("id", "version", "sha256")}
+        listed = [(e["id"], e["version"], e["sha256"]) for e in signed["candidates"]]
+        if not isinstance(scenario, str) or not (region is None or isinstance(region, str)):
+            raise TypeError("scenario or region")
+    except (KeyError, TypeError) as exc:
+        problems.append(f"selection: not a selection record ({exc!r} missing or malformed)")
+        return None
+    ref = {k: loaded.reference()[k] for k in ("id", "version", "sha256")}
+    if named != ref:
+        problems.append(f"selection: chooses {named}, the statement is computed with {ref}")
+    if rule != RULE:
+        problems.append(f"selection: rule {rule!r} is unknown (this verifier knows {RULE!r})")
+        return None
+    _check_region(body, source, region, problems)
+    index = {(s.id, s.version, s.sha256): s for s in pool}
+    missing = [f"{i} {v} sha256 {h}" for i, v, h in listed if (i, v, h) not in index]
+    if missing:
+        problems.append(f"selection: candidates {missing} are not in {where}: the rule cannot be re-run")
+        return None
+    period = Period(body["period"]["start"], body["period"]["end"])
+    production = body["methodology"].get("production") is True
+    try:
+        again = select_for_unit([index[k] for k in listed], scenario, region, period, production)
+    except NoApplicableSet as exc:
+        problems.append(f"selection: {exc}")
+        return None
+    if again.chosen.reference() != loaded.reference():
+        problems.append(
+            f"selection: rule {RULE} picks {again.chosen.id} {again.chosen.version} among the candidates, "
+            f"the statement is computed with {loaded.id} {loaded.version}"
+        )
+    return again
+
+
+def _check_region(
+    body: dict[str, Any], source: EvidenceSource, region: str | None, problems: list[str]
+) -> None:
+    gateway, meters = body["subject"]["gateway"], {m for u in body["subject"]["units"] for m in u["meters"]}
+    try:
+        enrolled = unit_region(
+            m.region for m in source.meters() if m.gateway == gateway and m.meter in meters
+        )
+    except FilingError as exc:
+        problems.append(f"selection: {exc}")
+        return
+    if enrolled != region:
+        problems.append(
+            f"selection: made for region {region!r}, the subject's meters are enrolled in {enrolled!r}"
+        )
+
+
 def _recompute(
     st: Statement,
     loaded: LoadedParameterSet,
     source: EvidenceSource,
     report: VerificationReport,
+    claims: Mapping[str, Any],
     find: Callable[[str], bytes | None] | None = None,
 ) -> None:
     body = st.body
@@ -177,7 +300,9 @@ def _recompute(
         intervals, infos, loaded, subject, period, baselines=_signed_baselines(body), earlier=supplemented,
         beneficiary=body["subject"].get("beneficiary"),
     )  # fmt: skip
-    rebuilt = json.loads(canonical(build_body(comp, issuer_key_id=st.key_id, created_ms=body["created_ms"])))
+    rebuilt = json.loads(
+        canonical(build_body(comp, issuer_key_id=st.key_id, created_ms=body["created_ms"], **claims))
+    )
     report.recomputed_er_tco2e = comp.result.er
     _compare(body, rebuilt, "", report.problems)
 
