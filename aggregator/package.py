@@ -50,6 +50,7 @@ ROLES = (
     "key-list",
     "verdicts",
     "supplemented",  # a supplementary statement's earlier statements (what they credited is not again)
+    "candidate-set",  # the other parameter sets the precedence rule weighed (methodology.selection)
 )
 
 
@@ -190,6 +191,17 @@ def _add_parameter_set(st: Statement, params_dir: Path, members: dict[str, tuple
     if hashlib.sha256(data).hexdigest() != ref["sha256"]:
         raise PackageError(f"{loaded.path}: changed while it was being packaged")
     members[f"parameters/{loaded.path.name}"] = ("parameter-set", data)
+    selection = st.body["methodology"].get("selection")
+    for c in [] if selection is None else selection["candidates"]:
+        if (c["id"], c["version"], c["sha256"]) == (ref["id"], ref["version"], ref["sha256"]):
+            continue
+        other = find_parameter_set(c["id"], c["version"], c["sha256"], params_dir)
+        if other.path is None:
+            raise PackageError(f"parameter set {c['id']} {c['version']}: no file")
+        members[f"candidates/{c['sha256'][:16]}-{other.path.name}"] = (
+            "candidate-set",
+            other.path.read_bytes(),
+        )
 
 
 def _fields(entry: Any) -> dict[str, Any]:

@@ -297,9 +297,13 @@ def _verify_contents(
     source = PackageSource(gateway, meters, batches, keys, _verdicts(contents, gateway))
     earlier = {n.removeprefix("supplemented/").removesuffix(".statement"): contents.members[n]
                for n in contents.role("supplemented")}  # fmt: skip
+    candidates = [params] + [
+        parse_parameter_set(contents.members[n], n) for n in contents.role("candidate-set")
+    ]
     result = verify_statement(
-        contents.members[STATEMENT], issuer_key=issuer, source=source, params=params, earlier=earlier.get
-    )
+        contents.members[STATEMENT], issuer_key=issuer, source=source, params=params, earlier=earlier.get,
+        candidates=candidates,
+    )  # fmt: skip
     report.problems += [f"statement: {p}" for p in result.problems]
     if result.ok:
         report.recomputed_er_tco2e = result.recomputed_er_tco2e
