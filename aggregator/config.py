@@ -184,8 +184,10 @@ class ProgrammeSettings(_Closed):
     settle_hours: float = Field(default=48.0, ge=0)  # after a period ends: time for late batches
     check_every_s: float = Field(default=300.0, gt=0)  # how often to look for due periods and late data
     production: bool = False  # refuse to sign with a parameter set that is not filed and valid
-    # scenario -> the parameter set file its units are credited with
+    # scenario -> the parameter set file its units are credited with; a scenario not named here
+    # takes the set the precedence rule picks from params_dir (national > local > group)
     parameter_sets: dict[Literal["pv", "ev_charging", "clean_heating"], Path] = Field(default_factory=dict)
+    params_dir: Path | None = None  # default: the shipped config/methodologies
     baselines_file: Path | None = None  # heating units' recorded coal use (puhui-heating-baseline/1)
 
 
@@ -230,7 +232,10 @@ class AggregatorConfig(_Closed):
         if programme is not None:
             sets = {k: base / v for k, v in programme.parameter_sets.items()}
             baselines = None if programme.baselines_file is None else base / programme.baselines_file
-            programme = programme.model_copy(update={"parameter_sets": sets, "baselines_file": baselines})
+            params_dir = None if programme.params_dir is None else base / programme.params_dir
+            programme = programme.model_copy(
+                update={"parameter_sets": sets, "baselines_file": baselines, "params_dir": params_dir}
+            )
         return self.model_copy(
             update={
                 "store": store,

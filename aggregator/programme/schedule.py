@@ -29,7 +29,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,7 +41,13 @@ from aggregator.errors import StoreError
 from aggregator.methodology.baseline import HistoricalUse, load_baselines
 from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import MethodologyError
-from aggregator.methodology.params import LoadedParameterSet, load_parameter_set
+from aggregator.methodology.filing import require_filed, select_for_unit, unit_region
+from aggregator.methodology.params import (
+    PARAMS_DIR,
+    LoadedParameterSet,
+    list_parameter_sets,
+    load_parameter_set,
+)
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import Statement, earlier_claims, issue_statement
 from aggregator.methodology.store import StatementStore
@@ -144,16 +150,20 @@ class StatementScheduler:
         period: PeriodKind = "month",
         settle_s: float = 48 * 3600.0,
         baselines: Mapping[str, HistoricalUse] | None = None,
-        check_production: Callable[[LoadedParameterSet, Period], None] | None = None,
+        candidates: Sequence[LoadedParameterSet] = (),
+        production: bool = False,
         owns: tuple[UnitRegistry | StatementStore, ...] = (),
     ) -> None:
-        """``check_production(params, period)`` raises if the set may not be signed with."""
+        """``parameter_sets``: the set per scenario; a scenario without one takes the set the
+        precedence rule picks among ``candidates`` for the unit's region and the period.
+        ``production``: sign only with a set filed and valid for the period."""
         self.units, self.statements, self.evidence = units, statements, evidence
         self.key, self.clock = key, clock
         self.parameter_sets = dict(parameter_sets)
         self.period, self.settle_s = period, settle_s
         self.baselines = dict(baselines or {})
-        self.check_production = check_production
+        self.candidates = tuple(candidates)
+        self.production = production
         self._owns = owns  # closed with the scheduler
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # held by a look: close() waits for it
@@ -272,14 +282,20 @@ class StatementScheduler:
     def _sign(self, unit: UnitEntry, seg: Segment, mark: int, stated: list[str], now: float) -> Signed | None:
         if mark == 0:
             return None  # no evidence yet: nothing to state (the look is recorded)
+        period = Period(seg.start, seg.end)
         params = self.parameter_sets.get(unit.scenario)
+        selection = None
+        if params is None and self.candidates:
+            region = unit_region(m.region for m in self.evidence.meters() if m.gateway == unit.gateway
+                                 and m.meter in unit.meters)  # fmt: skip
+            chosen = select_for_unit(self.candidates, unit.scenario, region, period, self.production)
+            params, selection = chosen.chosen, chosen.to_json()
         if params is None:
             raise ProgrammeError(
                 f"no parameter set for scenario {unit.scenario} (programme.parameter_sets in the config)"
             )
-        period = Period(seg.start, seg.end)
-        if self.check_production is not None:
-            self.check_production(params, period)
+        if self.production:
+            require_filed(params, period)
         earlier: list[Statement] = []
         for sid in stated:
             st = self.statements.get(sid)
@@ -296,7 +312,9 @@ class StatementScheduler:
             return None  # the late batches brought nothing creditable: no supplement
         if not earlier and not comp.result.used and not any(comp.result.excluded.values()):
             return None
-        statement = issue_statement(comp, self.key, created_ms=round(now * 1000))
+        statement = issue_statement(
+            comp, self.key, created_ms=round(now * 1000), selection=selection, production=self.production
+        )
         self.statements.save(statement)
         kind = "supplementary" if earlier else "scheduled"
         with self._locked() as db:
@@ -338,13 +356,14 @@ def open_scheduler(
                 )
             sets[scenario] = loaded
         baselines = load_baselines(settings.baselines_file) if settings.baselines_file is not None else {}
+        candidates = list_parameter_sets(settings.params_dir or PARAMS_DIR)
     except MethodologyError as exc:
         raise ProgrammeError(f"programme: {exc}") from exc
     units, statements = UnitRegistry(db), StatementStore(db)
     return StatementScheduler(
         db=db, units=units, statements=statements, evidence=evidence, key=key, clock=clock,
         parameter_sets=sets, period=settings.period, settle_s=settings.settle_hours * 3600,
-        baselines=baselines, owns=(units, statements),
+        baselines=baselines, candidates=candidates, production=settings.production, owns=(units, statements),
     )  # fmt: skip
 
 

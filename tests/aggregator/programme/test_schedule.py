@@ -222,3 +222,29 @@ def test_a_unit_that_cannot_be_stated_is_reported_once_and_the_others_go_on(
         street.deliver(MONTH_END + 4 * DAY, MONTH_END + 5 * DAY)
         assert [s.unit for s in sched.tick().signed] == ["charger-1"]
         assert sched.problems() == []
+
+
+def test_in_production_the_schedule_signs_only_with_a_filed_set_the_rule_picks(street: Setup) -> None:
+    from aggregator.methodology.params import list_parameter_sets
+    from tests.aggregator.methodology.filing_fixture import Spec, write_sets
+
+    sets_dir = street.tmp / "sets"
+    write_sets(sets_dir, Spec("ev-hebei", "local", regions=("hebei",)), Spec("ev-group", "group"))
+    street.deliver(MONTH, MONTH_END + 3 * DAY)
+    street.clock.t = MONTH_END + 3 * DAY
+    for sched in street.scheduler():
+        sched.parameter_sets = {}  # no fixed sets: the precedence rule picks
+        sched.production = True
+        sched.candidates = tuple(list_parameter_sets(PARAMS_DIR))  # the shipped sets: none is filed
+        report = sched.tick()
+        assert report.signed == [] and len(report.problems) == 4  # house-9-pv has two stretches
+        assert all("production" in p or "filed" in p for p in report.problems), report.problems
+        sched.candidates += tuple(list_parameter_sets(sets_dir))  # a filed EV set for Hebei arrives
+        street.deliver(MONTH_END + 3 * DAY, MONTH_END + 4 * DAY)
+        [signed] = sched.tick().signed
+        body = sched.statements.get(signed.statement).body  # type: ignore[union-attr]
+        m = body["methodology"]
+        assert signed.unit == "charger-1" and m["production"] is True
+        assert m["parameter_set"]["id"] == "ev-hebei" and m["selection"]["reason"] == "tier"
+        assert m["filing"]["number"] == "TEST-ev-hebei-2.0.0 (fictitious)"
+        assert [p[0] for p in sched.problems()] == ["house-7-pv", "house-9-pv", "house-9-pv"]  # still unfiled
