@@ -10,6 +10,7 @@
     puhui aggregator api --config aggregator.yaml
     puhui aggregator tokens --config aggregator.yaml create --name city --scope statements:read
     puhui aggregator units --config aggregator.yaml add|beneficiary|withdraw|list|status|export|records
+    puhui aggregator push --config aggregator.yaml [status | retry TARGET]
 
 Exit status, as for ``puhui gateway``: 0 done; 1 the command failed (store, registry,
 enrolment document refused); 2 a usage or config error (the message names the file and
@@ -32,6 +33,7 @@ from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
 from aggregator.programme import cli as programme_cli
+from aggregator.push import cli as push_cli
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from common.sdnotify import NotifyError, ServiceNotifier
@@ -83,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     api_cli.add_api_arguments(sub.add_parser("api", help="serve the platform API (HTTPS, bearer tokens)"))
     api_cli.add_token_arguments(
         sub.add_parser("tokens", help="make, list and revoke the API's bearer tokens")
+    )
+    push_cli.add_arguments(
+        sub.add_parser("push", help="POST every statement to platforms that take data by push; status")
     )
 
 

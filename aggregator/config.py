@@ -191,6 +191,41 @@ class ProgrammeSettings(_Closed):
     baselines_file: Path | None = None  # heating units' recorded coal use (puhui-heating-baseline/1)
 
 
+class PushTarget(_Closed):
+    """One platform that takes statements by push (``puhui aggregator push``, docs/platform-api.md):
+    every stored statement (or its evidence package) is POSTed to ``url`` once, in creation
+    order, with an ``Idempotency-Key`` and the bearer ``token``; HTTPS unless ``insecure: true``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # the outbox's key: keep it stable
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    what: Literal["statement", "package"] = "statement"  # the signed document, or its evidence package
+    tls: TlsSettings | None = None  # ca_file pins the receiver's CA (cert_file + key_file: client cert)
+    insecure: bool = False  # plain http:// only with this
+    token: SecretSource | None = None  # {file: PATH} (0600) or {env: VARIABLE}: sent as Bearer
+    timeout_s: float = Field(default=30.0, gt=0)  # one POST, connect to answer
+    retry_initial_s: float = Field(default=1.0, gt=0)  # first wait after a 5xx, timeout, refused connection
+    retry_max_s: float = Field(default=600.0, gt=0)  # backoff cap
+    poll_s: float = Field(default=10.0, gt=0)  # how often to look for new statements when idle
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _no_inline_token(cls, value: Any, info: ValidationInfo) -> Any:
+        return _not_inline(value, str(info.field_name))
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> Self:
+        https = self.url.startswith("https://")
+        if not https and not self.insecure:
+            raise ValueError(
+                "a push url is https:// (tls.ca_file pins the receiver's CA); http only with insecure: true"
+            )
+        if self.tls is not None and not https:
+            raise ValueError("tls is for an https:// url")
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError("retry_max_s is less than retry_initial_s")
+        return self
+
+
 class AggregatorConfig(_Closed):
     """Everything ``puhui aggregator run`` needs."""
 
@@ -203,6 +238,16 @@ class AggregatorConfig(_Closed):
     plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
     api: ApiSettings | None = None
     programme: ProgrammeSettings | None = None  # None: statements only when someone asks
+    push: list[PushTarget] = Field(default_factory=list)  # platforms that take statements by push
+
+    @field_validator("push")
+    @classmethod
+    def _distinct_targets(cls, targets: list[PushTarget]) -> list[PushTarget]:
+        names = [t.name for t in targets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"push target names must differ: {', '.join(twice)} given more than once")
+        return targets
 
     def resolved(self, base: Path) -> AggregatorConfig:
         """Paths made absolute against ``base`` (the config file's directory)."""
@@ -236,6 +281,10 @@ class AggregatorConfig(_Closed):
             programme = programme.model_copy(
                 update={"parameter_sets": sets, "baselines_file": baselines, "params_dir": params_dir}
             )
+        push = [
+            t.model_copy(update={"tls": _resolved_tls(t.tls, base), "token": _resolved(t.token, base)})
+            for t in self.push
+        ]
         return self.model_copy(
             update={
                 "store": store,
@@ -244,6 +293,7 @@ class AggregatorConfig(_Closed):
                 "influx": influx,
                 "api": api,
                 "programme": programme,
+                "push": push,
             }
         )
 
