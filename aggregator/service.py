@@ -34,6 +34,7 @@ from aggregator.influx_writer import InfluxWriter
 from aggregator.ingest import BatchIngest
 from aggregator.keys import register_current
 from aggregator.programme.schedule import StatementScheduler, open_scheduler
+from aggregator.push.pusher import Pusher
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore
 from common.clock import Clock, SystemClock
@@ -99,6 +100,7 @@ class Aggregator:
         self.ingest: BatchIngest
         self.writer: InfluxWriter
         self.scheduler: StatementScheduler | None = None  # with a programme section
+        self.pusher: Pusher | None = None  # pushes statements to the platforms of config.push
 
     async def __aenter__(self) -> Self:
         try:
@@ -142,6 +144,16 @@ class Aggregator:
                 programme, db=self.config.store.path, evidence=self.store, key=key, clock=self.clock
             )
             self._stack.callback(self.scheduler.close)
+        if self.config.push:  # on this process's own evidence store (never a second one: see Pusher)
+            pusher = Pusher(self.config, clock=self.clock, evidence=self.store)
+            self.pusher = await self._stack.enter_async_context(pusher)
+            if self.scheduler is not None:  # signed in the scheduler's thread: wake the pusher in the loop's
+                loop = asyncio.get_running_loop()
+
+                def wake() -> None:
+                    loop.call_soon_threadsafe(pusher.notify)
+
+                self.scheduler.on_signed = wake
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._cancel_tasks)
         self._running = [
@@ -150,6 +162,8 @@ class Aggregator:
             ),
             self._tasks.create_task(self.writer.run(), name="aggregator-influx"),
         ]
+        if self.pusher is not None:
+            self._running.append(self._tasks.create_task(self.pusher.run(), name="aggregator-push"))
         if self.scheduler is not None and programme is not None:
             self._running.append(
                 self._tasks.create_task(

@@ -284,15 +284,23 @@ def _data(blob: bytes, codec: str | None) -> bytes:
 def _private(path: Path) -> None:
     """Create the database file readable by its owner only (households' consumption is
     personal data); SQLite gives its -wal and -shm files the same mode. An existing file
-    readable by others is tightened, and said so."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    readable by others is tightened, and said so.
+
+    An existing file is never opened here: closing any descriptor of a file drops every
+    POSIX lock the process holds on it, so an open-and-close beside the process's SQLite
+    connections (the statement store, the unit registry, the push outbox share this file)
+    would let another process take the WAL for unused and delete it under them."""
     try:
-        mode = os.fstat(fd).st_mode & 0o777
-        if mode & 0o077:
-            os.fchmod(fd, 0o600)
-            log.warning("%s: mode %o let others read the evidence; now 0600", path, mode)
-    finally:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)  # new: nobody has it open yet
+    except FileExistsError:
+        pass
+    else:
         os.close(fd)
+        return
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        log.warning("%s: mode %o let others read the evidence; now 0600", path, mode)
 
 
 def _issues(text: str | None) -> tuple[str, ...]:

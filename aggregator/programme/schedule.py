@@ -162,6 +162,7 @@ class StatementScheduler:
         self.parameter_sets = dict(parameter_sets)
         self.period, self.settle_s = period, settle_s
         self.baselines = dict(baselines or {})
+        self.on_signed: Callable[[], None] = _nothing  # told after every statement signed (the pusher)
         self.candidates = tuple(candidates)
         self.production = production
         self._owns = owns  # closed with the scheduler
@@ -322,6 +323,7 @@ class StatementScheduler:
                 "INSERT INTO programme_statements VALUES (?,?,?,?,?,?,?,?)",
                 (statement.id, unit.unit, seg.start, seg.end, seg.beneficiary, kind, mark, round(now * 1000)),
             )
+        self.on_signed()
         return Signed(statement.id, unit.unit, seg.start, seg.end, seg.beneficiary, kind, statement.er_tco2e)
 
     # -- reading ------------------------------------------------------------------------
@@ -332,6 +334,10 @@ class StatementScheduler:
     def problems(self) -> list[tuple[str, int, int, str]]:
         """(unit, start, end, problem) of every stretch whose last look could not sign."""
         return schedule_problems(self.db)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _span(seg: Segment) -> str:

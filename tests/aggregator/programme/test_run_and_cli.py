@@ -20,8 +20,10 @@ from aggregator.store import SQLiteEvidenceStore
 from evidence import generate_key, save_private_key
 from evidence.wire import Ack
 from puhui.cli import main
+from puhui.pki import issue_server, make_ca
 from testbed.servers import PrivateMosquitto
 from tests.aggregator.ingest_support import gateway_peer, make_config
+from tests.aggregator.push_receiver import ReceiverThread, server_context
 
 from .support import GATEWAY, MONTH, MONTH_END, Street, deliver
 
@@ -44,10 +46,21 @@ async def test_a_month_of_batches_over_mqtt_is_stated_per_unit_by_the_running_ag
 ) -> None:
     url, database = influx_db.url, influx_db.database  # type: ignore[attr-defined]
     base = make_config(tmp_path, mqtt_port=mosquitto.port, influx_url=url, database=database)
+    save_private_key(KEY, base.key_file)
     programme = {"period": "month", "settle_hours": 1, "check_every_s": 0.2,
                  "parameter_sets": {"pv": PARAMS_DIR / "pv-export-mee-2.0.0.yaml",
                                     "ev_charging": PARAMS_DIR / "ev-charging-jjj-2.0.0.yaml"}}  # fmt: skip
-    config = AggregatorConfig.model_validate({**base.model_dump(), "programme": programme})
+    ca = make_ca(tmp_path / "pki")
+    issued = issue_server(ca)
+    token = tmp_path / "push.token"
+    token.write_text("push-token-0123456789\n")
+    token.chmod(0o600)
+    receiver = ReceiverThread(tmp_path / "receiver", token="push-token-0123456789",
+                              tls=server_context(issued.cert_path, issued.key_path))  # fmt: skip
+    fast = {"poll_s": 0.2, "retry_initial_s": 0.05, "retry_max_s": 0.5}
+    push = [{"name": "province", "url": receiver.url, "tls": {"ca_file": str(ca.layout.ca_cert)},
+             "token": {"file": str(token)}, **fast}]  # fmt: skip
+    config = AggregatorConfig.model_validate({**base.model_dump(), "programme": programme, "push": push})
     street = Street()
     store = SQLiteEvidenceStore(config.store.path)
     GatewayRegistry(store).enrol(street.enrolment(), at_ms=MONTH * 1000)
@@ -68,7 +81,12 @@ async def test_a_month_of_batches_over_mqtt_is_stated_per_unit_by_the_running_ag
             while len(signed_statements(config.store.path)) < 3:  # noqa: ASYNC110 (a database, no event)
                 await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)  # a few more looks: nothing signed twice
+        async with asyncio.timeout(30):  # and pushes each to the platform that takes them by push
+            while len({p.key for p in receiver.posts}) < 3:  # noqa: ASYNC110 (a server thread's log)
+                await asyncio.sleep(0.1)
+    receiver.close()
     signed = signed_statements(config.store.path)
+    assert sorted(p.key for p in receiver.posts) == sorted(s.statement for s in signed)
     assert sorted((s.unit, s.period_start, s.period_end, s.kind) for s in signed) == [
         ("charger-1", MONTH, MONTH_END, "scheduled"),
         ("house-7-pv", MONTH, MONTH_END, "scheduled"),
