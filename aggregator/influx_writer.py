@@ -42,7 +42,7 @@ from aggregator.influx import (
     encode_point,
 )
 from aggregator.records import Interval, decode_records
-from aggregator.store import EvidenceStore, PendingBatch
+from aggregator.store import InfluxOutbox, PendingBatch
 from common.backoff import Backoff
 from common.clock import Clock
 from evidence.batch import BatchHeader, parse_batch
@@ -199,7 +199,7 @@ class InfluxWriter:
 
     def __init__(
         self,
-        store: EvidenceStore,
+        store: InfluxOutbox,
         client: InfluxV1Client,
         settings: InfluxSettings,
         *,

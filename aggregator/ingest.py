@@ -50,7 +50,7 @@ from aggregator.influx_writer import batch_line, interval_lines, lines_bytes
 from aggregator.plausibility import CounterState, check_intervals, clock_jumped
 from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
-from aggregator.store import AcceptedBatch, EvidenceStore, IntervalRow, Rejection
+from aggregator.store import AcceptedBatch, IngestStore, IntervalRow, Rejection
 from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
@@ -156,7 +156,7 @@ class BatchIngest:
         self,
         config: AggregatorConfig,
         *,
-        store: EvidenceStore,
+        store: IngestStore,
         registry: GatewayRegistry,
         key: GatewayKey,
         clock: Clock,

@@ -27,7 +27,7 @@ import binascii
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from aggregator.errors import AlreadyEnrolled, NotEnrolled, RevokedKey, UnknownGateway, UnknownKey
-from aggregator.store import EvidenceStore, GatewayEntry, KeyEntry
+from aggregator.store import GatewayEntry, KeyEntry, RegistryStore
 from aggregator.view import MeterInfo
 from evidence.batch import BatchHeader
 from evidence.enrolment import EnrolmentDocument, parse_enrolment
@@ -39,7 +39,7 @@ from evidence.records import KeyRotationRecord
 class GatewayRegistry:
     """Enrolled gateways and their keys, cached from the store."""
 
-    def __init__(self, store: EvidenceStore) -> None:
+    def __init__(self, store: RegistryStore) -> None:
         self._store = store
         self._version = -1
         self._gateways: dict[str, GatewayEntry] = {}

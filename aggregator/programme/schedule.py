@@ -34,7 +34,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from aggregator.config import ProgrammeSettings
 from aggregator.errors import StoreError
@@ -48,12 +48,12 @@ from aggregator.methodology.params import (
     list_parameter_sets,
     load_parameter_set,
 )
-from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.statements import Statement, earlier_claims, issue_statement
 from aggregator.methodology.store import StatementStore
 from aggregator.methodology.subject import CHINA_TZ, Period, Subject, Unit
 from aggregator.programme.errors import ProgrammeError
 from aggregator.programme.units import Segment, UnitEntry, UnitRegistry
+from aggregator.store.protocols import ScheduleEvidence
 from common.clock import Clock
 from evidence.keys import GatewayKey
 
@@ -84,16 +84,6 @@ CREATE TABLE IF NOT EXISTS programme_checks (
     PRIMARY KEY (unit, period_start, period_end)
 );
 """
-
-
-class MarkedEvidence(EvidenceSource, Protocol):
-    """An evidence source that says when evidence arrived (the SQLite evidence store)."""
-
-    def latest_batch_id(self, gateway: str) -> int: ...
-
-    def evidence_mark(self, gateway: str, meters: tuple[str, ...], start: int, end: int) -> int: ...
-
-    def evidence_reach(self, gateway: str, meters: tuple[str, ...]) -> tuple[int, int]: ...
 
 
 def calendar_periods(kind: PeriodKind, start: int, until: int) -> Iterator[tuple[int, int]]:
@@ -143,7 +133,7 @@ class StatementScheduler:
         db: str | Path,
         units: UnitRegistry,
         statements: StatementStore,
-        evidence: MarkedEvidence,
+        evidence: ScheduleEvidence,
         key: GatewayKey,
         clock: Clock,
         parameter_sets: Mapping[str, LoadedParameterSet],
@@ -347,7 +337,7 @@ def _span(seg: Segment) -> str:
 
 
 def open_scheduler(
-    settings: ProgrammeSettings, *, db: Path, evidence: MarkedEvidence, key: GatewayKey, clock: Clock
+    settings: ProgrammeSettings, *, db: Path, evidence: ScheduleEvidence, key: GatewayKey, clock: Clock
 ) -> StatementScheduler:
     """A scheduler as the aggregator config's ``programme`` section says; a parameter set or
     baseline file that cannot be read is a :class:`ProgrammeError` naming it."""

@@ -1,4 +1,5 @@
-"""The evidence store: exact signed batches, verdicts, gaps, rejections, the InfluxDB outbox.
+"""The embedded evidence store (SQLite): exact signed batches, verdicts, gaps, rejections and
+the InfluxDB outbox.
 
 The store is the aggregator's source of truth. A batch is acknowledged only after
 :meth:`SQLiteEvidenceStore.store_group` returned, i.e. after its transaction is durable
@@ -28,13 +29,24 @@ import os
 import sqlite3
 import threading
 import zlib
-from collections.abc import Collection, Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Container, Iterator, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aggregator.errors import StoreConflict, StoreError
+from aggregator.store.rows import (
+    INFLUX_FAILED,
+    INFLUX_WRITTEN,
+    AcceptedBatch,
+    Gap,
+    GatewayEntry,
+    IntervalKey,
+    KeyEntry,
+    PendingBatch,
+    Rejection,
+)
+from aggregator.store.schema import SCHEMA, SCHEMA_VERSION
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.keylist import AggregatorKey
 from evidence.keys import PublicKey, load_public_key
@@ -42,198 +54,9 @@ from evidence.records import IntervalRecord, decode_record
 
 log = logging.getLogger(__name__)
 
-# Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of intervals_by_meter;
-# 4 rejections.repeats (the same bytes refused again add no row); 5 meters.calibrated_until;
-# 6 rejections.size and rejection_overflow (a capped number of rows per source);
-# 7 checkpoints (signed checkpoints kept for the platform API).
-SCHEMA_VERSION = 7
 # zlib level of stored batches: the demo's are 5.7x smaller at 0.5 ms per 1,000 records (6: 6.6x, 2.6x CPU)
 _DATA_LEVEL = 1
-INFLUX_PENDING, INFLUX_WRITTEN, INFLUX_FAILED = 0, 1, 2
 _BATCH_PAGE = 256  # candidate batches fetched per query while iterating
-IntervalKey = tuple[int, int]  # (batch row id, leaf index): an interval's place in arrival order
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS gateways (
-    gateway TEXT PRIMARY KEY, site TEXT NOT NULL, region TEXT,
-    enrolled_ms INTEGER NOT NULL, document BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS gateway_keys (
-    gateway TEXT NOT NULL, key_id TEXT NOT NULL, public_key BLOB NOT NULL,
-    valid_from_seq INTEGER NOT NULL, revoked_from_ms INTEGER, source TEXT NOT NULL,
-    added_ms INTEGER NOT NULL, PRIMARY KEY (gateway, key_id));
-CREATE TABLE IF NOT EXISTS meters (
-    gateway TEXT NOT NULL, meter TEXT NOT NULL, scenario TEXT NOT NULL,
-    rated_power_kw REAL NOT NULL, meter_class TEXT NOT NULL, calibrated_until TEXT,
-    PRIMARY KEY (gateway, meter));
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT NOT NULL, seq INTEGER NOT NULL,
-    header_sha256 TEXT NOT NULL, prev TEXT NOT NULL, key_id TEXT NOT NULL, root TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, count INTEGER NOT NULL,
-    verdict TEXT NOT NULL, data BLOB NOT NULL,
-    influx_state INTEGER NOT NULL DEFAULT 0, influx_error TEXT, data_codec TEXT,
-    UNIQUE (gateway, seq));
-CREATE INDEX IF NOT EXISTS batches_influx_pending ON batches (id) WHERE influx_state = 0;
-CREATE TABLE IF NOT EXISTS intervals (
-    batch_id INTEGER NOT NULL, idx INTEGER NOT NULL, gateway TEXT NOT NULL,
-    meter TEXT NOT NULL, quantity TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
-    issues TEXT, PRIMARY KEY (batch_id, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS batch_series (
-    gateway TEXT NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL, batch_id INTEGER NOT NULL,
-    first_start INTEGER NOT NULL, last_end INTEGER NOT NULL,
-    PRIMARY KEY (gateway, meter, quantity, batch_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS gaps (
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, detected_ms INTEGER NOT NULL,
-    filled_ms INTEGER, explained_by_seq INTEGER, PRIMARY KEY (gateway, seq));
-CREATE TABLE IF NOT EXISTS rejections (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT, seq INTEGER, header_sha256 TEXT,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, received_ms INTEGER NOT NULL, data BLOB NOT NULL,
-    data_sha256 TEXT, repeats INTEGER NOT NULL DEFAULT 1, last_ms INTEGER);
-CREATE TABLE IF NOT EXISTS rejection_overflow (
-    source TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, PRIMARY KEY (source, reason));
-CREATE TABLE IF NOT EXISTS aggregator_keys (
-    key_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, valid_from_ms INTEGER NOT NULL,
-    retired_ms INTEGER, revoked_from_ms INTEGER, endorsement TEXT, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    size INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, document BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS counter_state (
-    gateway TEXT NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL,
-    "end" INTEGER NOT NULL, counter_end REAL NOT NULL, PRIMARY KEY (gateway, meter, quantity));
-INSERT OR IGNORE INTO meta VALUES ('schema_version', 1), ('registry_version', 0);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyEntry:
-    """A gateway key: valid for batches from ``valid_from_seq`` on, until revoked or rotated."""
-
-    gateway: str
-    key_id: str
-    public_key_der: bytes
-    valid_from_seq: int
-    source: str  # "enrolment" | "rotation@<seq>"
-    added_ms: int
-    revoked_from_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayEntry:
-    """An enrolled gateway with its meters and every key it ever had."""
-
-    gateway: str
-    site: str
-    region: str | None
-    enrolled_ms: int
-    meters: tuple[MeterInfo, ...]
-    keys: tuple[KeyEntry, ...]
-    document: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class IntervalRow:
-    """Where an interval record sits in its batch, and its plausibility issues."""
-
-    index: int
-    meter: str
-    quantity: str
-    start: int
-    end: int
-    issues: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedBatch:
-    """Everything stored, in one transaction, for a verified batch the chain accepted."""
-
-    gateway: str
-    seq: int
-    header_sha256: str
-    prev: str
-    key_id: str
-    root: str
-    created_ms: int
-    received_ms: int
-    count: int
-    verdict: str  # append | gap | reorder
-    data: bytes  # the exact signed batch bytes
-    intervals: Sequence[IntervalRow] = ()
-    missing: Sequence[int] = ()  # sequence numbers this batch showed missing (gap)
-    counters: Mapping[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    new_key: KeyEntry | None = None  # announced by a key_rotation record
-    dropped_seqs: Sequence[int] = ()  # batches a drop record says the gateway discarded
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A refused batch, kept with its bytes for the record."""
-
-    gateway: str | None
-    seq: int | None
-    header_sha256: str | None
-    reason: str
-    detail: str
-    received_ms: int
-    data: bytes
-    repeats: int = 1  # the same bytes refused for the same reason this many times
-    last_ms: int | None = None  # when last refused
-    size: int | None = None  # bytes of the whole payload (``data`` may be a prefix of it)
-    data_sha256: str | None = None  # of the whole payload (default: of ``data``)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingBatch:
-    """A stored batch whose points are not in InfluxDB yet."""
-
-    id: int
-    gateway: str
-    seq: int
-    verdict: str
-    data: bytes
-    issues: Mapping[int, tuple[str, ...]]  # leaf index -> issues (only implausible ones)
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    gateway: str
-    seq: int
-    detected_ms: int
-    filled_ms: int | None
-    explained_by_seq: int | None
-
-
-class EvidenceStore(Protocol):
-    """What the aggregator needs from its evidence store (SQLite by default)."""
-
-    def store_group(
-        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
-    ) -> list[int | StoreConflict | None]: ...
-    def record_rejection(self, rejection: Rejection) -> None: ...
-    def chain_links(self, gateway: str) -> list[tuple[int, str, str]]: ...
-    def counter_state(self, gateway: str) -> dict[tuple[str, str], tuple[int, float]]: ...
-    def save_enrolment(self, entry: GatewayEntry, at_ms: int) -> None: ...
-    def add_key(self, entry: KeyEntry) -> None: ...
-    def revoke_key(self, gateway: str, key_id: str, from_ms: int) -> None: ...
-    def gateways(self) -> list[GatewayEntry]: ...
-    def registry_version(self) -> int: ...
-    def highest_seq(self, gateway: str) -> int: ...
-    def batch_created_ms(self, gateway: str, seq: int) -> int | None: ...
-    def pending_influx(
-        self, limit: int, known: Container[int] = (), exclude: Collection[int] = ()
-    ) -> list[PendingBatch]: ...
-    def mark_influx(self, ids: Collection[int], *, error: str | None = None) -> None: ...
-    def meters(self) -> list[MeterInfo]: ...
-    def attested_intervals(
-        self,
-        *,
-        gateway: str | None = None,
-        meters: Collection[str] | None = None,
-        start: int | None = None,
-        end: int | None = None,
-    ) -> Iterator[AttestedInterval]: ...
-    def batch_bytes(self, gateway: str, seq: int) -> bytes | None: ...
-    def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None: ...
-    def close(self) -> None: ...
 
 
 _MAX_PARAMETERS = 32_000  # per statement; SQLite's limit is 32,766 (SQLITE_MAX_VARIABLE_NUMBER)
@@ -324,7 +147,7 @@ class SQLiteEvidenceStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _private(self.path)
             self._w = self._connect()
-            self._w.executescript(_SCHEMA)
+            self._w.executescript(SCHEMA)
             self._migrate()
             self._r = self._connect()
         except (sqlite3.Error, OSError) as exc:

@@ -1,0 +1,96 @@
+"""What each part of the aggregator needs from the evidence store: one narrow Protocol per
+consumer, so a backend (SQLite embedded, PostgreSQL for several aggregators) is checked
+against exactly what is used, and a consumer cannot reach past its part.
+
+- :class:`RegistryStore`: the gateway registry (enrolments, keys);
+- :class:`IngestStore`: batch ingest (the chain, counters, atomic group commit, refusals);
+- :class:`InfluxOutbox`: the InfluxDB writer's outbox;
+- :class:`EvidenceReader`: methodologies, verifiers and packages (attested intervals, the
+  exact batch bytes, gateway keys), and :class:`ScheduleEvidence` (when evidence arrived);
+- :class:`AggregatorKeyStore`: the aggregator's own key history;
+- :class:`EvidenceStore`: all of them (what one backend provides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Container, Iterator, Sequence
+from typing import Protocol
+
+from aggregator.errors import StoreConflict
+from aggregator.store.rows import AcceptedBatch, GatewayEntry, KeyEntry, PendingBatch, Rejection
+from aggregator.view import AttestedInterval, MeterInfo
+from evidence.keylist import AggregatorKey
+from evidence.keys import PublicKey
+
+
+class RegistryStore(Protocol):
+    """The gateway registry's rows (:class:`aggregator.registry.GatewayRegistry`)."""
+
+    def save_enrolment(self, entry: GatewayEntry, at_ms: int) -> None: ...
+    def add_key(self, entry: KeyEntry) -> None: ...
+    def revoke_key(self, gateway: str, key_id: str, from_ms: int) -> None: ...
+    def gateways(self) -> list[GatewayEntry]: ...
+    def registry_version(self) -> int: ...
+    def highest_seq(self, gateway: str) -> int: ...
+
+
+class IngestStore(Protocol):
+    """Batch ingest (:class:`aggregator.ingest.BatchIngest`): a group is stored in one durable
+    transaction; ``(gateway, seq)`` is unique (the loser gets :class:`StoreConflict`)."""
+
+    def store_group(
+        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
+    ) -> list[int | StoreConflict | None]: ...
+    def record_rejection(self, rejection: Rejection) -> None: ...
+    def chain_links(self, gateway: str) -> list[tuple[int, str, str]]: ...
+    def counter_state(self, gateway: str) -> dict[tuple[str, str], tuple[int, float]]: ...
+    def batch_created_ms(self, gateway: str, seq: int) -> int | None: ...
+
+
+class InfluxOutbox(Protocol):
+    """The InfluxDB writer's outbox (:class:`aggregator.influx_writer.InfluxWriter`): per row,
+    so commits in any order are written exactly once."""
+
+    def pending_influx(
+        self, limit: int, known: Container[int] = (), exclude: Collection[int] = ()
+    ) -> list[PendingBatch]: ...
+    def mark_influx(self, ids: Collection[int], *, error: str | None = None) -> None: ...
+
+
+class EvidenceReader(Protocol):
+    """The evidence as methodologies and verifiers read it (also
+    :class:`aggregator.methodology.source.EvidenceSource`)."""
+
+    def meters(self) -> list[MeterInfo]: ...
+    def attested_intervals(
+        self,
+        *,
+        gateway: str | None = None,
+        meters: Collection[str] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[AttestedInterval]: ...
+    def batch_bytes(self, gateway: str, seq: int) -> bytes | None: ...
+    def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None: ...
+
+
+class ScheduleEvidence(EvidenceReader, Protocol):
+    """When evidence arrived: what the statement schedule looks at."""
+
+    def latest_batch_id(self, gateway: str) -> int: ...
+    def evidence_mark(self, gateway: str, meters: Collection[str], start: int, end: int) -> int: ...
+    def evidence_reach(self, gateway: str, meters: Collection[str]) -> tuple[int, int]: ...
+
+
+class AggregatorKeyStore(Protocol):
+    """The aggregator's own key history (:mod:`aggregator.keys`)."""
+
+    def aggregator_keys(self) -> list[AggregatorKey]: ...
+    def add_aggregator_key(self, key: AggregatorKey, *, retire: str | None = None) -> None: ...
+    def revoke_aggregator_key(self, key_id: str, from_ms: int) -> bool: ...
+
+
+class EvidenceStore(RegistryStore, IngestStore, InfluxOutbox, ScheduleEvidence, AggregatorKeyStore, Protocol):
+    """Everything one backend provides."""
+
+    def close(self) -> None: ...
