@@ -1,8 +1,10 @@
 """Gateway site configs for a running firmware_sim fleet (demo, end-to-end tests).
 
 :func:`site_for` maps every simulated device of one fleet site to the meter an installer
-would configure for it: the shipped profile of its kind, its endpoint (TCP port, RTU
-pseudo-terminal, MQTT topic), its scenario from its physics, and the quantities that count.
+would configure for it: the shipped profile (Modbus) or driver (DL/T 645, CJ/T 188) of its
+kind, its endpoint (TCP port, RTU pseudo-terminal, MQTT topic, or a shared RS-485 line: the
+fleet's line becomes a ``lines:`` entry, its simulated transparent serial server or pty),
+its scenario from its physics, and the quantities that count.
 The result is plain YAML-ready data; the caller adds the ``evidence`` and ``uplink``
 sections and validates it with :func:`gateway.config.parse_site` like any file.
 
@@ -36,7 +38,12 @@ COUNTS = {
     "heat_meter": ["heat_energy"],
     "alfen": ["energy_delivered"],
     "abb": ["session_energy"],
+    "dlt645_meter": ["energy_import"],
+    "cjt188_heat_meter": ["heat_energy"],
 }
+HEAT_KINDS = frozenset({"heat_meter", "cjt188_heat_meter"})
+DLT645_READ = ["energy_import", "power"]  # the counter that counts, and the gauge for its stats
+LINE_BAUDRATE = 9600  # the gateway's view of a simulated line that does not pace (fleet: no baudrate)
 
 
 def _rated_kw(spec: DeviceSpec) -> float:
@@ -44,12 +51,12 @@ def _rated_kw(spec: DeviceSpec) -> float:
     for attr in ("rated_kw", "power_limit_kw", "kwp"):
         value = getattr(ph, attr, None)
         if value:  # a heat pump delivers up to COP x its electrical rating as heat
-            return float(value) * (4.0 if attr == "rated_kw" and spec.kind == "heat_meter" else 1.0)
+            return float(value) * (4.0 if attr == "rated_kw" and spec.kind in HEAT_KINDS else 1.0)
     return 30.0
 
 
 def _meter_class(kind: str) -> str:
-    return {"heat_meter": "heat_2", "alfen": "B", "abb": "B"}.get(kind, "1")
+    return {"heat_meter": "heat_2", "cjt188_heat_meter": "heat_2", "alfen": "B", "abb": "B"}.get(kind, "1")
 
 
 def site_for(
@@ -64,12 +71,15 @@ def site_for(
     mqtt: tuple[str, int] | None = None,
     mqtt_tls: dict[str, str] | None = None,
     grace_s: float | None = None,
+    line_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """The site config (as data) of fleet site ``site``, for gateway ``gateway_id``
     (``grace_s``: how long intervals stay open after their end; default min(30, 2 x poll);
-    ``mqtt_tls``: the MQTT meters' broker connection ``tls`` settings, plain TCP if None)."""
+    ``mqtt_tls``: the MQTT meters' broker connection ``tls`` settings, plain TCP if None;
+    ``line_timeout_s``: per request on a shared line, default ``timeout_s``)."""
     meters: list[dict[str, Any]] = []
     buses: dict[str, str] = {}
+    lines: dict[str, dict[str, Any]] = {}
     specs = {s.name: s for s in expand(fleet.config)}
     for name, dev in fleet.devices.items():
         spec = specs[name]
@@ -91,6 +101,10 @@ def site_for(
             continue
         ep = dev.endpoint
         poll = {"fast": fast_poll_s or poll_s, "slow": poll_s}
+        if ep.transport == "line":
+            line = _line_entry(lines, dev, spec, line_timeout_s or timeout_s)
+            meters.append({"id": name, **_line_meter(dev, spec, line, poll), **base})
+            continue
         if ep.rtu_path is not None:
             bus = buses.setdefault(ep.rtu_path, f"bus{len(buses) + 1}")
             connection: dict[str, Any] = {"bus": bus}
@@ -107,7 +121,7 @@ def site_for(
             })  # fmt: skip
     if not meters:
         raise ValueError(f"fleet site {site!r} has no creditable devices")
-    return {
+    data: dict[str, Any] = {
         "gateway": {"id": gateway_id, "site": site},
         "interval_minutes": interval_minutes,
         "grace_seconds": min(30.0, 2 * poll_s) if grace_s is None else grace_s,
@@ -117,6 +131,53 @@ def site_for(
         ],
         "meters": meters,
     }
+    if lines:
+        data["lines"] = list(lines.values())
+    return data
+
+
+def _line_entry(
+    lines: dict[str, dict[str, Any]], dev: Device, spec: DeviceSpec, timeout_s: float
+) -> dict[str, Any]:
+    """The ``lines:`` entry of the fleet line ``dev`` hangs on (added once): its simulated
+    transparent serial server, or its pseudo-terminal as a local serial port."""
+    ep = dev.endpoint
+    assert ep.line is not None  # a device on a line knows its line's name
+    if ep.line not in lines:
+        fleet_line = next(line for line in spec.site.lines if line.name == ep.line)
+        where: dict[str, Any] = (
+            {"kind": "serial", "port": ep.rtu_path}
+            if ep.rtu_path is not None
+            else {"kind": "tcp_server", "host": ep.host or "127.0.0.1", "port": ep.port}
+        )
+        lines[ep.line] = {
+            "id": ep.line, **where, "baudrate": fleet_line.baudrate or LINE_BAUDRATE, "parity": "E",
+            "timeout_s": timeout_s, "inter_frame_delay_ms": 1,
+        }  # fmt: skip
+    return lines[ep.line]
+
+
+def _line_meter(
+    dev: Device, spec: DeviceSpec, line_entry: dict[str, Any], poll: dict[str, float]
+) -> dict[str, Any]:
+    """A meter on a shared line: DL/T 645, CJ/T 188 (each request timed like the line's), or
+    Modbus RTU by its unit id."""
+    ep, line = dev.endpoint, line_entry["id"]
+    if spec.kind == "dlt645_meter":
+        return {
+            "driver": "dlt645", "connection": {"line": line, "address": ep.address},
+            "read": list(DLT645_READ), "counts": COUNTS[spec.kind], "poll": {"fast": poll["fast"]},
+        }  # fmt: skip
+    if spec.kind == "cjt188_heat_meter":
+        return {
+            "driver": "cjt188", "connection": {"line": line, "address": ep.address},
+            "energy_unit": spec.config.energy_unit, "counts": COUNTS[spec.kind], "poll_s": poll["fast"],
+            "policy": {"timeout_s": line_entry["timeout_s"]},
+        }  # fmt: skip
+    return {
+        "driver": "modbus_rtu", "connection": {"line": line}, "unit_id": ep.unit or 1,
+        "profile": PROFILE[spec.kind], "counts": COUNTS[spec.kind], "poll": poll,
+    }  # fmt: skip
 
 
 def mqtt_meter_topics(config: FleetConfig) -> list[tuple[str, str]]:
