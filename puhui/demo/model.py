@@ -49,6 +49,7 @@ class Run:
     notes: list[str]
     wall: dict[str, float]
     steps: dict[tuple[str, str], Any] = field(default_factory=dict)  # (device, channel) -> StepLog
+    heaters: dict[str, str] = field(default_factory=dict)  # heating device -> heat_pump / electric_boiler
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from aggregator.store import SQLiteEvidenceStore
+from puhui.demo.lines import print_dead_on_line, print_line_reads, protocol
 from puhui.demo.model import Fault, Run, ScenarioResult, fmt_time, utc
 from puhui.demo.security import INFLUX_READER
 from puhui.demo.setup import DemoMissing, puhui_argv
@@ -57,6 +58,7 @@ async def report(run: Run) -> int:
     try:
         results = statements(run, source)
         _print_results(run, results)
+        print_line_reads(run)
         _print_faults(run, source, results)
         ok = print_truth_check(run, results, source)
         verified = await _print_statements(run, source, results)
@@ -226,10 +228,21 @@ def _print_results(run: Run, results: list[ScenarioResult]) -> None:
             be, pe, _ = r.not_enrolled.result.totals_be_pe_le
             units = ", ".join(u.id for u in r.not_enrolled.subject.units)
             print(
-                f"  not enrolled: {units} (direct electric heating, heat estimated from electricity): "
+                f"  not enrolled: {units} ({_not_enrolled_why(run, r)}): "
                 f"over the period BE {be:.4f}, PE {pe:.4f} tCO2e: on this grid they emit more than the "
                 "coal stoves they replaced, so no statement credits them"
             )
+
+
+def _not_enrolled_why(run: Run, r: ScenarioResult) -> str:
+    """Direct electric heating, or heat pumps without a heat meter (heat estimated from
+    electricity with the set's conservative COP, as if they were boilers)."""
+    assert r.not_enrolled is not None
+    meters = {m for u in r.not_enrolled.subject.units for m in u.meters}
+    cop = getattr(r.not_enrolled.params.params.method, "estimated_cop", None)
+    if cop is not None and meters and all(run.heaters.get(m) == "heat_pump" for m in meters):
+        return f"heat pumps without a heat meter, heat estimated from electricity x {cop.value:g}"
+    return "direct electric heating, heat estimated from electricity"
 
 
 # -- faults -------------------------------------------------------------------------------------
@@ -330,13 +343,17 @@ def _replaced(run: Run, f: Fault, source: SQLiteEvidenceStore) -> None:
 
 
 def _dead(run: Run, f: Fault, source: SQLiteEvidenceStore, results: list[ScenarioResult]) -> None:
+    gw = next((g for g in run.gateways if g.site == f.site), None)
     print(
-        f"  dead meter {f.target} {fmt_time(f.start)} .. {fmt_time(f.end)[11:]}: Modbus requests unanswered."
+        f"  dead meter {f.target} {fmt_time(f.start)} .. {fmt_time(f.end)[11:]}: "
+        f"{protocol(gw, f.target) if gw else 'Modbus'} requests unanswered."
     )
-    gw = _gateway_of(run, f.site)
+    if gw is not None:
+        print_dead_on_line(run, f, gw, source)
+    gw_id = gw.id if gw is not None else "?"
     flags: Counter[str] = Counter()
     n = 0
-    for ai in _records(source, gw, f.target, f.start, f.end + 900):
+    for ai in _records(source, gw_id, f.target, f.start, f.end + 900):
         n += 1
         flags[",".join(ai.record.flags) or "none"] += 1
     print(

@@ -8,7 +8,9 @@ What runs (every process on 127.0.0.1, one fast clock shared through a FastClock
 - the firmware_sim fleet ``config/fleets/demo.yaml`` in this process: a Zhangjiakou
   clean-heating village (heat pumps, heat meters, electric boilers on RS-485), a rooftop-PV
   street (SunSpec inverters and grid meters, a Tasmota plug) and a charging depot (Alfen,
-  ABB), served over Modbus TCP/RTU and MQTT;
+  ABB), served over Modbus TCP/RTU and MQTT; or another fleet file (``--fleet``), e.g.
+  ``config/fleets/village-dlt645-cjt188.yaml``: DL/T 645 and CJ/T 188 meters on one RS-485
+  line behind a simulated transparent serial server (:mod:`puhui.demo.lines`);
 - the aggregator, ``python -m puhui aggregator run``, with its key (``puhui aggregator
   keygen``), the enrolled gateways (``puhui aggregator gateways add``), evidence store and
   InfluxDB writer;
@@ -329,6 +331,7 @@ async def simulate(
             async with asyncio.timeout(20):
                 await fleet.wait_mqtt_connected()
         kinds = {name: dev.kind for name, dev in fleet.devices.items()}
+        heaters = heaters_of(config)
         agg = write_aggregator_config(out, broker, demo, users)
         gateways = [
             make_gateway(out, fleet, s.name, args.poll, clock, broker, agg, demo) for s in config.sites
@@ -350,6 +353,7 @@ async def simulate(
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(inject_faults(faults, clock, fleet, broker, gateways), name="demo-faults")
                 tg.create_task(progress(clock, p0, p1, faults, procs), name="demo-progress")
+            await final_status(gateways)
             wall["simulation"] = time.monotonic() - t0 - wall["setup"]
             await drain(out / "aggregator" / "evidence.sqlite3", gateways, p1, clock, procs, notes)
             wall["drain"] = time.monotonic() - t0 - wall["setup"] - wall["simulation"]
@@ -372,7 +376,23 @@ async def simulate(
         notes=notes,
         wall=wall,
         steps=steps,
+        heaters=heaters,
     )
+
+
+def heaters_of(config: Any) -> dict[str, str]:
+    """Heating device -> its heater (heat pump or electric boiler), from the fleet config."""
+    from firmware_sim.config import HeatingPhysics, expand
+
+    specs = expand(config)
+    return {s.name: s.config.physics.heater for s in specs if isinstance(s.config.physics, HeatingPhysics)}
+
+
+async def final_status(gateways: list[GatewayRun]) -> None:
+    """Each gateway's status document at the period's end (what it read, meter by meter)."""
+    async with httpx.AsyncClient() as client:
+        for gw in gateways:
+            gw.final_status = await gateway_status(gw, client)
 
 
 def period_start(clock: FastClock, epoch: float, notes: list[str]) -> int:
@@ -399,8 +419,9 @@ def period_start(clock: FastClock, epoch: float, notes: list[str]) -> int:
 
 def plan_faults(p0: int, p1: int, devices: Any, config: Any) -> list[Fault]:
     """A broker outage at 25 % of the period (10 %, at most 3 h), a heat pump's meter replaced
-    at 45 %, a PV grid meter dead from 50 % (15 %, at most 4 h): on a 3-day run, the outage
-    is on day 1 18:00-21:00, the replacement day 2 08:24, the dead meter day 2 12:00-16:00."""
+    at 45 %, a PV grid meter (else a meter on a shared line) dead from 50 % (15 %, at most
+    4 h): on a 3-day run, the outage is on day 1 18:00-21:00, the replacement day 2 08:24,
+    the dead meter day 2 12:00-16:00."""
     span = p1 - p0
     faults = [
         Fault(
@@ -413,6 +434,8 @@ def plan_faults(p0: int, p1: int, devices: Any, config: Any) -> list[Fault]:
         t = p0 + 0.45 * span
         faults.append(Fault("meter_replaced", replaced, sites[replaced], t, t))
     dead = _pick(devices, "house-02-grid", lambda d: d.kind == "sunspec_meter")
+    if dead is None:  # a fleet on a shared RS-485 line: one meter on it goes silent
+        dead = _pick(devices, "hp-02-elec", lambda d: d.endpoint.transport == "line")
     if dead is not None:
         a = p0 + 0.5 * span
         faults.append(Fault("dead_meter", dead, sites[dead], a, a + min(4 * 3600, 0.15 * span)))

@@ -113,6 +113,7 @@ class GatewayRun:
     status_port: int
     config: dict[str, Any] = field(default_factory=dict)
     child: Child | None = None
+    final_status: dict[str, Any] | None = None  # its status document at the period's end
 
     @property
     def config_path(self) -> Path:
@@ -183,6 +184,19 @@ def demo_grace_s(factor: float) -> float:
     return max(30.0, min(GRACE_WALL_S * factor, 600.0))
 
 
+LINE_TIMEOUT_WALL_S = (0.02, 0.1)  # bounds of a shared line's per-request timeout, wall s
+
+
+def demo_line_timeout_s(factor: float, poll_s: float) -> float:
+    """Per-request timeout (wall s) on the demo's shared lines. A line's timeout is wall time,
+    so on a fast clock a dead meter costs the meters queued behind it timeout x factor
+    simulated seconds per poll (x 2880: 0.1 s is 288 s). Kept under 3/4 of the poll period
+    (a reading delayed by one timeout still lands before the meter's next slot and inside
+    the grace) and within 20-100 ms: the simulated line answers in a few milliseconds."""
+    low, high = LINE_TIMEOUT_WALL_S
+    return max(low, min(high, 0.75 * poll_s / factor))
+
+
 def make_gateway(
     out: Path,
     fleet: Any,
@@ -202,7 +216,8 @@ def make_gateway(
     gw = GatewayRun(gateway_id(site), site, out / "gateways" / site, free_ports(1)[0])
     gw.dir.mkdir(parents=True, exist_ok=True)
     data = site_for(fleet, site, gw.id, poll_s=poll, timeout_s=0.5, mqtt=(broker.host, broker.port),
-                    mqtt_tls=demo.tls(gw.id), grace_s=demo_grace_s(clock.factor))  # fmt: skip
+                    mqtt_tls=demo.tls(gw.id), grace_s=demo_grace_s(clock.factor),
+                    line_timeout_s=demo_line_timeout_s(clock.factor, poll))  # fmt: skip
     _check_meter_topics(data, demo, gw.id)
     data["gateway"]["description"] = f"puhui demo, fleet {fleet.config.name}"
     data["gateway"]["grid_region"] = REGION
