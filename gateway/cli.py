@@ -49,7 +49,7 @@ from drivers.contract import Invalid
 from drivers.errors import DriverError
 from drivers.line.config import SerialLineConfig, TcpServerLineConfig, describe_line
 from drivers.modbus.decode import ProbeLine, RegisterType, probe
-from drivers.modbus.profiles import load_profiles
+from drivers.modbus.profiles import Profile, load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
@@ -247,6 +247,8 @@ def _check(args: argparse.Namespace) -> int:
         state = "" if m.enabled else " (disabled)"
         source = getattr(m, "profile", None) or _source_name(m)
         print(f"  {m.id:24} {m.driver:11} {source:22} counts {', '.join(m.counts)}{state}")
+    for note in unconfirmed_notes(site, load_profiles()):
+        print(f"  note: {note}")
     for spec in plan.series:
         if spec.per_session:  # valid, but what most EV methodologies will not credit: say so now
             print(
@@ -258,6 +260,24 @@ def _check(args: argparse.Namespace) -> int:
     if args.live:
         return _check_live(site, args.mqtt_wait)
     return 0
+
+
+def unconfirmed_notes(site: SiteConfig, profiles: Mapping[str, Profile]) -> list[str]:
+    """What a profile says it could not confirm about a quantity a meter counts."""
+    notes = []
+    for m in site.meters:
+        name = getattr(m, "profile", None)
+        if not m.enabled or name is None or name not in profiles:
+            continue
+        fields = profiles[name].quantities
+        for q in m.counts:
+            f = fields.get(q)
+            if f is not None and f.unconfirmed:
+                notes.append(
+                    f"{m.id} counts {q}: profile {name} says it is unconfirmed ({f.unconfirmed}); "
+                    "check it against the meter's display once (puhui gateway check --live)"
+                )
+    return notes
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ wrong does not move a counter with it.
 
 A ``discovery: sunspec`` profile has no fixed fields: they come from walking the device's
 SunSpec model chain (:mod:`drivers.modbus.sunspec`), and the profile maps SunSpec points to
-quantities. Profiles also carry their ``source``: where the addresses come from.
+quantities. Profiles also carry their ``source``: where the addresses come from, and
+``unconfirmed`` (the profile's, and a field's): what the sources did not settle, said
+plainly instead of guessed; ``puhui gateway check`` repeats it for counted quantities.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class RegisterField(FieldFormat):
     per_session: bool = Field(default=False, description="counter restarts with every session")
     invalid_when: tuple[str, ...] = Field(default=(), description="status fields that flag it invalid")
     description: str = ""
+    unconfirmed: str = Field(default="", description="what about this field the sources did not confirm")
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +138,9 @@ class Profile(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     source: str = Field(min_length=1, description="where the addresses come from")
+    unconfirmed: tuple[str, ...] = Field(
+        default=(), description="what could not be confirmed from the sources (said plainly, not guessed)"
+    )
     discovery: Literal["static", "sunspec"] = "static"
     max_gap: int = Field(default=0, ge=0, le=124, description="registers a request may skip")
     default_unit_id: int | None = Field(default=None, ge=0, le=255)
