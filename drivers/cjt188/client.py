@@ -94,11 +94,16 @@ def check_data_head(request: Frame, answer: Frame, *, check_ser: bool) -> bytes:
     return answer.data[3:]
 
 
+async def read_data(line: Line, target: Target, di: int, *, ser: int, timeout_s: float) -> bytes:
+    """The DATA of "read data" identifier ``di`` (C = 01), after the identifier and SER."""
+    request = read_request(target.meter_type, target.address, di, ser, target.order)
+    answer = await exchange(line, target, request, timeout_s)
+    return check_data_head(request, answer, check_ser=target.check_ser)
+
+
 async def read_heat(line: Line, target: Target, *, ser: int, timeout_s: float) -> HeatData:
     """Read the current metering data (90 1F) of a heat or cooling meter."""
-    request = read_request(target.meter_type, target.address, DI_METERING, ser, target.order)
-    answer = await exchange(line, target, request, timeout_s)
-    return decode_heat_block(check_data_head(request, answer, check_ser=target.check_ser))
+    return decode_heat_block(await read_data(line, target, DI_METERING, ser=ser, timeout_s=timeout_s))
 
 
 @dataclass(frozen=True, slots=True)
