@@ -70,7 +70,7 @@ from gateway.commission import (
     exception_meaning,
     scan_units,
 )
-from gateway.config import Dlt645Meter, FastClockConfig, SiteConfig, load_site
+from gateway.config import Cjt188Meter, Dlt645Meter, FastClockConfig, MqttMeter, SiteConfig, load_site
 from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
 from gateway.evidence_config import DEFAULT_KEY_FILE, DEFAULT_STATE_DIR
 from gateway.line_cli import add_line_commands
@@ -195,8 +195,8 @@ def make_clock(site: SiteConfig) -> Clock:
 
 
 def _source_name(meter: object) -> str:
-    """What a meter without a profile reads: inline registers, an MQTT topic, a DL/T 645 address."""
-    if isinstance(meter, Dlt645Meter):
+    """What a meter without a profile reads: inline registers, an MQTT topic, a line address."""
+    if isinstance(meter, Dlt645Meter | Cjt188Meter):
         return f"address {meter.connection.address}"
     return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
 
@@ -645,8 +645,9 @@ def _check_live(site: SiteConfig, mqtt_wait_s: float) -> int:
     _quiet_pymodbus()
     clock = SystemClock()
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.now()))
-    print(f"live check at {when} (system clock): each Modbus, DL/T 645 and CJ/T 188 meter read once, "
-          f"up to {mqtt_wait_s:g} s for one message per MQTT meter")  # fmt: skip
+    mqtt = any(isinstance(m, MqttMeter) and m.enabled for m in site.meters)
+    wait = f", up to {mqtt_wait_s:g} s for one message per MQTT meter" if mqtt else ""
+    print(f"live check at {when} (system clock): each Modbus, DL/T 645 and CJ/T 188 meter read once{wait}")
     checks = asyncio.run(check_live(site, load_profiles(), clock, mqtt_wait_s=mqtt_wait_s))
     for check in checks:
         _print_check(check)

@@ -393,15 +393,24 @@ def quantity_specs(meter: LiveMeter, profiles: Mapping[str, Profile]) -> dict[st
     return {f.quantity: QuantitySpec(f.unit, f.kind, f.per_session) for f in fields if f.quantity}
 
 
-def nameplate_warnings(rated_power_kw: float, readings: Iterable[Reading]) -> list[str]:
+NO_VALUE_HINT = {
+    "modbus": "NaN or not implemented (wrong register or type?)",
+    "line": "the meter sends no value (a meter or sensor fault: see its display)",
+}
+
+
+def nameplate_warnings(
+    rated_power_kw: float, readings: Iterable[Reading], *, no_value: str = NO_VALUE_HINT["modbus"]
+) -> list[str]:
     """Values that look wrong for the nameplate: power above 1.5 x rated, a counted quantity
-    that is not a number, an energy counter that is 0 (except per-session counters), negative,
-    or above 30 years at rated power."""
+    that is not a number (``no_value`` says what that suggests for the driver), an energy
+    counter that is 0 (except per-session counters), negative, or above 30 years at rated
+    power."""
     out: list[str] = []
     for r in readings:
         if isinstance(r.value, Invalid):
             if r.counted:
-                out.append(f"{r.quantity}: {r.value}: NaN or not implemented (wrong register or type?)")
+                out.append(f"{r.quantity}: {r.value}: {no_value}")
             continue
         if r.kind == "gauge" and r.unit in POWER_KW:
             limit = POWER_MARGIN * rated_power_kw
@@ -452,10 +461,11 @@ def judge(
         if q in latest
     )
     missing = tuple(q for q in meter.counts if q not in latest) if error is None else ()
+    hint = NO_VALUE_HINT["line" if isinstance(meter, Dlt645Meter | Cjt188Meter) else "modbus"]
+    warnings = nameplate_warnings(meter.nameplate.rated_power_kw, readings, no_value=hint)
     return MeterCheck(
-        meter.id, meter.driver, where, error is None, error, readings, missing,
-        tuple(nameplate_warnings(meter.nameplate.rated_power_kw, readings)), latency_s,
-    )  # fmt: skip
+        meter.id, meter.driver, where, error is None, error, readings, missing, tuple(warnings), latency_s
+    )
 
 
 def modbus_where(meter: ModbusMeterBase, site: SiteConfig) -> str:

@@ -42,14 +42,18 @@ class Target:
     preamble: int = 2
     check_ser: bool = True
 
+    @property
+    def name(self) -> str:
+        return f"CJ/T 188 meter {self.address} (type {self.meter_type:02X})"
+
     def label(self, line: Line) -> str:
-        return f"CJ/T 188 meter {self.address} (type {self.meter_type:02X}) on line {line.id}"
+        return f"{self.name} on line {line.id}"
 
 
 async def exchange(line: Line, target: Target, request: Frame, timeout_s: float) -> Frame:
     """Send ``request``, return the checked answer frame (abnormal answers raise)."""
     raw = await line.exchange(
-        request.encode(target.preamble), read_answer, timeout_s=timeout_s, label=target.label(line)
+        request.encode(target.preamble), read_answer, timeout_s=timeout_s, label=target.name
     )
     answer = decode_frame(raw)
     check_answer(request, answer)

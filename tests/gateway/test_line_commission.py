@@ -204,3 +204,17 @@ async def test_check_live_command_prints_line_meters_and_fails_on_the_dead_one(t
     assert "house-1                  dlt645      dlt645 on line east" in out
     assert "4 of 5 meter(s) ok" in out and "FAILED: heat-2" in out
     assert "Traceback" not in err
+
+
+@pytest.mark.integration
+async def test_dlt645_scan_by_list_reads_each_listed_meter() -> None:
+    cfg = _fleet()
+    async with Fleet(cfg, clock=ManualClock(cfg.clock.epoch_s)) as fleet:
+        listed = ",".join((HOUSE_A, f"{int(HOUSE_A) + 1:012d}", "000000000199"))
+        code, out, err = await run_blocking(_cli("dlt645", "scan", *_where(fleet), "--addresses", listed))
+        wildcard = await run_blocking(_cli("dlt645", "scan", *_where(fleet)))
+    assert code == 0, out + err
+    assert f"meter {HOUSE_A} answers: forward active energy 2024.5 kWh" in out
+    assert "no answer within 0.5 s: 000000000199" in out and out.rstrip().endswith("2 of 3 meter(s) found")
+    # all four line meters hear the wildcard; the two DL/T 645 answers collide on the pair
+    assert wildcard[0] == 1 and "Traceback" not in wildcard[2], wildcard
