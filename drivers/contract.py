@@ -21,7 +21,14 @@ from drivers.breaker import BreakerState
 log = logging.getLogger(__name__)
 
 InvalidReason = Literal[
-    "not_implemented", "nan", "infinite", "not_ascii", "scale_factor", "not_bcd", "unknown_unit"
+    "not_implemented",
+    "nan",
+    "infinite",
+    "not_ascii",
+    "scale_factor",
+    "not_bcd",
+    "unknown_unit",
+    "flagged",  # the device's own status says this reading is wrong (Modbus ``invalid_when``)
 ]
 
 

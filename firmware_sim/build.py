@@ -28,7 +28,7 @@ from firmware_sim.meter import MWS_PER_WH, Meter
 from firmware_sim.physics import EvModel, HeatingModel, LoadModel, PvHouseModel, PvModel
 from firmware_sim.physics.noise import u01
 from firmware_sim.physics.sample import PowerModel
-from firmware_sim.registers import chargers, eastron, heatmeter, sunspec
+from firmware_sim.registers import chargers, chint, eastron, heatmeter, huawei, sungrow, sunspec
 from firmware_sim.registers.base import UnitMap
 from firmware_sim.rtu_responder import RtuResponder
 
@@ -81,6 +81,10 @@ KINDS: dict[str, KindSpec] = {
     "abb": KindSpec(chargers.ABB_MODULUS_WH, _unit(_abb), per_session=True),
     "heat_meter": KindSpec(heatmeter.MODULUS_WH, _unit(lambda s: heatmeter.HeatMeterMap()), quantity="heat"),
     "dlt645_meter": KindSpec(DLT645_MODULUS_WH, lambda s: {}),
+    "chint_dtsu666": KindSpec(chint.MODULUS_WH, _unit(lambda s: chint.Dtsu666Map())),
+    "chint_ddsu666": KindSpec(chint.MODULUS_WH, _unit(lambda s: chint.Ddsu666Map())),
+    "huawei_sun2000": KindSpec(huawei.MODULUS_WH, _unit(lambda s: huawei.Sun2000Map(_rated_w(s)))),
+    "sungrow_sg": KindSpec(sungrow.MODULUS_WH, _unit(lambda s: sungrow.SungrowSgMap(_rated_w(s)))),
     # modulus for a kWh meter; a cjt188_heat_meter's is that of its energy_unit (_modulus_wh)
     "cjt188_heat_meter": KindSpec(1.0e9, lambda s: {}, quantity="heat"),
     "mqtt_tasmota": KindSpec(MQTT_MODULUS_WH, lambda s: {}),

@@ -186,6 +186,10 @@ def _where(ep: dict[str, Any]) -> str:
         return f"modbus-tcp {ep['host']}:{ep['port']} unit {units}"
     if ep["transport"] == "rtu":
         return f"modbus-rtu {ep['rtu_path']} unit {units}"
+    if ep["transport"] == "line":
+        where = f"tcp {ep['host']}:{ep['port']}" if "host" in ep else ep.get("rtu_path", "?")
+        who = f"address {ep['address']}" if "address" in ep else f"modbus unit {ep.get('unit', '?')}"
+        return f"line {ep['line']} ({where}) {who}"
     return f"mqtt {ep['topic']}"
 
 

@@ -32,6 +32,10 @@ DeviceKind = Literal[
     "heat_meter",
     "dlt645_meter",
     "cjt188_heat_meter",
+    "chint_dtsu666",
+    "chint_ddsu666",
+    "huawei_sun2000",
+    "sungrow_sg",
     "mqtt_tasmota",
     "mqtt_plain",
 ]
@@ -47,6 +51,10 @@ ALLOWED_PHYSICS: dict[str, frozenset[str]] = {
     "heat_meter": frozenset({"heating"}),
     "dlt645_meter": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "cjt188_heat_meter": frozenset({"heating"}),
+    "chint_dtsu666": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+    "chint_ddsu666": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
+    "huawei_sun2000": frozenset({"pv"}),
+    "sungrow_sg": frozenset({"pv"}),
     "mqtt_tasmota": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "mqtt_plain": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
 }

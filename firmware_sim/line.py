@@ -37,7 +37,7 @@ class LineCounters:
     frames: int = 0  # frames a responder claimed
     answers: int = 0
     dropped_bytes: int = 0  # bytes no responder claimed (garbage, or a frame of nobody)
-    collisions: int = 0  # answers beyond the first to one frame
+    collisions: int = 0  # answers beyond the first to one frame (they are superimposed)
 
 
 class SimLine:
@@ -77,15 +77,18 @@ class SimLine:
 
     def _offer(self, buffer: bytes) -> Taken | None:
         """Every device hears the frame; the one it addresses answers. Two answers to one
-        frame (two devices with one address) would collide on a real line: counted, and
-        only the first goes back."""
+        frame (a wildcard request, or two devices with one address) collide as on a real
+        pair: counted, and superimposed bytewise (the driven zeros win: AND), so the master
+        sees a garbled frame, not one of the answers."""
         now = self._clock.now()
         heard = [t for r in self.responders if (t := r.take(buffer, now)) is not None and t.consumed > 0]
         if not heard:
             return None
         answers = [t for t in heard if t.answer is not None]
         self.counters.collisions += max(0, len(answers) - 1)
-        return answers[0] if answers else heard[0]
+        if len(answers) < 2:
+            return answers[0] if answers else heard[0]
+        return Taken(answers[0].consumed, collide([t.answer for t in answers if t.answer is not None]))
 
     def _answer(self, answer: bytes, request_bytes: int, reply: Writer) -> None:
         self.counters.answers += 1
@@ -111,6 +114,16 @@ class SimLine:
         if self._drop is not None:
             self._drop.cancel()
             self._drop = None
+
+
+def collide(answers: list[bytes]) -> bytes:
+    """What several answers sent at once look like on the line: ANDed byte by byte, as long
+    as the longest."""
+    wire = bytearray(max(answers, key=len))
+    for answer in answers:
+        for i, byte in enumerate(answer):
+            wire[i] &= byte
+    return bytes(wire)
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,8 @@ How faults and freshness hook into pymodbus (public hooks only):
   device to the clock time of the request and writes the whole register image into the
   datastore in one synchronous step, so one Modbus read is always self-consistent. It
   also answers exception faults and rejects function codes the device does not have.
+  Coils and discrete inputs (function 1, 2) are served from bit blocks the same way
+  (pymodbus keeps them 16 to a word: a bit table's addresses are valid in whole words).
 - ``trace_pdu`` sees every decoded request first: it counts requests per unit and, for
   timeout/drop faults, returns ``None``, which makes pymodbus skip the request (no reply);
   for drop it also closes the port's open connections.
@@ -29,10 +31,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from common.clock import Clock
 from firmware_sim.device import Device
 from firmware_sim.errors import ServeError
-from firmware_sim.registers.base import FC_HOLDING, FC_INPUT, Block, UnitMap
+from firmware_sim.registers.base import BIT_TABLES, FC_COIL, FC_DISCRETE, FC_HOLDING, FC_INPUT, Block, UnitMap
 
 log = logging.getLogger(__name__)
-READ_FCS = frozenset({FC_HOLDING, FC_INPUT})
+READ_FCS = frozenset({FC_COIL, FC_DISCRETE, FC_HOLDING, FC_INPUT})
 
 
 def _table(blocks: list[Block]) -> list[SimData]:
@@ -44,8 +46,21 @@ def _table(blocks: list[Block]) -> list[SimData]:
     ]
 
 
-def _bits() -> list[SimData]:
-    return [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+def _bits(blocks: list[Block]) -> list[SimData]:
+    if not blocks:  # no such table: one word of bits the action refuses to read
+        return [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    return [
+        SimData(b.start, values=[False] * b.length, datatype=DataType.BITS, readonly=True)
+        for b in sorted(blocks, key=lambda b: b.start)
+    ]
+
+
+def _set_bits(registers: list[int], first_word: int, start: int, bits: list[int]) -> None:
+    """Write ``bits`` (addresses from ``start``) into a bit table kept 16 to a word."""
+    for i, bit in enumerate(bits):
+        address = start + i
+        word, mask = address // 16 - first_word, 1 << (address % 16)
+        registers[word] = registers[word] | mask if bit else registers[word] & ~mask
 
 
 class ModbusPortServer:
@@ -104,13 +119,15 @@ class ModbusPortServer:
 
     def _sim_device(self, unit: int, dev: Device) -> SimDevice:
         umap: UnitMap = dev.units[unit]
-        holding = [b for b in umap.blocks if b.fc == FC_HOLDING]
-        inputs = [b for b in umap.blocks if b.fc == FC_INPUT]
+        table = {fc: [b for b in umap.blocks if b.fc == fc] for fc in READ_FCS}
         return SimDevice(
             unit,
-            simdata=(_bits(), _bits(), _table(holding), _table(inputs)),
+            simdata=(
+                _bits(table[FC_COIL]), _bits(table[FC_DISCRETE]),
+                _table(table[FC_HOLDING]), _table(table[FC_INPUT]),
+            ),
             action=functools.partial(self._action, unit),
-        )
+        )  # fmt: skip
 
     async def _action(
         self,
@@ -122,14 +139,20 @@ class ModbusPortServer:
         registers: list[int],
         _values: Any,
     ) -> ExcCodes | None:
-        if func_code not in READ_FCS:
-            return ExcCodes.ILLEGAL_FUNCTION if func_code in (1, 2, 5, 15) else ExcCodes.ILLEGAL_ADDRESS
         dev = self._units[unit]
+        if func_code not in READ_FCS:
+            return ExcCodes.ILLEGAL_FUNCTION if func_code in (5, 15) else ExcCodes.ILLEGAL_ADDRESS
+        if func_code in BIT_TABLES and not any(b.fc == func_code for b in dev.units[unit].blocks):
+            return ExcCodes.ILLEGAL_FUNCTION  # the device has no coils / discrete inputs
         code = dev.exception_code()
         if code is not None:
             return ExcCodes(code)
         for block, words in dev.render(unit, self._clock.now()).items():
-            if block.fc == func_code:
+            if block.fc != func_code:
+                continue
+            if func_code in BIT_TABLES:
+                _set_bits(registers, start_address, block.start, words)
+            else:
                 off = block.start - start_address
                 registers[off : off + len(words)] = words
         return None

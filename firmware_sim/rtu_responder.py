@@ -1,6 +1,7 @@
 """A simulated Modbus RTU device on a shared simulated line (a :class:`LineResponder`).
 
-Serves a device's register maps (FC 3 and FC 4) on a :class:`firmware_sim.line.SimLine`,
+Serves a device's register maps (FC 3 and FC 4; coils and discrete inputs, FC 1 and 2,
+packed 8 to a byte, first address in bit 0) on a :class:`firmware_sim.line.SimLine`,
 beside DL/T 645 and CJ/T 188 devices, with the device's faults: ``timeout`` leaves a
 request unanswered, ``exception`` answers with the exception code. The CRC is computed
 here, independently of the gateway's driver, so a test of one checks the other.
@@ -35,7 +36,7 @@ class RtuResponder:
         self.device = device
 
     def take(self, buffer: bytes, now: float) -> Taken | None:
-        if len(buffer) < REQUEST_LENGTH or buffer[1] not in (3, 4):
+        if len(buffer) < REQUEST_LENGTH or buffer[1] not in (1, 2, 3, 4):
             return None
         frame = buffer[:REQUEST_LENGTH]
         if crc16_modbus(frame[:6]) != int.from_bytes(frame[6:8], "little"):
@@ -56,9 +57,10 @@ class RtuResponder:
         if code is None:
             words = _words(self.device.render(unit, now), fc, address, count)
             if words is not None:
-                data = b"".join(w.to_bytes(2, "big") for w in words)
+                data = _pack_bits(words) if fc in (1, 2) else b"".join(w.to_bytes(2, "big") for w in words)
                 return _frame(bytes([unit, fc, len(data)]) + data)
-            code = 0x02  # illegal data address
+            has_table = any(b.fc == fc for b in self.device.units[unit].blocks)
+            code = 0x02 if has_table else 0x01  # illegal data address / illegal function
         return _frame(bytes([unit, fc | 0x80, code]))
 
 
@@ -68,3 +70,10 @@ def _words(image: Image, fc: int, address: int, count: int) -> list[int] | None:
             off = address - block.start
             return words[off : off + count]
     return None
+
+
+def _pack_bits(bits: list[int]) -> bytes:
+    out = bytearray((len(bits) + 7) // 8)
+    for i, bit in enumerate(bits):
+        out[i // 8] |= (bit & 1) << (i % 8)
+    return bytes(out)

@@ -8,6 +8,9 @@
                                                   # one block: raw words and every decoding
     puhui gateway scan --serial /dev/ttyUSB0 --baud 9600 --units 1-32
                                                   # which unit ids answer on a bus
+    puhui gateway dlt645 scan|probe --host H --port P [--address A --di 00010000]
+    puhui gateway cjt188 scan|probe --host H --port P [--addresses A,B | --address A --di 901F]
+                                                  # meters of a shared line (gateway.line_cli)
     puhui gateway init --serial /dev/ttyUSB0 --gateway-id gw-1 --site s --owner puhui
                                                   # config from a scan, key, enrolment
     puhui gateway run --config site.yaml          # until SIGTERM / Ctrl-C
@@ -35,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import sys
 import time
@@ -47,12 +49,12 @@ from common.clock import Clock, FastClock, SystemClock
 from common.sdnotify import NotifyError, ServiceNotifier
 from drivers.contract import Invalid
 from drivers.errors import DriverError
-from drivers.line.config import SerialLineConfig, TcpServerLineConfig, describe_line
 from drivers.modbus.decode import ProbeLine, RegisterType, probe
-from drivers.modbus.profiles import load_profiles
+from drivers.modbus.profiles import Profile, load_profiles
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey
+from gateway.cli_args import BAUDRATES, UsageError, bounded, fail, seconds
 from gateway.clock_guard import AssumeSynchronised, ClockGuard, KernelSync, SyncSource, build_floor
 from gateway.commission import (
     LINK_FAILURES,
@@ -68,10 +70,10 @@ from gateway.commission import (
     exception_meaning,
     scan_units,
 )
-from gateway.config import Dlt645Meter, FastClockConfig, SiteConfig, load_site
-from gateway.dlt645_commission import describe_value, find_address, probe_identifier
+from gateway.config import Cjt188Meter, Dlt645Meter, FastClockConfig, MqttMeter, SiteConfig, load_site
 from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
 from gateway.evidence_config import DEFAULT_KEY_FILE, DEFAULT_STATE_DIR
+from gateway.line_cli import add_line_commands
 from gateway.runtime import Gateway, IntervalSink, MemorySink
 from gateway.status import StatusServer, gateway_status
 
@@ -92,21 +94,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="site YAML")
     p.add_argument("--live", action="store_true", help="then read every enabled meter once")
     p.add_argument(
-        "--mqtt-wait", type=_seconds(600), default=30.0, metavar="S", help="with --live: seconds to wait "
+        "--mqtt-wait", type=seconds(600), default=30.0, metavar="S", help="with --live: seconds to wait "
         "for one message per MQTT meter (default 30)",
     )  # fmt: skip
     p.set_defaults(func=_check)
 
     p = sub.add_parser("probe", help="read one register block once; print raw words and decodings")
     _add_target_arguments(p)
-    p.add_argument("--unit", type=_bounded("unit id", 0, 255), required=True)
-    p.add_argument(
-        "--address", type=_bounded("address", 0, 0xFFFF), required=True, help="0-based; 72 or 0x48"
-    )
-    p.add_argument("--count", type=_bounded("count", 1, 125), required=True, help="registers (1-125)")
+    p.add_argument("--unit", type=bounded("unit id", 0, 255), required=True)
+    p.add_argument("--address", type=bounded("address", 0, 0xFFFF), required=True, help="0-based; 72 or 0x48")
+    p.add_argument("--count", type=bounded("count", 1, 125), required=True, help="registers (1-125)")
     p.add_argument("--table", choices=["holding", "input"], default="holding", help="default holding (fc3)")
     p.add_argument("--all", action="store_true", help="print every decoding, not only plausible ones")
-    p.add_argument("--timeout", type=_seconds(10), default=2.0, metavar="S", help="default 2 s")
+    p.add_argument("--timeout", type=seconds(10), default=2.0, metavar="S", help="default 2 s")
     p.set_defaults(func=_probe)
 
     p = sub.add_parser("scan", help="find the unit ids that answer on a TCP gateway or serial bus")
@@ -114,28 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--units", type=_unit_list, default=list(range(1, 248)), help="e.g. 1-247 (default), 1,3,10-20"
     )
-    p.add_argument("--address", type=_bounded("address", 0, 0xFFFF), default=0, help="default 0")
-    p.add_argument("--count", type=_bounded("count", 1, 125), default=1, help="default 1")
+    p.add_argument("--address", type=bounded("address", 0, 0xFFFF), default=0, help="default 0")
+    p.add_argument("--count", type=bounded("count", 1, 125), default=1, help="default 1")
     p.add_argument("--table", choices=["holding", "input"], default="holding", help="default holding (fc3)")
-    p.add_argument("--timeout", type=_seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
+    p.add_argument("--timeout", type=seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
     p.add_argument("--sunspec", action="store_true", help="look for the SunSpec marker on units that answer")
     p.set_defaults(func=_scan)
 
-    p = sub.add_parser("dlt645", help="DL/T 645 meters on a line: find the address, read an identifier")
-    p.add_argument(
-        "dlt645_action", choices=["scan", "probe"], metavar="scan|probe",
-        help="scan: read address (one meter on the line); probe: read --di of --address",
-    )  # fmt: skip
-    where = p.add_argument_group("where (give --host and --port of a serial server, or --serial)")
-    where.add_argument("--host", help="transparent serial server")
-    where.add_argument("--port", type=_bounded("TCP port", 1, 65535), help="its TCP port for the line")
-    where.add_argument("--serial", metavar="DEV", help="RS-485 adapter, e.g. /dev/ttyUSB0")
-    where.add_argument("--baud", type=int, choices=BAUDRATES, default=2400, help="default 2400")
-    where.add_argument("--parity", choices=["N", "E", "O"], default="E", help="default E (8E1)")
-    p.add_argument("--address", help="probe: the meter's 12-digit address")
-    p.add_argument("--di", type=_data_identifier, default=0x00010000, help="probe: e.g. 00010000 (default)")
-    p.add_argument("--timeout", type=_seconds(10), default=1.0, metavar="S", help="default 1 s")
-    p.set_defaults(func=_dlt645)
+    add_line_commands(sub)
 
     _add_init_parser(sub)
 
@@ -170,7 +156,7 @@ def _add_init_parser(sub: Any) -> None:
     )
     _add_target_arguments(p)
     p.add_argument("--units", type=_unit_list, default=list(range(1, 248)), help="default 1-247")
-    p.add_argument("--timeout", type=_seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
+    p.add_argument("--timeout", type=seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
     p.add_argument("--gateway-id", required=True, help="letters, digits, . _ - (used in MQTT topics)")
     p.add_argument("--site", required=True, help="the site's name, as the operator knows it")
     p.add_argument("--config", type=Path, default=Path("/etc/puhui/site.yaml"), help="file to write")
@@ -180,8 +166,8 @@ def _add_init_parser(sub: Any) -> None:
     p.add_argument("--owner", help="the services' user (puhui): owns the key, reads the config")
     p.add_argument("--force", action="store_true", help="replace an existing config (never the key)")
     p.add_argument("--mqtt-host", help="also list the MQTT topics published on this broker")
-    p.add_argument("--mqtt-port", type=_bounded("TCP port", 1, 65535), default=1883)
-    p.add_argument("--mqtt-wait", type=_seconds(600), default=10.0, metavar="S", help="default 10 s")
+    p.add_argument("--mqtt-port", type=bounded("TCP port", 1, 65535), default=1883)
+    p.add_argument("--mqtt-wait", type=seconds(600), default=10.0, metavar="S", help="default 10 s")
     p.set_defaults(func=_init, address=0, count=1)
 
 
@@ -191,16 +177,11 @@ def _init(args: argparse.Namespace) -> int:
     try:
         target = _target(args) if args.host is not None or args.serial is not None else None
     except UsageError as exc:
-        return _fail(f"init: {exc}")
+        return fail(f"init: {exc}")
     if target is None:
-        return _fail("init: give --host (Modbus TCP) or --serial (Modbus RTU) to scan")
+        return fail("init: give --host (Modbus TCP) or --serial (Modbus RTU) to scan")
     _quiet_pymodbus()
     return init_site(args, target, on_unit=_print_unit, enrol=enrolment_for)
-
-
-def _fail(message: str) -> int:
-    print(f"puhui gateway: {message}", file=sys.stderr)
-    return 2
 
 
 def _load(path: Path) -> SiteConfig:
@@ -214,8 +195,8 @@ def make_clock(site: SiteConfig) -> Clock:
 
 
 def _source_name(meter: object) -> str:
-    """What a meter without a profile reads: inline registers, an MQTT topic, a DL/T 645 address."""
-    if isinstance(meter, Dlt645Meter):
+    """What a meter without a profile reads: inline registers, an MQTT topic, a line address."""
+    if isinstance(meter, Dlt645Meter | Cjt188Meter):
         return f"address {meter.connection.address}"
     return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
 
@@ -240,13 +221,15 @@ def _check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     except IntervalError as exc:
-        return _fail(f"{args.config.name}: {exc}")
+        return fail(f"{args.config.name}: {exc}")
     print(f"{args.config}: gateway {site.gateway.id} at {site.gateway.site}: config is valid")
     print(f"  {site.interval_minutes}-minute intervals, {len(plan.series)} series")
     for m in site.meters:
         state = "" if m.enabled else " (disabled)"
         source = getattr(m, "profile", None) or _source_name(m)
         print(f"  {m.id:24} {m.driver:11} {source:22} counts {', '.join(m.counts)}{state}")
+    for note in unconfirmed_notes(site, load_profiles()):
+        print(f"  note: {note}")
     for spec in plan.series:
         if spec.per_session:  # valid, but what most EV methodologies will not credit: say so now
             print(
@@ -258,6 +241,24 @@ def _check(args: argparse.Namespace) -> int:
     if args.live:
         return _check_live(site, args.mqtt_wait)
     return 0
+
+
+def unconfirmed_notes(site: SiteConfig, profiles: Mapping[str, Profile]) -> list[str]:
+    """What a profile says it could not confirm about a quantity a meter counts."""
+    notes = []
+    for m in site.meters:
+        name = getattr(m, "profile", None)
+        if not m.enabled or name is None or name not in profiles:
+            continue
+        fields = profiles[name].quantities
+        for q in m.counts:
+            f = fields.get(q)
+            if f is not None and f.unconfirmed:
+                notes.append(
+                    f"{m.id} counts {q}: profile {name} says it is unconfirmed ({f.unconfirmed}); "
+                    "check it against the meter's display once (puhui gateway check --live)"
+                )
+    return notes
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -408,7 +409,7 @@ def _keygen(args: argparse.Namespace) -> int:
     try:
         save_private_key(key, path)
     except (EvidenceError, FileExistsError) as exc:
-        return _fail(f"{path}: {exc}")
+        return fail(f"{path}: {exc}")
     print(f"{path}: new P-256 key, key id {key_id(key.public_key)}")
     return 0
 
@@ -445,7 +446,7 @@ def _enrol(args: argparse.Namespace) -> int:
     try:
         key = load_private_key(Path(evidence.key_file))
     except EvidenceError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     document = enrolment_for(site, key, created_ms=int(time.time() * 1000))
     if args.out is None:
         sys.stdout.buffer.write(document)
@@ -478,43 +479,11 @@ def enrolment_for(site: SiteConfig, key: GatewayKey, *, created_ms: int) -> byte
 
 # -- commissioning: probe, scan, check --live (logic in gateway.commission) -------------------
 
-BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-
-
-class UsageError(ValueError):
-    """Arguments that do not fit together (exit status 2)."""
-
-
-def _bounded(what: str, low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} (decimal or 0x hex)") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} {value} is not in {low}..{high}")
-        return value
-
-    return parse
-
-
-def _seconds(high: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not 0 < value <= high:
-            raise argparse.ArgumentTypeError(f"{value:g} s is not in (0, {high:g}]")
-        return value
-
-    return parse
-
 
 def _unit_list(text: str) -> list[int]:
     """``1-247`` or ``1,3,10-20`` -> unit ids in order, each once."""
     units: dict[int, None] = {}
-    unit = _bounded("unit id", 0, 255)
+    unit = bounded("unit id", 0, 255)
     for part in text.split(","):
         low, dash, high = part.strip().partition("-")
         first, last = unit(low), unit(high) if dash else unit(low)
@@ -524,54 +493,10 @@ def _unit_list(text: str) -> list[int]:
     return list(units)
 
 
-def _data_identifier(text: str) -> int:
-    digits = text.lower().removeprefix("0x").replace(" ", "")
-    if len(digits) != 8 or any(c not in "0123456789abcdef" for c in digits):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a data identifier (8 hex digits, e.g. 00010000)")
-    return int(digits, 16)
-
-
-def _dlt645_line(args: argparse.Namespace) -> SerialLineConfig | TcpServerLineConfig:
-    common = {"id": "commissioning", "baudrate": args.baud, "parity": args.parity, "timeout_s": args.timeout}
-    if (args.host is None) == (args.serial is None):
-        raise UsageError("give either --host and --port (a transparent serial server) or --serial")
-    if args.host is not None:
-        if args.port is None:
-            raise UsageError("--host needs --port (the serial server's TCP port for the line)")
-        return TcpServerLineConfig(kind="tcp_server", host=args.host, port=args.port, **common)
-    return SerialLineConfig(kind="serial", port=args.serial, **common)
-
-
-def _dlt645(args: argparse.Namespace) -> int:
-    try:
-        settings = _dlt645_line(args)
-        if args.dlt645_action == "probe" and (
-            args.address is None or not re.fullmatch(r"[0-9]{12}", args.address)
-        ):
-            raise UsageError("probe needs --address, the meter's 12 digits (scan finds it)")
-    except (UsageError, ValueError) as exc:
-        return _fail(f"dlt645 {args.dlt645_action}: {exc}")
-    try:
-        if args.dlt645_action == "scan":
-            address = asyncio.run(find_address(settings))
-            print(f"dlt645 scan {describe_line(settings)}: meter {address}")
-            return 0
-        result = asyncio.run(probe_identifier(settings, args.address, args.di))
-    except DriverError as exc:
-        print(f"puhui gateway dlt645 {args.dlt645_action}: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"dlt645 probe meter {result.address} DI {result.di:08X}: {result.raw.hex(' ') or '(no value bytes)'}"
-    )
-    for quantity, value in result.decoded.items():
-        print(f"  {quantity:16} {describe_value(value)}")
-    return 0
-
-
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where (give --host for Modbus TCP or --serial for Modbus RTU)")
     where.add_argument("--host", help="Modbus TCP device or TCP-to-RTU gateway")
-    where.add_argument("--port", type=_bounded("TCP port", 1, 65535), help="TCP port (default 502)")
+    where.add_argument("--port", type=bounded("TCP port", 1, 65535), help="TCP port (default 502)")
     where.add_argument("--serial", metavar="DEV", help="RS-485 adapter, e.g. /dev/ttyUSB0")
     where.add_argument("--baud", type=int, choices=BAUDRATES, help="serial speed (default 9600)")
     where.add_argument("--parity", choices=["N", "E", "O"], help="serial parity (default N)")
@@ -603,7 +528,7 @@ def _probe(args: argparse.Namespace) -> int:
     try:
         target = _target(args)
     except UsageError as exc:
-        return _fail(f"probe: {exc}")
+        return fail(f"probe: {exc}")
     _quiet_pymodbus()
     read = asyncio.run(_read_once(target, args))
     if read.answer is not Answer.DATA:
@@ -651,7 +576,7 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         target = _target(args)
     except UsageError as exc:
-        return _fail(f"scan: {exc}")
+        return fail(f"scan: {exc}")
     _quiet_pymodbus()
     units = args.units
     print(f"scan {target}: unit(s) {_ranges(units)}, reading {args.table} 0x{args.address:04X} "
@@ -720,8 +645,9 @@ def _check_live(site: SiteConfig, mqtt_wait_s: float) -> int:
     _quiet_pymodbus()
     clock = SystemClock()
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.now()))
-    print(f"live check at {when} (system clock): each Modbus meter read once, "
-          f"up to {mqtt_wait_s:g} s for one message per MQTT meter")  # fmt: skip
+    mqtt = any(isinstance(m, MqttMeter) and m.enabled for m in site.meters)
+    wait = f", up to {mqtt_wait_s:g} s for one message per MQTT meter" if mqtt else ""
+    print(f"live check at {when} (system clock): each Modbus, DL/T 645 and CJ/T 188 meter read once{wait}")
     checks = asyncio.run(check_live(site, load_profiles(), clock, mqtt_wait_s=mqtt_wait_s))
     for check in checks:
         _print_check(check)

@@ -18,10 +18,11 @@ is data, not an exception: :class:`BlockRead` says whether the device answered, 
 with a Modbus exception (a device is there), stayed silent or could not be reached, with
 a one-line message naming the link, unit and address.
 
-:func:`check_live` polls every enabled Modbus meter once with the source the gateway
-builds (:func:`gateway.runtime.modbus_source`, same policy, SunSpec discovery included),
-waits for one message per MQTT meter with the gateway's subscriber, and judges the
-readings against the nameplate (:func:`nameplate_warnings`).
+:func:`check_live` polls every enabled Modbus, DL/T 645 and CJ/T 188 meter once with the
+source the gateway builds (:func:`gateway.runtime.modbus_source`, ``dlt645_source``,
+``cjt188_source``: same policy, SunSpec discovery included, the meters of a shared line
+taking turns on its one owner), waits for one message per MQTT meter with the gateway's
+subscriber, and judges the readings against the nameplate (:func:`nameplate_warnings`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from enum import StrEnum
 from typing import Literal
 
 from common.clock import Clock
+from drivers.cjt188.config import QUANTITIES as CJT188_QUANTITIES
 from drivers.contract import Invalid, Sample
+from drivers.dlt645.identifiers import item_quantities
 from drivers.errors import SunSpecModelError, SunSpecNotFound
 from drivers.line.config import describe_line
 from drivers.line.owner import LineOwner
@@ -55,11 +58,20 @@ from drivers.modbus_rtu.config import SerialBus
 from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner
 from drivers.modbus_tcp.driver import TcpRegisterReader
 from drivers.mqtt.driver import MqttCredentialsError, MqttHealth, MqttSubscriber
-from gateway.config import ModbusMeterBase, ModbusRtuMeter, ModbusTcpMeter, MqttMeter, SiteConfig
-from gateway.runtime import modbus_source, static_fields
+from gateway.config import (
+    Cjt188Meter,
+    Dlt645Meter,
+    ModbusMeterBase,
+    ModbusRtuMeter,
+    ModbusTcpMeter,
+    MqttMeter,
+    SiteConfig,
+)
+from gateway.runtime import cjt188_source, dlt645_source, modbus_source, static_fields
 
 Table = Literal["holding", "input"]
-LiveMeter = ModbusTcpMeter | ModbusRtuMeter | MqttMeter
+LineMeter = Dlt645Meter | Cjt188Meter
+LiveMeter = ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter
 FUNCTION: dict[str, Literal[3, 4]] = {"holding": 3, "input": 4}
 
 # What a Modbus exception code means to an installer (Modbus Application Protocol v1.1b3, 7).
@@ -371,19 +383,34 @@ def quantity_specs(meter: LiveMeter, profiles: Mapping[str, Profile]) -> dict[st
     shipped mapping's points, as the gateway plans them before discovery)."""
     if isinstance(meter, MqttMeter):
         return {q: QuantitySpec(f.unit, f.kind) for q, f in meter.source.fields.items()}
+    if isinstance(meter, Dlt645Meter):
+        return {q: QuantitySpec(f.unit, f.kind) for q, f in item_quantities(meter.items()).items()}
+    if isinstance(meter, Cjt188Meter):
+        return {
+            q: QuantitySpec(CJT188_QUANTITIES[q].unit, CJT188_QUANTITIES[q].kind) for q in meter.quantities
+        }
     fields = static_fields(meter, profiles)
     return {f.quantity: QuantitySpec(f.unit, f.kind, f.per_session) for f in fields if f.quantity}
 
 
-def nameplate_warnings(rated_power_kw: float, readings: Iterable[Reading]) -> list[str]:
+NO_VALUE_HINT = {
+    "modbus": "NaN or not implemented (wrong register or type?)",
+    "line": "the meter sends no value (a meter or sensor fault: see its display)",
+}
+
+
+def nameplate_warnings(
+    rated_power_kw: float, readings: Iterable[Reading], *, no_value: str = NO_VALUE_HINT["modbus"]
+) -> list[str]:
     """Values that look wrong for the nameplate: power above 1.5 x rated, a counted quantity
-    that is not a number, an energy counter that is 0 (except per-session counters), negative,
-    or above 30 years at rated power."""
+    that is not a number (``no_value`` says what that suggests for the driver), an energy
+    counter that is 0 (except per-session counters), negative, or above 30 years at rated
+    power."""
     out: list[str] = []
     for r in readings:
         if isinstance(r.value, Invalid):
             if r.counted:
-                out.append(f"{r.quantity}: {r.value}: NaN or not implemented (wrong register or type?)")
+                out.append(f"{r.quantity}: {r.value}: {no_value}")
             continue
         if r.kind == "gauge" and r.unit in POWER_KW:
             limit = POWER_MARGIN * rated_power_kw
@@ -434,10 +461,11 @@ def judge(
         if q in latest
     )
     missing = tuple(q for q in meter.counts if q not in latest) if error is None else ()
+    hint = NO_VALUE_HINT["line" if isinstance(meter, Dlt645Meter | Cjt188Meter) else "modbus"]
+    warnings = nameplate_warnings(meter.nameplate.rated_power_kw, readings, no_value=hint)
     return MeterCheck(
-        meter.id, meter.driver, where, error is None, error, readings, missing,
-        tuple(nameplate_warnings(meter.nameplate.rated_power_kw, readings)), latency_s,
-    )  # fmt: skip
+        meter.id, meter.driver, where, error is None, error, readings, missing, tuple(warnings), latency_s
+    )
 
 
 def modbus_where(meter: ModbusMeterBase, site: SiteConfig) -> str:
@@ -455,10 +483,12 @@ def modbus_where(meter: ModbusMeterBase, site: SiteConfig) -> str:
 async def check_live(
     site: SiteConfig, profiles: Mapping[str, Profile], clock: Clock, *, mqtt_wait_s: float = 30.0
 ) -> list[MeterCheck]:
-    """Poll every enabled Modbus meter once and wait up to ``mqtt_wait_s`` for one message per
-    MQTT meter, concurrently, with the gateway's own sources; one check per meter, site order."""
+    """Poll every enabled Modbus, DL/T 645 and CJ/T 188 meter once and wait up to
+    ``mqtt_wait_s`` for one message per MQTT meter, concurrently, with the gateway's own
+    sources; one check per meter, site order."""
     modbus = [m for m in site.meters if m.enabled and isinstance(m, ModbusTcpMeter | ModbusRtuMeter)]
     mqtt = [m for m in site.meters if m.enabled and isinstance(m, MqttMeter)]
+    on_line = [m for m in site.meters if m.enabled and isinstance(m, Dlt645Meter | Cjt188Meter)]
     results: dict[str, MeterCheck] = {}
     async with contextlib.AsyncExitStack() as stack:
         used = {m.connection.bus for m in modbus if isinstance(m, ModbusRtuMeter)}
@@ -468,6 +498,7 @@ async def check_live(
             if b.id in used
         }
         on_lines = {m.connection.line for m in modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
+        on_lines |= {m.connection.line for m in on_line}
         lines = {
             line.id: await stack.enter_async_context(LineOwner(line))
             for line in site.lines
@@ -477,6 +508,10 @@ async def check_live(
             polls = [
                 group.create_task(_poll_once(m, site, profiles, clock, buses, lines), name=f"check:{m.id}")
                 for m in modbus
+            ]
+            polls += [
+                group.create_task(_poll_line_meter(m, site, clock, lines), name=f"check:{m.id}")
+                for m in on_line
             ]
             listens = [
                 group.create_task(_listen_once(meters, profiles, clock, mqtt_wait_s), name=f"check:mqtt:{i}")
@@ -504,6 +539,30 @@ async def _poll_once(
     async with source:
         result = await source.poll()
     return judge(meter, specs, result.samples, where=where, error=result.error, latency_s=result.latency_s)
+
+
+def line_where(meter: LineMeter, site: SiteConfig) -> str:
+    """``dlt645 on line east (tcp 10.0.0.9:8899) address 000012345678``."""
+    lines = {line.id: describe_line(line) for line in site.lines}
+    protocol = "dlt645" if isinstance(meter, Dlt645Meter) else "cjt188"
+    line = lines.get(meter.connection.line, meter.connection.line)
+    return f"{protocol} on {line} address {meter.connection.address}"
+
+
+async def _poll_line_meter(
+    meter: LineMeter, site: SiteConfig, clock: Clock, lines: Mapping[str, LineOwner]
+) -> MeterCheck:
+    source = (
+        dlt645_source(meter, lines, clock)
+        if isinstance(meter, Dlt645Meter)
+        else cjt188_source(meter, lines, clock)
+    )
+    async with source:
+        result = await source.poll()
+    return judge(
+        meter, quantity_specs(meter, {}), result.samples, where=line_where(meter, site), error=result.error,
+        latency_s=result.latency_s,
+    )  # fmt: skip
 
 
 def _by_connection(meters: Sequence[MqttMeter]) -> list[list[MqttMeter]]:

@@ -36,7 +36,14 @@ from drivers.dlt645.config import Dlt645Connection
 from drivers.dlt645.identifiers import DEFAULT_READ, ITEMS, DataItem, item_quantities
 from drivers.line.config import LineConfig
 from drivers.modbus.decode import RegisterType
-from drivers.modbus.profiles import DEFAULT_GROUP, Profile, RegisterField, check_fields, load_profiles
+from drivers.modbus.profiles import (
+    DEFAULT_GROUP,
+    NOT_AGGREGATED,
+    Profile,
+    RegisterField,
+    check_fields,
+    load_profiles,
+)
 from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.mqtt.config import MqttConnection, MqttSource
@@ -425,6 +432,10 @@ def _meter_refs(i: int, m: dict[str, Any], profiles: Mapping[str, Profile]) -> l
     counts = _list(m.get("counts"))
     issues = [Issue(("meters", i, "counts", j), _unknown(q, quantities))
               for j, q in enumerate(counts) if isinstance(q, str) and q not in quantities]  # fmt: skip
+    status = _status_quantities(m, profiles)
+    issues += [Issue(("meters", i, "counts", j), f"{q!r} is a status (a coil, an alarm bit, a state code): "
+                     "it is read and shown, never counted")
+               for j, q in enumerate(counts) if isinstance(q, str) and q in status]  # fmt: skip
     poll = m.get("poll", DEFAULT_POLL)
     groups = {fields[q] for q in counts if isinstance(q, str) and fields.get(q)}
     missing = sorted(g for g in groups if isinstance(poll, dict) and g not in poll)
@@ -469,6 +480,26 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
         for r in regs
         if isinstance(r, dict) and r.get("quantity")
     }
+
+
+def _status_quantities(m: dict[str, Any], profiles: Mapping[str, Profile]) -> set[str]:
+    """The quantities of a Modbus meter's (raw) fields that are kind status."""
+    name = m.get("profile")
+    if isinstance(name, str) and name in profiles:
+        return {f.quantity for f in profiles[name].fields if f.quantity and f.kind == "status"}
+    regs = m.get("registers")
+    regs = regs if isinstance(regs, list) else []
+    return {
+        str(r["quantity"])
+        for r in regs
+        if isinstance(r, dict)
+        and r.get("quantity")
+        and (r.get("kind") == "status" or (r.get("kind") is None and _is_bit(r)))
+    }
+
+
+def _is_bit(r: dict[str, Any]) -> bool:
+    return r.get("function") in (1, 2) or r.get("type") == "bit" or r.get("bit") is not None
 
 
 def _scalar(value: Any) -> bool:
@@ -548,7 +579,7 @@ def series_specs(
     out: list[SeriesSpec] = []
     for q in meter.counts:
         f = by_quantity.get(q)
-        if f is None or f.kind == "info":
+        if f is None or f.kind in NOT_AGGREGATED:
             continue
         period = poll.get(f.poll_group, DEFAULT_POLL["slow"])
         if f.kind == "gauge":

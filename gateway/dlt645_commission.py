@@ -3,21 +3,28 @@
 ``scan`` sends "read address" (0x13) to the wildcard AAAAAAAAAAAA: every meter on the line
 answers it, so it finds the address only where one meter is connected (the installer
 connects them one at a time, or reads the nameplate); answers of several meters collide
-into a frame error, which is reported as such. ``probe`` reads one identifier of a known
-address and shows the raw value bytes and, for the identifiers the driver knows, the
-decoded values.
+into a frame error, which is reported as such. With the addresses of the installation
+list (:func:`scan_addresses`) it reads forward active energy (00010000) of each and
+reports who answers, who answers with an error and who stays silent. ``probe`` reads one
+identifier of a known address and shows the raw value bytes and, for the identifiers the
+driver knows, the decoded values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from drivers.contract import Invalid
+from drivers.dlt645.errors import Dlt645Error, ErrorAnswer
 from drivers.dlt645.frame import decode, read_address_request, read_address_value, read_frame
-from drivers.dlt645.identifiers import ITEMS, Value
+from drivers.dlt645.identifiers import ENERGY, ITEMS, Value
 from drivers.dlt645.source import read_data
 from drivers.line.config import SerialLineConfig, TcpServerLineConfig
+from drivers.line.contract import LineTimeout
 from drivers.line.owner import LineOwner
+
+SCAN_DI = 0x00010000  # forward active total energy: every meter of a metering chain has it
 
 LineSettings = SerialLineConfig | TcpServerLineConfig
 
@@ -32,6 +39,37 @@ async def find_address(settings: LineSettings) -> str:
             label="read address (AAAAAAAAAAAA)",
         )
     return read_address_value(decode(raw))
+
+
+@dataclass
+class AddressScan:
+    """Which listed meters answered (with their forward energy), and which did not."""
+
+    found: dict[str, Value] = field(default_factory=dict)
+    silent: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+async def scan_addresses(settings: LineSettings, addresses: Sequence[str]) -> AddressScan:
+    """Read 00010000 of each address once (raises only ``LineUnreachable``)."""
+    result = AddressScan()
+    async with LineOwner(settings) as line:
+        for address in addresses:
+            label = f"meter {address} DI {SCAN_DI:08X}"
+            try:
+                raw = await read_data(line, address, SCAN_DI, timeout_s=settings.timeout_s, label=label)
+            except LineTimeout:
+                result.silent.append(address)
+                continue
+            except ErrorAnswer as exc:
+                result.problems.append(f"{address}: answers, but {exc}")
+                result.found[address] = Invalid("not_implemented", "error answer")
+                continue
+            except Dlt645Error as exc:
+                result.problems.append(f"{address}: {exc}")
+                continue
+            result.found[address] = ENERGY.decode(raw)
+    return result
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,18 @@ class Target:
     preamble: int = 2
     check_ser: bool = True
 
+    @property
+    def name(self) -> str:
+        return f"CJ/T 188 meter {self.address} (type {self.meter_type:02X})"
+
     def label(self, line: Line) -> str:
-        return f"CJ/T 188 meter {self.address} (type {self.meter_type:02X}) on line {line.id}"
+        return f"{self.name} on line {line.id}"
 
 
 async def exchange(line: Line, target: Target, request: Frame, timeout_s: float) -> Frame:
     """Send ``request``, return the checked answer frame (abnormal answers raise)."""
     raw = await line.exchange(
-        request.encode(target.preamble), read_answer, timeout_s=timeout_s, label=target.label(line)
+        request.encode(target.preamble), read_answer, timeout_s=timeout_s, label=target.name
     )
     answer = decode_frame(raw)
     check_answer(request, answer)
@@ -94,11 +98,16 @@ def check_data_head(request: Frame, answer: Frame, *, check_ser: bool) -> bytes:
     return answer.data[3:]
 
 
+async def read_data(line: Line, target: Target, di: int, *, ser: int, timeout_s: float) -> bytes:
+    """The DATA of "read data" identifier ``di`` (C = 01), after the identifier and SER."""
+    request = read_request(target.meter_type, target.address, di, ser, target.order)
+    answer = await exchange(line, target, request, timeout_s)
+    return check_data_head(request, answer, check_ser=target.check_ser)
+
+
 async def read_heat(line: Line, target: Target, *, ser: int, timeout_s: float) -> HeatData:
     """Read the current metering data (90 1F) of a heat or cooling meter."""
-    request = read_request(target.meter_type, target.address, DI_METERING, ser, target.order)
-    answer = await exchange(line, target, request, timeout_s)
-    return decode_heat_block(check_data_head(request, answer, check_ser=target.check_ser))
+    return decode_heat_block(await read_data(line, target, DI_METERING, ser=ser, timeout_s=timeout_s))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from drivers.cjt188.errors import AbnormalAnswer
 from drivers.cjt188.heat import HeatData
 from drivers.contract import PollResult, Sample
 from drivers.errors import DriverError
-from drivers.line.contract import Line
+from drivers.line.contract import Line, LineError
 
 SAMPLE_SOURCE = "cjt188"
 
@@ -87,7 +87,9 @@ class Cjt188Source:
             data = await self._read_with_retries()
         except DriverError as exc:
             self.breaker.record_failure()
-            return self._result(started, t0, (), f"{self.meter} ({self.target.label(self._line)}): {exc}")
+            # the line's errors name meter and line already; the meter's own say neither
+            where = "cjt188" if isinstance(exc, LineError) else self.target.label(self._line)
+            return self._result(started, t0, (), f"{self.meter} ({where}): {exc}")
         self.breaker.record_success()
         return self._result(started, t0, self._samples(data, self._clock.now(), slot), None)
 

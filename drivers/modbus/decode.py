@@ -29,6 +29,12 @@ Value = raw x ``scale`` x 10^sf, where ``sf`` is the value of the field named by
 ``str``; a value that is not a number comes back as an :class:`Invalid` with the reason,
 never as a number.
 
+Bits: ``type: bit`` is one coil or discrete input (function 1 or 2), 0 or 1. A bit field
+of a register (a status word, an alarm word) is an integer field with ``bit`` (the lowest
+bit, 0 = least significant of the raw value) and ``bits`` (how many, default 1): value =
+(raw >> bit) & (2^bits - 1), taken from the raw value as unsigned, after the marker check
+(a status word that reads "not implemented" gives no bits), never scaled.
+
 Not-implemented markers (``not_implemented``): ``"none"`` (default: only NaN/inf are
 invalid), ``"sunspec"`` (int16 0x8000, uint16 0xFFFF, int32 0x80000000, uint32
 0xFFFFFFFF, int64/uint64 likewise, sunssf -32768; an acc32/acc64 of 0 is a real 0, not a
@@ -65,6 +71,7 @@ class RegisterType(StrEnum):
     ACC64 = "acc64"
     SUNSSF = "sunssf"  # SunSpec scale factor, signed 16-bit exponent
     STRING = "string"  # ASCII, NUL-padded, ``length`` registers
+    BIT = "bit"  # one coil or discrete input (function 1 or 2): 0 or 1
 
 
 class ByteOrder(StrEnum):
@@ -92,6 +99,7 @@ _WIDTH: dict[RegisterType, int] = {
     RegisterType.UINT64: 4,
     RegisterType.FLOAT64: 4,
     RegisterType.ACC64: 4,
+    RegisterType.BIT: 1,
 }
 _FORMAT: dict[RegisterType, str] = {
     RegisterType.INT16: ">h",
@@ -105,6 +113,7 @@ _FORMAT: dict[RegisterType, str] = {
     RegisterType.UINT64: ">Q",
     RegisterType.FLOAT64: ">d",
     RegisterType.ACC64: ">Q",
+    RegisterType.BIT: ">H",
 }
 _SUNSPEC_MARKER: dict[RegisterType, int] = {
     RegisterType.INT16: -0x8000,
@@ -120,6 +129,11 @@ _WORD_SWAP = frozenset({ByteOrder.DCBA, ByteOrder.CDAB})
 SIXTEEN_BIT_ORDERS = frozenset({ByteOrder.AB, ByteOrder.BA})
 FLOAT_TYPES = frozenset({RegisterType.FLOAT32, RegisterType.FLOAT64})
 NUMERIC_TYPES = tuple(t for t in RegisterType if t is not RegisterType.STRING)
+# Integer types a bit field may be taken from (not scale factors, floats, strings, coils).
+BIT_FIELD_TYPES = frozenset({
+    RegisterType.INT16, RegisterType.UINT16, RegisterType.INT32, RegisterType.UINT32,
+    RegisterType.INT64, RegisterType.UINT64,
+})  # fmt: skip
 
 
 def type_width(rtype: RegisterType) -> int:
@@ -148,9 +162,12 @@ class FieldFormat(BaseModel):
     scale: float = Field(default=1.0, description="constant multiplier applied to the raw value")
     scale_factor: str | None = Field(default=None, description="name of a sunssf field: x 10^sf")
     not_implemented: Literal["none", "sunspec"] | tuple[int, ...] = "none"
+    bit: int | None = Field(default=None, ge=0, le=63, description="bit field: its lowest bit (0 = LSB)")
+    bits: int | None = Field(default=None, ge=1, le=64, description="bit field: its width (default 1)")
 
     @model_validator(mode="after")
     def _check_shape(self) -> FieldFormat:
+        self._check_bits()
         is_string = self.type is RegisterType.STRING
         if is_string and self.length is None:
             raise ValueError("a string field needs a length (registers)")
@@ -164,6 +181,34 @@ class FieldFormat(BaseModel):
         if not math.isfinite(self.scale) or self.scale == 0:
             raise ValueError("scale must be a finite, non-zero number")
         return self
+
+    def _check_bits(self) -> None:
+        if self.bits is not None and self.bit is None:
+            raise ValueError("bits (a width) needs bit (the lowest bit of the field)")
+        unscaled = self.scale == 1.0 and self.scale_factor is None
+        if self.type is RegisterType.BIT:
+            if self.bit is not None:
+                raise ValueError(
+                    "type bit is a whole coil or discrete input; for a bit of a register give the "
+                    "register's integer type and bit: N"
+                )
+            if not unscaled:
+                raise ValueError("a coil or discrete input is not scaled (no scale, no scale_factor)")
+            return
+        if self.bit is None:
+            return
+        if self.type not in BIT_FIELD_TYPES:
+            raise ValueError(f"a bit field is taken from an integer register, not {self.type.value}")
+        top = self.bit + (self.bits or 1)
+        if top > 16 * _WIDTH[self.type]:
+            raise ValueError(f"bits {self.bit}..{top - 1} do not fit a {self.type.value}")
+        if not unscaled:
+            raise ValueError("a bit field is not scaled (no scale, no scale_factor)")
+
+    @property
+    def mask(self) -> int:
+        """The bit field's mask after shifting (1 for a single bit)."""
+        return (1 << (self.bits or 1)) - 1
 
     @property
     def registers(self) -> int:
@@ -207,6 +252,10 @@ def decode_raw(registers: Sequence[int], field: FieldFormat) -> int | float | st
     if field.type is RegisterType.STRING:
         data = _to_bytes(registers, ByteOrder.BA if field.order in _BYTE_SWAP else ByteOrder.AB)
         return data.rstrip(b"\0").decode("latin-1")
+    if field.type is RegisterType.BIT:
+        if registers[0] not in (0, 1):
+            raise CodecError(f"a coil or discrete input is 0 or 1, got {registers[0]}")
+        return registers[0]
     value: int | float = _VALUE[field.type].unpack(_to_bytes(registers, field.order))[0]
     return value
 
@@ -233,6 +282,9 @@ def decode(registers: Sequence[int], field: FieldFormat, *, sf: float | Invalid 
         return Invalid("not_implemented", f"raw {raw!r}")
     if isinstance(raw, float) and not math.isfinite(raw):
         return Invalid("nan" if math.isnan(raw) else "infinite")
+    if field.bit is not None:
+        unsigned = int(raw) & ((1 << (16 * field.registers)) - 1)
+        return float((unsigned >> field.bit) & field.mask)
     return _scaled(raw, field, sf)
 
 
@@ -284,7 +336,22 @@ def encode(value: float | str, field: FieldFormat, *, sf: int | None = None) -> 
         return _encode_string(value, field)
     if isinstance(value, str):
         raise CodecError(f"{field.type.value} needs a number, got {value!r}")
+    if field.type is RegisterType.BIT:
+        if value not in (0, 1):
+            raise CodecError(f"a coil or discrete input is 0 or 1, not {value!r}")
+        return [int(value)]
+    if field.bit is not None:
+        if value != int(value) or not 0 <= value <= field.mask:
+            raise CodecError(f"{value!r} does not fit a bit field of {field.mask.bit_length()} bit(s)")
+        return encode_raw(_signed(int(value) << field.bit, field), field)
     return encode_raw(_unscaled(value, field, sf), field)
+
+
+def _signed(unsigned: int, field: FieldFormat) -> int:
+    """The raw value of a signed type whose unsigned bit pattern is ``unsigned``."""
+    width = 16 * field.registers
+    signed = field.type in (RegisterType.INT16, RegisterType.INT32, RegisterType.INT64)
+    return unsigned - (1 << width) if signed and unsigned >> (width - 1) else unsigned
 
 
 def _unscaled(value: float, field: FieldFormat, sf: int | None) -> int | float:

@@ -4,7 +4,7 @@ Fields are grouped by (unit id, function code); within a group they are sorted b
 and cut greedily into requests. A request grows to take the next field while
 
 - the request still spans at most ``max_registers`` (125, the Modbus limit for function
-  03/04), and
+  03/04; for coils and discrete inputs, function 01/02, 2000 bits), and
 - the hole between what the request covers so far and the next field is at most
   ``max_gap`` registers (unmapped registers that some devices refuse to read; 0 = only
   adjacent or overlapping fields share a request).
@@ -24,12 +24,20 @@ from typing import Literal
 from drivers.errors import PlanError, ResponseLengthError
 
 MODBUS_MAX_REGISTERS = 125
-FunctionCode = Literal[3, 4]
+MODBUS_MAX_BITS = 2000  # coils / discrete inputs per read (application protocol 6.1, 6.2)
+FunctionCode = Literal[1, 2, 3, 4]
+BIT_FUNCTIONS = frozenset({1, 2})
+
+
+def request_limit(function: int, max_registers: int = MODBUS_MAX_REGISTERS) -> int:
+    """What one read of ``function`` may cover: bits for 1/2, ``max_registers`` for 3/4."""
+    return MODBUS_MAX_BITS if function in BIT_FUNCTIONS else max_registers
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterSpan:
-    """One field to read: its key, unit id, function code (3 or 4), address and count."""
+    """One field to read: its key, unit id, function code (1-4), address and count (registers,
+    or bits for coils and discrete inputs)."""
 
     key: str
     unit: int
@@ -74,7 +82,7 @@ def plan_reads(
     requests: list[ReadRequest] = []
     for key in sorted(groups):
         ordered = sorted(groups[key], key=lambda s: (s.address, s.count, s.key))
-        requests.extend(_cut(ordered, max_registers, max_gap))
+        requests.extend(_cut(ordered, request_limit(key[1], max_registers), max_gap))
     return requests
 
 
@@ -82,10 +90,10 @@ def _check_span(span: RegisterSpan, max_registers: int, seen: set[str]) -> None:
     if span.key in seen:
         raise PlanError(f"field {span.key!r} appears twice")
     seen.add(span.key)
-    if span.count < 1 or span.count > max_registers:
-        raise PlanError(
-            f"field {span.key!r}: {span.count} registers do not fit one request of {max_registers}"
-        )
+    limit = request_limit(span.function, max_registers)
+    what = "bits" if span.function in BIT_FUNCTIONS else "registers"
+    if span.count < 1 or span.count > limit:
+        raise PlanError(f"field {span.key!r}: {span.count} {what} do not fit one request of {limit}")
     if span.address < 0 or span.end > 0x10000:
         raise PlanError(f"field {span.key!r}: address {span.address}+{span.count} is outside 0..65535")
 

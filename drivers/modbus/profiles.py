@@ -1,15 +1,24 @@
 """Device profiles: register maps as data (``config/profiles/*.yaml``), closed models.
 
 A profile lists fields: a name, the quantity it measures (the name samples carry, e.g.
-``energy_import``), its unit, where it lives (function code 3 or 4, 0-based address), how
-to decode it (:class:`drivers.modbus.decode.FieldFormat`: type, order, scale, scale factor,
-not-implemented markers), whether it is a ``counter`` (cumulative, lifetime), a ``gauge``
-(instantaneous) or ``info`` (identity/state text, never aggregated), its poll group and,
-for chargers whose energy register restarts with every session, ``per_session: true``.
+``energy_import``), its unit, where it lives (function code 1 coils, 2 discrete inputs,
+3 holding or 4 input registers; 0-based address), how to decode it
+(:class:`drivers.modbus.decode.FieldFormat`: type, order, scale, scale factor,
+not-implemented markers, bit fields), whether it is a ``counter`` (cumulative, lifetime), a
+``gauge`` (instantaneous), ``info`` (identity/state text) or ``status`` (a device state: a
+coil, a discrete input, a bit field of a status or alarm word, a state code), its poll
+group and, for chargers whose energy register restarts with every session,
+``per_session: true``. ``info`` and ``status`` samples are never aggregated into intervals.
+
+``invalid_when: [field, ...]`` names status fields that, when non-zero (or unreadable),
+make this field's reading ``Invalid("flagged")``: a meter that flags its own value as
+wrong does not move a counter with it.
 
 A ``discovery: sunspec`` profile has no fixed fields: they come from walking the device's
 SunSpec model chain (:mod:`drivers.modbus.sunspec`), and the profile maps SunSpec points to
-quantities. Profiles also carry their ``source``: where the addresses come from.
+quantities. Profiles also carry their ``source``: where the addresses come from, and
+``unconfirmed`` (the profile's, and a field's): what the sources did not settle, said
+plainly instead of guessed; ``puhui gateway check`` repeats it for counted quantities.
 """
 
 from __future__ import annotations
@@ -22,15 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from common.yaml_models import Issue, issues_from, read_yaml, suggest
 from drivers.errors import ProfileError, UnknownProfile
-from drivers.modbus.decode import FieldFormat, RegisterType
-from drivers.modbus.plan import RegisterSpan
+from drivers.modbus.decode import BIT_FIELD_TYPES, FieldFormat, RegisterType
+from drivers.modbus.plan import BIT_FUNCTIONS, RegisterSpan
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.#-]*$"
 QUANTITY_PATTERN = r"^[a-z][a-z0-9_]*$"
 
-Kind = Literal["counter", "gauge", "info"]
-DEFAULT_GROUP: dict[str, str] = {"counter": "slow", "gauge": "fast", "info": "slow"}
+Kind = Literal["counter", "gauge", "info", "status"]
+DEFAULT_GROUP: dict[str, str] = {"counter": "slow", "gauge": "fast", "info": "slow", "status": "fast"}
+NOT_AGGREGATED = frozenset({"info", "status"})  # kinds that never become interval series
 
 
 class RegisterField(FieldFormat):
@@ -39,12 +49,27 @@ class RegisterField(FieldFormat):
     name: str = Field(pattern=NAME_PATTERN)
     quantity: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
     unit: str = ""
-    function: Literal[3, 4] = 3
+    function: Literal[1, 2, 3, 4] = 3
     address: int = Field(ge=0, le=0xFFFF)
     kind: Kind = "gauge"
     group: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="poll group")
     per_session: bool = Field(default=False, description="counter restarts with every session")
+    invalid_when: tuple[str, ...] = Field(default=(), description="status fields that flag it invalid")
     description: str = ""
+    unconfirmed: str = Field(default="", description="what about this field the sources did not confirm")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bit_defaults(cls, data: object) -> object:
+        """Coils and discrete inputs are ``type: bit``; bits are ``kind: status`` unless told."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        if out.get("function") in BIT_FUNCTIONS:
+            out.setdefault("type", RegisterType.BIT.value)
+        if out.get("type") == RegisterType.BIT.value or out.get("bit") is not None:
+            out.setdefault("kind", "status")
+        return out
 
     @model_validator(mode="after")
     def _check_field(self) -> RegisterField:
@@ -54,7 +79,24 @@ class RegisterField(FieldFormat):
             raise ValueError("per_session applies to counters only")
         if self.type is RegisterType.STRING and self.kind != "info":
             raise ValueError("a string field is kind info")
+        self._check_bits_and_status()
         return self
+
+    def _check_bits_and_status(self) -> None:
+        coil = self.function in BIT_FUNCTIONS
+        if coil != (self.type is RegisterType.BIT):
+            raise ValueError(
+                f"function {self.function} reads {'bits: type bit' if coil else 'registers'}"
+                + ("" if coil else "; type bit is for function 1 (coils) or 2 (discrete inputs)")
+            )
+        if (coil or self.bit is not None) and self.kind != "status":
+            raise ValueError(f"a coil, discrete input or bit field is kind status, not {self.kind}")
+        if self.kind == "status" and not (coil or self.type in BIT_FIELD_TYPES):
+            raise ValueError(f"a status field is a bit or an integer register, not {self.type.value}")
+        if self.kind == "status" and (self.scale != 1.0 or self.scale_factor is not None):
+            raise ValueError("a status field is not scaled")
+        if self.invalid_when and self.kind in NOT_AGGREGATED:
+            raise ValueError(f"invalid_when is for measured values, not {self.kind} fields")
 
     @property
     def poll_group(self) -> str:
@@ -96,6 +138,9 @@ class Profile(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     source: str = Field(min_length=1, description="where the addresses come from")
+    unconfirmed: tuple[str, ...] = Field(
+        default=(), description="what could not be confirmed from the sources (said plainly, not guessed)"
+    )
     discovery: Literal["static", "sunspec"] = "static"
     max_gap: int = Field(default=0, ge=0, le=124, description="registers a request may skip")
     default_unit_id: int | None = Field(default=None, ge=0, le=255)
@@ -149,7 +194,22 @@ def check_fields(fields: Iterable[RegisterField]) -> list[str]:
             )
         elif ref.type is not RegisterType.SUNSSF:
             problems.append(f"field {f.name!r}: scale_factor {f.scale_factor!r} is not a sunssf field")
+    for f in by_name.values():
+        problems += _flag_problems(f, by_name)
     return problems
+
+
+def _flag_problems(f: RegisterField, by_name: Mapping[str, RegisterField]) -> list[str]:
+    out = []
+    for name in f.invalid_when:
+        ref = by_name.get(name)
+        if ref is None:
+            hint = suggest(name, list(by_name))
+            suffix = f" ({hint}?)" if hint else ""
+            out.append(f"field {f.name!r}: invalid_when {name!r} is not a field{suffix}")
+        elif ref.kind != "status":
+            out.append(f"field {f.name!r}: invalid_when {name!r} is not a status field (kind {ref.kind})")
+    return out
 
 
 def parse_profile(data: object, file: str) -> Profile:
@@ -191,10 +251,12 @@ def _profile_error(file: str, issues: list[Issue]) -> ProfileError:
 
 
 def select_fields(fields: Iterable[RegisterField], groups: Iterable[str]) -> list[RegisterField]:
-    """The fields of the given poll groups plus the scale-factor fields they need, so a
-    field and its ``sunssf`` are read in the same cycle. Keeps the input order."""
+    """The fields of the given poll groups plus the scale-factor and ``invalid_when`` fields
+    they need, so a field, its ``sunssf`` and its flags are read in the same cycle. Keeps the
+    input order."""
     all_fields = list(fields)
     wanted = set(groups)
     chosen = {f.name for f in all_fields if f.poll_group in wanted}
     chosen |= {f.scale_factor for f in all_fields if f.name in chosen and f.scale_factor}
+    chosen |= {flag for f in all_fields if f.name in chosen for flag in f.invalid_when}
     return [f for f in all_fields if f.name in chosen]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.backoff import Backoff
 from common.clock import Clock
 from drivers.breaker import BreakerState, CircuitBreaker
-from drivers.contract import PollResult, Sample
+from drivers.contract import Invalid, PollResult, Sample
 from drivers.errors import DriverError
 from drivers.modbus.decode import Decoded, FieldFormat, decode_fields
 from drivers.modbus.errors import DeviceTimeout, ModbusError
@@ -37,7 +37,8 @@ SAMPLE_SOURCE = "modbus"
 
 
 class RegisterReader(Protocol):
-    """Transport of one device. ``read`` raises :class:`ModbusError` (never for cancellation)."""
+    """Transport of one device. ``read`` returns the registers, or for function 1/2 the bits
+    as 0/1, one per address; it raises :class:`ModbusError` (never for cancellation)."""
 
     label: str  # e.g. "tcp 10.0.0.7:502"
 
@@ -63,8 +64,22 @@ class ReadPolicy(BaseModel):
     breaker_cooldown_s: float = Field(default=60.0, ge=0, description="clock seconds before a probe")
 
 
+def flagged(field: RegisterField, value: float | Invalid, decoded: Mapping[str, Decoded]) -> float | Invalid:
+    """``value``, or ``Invalid("flagged")`` when one of the field's ``invalid_when`` status
+    fields is set, unreadable or was not read: a reading its own meter disowns is no reading."""
+    if isinstance(value, Invalid):
+        return value
+    for name in field.invalid_when:
+        flag = decoded.get(name)
+        if flag is None or isinstance(flag, Invalid | str):
+            return Invalid("flagged", f"{name} is {'not read' if flag is None else flag}")
+        if flag:
+            return Invalid("flagged", f"{name} = {flag:g}")
+    return value
+
+
 def describe(request: ReadRequest) -> str:
-    """``unit 1 fc4 0x0000..0x004B`` — the address range a request covers."""
+    """``unit 1 fc4 0x0000..0x004B`` — the address range a request covers (bits for fc 1/2)."""
     last = request.address + request.count - 1
     return f"unit {request.unit} fc{request.function} 0x{request.address:04X}..0x{last:04X}"
 
@@ -170,6 +185,7 @@ class ModbusSource:
             value = decoded.get(f.name)
             if f.quantity is None or value is None or isinstance(value, str):
                 continue  # scale factors and text fields are not samples
+            value = flagged(f, value, decoded)
             out.append(Sample(self.meter, f.quantity, value, times[f.name], SAMPLE_SOURCE, slot))
         return tuple(out)
 

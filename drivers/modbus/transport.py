@@ -30,7 +30,7 @@ from drivers.modbus.errors import (
     ModbusError,
     NotModbusServer,
 )
-from drivers.modbus.plan import ReadRequest
+from drivers.modbus.plan import BIT_FUNCTIONS, ReadRequest
 from drivers.modbus.source import describe
 
 T = TypeVar("T")
@@ -154,17 +154,31 @@ def translate(exc: ModbusException | OSError, where: str, received: bytes = b"")
 
 
 def registers_of(response: Any, request: ReadRequest) -> list[int]:
-    """The registers of a read response; :class:`DeviceExceptionReply` for an exception reply."""
+    """The registers of a read response (coils and discrete inputs: ``count`` bits as 0/1;
+    pymodbus pads them to whole bytes); :class:`DeviceExceptionReply` for an exception reply."""
     if response.isError():
         code = getattr(response, "exception_code", None)
         raise DeviceExceptionReply(f"{describe(request)}: exception reply (code {code})", code)
+    if request.function in BIT_FUNCTIONS:
+        bits = list(response.bits)
+        if len(bits) < request.count:
+            raise ModbusError(f"{describe(request)}: answer carries {len(bits)} bits, {request.count} asked")
+        return [int(b) for b in bits[: request.count]]
     return list(response.registers)
+
+
+_READS = {
+    1: "read_coils",
+    2: "read_discrete_inputs",
+    3: "read_holding_registers",
+    4: "read_input_registers",
+}
 
 
 async def read_registers(client: Any, request: ReadRequest, watch: ReplyWatch | None = None) -> list[int]:
     """One read on a connected pymodbus async client, errors translated; with the
     connection's ``watch``, a reply that is not Modbus ends it as :class:`NotModbusServer`."""
-    read = client.read_input_registers if request.function == 4 else client.read_holding_registers
+    read = getattr(client, _READS[request.function])
     where = describe(request)
     quiet_reported_pymodbus_errors()
     try:

@@ -7,6 +7,10 @@ Frames (Modbus over Serial Line V1.02, 2.5.1; application protocol V1.1b3, 6.3/6
     answer    unit fc byte_count data... crc_lo crc_hi
     exception unit fc|0x80 code crc_lo crc_hi
 
+Function 3/4 data is 2 bytes a register, high byte first; function 1/2 (coils, discrete
+inputs) data is ceil(count / 8) bytes, the first address in bit 0 of the first byte, the
+last byte padded with zeros (application protocol 6.1, 6.2).
+
 CRC-16/MODBUS: polynomial 0xA001 (reflected 0x8005), initial 0xFFFF, sent low byte first.
 :class:`LineRegisterReader` is a :class:`~drivers.modbus.source.RegisterReader`, so a
 :class:`~drivers.modbus.source.ModbusSource` reads through it as through pymodbus.
@@ -16,10 +20,10 @@ from __future__ import annotations
 
 from drivers.line.contract import Line, LineTimeout, LineUnreachable, ReadExactly
 from drivers.modbus.errors import DeviceExceptionReply, DeviceTimeout, DeviceUnreachable, ModbusError
-from drivers.modbus.plan import ReadRequest
+from drivers.modbus.plan import BIT_FUNCTIONS, ReadRequest
 from drivers.modbus.source import describe
 
-READ_FUNCTIONS = frozenset({3, 4})
+READ_FUNCTIONS = frozenset({1, 2, 3, 4})
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -48,9 +52,9 @@ def with_crc(body: bytes) -> bytes:
 
 
 def read_request(request: ReadRequest) -> bytes:
-    """The RTU frame of a FC 3 / FC 4 read."""
+    """The RTU frame of a read (function 1, 2, 3 or 4)."""
     if request.function not in READ_FUNCTIONS:
-        raise ValueError(f"{describe(request)}: only function codes 3 and 4 are framed here")
+        raise ValueError(f"{describe(request)}: only read function codes 1-4 are framed here")
     body = bytes([request.unit, request.function]) + request.address.to_bytes(2, "big")
     return with_crc(body + request.count.to_bytes(2, "big"))
 
@@ -83,8 +87,11 @@ def registers_of(frame: bytes, request: ReadRequest) -> list[int]:
         code = frame[2]
         raise DeviceExceptionReply(f"{where}: exception reply (code {code})", code)
     data = frame[3:-2]
-    if len(data) != 2 * request.count:
-        raise ModbusError(f"{where}: answer carries {len(data)} bytes, {2 * request.count} expected")
+    expected = (request.count + 7) // 8 if request.function in BIT_FUNCTIONS else 2 * request.count
+    if len(data) != expected:
+        raise ModbusError(f"{where}: answer carries {len(data)} bytes, {expected} expected")
+    if request.function in BIT_FUNCTIONS:
+        return [(data[i // 8] >> (i % 8)) & 1 for i in range(request.count)]
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 

@@ -8,13 +8,17 @@ from typing import Protocol
 
 from firmware_sim.physics.sample import Sample
 
+FC_COIL = 1
+FC_DISCRETE = 2
 FC_HOLDING = 3
 FC_INPUT = 4
+BIT_TABLES = frozenset({FC_COIL, FC_DISCRETE})
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """A run of valid registers in one table (3 = holding, 4 = input)."""
+    """A run of valid addresses in one table (1 = coils, 2 = discrete inputs, 3 = holding,
+    4 = input registers). A bit table's image holds one 0/1 per address."""
 
     fc: int
     start: int

@@ -13,7 +13,17 @@ address       quantity               type     unit / meaning
 0x000B-000C   heat energy (lifetime)  float32 kWh (same counter, for float-only gateways)
 ============  =====================  =======  ============================================
 
-Addresses outside 0x0000-0x000C answer "illegal data address".
+Bits (for masters that read alarms with function 1 and 2):
+
+============  =========================================================================
+address       meaning
+============  =========================================================================
+coil 0        M-Bus polling of the meter enabled (the converter's setting; reads 1)
+discrete 0    value error (status bit 0)
+discrete 1    no flow (status bit 1)
+============  =========================================================================
+
+Register addresses outside 0x0000-0x000C answer "illegal data address".
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from firmware_sim.registers.base import FC_HOLDING, Block, Image, Readout, fill
+from firmware_sim.registers.base import FC_COIL, FC_DISCRETE, FC_HOLDING, Block, Image, Readout, fill
 from firmware_sim.registers.encoding import f32, i16_value, i32_value, u16, u32, u32_value
 
 HEAT_ENERGY_WH = 0x0000
@@ -32,6 +42,8 @@ FLOW_RATE_LH = 0x0006
 STATUS = 0x0008
 SERIAL = 0x0009
 HEAT_ENERGY_KWH_F32 = 0x000B
+COIL_POLLING = 0
+DISCRETE_VALUE_ERROR, DISCRETE_NO_FLOW = 0, 1
 MODULUS_WH = float(2**32)
 
 
@@ -41,10 +53,10 @@ class HeatMeterMap:
 
     @property
     def blocks(self) -> tuple[Block, ...]:
-        return (Block(FC_HOLDING, 0x0000, 0x0D),)
+        return (Block(FC_HOLDING, 0x0000, 0x0D), Block(FC_COIL, COIL_POLLING, 1), Block(FC_DISCRETE, 0, 2))
 
     def render(self, r: Readout) -> Image:
-        (block,) = self.blocks
+        block, coils, discrete = self.blocks
         ch = r.main()
         s = ch.sample
         bad = math.isnan(ch.power_w) or math.isnan(ch.counter_wh)
@@ -60,4 +72,4 @@ class HeatMeterMap:
             SERIAL: u32(r.serial),
             HEAT_ENERGY_KWH_F32: f32(ch.counter_wh / 1000.0),
         }
-        return {block: fill(block, words)}
+        return {block: fill(block, words), coils: [1], discrete: [status & 1, status >> 1 & 1]}

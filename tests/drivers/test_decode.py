@@ -35,6 +35,7 @@ INT_RANGES = {
     RegisterType.INT64: (-(2**53), 2**53),  # exact in a float
     RegisterType.UINT64: (0, 2**53),
     RegisterType.ACC64: (0, 2**53),
+    RegisterType.BIT: (0, 1),  # a coil or discrete input
 }
 CASES = [(t, o) for t in RegisterType if t is not RegisterType.STRING for o in orders_for(t)]
 CASES += [(t, o) for t in RegisterType if t is not RegisterType.STRING and t.value.endswith("16")
@@ -64,7 +65,8 @@ def test_decode_then_encode_gives_the_registers_back(
     rtype: RegisterType, order: ByteOrder, data: st.DataObject
 ) -> None:
     field = FieldFormat(type=rtype, order=order)
-    regs = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=field.registers, max_size=field.registers))
+    top = 1 if rtype is RegisterType.BIT else 0xFFFF  # a coil's "register" is its bit
+    regs = data.draw(st.lists(st.integers(0, top), min_size=field.registers, max_size=field.registers))
     value = decode(regs, field)
     if isinstance(value, Invalid):
         assert rtype in (RegisterType.FLOAT32, RegisterType.FLOAT64)

@@ -129,12 +129,22 @@ class RegisterBlock(_Closed):
         return [w for item in self.words for w in (item if isinstance(item, tuple) else (item,))]
 
 
+class BitBlock(_Closed):
+    """Consecutive coils or discrete inputs from ``start``, 0 or 1 each."""
+
+    start: Annotated[StrictInt, Field(ge=0, le=0xFFFF)]
+    bits: tuple[Annotated[StrictInt, Field(ge=0, le=1)], ...] = Field(min_length=1)
+
+
 class RegisterImage(_Closed):
-    """What a Modbus device serves: its unit id and its holding (FC03) / input (FC04) tables."""
+    """What a Modbus device serves: its unit id, its holding (FC03) / input (FC04) tables and
+    its coils (FC01) / discrete inputs (FC02)."""
 
     unit: Annotated[StrictInt, Field(ge=0, le=255)]
     holding: tuple[RegisterBlock, ...] = ()
     input: tuple[RegisterBlock, ...] = ()
+    coils: tuple[BitBlock, ...] = ()
+    discrete: tuple[BitBlock, ...] = ()
 
 
 class Tolerance(_Closed):
@@ -150,7 +160,7 @@ class ExpectedSample(_Closed):
     value: float | None = None
     invalid: InvalidReason | None = None
     unit: str
-    kind: Literal["counter", "gauge", "info"] | None = None
+    kind: Literal["counter", "gauge", "info", "status"] | None = None
     per_session: bool | None = None
     time: AwareDatetime | None = None  # MQTT: the sample's time
     source: str | None = None  # MQTT: where the time came from
@@ -286,10 +296,22 @@ def _sim_table(blocks: Sequence[RegisterBlock]) -> list[SimData]:
     return [SimData(b.start, values=b.registers, datatype=DataType.REGISTERS, readonly=True) for b in blocks]
 
 
+def _bit_table(blocks: Sequence[BitBlock]) -> list[SimData]:
+    if not blocks:
+        return [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    return [SimData(b.start, values=[bool(x) for x in b.bits], datatype=DataType.BITS) for b in blocks]
+
+
 def _sim_device(image: RegisterImage) -> SimDevice:
-    """The device serving ``image``: addresses outside it answer "illegal data address"."""
-    bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-    return SimDevice(image.unit, simdata=(bits, bits, _sim_table(image.holding), _sim_table(image.input)))
+    """The device serving ``image``: register addresses outside it answer "illegal data
+    address" (bits: pymodbus keeps them 16 to a word, so whole words of them are valid)."""
+    return SimDevice(
+        image.unit,
+        simdata=(
+            _bit_table(image.coils), _bit_table(image.discrete),
+            _sim_table(image.holding), _sim_table(image.input),
+        ),
+    )  # fmt: skip
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ from drivers.modbus.decode import RegisterType
 from drivers.modbus.profiles import get_profile, load_profile, load_profiles, parse_profile, select_fields
 
 SHIPPED = {"sdm630", "sdm120", "alfen-socket", "alfen-station", "abb-terra-ac", "heat-meter-converter",
-           "sunspec"}  # fmt: skip
+           "sunspec", "chint-dtsu666", "chint-ddsu666", "huawei-sun2000", "sungrow-sg"}  # fmt: skip
 
 
 def test_all_shipped_profiles_load() -> None:
