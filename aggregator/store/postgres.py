@@ -100,6 +100,15 @@ class _Pool:
         finally:
             self._give_back(conn)
 
+    def drop_idle(self) -> None:
+        """Close the idle connections: one was found dropped by the server (a restart ended
+        them all), so the retry gets a new one."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._open.difference_update(idle)
+        for conn in idle:
+            conn.close()
+
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
         usable = not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE
         with self._lock:
@@ -249,6 +258,7 @@ class PostgresEvidenceStore:
                     return conn.execute(sql, params).fetchall()
                 except psycopg.OperationalError as exc:
                     if reused and conn.closed and attempt == 0:
+                        self._pool.drop_idle()
                         continue  # the server dropped an idle connection (a restart): once more
                     raise StoreError(f"{self.where}: reading: {exc}") from exc
                 except psycopg.Error as exc:
@@ -270,6 +280,7 @@ class PostgresEvidenceStore:
                     raise StoreConflict(f"{self.where}: {what}: {exc}") from exc
                 except psycopg.OperationalError as exc:
                     if reused and conn.closed and not committing and attempt == 0:
+                        self._pool.drop_idle()
                         continue  # dropped before the commit was sent: nothing was stored
                     outcome = " (the commit's outcome is unknown)" if committing else ""
                     raise StoreError(f"{self.where}: {what}{outcome}: {exc}") from exc
