@@ -13,7 +13,8 @@ database enforces them while several processes write at once:
   checkpoint log (batches by id) only ever grows at its end. Verification, the expensive
   part, runs in parallel in the aggregators; their commits are serialised;
 - a group is one transaction (one WAL flush: ``synchronous_commit`` must not be off, checked
-  at open); intervals go in by binary ``COPY``.
+  at open); batches, intervals and series go in by binary ``COPY``, the statements that
+  answer nothing (gaps, heads, counters) in one pipelined round trip.
 
 Thread-safe: each call borrows a connection of its own from a small pool (the aggregator
 calls the store from its event loop and worker threads). A connection the server dropped
@@ -319,15 +320,8 @@ class PostgresEvidenceStore:
     ) -> list[int | StoreConflict | None]:
         gateways = sorted({b.gateway for b in batches})
         taken: set[tuple[str, int]] = set()
-        if gateways:  # the chain heads, locked in one order by every writer
-            conn.execute(
-                "INSERT INTO gateway_heads (gateway) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                (gateways,),
-            )
-            conn.execute(
-                "SELECT gateway FROM gateway_heads WHERE gateway = ANY(%s) ORDER BY gateway FOR UPDATE",
-                (gateways,),
-            )
+        if gateways:
+            self._lock_heads(conn, gateways)
             rows = conn.execute(
                 "SELECT b.gateway, b.seq FROM batches b JOIN unnest(%s::text[], %s::int8[]) AS u(g, s)"
                 " ON b.gateway = u.g AND b.seq = u.s",
@@ -358,10 +352,25 @@ class PostgresEvidenceStore:
                 self._insert_rejection(conn, r)
         return results
 
+    def _lock_heads(self, conn: psycopg.Connection[Any], gateways: list[str]) -> None:
+        """Lock the gateways' chain heads, in gateway order (every writer takes them so: no
+        deadlock); a gateway's first batch creates its head row first."""
+        lock = "SELECT gateway FROM gateway_heads WHERE gateway = ANY(%s) ORDER BY gateway FOR UPDATE"
+        if len(conn.execute(lock, (gateways,)).fetchall()) == len(gateways):
+            return
+        conn.execute(
+            "INSERT INTO gateway_heads (gateway) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (gateways,),
+        )
+        conn.execute(lock, (gateways,))
+
     def _draw_ids(self, conn: psycopg.Connection[Any], n: int) -> list[int]:
-        """``n`` new batch ids, under the lock that makes ids visible in the order drawn."""
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCKS, _BATCH_ID_LOCK))
-        [(last,)] = conn.execute("SELECT setval('batch_ids', nextval('batch_ids') + %s - 1)", (n,)).fetchall()
+        """``n`` new batch ids, under the lock that makes ids visible in the order drawn (taken
+        in the FROM clause: before the ids are drawn)."""
+        [(last,)] = conn.execute(
+            "SELECT setval('batch_ids', nextval('batch_ids') + %s - 1) FROM pg_advisory_xact_lock(%s, %s)",
+            (n, _LOCKS, _BATCH_ID_LOCK),
+        ).fetchall()
         return list(range(int(last) - n + 1, int(last) + 1))
 
     def _insert_batches(
@@ -391,8 +400,8 @@ class PostgresEvidenceStore:
             for i, (b, _) in zip(ids, todo, strict=True):
                 for row in _series_rows(i, b):
                     copy.write_row(row)
-        batches = [b for b, _ in todo]
-        self._chain_effects(conn, batches)
+        with conn.pipeline():  # the statements that answer nothing: one round trip
+            self._chain_effects(conn, [b for b, _ in todo])
 
     def _chain_effects(self, conn: psycopg.Connection[Any], todo: Sequence[AcceptedBatch]) -> None:
         """Gaps, chain heads, counters and announced keys of the stored batches (after their rows,

@@ -204,6 +204,10 @@ def test_a_key_announced_in_a_batch_is_stored_with_it(evidence_store: AnyStore) 
     new = KeyEntry("gw-k", rotated.key_id, public_key_der(rotated.public_key), 3, "rotation@1", 9)
     store.store_batch(accepted(gw, new_key=new))
     assert store.gateways()[0].keys[-1] == new and store.registry_version() == version + 1
+    with pytest.raises(StoreConflict):  # the same key announced again: the whole group is undone
+        store.store_group([accepted(gw), accepted(gw, new_key=new)])
+    assert store.highest_seq("gw-k") == 1 and store.batch_count() == 1
+    assert store.registry_version() == version + 1
 
 
 def test_aggregator_keys_and_checkpoints(evidence_store: AnyStore) -> None:
