@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aggregator.config import StoreSettings
+from aggregator.errors import StoreError
 from aggregator.store.protocols import (
     AggregatorKeyStore,
     EvidenceReader,
@@ -84,8 +85,13 @@ def open_evidence_store(
     else the SQLite file at ``path``. Raises :class:`aggregator.errors.StoreError`."""
     if settings.postgres is None:
         return SQLiteEvidenceStore(settings.path, rejection_rows_per_source=rejection_rows_per_source)
-    from aggregator.store.postgres import PostgresEvidenceStore
-
+    try:
+        from aggregator.store.postgres import PostgresEvidenceStore
+    except ImportError as exc:  # psycopg loads the system's libpq when imported
+        raise StoreError(
+            f"store.postgres: the PostgreSQL driver cannot load: {exc} (it needs libpq: "
+            "apt-get install libpq5)"
+        ) from exc
     return PostgresEvidenceStore.from_settings(
         settings.postgres, rejection_rows_per_source=rejection_rows_per_source
     )

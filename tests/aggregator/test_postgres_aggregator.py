@@ -21,6 +21,7 @@ from aggregator.store import open_evidence_store
 from aggregator.store.postgres import PostgresEvidenceStore
 from evidence import decode_record, generate_key, save_private_key
 from evidence.wire import Ack, Reject
+from puhui.cli import main
 from testbed.servers import PrivateMosquitto, PrivatePostgres
 from tests.aggregator.ingest_support import (
     GatewayPeer,
@@ -37,7 +38,7 @@ AGG_KEY = generate_key()
 
 
 def _config_data(
-    tmp_path: Path, postgres: PrivatePostgres, dbname: str, mqtt_port: int, influx: InfluxV1Client
+    tmp_path: Path, postgres: PrivatePostgres, dbname: str, mqtt_port: int, influx_url: str, database: str
 ) -> dict[str, Any]:
     secret = tmp_path / "pg-password"
     secret.write_text(postgres.password + "\n")
@@ -48,7 +49,7 @@ def _config_data(
     return {
         "mqtt": {**isolated_mqtt(mqtt_port), "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5},
         "store": {"path": str(tmp_path / "local.sqlite3"), "postgres": pg},
-        "influx": {"url": influx.url, "database": influx.database, "retry_initial_s": 0.05,
+        "influx": {"url": influx_url, "database": database, "retry_initial_s": 0.05,
                    "retry_max_s": 0.5, "timeout_s": 5.0},
         "key_file": str(tmp_path / "agg.pem"),
     }  # fmt: skip
@@ -62,7 +63,9 @@ def config(
     mosquitto: PrivateMosquitto,
     influx_db: InfluxV1Client,
 ) -> AggregatorConfig:
-    data = _config_data(tmp_path, postgres, postgres_db["dbname"], mosquitto.port, influx_db)
+    data = _config_data(
+        tmp_path, postgres, postgres_db["dbname"], mosquitto.port, influx_db.url, influx_db.database
+    )
     return AggregatorConfig.model_validate(data)
 
 
@@ -140,7 +143,9 @@ async def test_sigkills_mid_stream_lose_nothing_and_store_nothing_twice_over_pos
     influx_db: InfluxV1Client,
 ) -> None:
     n_batches, kills = 160, 6
-    data = _config_data(tmp_path, postgres, postgres_db["dbname"], mosquitto.port, influx_db)
+    data = _config_data(
+        tmp_path, postgres, postgres_db["dbname"], mosquitto.port, influx_db.url, influx_db.database
+    )
     config_file = tmp_path / "aggregator.yaml"
     config_file.write_text(yaml.safe_dump(data))
     save_private_key(AGG_KEY, tmp_path / "agg.pem")
@@ -186,3 +191,25 @@ async def test_sigkills_mid_stream_lose_nothing_and_store_nothing_twice_over_pos
         store.close()
     [count] = await influx_db.query("SELECT count(delta) FROM puhui_interval")
     assert count["values"][0][1] == n_batches * 4 * 2
+
+
+def test_the_gateways_command_enrols_and_lists_in_postgresql(
+    tmp_path: Path,
+    postgres: PrivatePostgres,
+    postgres_db: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = _config_data(tmp_path, postgres, postgres_db["dbname"], 1883, "http://127.0.0.1:9", "unused")
+    config_file = tmp_path / "aggregator.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    document = tmp_path / "gw-cli.json"
+    document.write_bytes(SimGateway("gw-cli").enrolment())
+    assert main(["aggregator", "gateways", "--config", str(config_file), "add", str(document)]) == 0
+    assert main(["aggregator", "gateways", "--config", str(config_file), "list"]) == 0
+    assert "gw-cli\tsite=site-1\tregion=-\tbatches=0" in capsys.readouterr().out
+    store = PostgresEvidenceStore(postgres_db)
+    try:
+        assert [g.gateway for g in store.gateways()] == ["gw-cli"]
+    finally:
+        store.close()
+    assert not (tmp_path / "local.sqlite3").exists()  # nothing went to the SQLite file
