@@ -15,7 +15,8 @@ Evidence stores, parametrised over the backends (``sqlite``, ``postgres``): ``op
 SQLite file or PostgreSQL database); ``evidence_store`` (function): one open store.
 - ``fresh_mosquitto`` / ``fresh_influxdb`` (function): factories that start a private
   server of the test's own (free to stop, kill and restart); closed after the test, their
-  work directories under ``tmp_path`` are kept for post-mortems.
+  work directories under ``tmp_path`` are kept for post-mortems. ``fresh_postgres`` likewise
+  (its work directory is temporary: see the fixture).
 
 Leak guard (autouse): a test fails at teardown when it leaves behind threads, child
 processes, or, for coroutine tests, asyncio tasks. Threads and tasks get a short grace
@@ -114,6 +115,27 @@ def postgres_db(postgres: PrivatePostgres, request: pytest.FixtureRequest) -> It
     postgres.create_database(name)
     yield postgres.conninfo(name)
     postgres.drop_database(name)
+
+
+@pytest.fixture
+def fresh_postgres(tmp_path: Path) -> Iterator[Callable[..., PrivatePostgres]]:
+    """Factory: ``fresh_postgres(**options)`` -> a started cluster of the test's own (TLS, free
+    to kill and restart), closed after the test. Its work directory is a temporary one, not
+    under ``tmp_path``: run as root, the cluster runs as ``postgres``, who cannot enter it."""
+    started: list[PrivatePostgres] = []
+    ca = make_ca(tmp_path / "postgres-pki", name="puhui test PostgreSQL CA")
+    server = issue_server(ca)
+
+    def start(**options: Any) -> PrivatePostgres:
+        pg = PrivatePostgres(tls=PostgresTls(server.cert_path, server.key_path, ca.layout.ca_cert), **options)
+        started.append(pg)
+        return pg.start()
+
+    try:
+        yield start
+    finally:
+        for pg in started:
+            pg.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -231,3 +231,63 @@ def test_postgres_settings_are_closed_and_keep_secrets_out_of_the_file(tmp_path:
     ]:
         with pytest.raises(ConfigError, match=says):
             parse_config({**base, "store": {"path": "e.sqlite3", "postgres": bad}}, "a.yaml")
+
+
+def test_postgresql_killed_mid_stream_keeps_every_batch_it_acknowledged(
+    fresh_postgres: Callable[..., PrivatePostgres],
+) -> None:
+    """A writer stores batch after batch (as ingest would, resending what failed) while the
+    server is SIGKILLed three times: every store_group that answered an id is there after
+    the restarts, with its exact bytes; a failure is an error, never an id."""
+    pg = fresh_postgres()
+    pg.create_database("evidence")
+    store = PostgresEvidenceStore(pg.conninfo("evidence"))
+    gw = SimGateway("gw-x", meters=("pv-01",))
+    batches = [accepted(gw, steps=1) for _ in range(120)]
+    answered: dict[int, int | str] = {}  # seq -> id, or "conflict": stored by an attempt that lost its answer
+    failures: list[StoreError] = []
+    progressed, failed, restarted = threading.Event(), threading.Event(), threading.Event()
+
+    def write() -> None:
+        n = 0
+        while n < len(batches):
+            try:
+                [result] = store.store_group([batches[n]])
+            except StoreError as exc:
+                failures.append(exc)
+                failed.set()
+                restarted.wait(30)
+                continue
+            answered[batches[n].seq] = result if isinstance(result, int) else "conflict"
+            n += 1
+            progressed.set()
+
+    writer = threading.Thread(target=write, name="evidence-writer")
+    writer.start()
+    try:
+        for _ in range(3):
+            progressed.clear()
+            assert progressed.wait(30), "no batch stored"
+            restarted.clear()
+            failed.clear()
+            pg.kill()
+            assert failed.wait(30), "the writer did not notice the dead server"
+            pg.start()
+            restarted.set()
+    finally:
+        restarted.set()
+        writer.join(60)
+    try:
+        assert not writer.is_alive() and len(answered) == len(batches) and len(failures) >= 3
+        assert [s for s, _, _ in store.chain_links("gw-x")] == [b.seq for b in batches]
+        for b in batches:
+            assert store.batch_bytes("gw-x", b.seq) == b.data
+        ids = [i for i in answered.values() if isinstance(i, int)]
+        assert {i for (i,) in _ids(pg)} >= set(ids)
+    finally:
+        store.close()
+
+
+def _ids(pg: PrivatePostgres) -> list[tuple[int]]:
+    with psycopg.connect(**pg.conninfo("evidence")) as conn:
+        return conn.execute("SELECT id FROM batches").fetchall()
