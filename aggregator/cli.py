@@ -26,6 +26,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator import checkpoints, keys
 from aggregator.api import cli as api_cli
@@ -35,10 +36,13 @@ from aggregator.methodology import cli as methodology_cli
 from aggregator.programme import cli as programme_cli
 from aggregator.push import cli as push_cli
 from aggregator.registry import GatewayRegistry
-from aggregator.store import SQLiteEvidenceStore
+from aggregator.store import SQLiteEvidenceStore, open_evidence_store
 from common.sdnotify import NotifyError, ServiceNotifier
 from evidence import cli as evidence_cli
 from evidence.errors import EvidenceError
+
+if TYPE_CHECKING:  # the PostgreSQL driver is imported only when a config names PostgreSQL
+    from aggregator.store.postgres import PostgresEvidenceStore
 
 EXIT_STATUS = (
     "exit status: 0 done; 1 the command failed (store, registry, a refused document); "
@@ -132,8 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(args: argparse.Namespace) -> tuple[SQLiteEvidenceStore, GatewayRegistry]:
-    store = SQLiteEvidenceStore(_config(args).store.path)
+def _registry(
+    args: argparse.Namespace,
+) -> tuple[SQLiteEvidenceStore | PostgresEvidenceStore, GatewayRegistry]:
+    store = open_evidence_store(_config(args).store)
     return store, GatewayRegistry(store)
 
 

@@ -6,7 +6,9 @@ Example (``puhui aggregator run --config aggregator.yaml``)::
       host: broker.example
       port: 8883
       tls: {ca_file: pki/ca.crt, cert_file: pki/aggregator.crt, key_file: pki/aggregator.key}
-    store: {path: /var/lib/puhui/evidence.sqlite3}
+    store: {path: /var/lib/puhui/evidence.sqlite3}   # or, shared by several aggregators:
+    # store: {path: ..., postgres: {host: db.example, dbname: puhui, user: puhui,
+    #         password: {file: pg-password}, sslrootcert: pki/db-ca.crt}}
     influx:
       url: http://127.0.0.1:8086
       database: puhui
@@ -92,8 +94,44 @@ def _not_inline(value: Any, name: str) -> Any:
     return value
 
 
+class PostgresSettings(_Closed):
+    """The evidence in PostgreSQL (several aggregators, replicated and backed up evidence;
+    docs/scale.md): TLS verifying the server's name against ``sslrootcert`` (``verify-full``)
+    unless ``insecure: true``; the password from a file (mode 0600) or an environment variable."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    password: SecretSource | None = None  # {file: PATH} (0600) or {env: VARIABLE}
+    sslmode: Literal["verify-full", "verify-ca"] = "verify-full"
+    sslrootcert: Path | None = None  # the CA that signed the server's certificate
+    insecure: bool = False  # plain text on the wire (sslmode disable): only with this
+    connect_timeout_s: int = Field(default=10, ge=1)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_password(cls, value: Any, info: ValidationInfo) -> Any:
+        return _not_inline(value, str(info.field_name))
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> Self:
+        if self.insecure and self.sslrootcert is not None:
+            raise ValueError("sslrootcert is for TLS: drop it, or insecure: true")
+        if not self.insecure and self.sslrootcert is None:
+            raise ValueError(
+                "the database link needs TLS: sslrootcert (the CA of the server's certificate); "
+                "plain text only with insecure: true"
+            )
+        return self
+
+
 class StoreSettings(_Closed):
+    """Where the evidence lives. ``path``: the SQLite file, which holds the evidence unless
+    ``postgres`` is given, and always this aggregator's statements, units and push outbox."""
+
     path: Path
+    postgres: PostgresSettings | None = None
 
 
 class InfluxSettings(_Closed):
@@ -251,7 +289,13 @@ class AggregatorConfig(_Closed):
 
     def resolved(self, base: Path) -> AggregatorConfig:
         """Paths made absolute against ``base`` (the config file's directory)."""
-        store = self.store.model_copy(update={"path": base / self.store.path})
+        postgres = self.store.postgres
+        if postgres is not None:
+            root = None if postgres.sslrootcert is None else base / postgres.sslrootcert
+            postgres = postgres.model_copy(
+                update={"sslrootcert": root, "password": _resolved(postgres.password, base)}
+            )
+        store = self.store.model_copy(update={"path": base / self.store.path, "postgres": postgres})
         mqtt_paths = {
             "tls": _resolved_tls(self.mqtt.tls, base),
             "password": _resolved(self.mqtt.password, base),

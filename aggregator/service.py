@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from aggregator.config import AggregatorConfig
 from aggregator.influx import InfluxV1Client
@@ -36,7 +36,7 @@ from aggregator.keys import register_current
 from aggregator.programme.schedule import StatementScheduler, open_scheduler
 from aggregator.push.pusher import Pusher
 from aggregator.registry import GatewayRegistry
-from aggregator.store import SQLiteEvidenceStore
+from aggregator.store import SQLiteEvidenceStore, open_evidence_store
 from common.clock import Clock, SystemClock
 from common.tls import client_context, read_secret
 from evidence.keys import GatewayKey, load_private_key
@@ -115,8 +115,13 @@ class Aggregator:
         threads = self._stack.enter_context(StoreThreads())
         run_db, run_read = threads.run_db, threads.run_read
 
-        self.store = SQLiteEvidenceStore(
-            self.config.store.path, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
+        # Typed as SQLite's until keys.register_current, Pusher and the package builder take the
+        # Protocols; PostgreSQL's store has every method they call (tests/aggregator/test_postgres_store.py).
+        self.store = cast(
+            SQLiteEvidenceStore,
+            open_evidence_store(
+                self.config.store, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
+            ),
         )
         self._stack.callback(self.store.close)
         register_current(self.store, key, round(self.clock.now() * 1000))  # the key history starts here

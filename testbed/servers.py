@@ -1,4 +1,4 @@
-"""Private Mosquitto and InfluxDB servers on free loopback ports.
+"""Private Mosquitto, InfluxDB and PostgreSQL servers on free loopback ports.
 
 Used by the real-server test tier and by ``puhui demo``. Each server is the Debian binary
 run as a child process with a config file, data and log in its own work directory, bound
@@ -29,16 +29,19 @@ import ctypes
 import http.client
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import typing
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -198,7 +201,7 @@ class PrivateServer(abc.ABC):
         """Start the server and wait until it answers; same ports and data as before."""
         if self.running:
             raise ServerError(f"{self.binary} is already running (pid {self.pid})")
-        binary = find_binary(self.binary, self.package)
+        binary = self._binary_path()
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"puhui-{self.binary}-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +288,9 @@ class PrivateServer(abc.ABC):
 
     def _environment(self) -> dict[str, str]:
         return dict(os.environ)
+
+    def _binary_path(self) -> str:
+        return find_binary(self.binary, self.package)
 
     # -- internals -------------------------------------------------------------------
 
@@ -595,3 +601,268 @@ def influx_ping_ok(host: str, port: int, timeout: float = 1.0) -> bool:
     finally:
         conn.close()
     return response.status == 204 and response.getheader("X-Influxdb-Version") is not None
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+POSTGRES_USER = "puhui"  # the cluster's superuser (initdb --username)
+_POSTGRES_ACCOUNT = "postgres"  # the system account a root run drops to (Debian's package makes it)
+
+
+class PostgresTls(typing.NamedTuple):
+    """The server's certificate and key (PEM), and the CA that signed it (the ready probe and
+    :meth:`PrivatePostgres.conninfo` verify the server against it)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+def postgres_bin_dir() -> Path:
+    """The folder of ``initdb``, ``postgres`` and ``pg_ctl``: on PATH, else Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (the newest version installed)."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("postgres"):
+        return Path(on_path).parent
+    candidates = Path("/usr/lib/postgresql").glob("*/bin/initdb")
+    found = [p.parent for p in candidates if (p.parent / "postgres").is_file()]
+    if not found:
+        raise ServerBinaryNotFound(
+            "initdb not found on PATH nor in /usr/lib/postgresql/*/bin: install the Debian package "
+            "'postgresql' (apt-get install postgresql, or make system-deps)"
+        )
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+
+class PrivatePostgres(PrivateServer):
+    """PostgreSQL on a free 127.0.0.1 port: a cluster of its own (``initdb`` at the first start)
+    in the work directory, its unix socket there too, password authentication (SCRAM-SHA-256)
+    for the superuser ``puhui`` with a generated password (file ``password``, mode 0600).
+
+    With ``tls`` the server speaks TLS only (``hostssl`` lines): clients verify it against
+    ``tls.ca_file``. Run as root, initdb and the server run as the system account ``postgres``
+    (both refuse root), which then owns the work directory; its parent folders must let that
+    account through (a fresh temporary directory does).
+
+    Stopping is PostgreSQL's fast shutdown (SIGINT: sessions ended, a checkpoint written);
+    ``kill()`` is a crash (SIGKILL of the postmaster), recovered from the WAL at the next start.
+    """
+
+    binary = "postgres"
+    package = "postgresql"
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        tls: PostgresTls | None = None,
+        extra_config: str = "",
+        ready_timeout: float = READY_TIMEOUT,
+        outlive_parent: bool = False,
+    ) -> None:
+        super().__init__(
+            workdir, extra_config=extra_config, ready_timeout=ready_timeout, outlive_parent=outlive_parent
+        )
+        self.tls = tls
+
+    @property
+    def user(self) -> str:
+        return POSTGRES_USER
+
+    @property
+    def password_file(self) -> Path:
+        """The superuser's password (mode 0600, owned by the user who started the server)."""
+        return self.workdir / "password"
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text(encoding="ascii").strip()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.workdir / "socket"
+
+    def conninfo(self, dbname: str = "postgres", *, port: int | None = None) -> dict[str, str | int]:
+        """Keyword arguments of ``psycopg.connect`` for ``dbname`` as the superuser (TCP,
+        verify-full against ``tls.ca_file`` when the server has TLS)."""
+        info: dict[str, str | int] = {
+            "host": LOOPBACK, "port": port or self.port, "dbname": dbname, "user": self.user,
+            "password": self.password, "connect_timeout": 5,
+        }  # fmt: skip
+        if self.tls is None:
+            info["sslmode"] = "disable"
+        else:
+            info.update(sslmode="verify-full", sslrootcert=str(self.tls.ca_file))
+        return info
+
+    def create_database(self, name: str) -> None:
+        """``CREATE DATABASE name`` (owned by the superuser)."""
+        self._admin(f'CREATE DATABASE "{name}"')
+
+    def drop_database(self, name: str) -> None:
+        """``DROP DATABASE name``, ending its open sessions first."""
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _admin(self, sql: str) -> None:
+        import psycopg  # the driver only where a cluster is used
+
+        with psycopg.connect(**self.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+            conn.execute(sql.encode())
+
+    # -- the cluster ---------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self.running:
+            raise ServerError(f"{self.binary} is already running (pid {self.pid})")
+        bin_dir = postgres_bin_dir()
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="puhui-postgres-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._init_cluster(bin_dir)
+        return super().start()
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), wait, then SIGKILL. Idempotent; port and data are kept."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _binary_path(self) -> str:
+        return str(postgres_bin_dir() / "postgres")
+
+    def _init_cluster(self, bin_dir: Path) -> None:
+        account = _drop_to_account()
+        if account is not None:
+            _check_reachable(self.workdir, account)
+            os.chown(self.workdir, account.pw_uid, account.pw_gid)
+        password = secrets.token_urlsafe(32)
+        _write_private(self.password_file, password + "\n", None)
+        pwfile = self.workdir / "initdb-password"
+        _write_private(pwfile, password + "\n", account)
+        for folder in (self.socket_dir,):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if account is not None:
+                os.chown(folder, account.pw_uid, account.pw_gid)
+        if self.tls is not None:
+            _write_private(self.workdir / "server.crt", self.tls.cert_file.read_text(), account)
+            _write_private(self.workdir / "server.key", self.tls.key_file.read_text(), account)
+        command = [
+            *_as_account(account), str(bin_dir / "initdb"), "--pgdata", str(self.data_dir),
+            "--username", POSTGRES_USER, "--pwfile", str(pwfile), "--auth", "scram-sha-256",
+            "--encoding", "UTF8", "--locale", "C", "--no-instructions",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        finally:
+            pwfile.unlink()
+        if done.returncode != 0:
+            raise ServerStartError(
+                f"initdb exited with status {done.returncode}\n  command: {shlex.join(command)}\n"
+                f"--- output ---\n{done.stdout}{done.stderr}"
+            )
+
+    def _command_line(self, binary: str, config: Path) -> list[str]:
+        return [*_as_account(_drop_to_account()), binary, "-c", f"config_file={config}"]
+
+    def _config_text(self, ports: tuple[int, ...]) -> str:
+        hba = self.workdir / "pg_hba.conf"
+        kind = "host" if self.tls is None else "hostssl"
+        hba.write_text(
+            "# written by testbed.servers.PrivatePostgres\n"
+            "local all all scram-sha-256\n"
+            f"{kind} all all {LOOPBACK}/32 scram-sha-256\n",
+            encoding="utf-8",
+        )
+        ssl = "ssl = off\n"
+        if self.tls is not None:
+            ssl = (
+                "ssl = on\n"
+                f"ssl_cert_file = '{self.workdir / 'server.crt'}'\n"
+                f"ssl_key_file = '{self.workdir / 'server.key'}'\n"
+                "ssl_min_protocol_version = 'TLSv1.2'\n"
+            )
+        return (
+            "# written by testbed.servers.PrivatePostgres\n"
+            f"data_directory = '{self.data_dir}'\n"
+            f"hba_file = '{hba}'\n"
+            f"ident_file = '{self.data_dir / 'pg_ident.conf'}'\n"
+            f"listen_addresses = '{LOOPBACK}'\n"
+            f"port = {ports[0]}\n"
+            f"unix_socket_directories = '{self.socket_dir}'\n"
+            "unix_socket_permissions = 0700\n"
+            "password_encryption = 'scram-sha-256'\n"
+            f"{ssl}"
+            "timezone = 'UTC'\n"
+            "lc_messages = 'C'\n"
+            "logging_collector = off\n"
+            "log_destination = 'stderr'\n"
+            "log_checkpoints = off\n"
+            f"{self._extra_config}\n"
+        )
+
+    def _is_ready(self, ports: tuple[int, ...]) -> bool:
+        import psycopg
+
+        info = {**self.conninfo(port=ports[0]), "connect_timeout": 1}
+        try:
+            with psycopg.connect(**info) as conn:  # type: ignore[arg-type]
+                conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return False
+        return True
+
+
+def _drop_to_account() -> pwd.struct_passwd | None:
+    """The account initdb and postgres run as when we are root (they refuse root), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(_POSTGRES_ACCOUNT)
+    except KeyError:
+        raise ServerStartError(
+            f"running as root, and PostgreSQL refuses to: it would run as the system account "
+            f"'{_POSTGRES_ACCOUNT}', which does not exist (Debian's 'postgresql' package creates "
+            "it: apt-get install postgresql), or run as an unprivileged user"
+        ) from None
+
+
+def _as_account(account: pwd.struct_passwd | None) -> list[str]:
+    """The command prefix that runs a program as ``account`` (nothing when None). The parent
+    death signal is kept across the change of user (the kernel clears it there)."""
+    if account is None:
+        return []
+    setpriv = find_binary("setpriv", "util-linux")
+    return [setpriv, f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
+            "--pdeathsig=keep", "--"]  # fmt: skip
+
+
+def _check_reachable(folder: Path, account: pwd.struct_passwd) -> None:
+    """Every parent of ``folder`` must let ``account`` through (search permission)."""
+    for parent in folder.resolve().parents:
+        st = parent.stat()
+        if st.st_uid != account.pw_uid and not st.st_mode & stat.S_IXOTH:
+            raise ServerStartError(
+                f"{folder}: the PostgreSQL cluster runs as '{account.pw_name}' (not root), which "
+                f"cannot pass through {parent} (mode {st.st_mode & 0o777:o}): use a work directory "
+                "under /tmp, or none (a fresh temporary one)"
+            )
+
+
+def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:
+    """A new file, mode 0600, owned by ``account`` (None: by us)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid)

@@ -6,9 +6,17 @@ Servers (real Debian binaries on free 127.0.0.1 ports, see :mod:`testbed.servers
 - ``influxdb`` (session): a running :class:`PrivateInfluxDB`; do not stop it.
 - ``influx_db`` (function, async): an open :class:`InfluxV1Client` on a fresh, uniquely
   named database of the session server, dropped afterwards.
+- ``postgres`` (session): a running :class:`PrivatePostgres` (TLS with a throwaway CA from
+  :mod:`puhui.pki`, SCRAM password); do not stop it. ``postgres_db`` (function): the
+  ``psycopg.connect`` arguments of a fresh database on it, dropped afterwards.
+
+Evidence stores, parametrised over the backends (``sqlite``, ``postgres``): ``open_store``
+(function): ``open_store(**options)`` opens the test's store, again after a close (the same
+SQLite file or PostgreSQL database); ``evidence_store`` (function): one open store.
 - ``fresh_mosquitto`` / ``fresh_influxdb`` (function): factories that start a private
   server of the test's own (free to stop, kill and restart); closed after the test, their
-  work directories under ``tmp_path`` are kept for post-mortems.
+  work directories under ``tmp_path`` are kept for post-mortems. ``fresh_postgres`` likewise
+  (its work directory is temporary: see the fixture).
 
 Leak guard (autouse): a test fails at teardown when it leaves behind threads, child
 processes, or, for coroutine tests, asyncio tasks. Threads and tasks get a short grace
@@ -20,6 +28,7 @@ Area conftests (``tests/<area>/conftest.py``) add their own fixtures on top of t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
@@ -34,7 +43,10 @@ import pytest
 import pytest_asyncio
 
 from aggregator.influx import InfluxV1Client
-from testbed.servers import PrivateInfluxDB, PrivateMosquitto, PrivateServer
+from aggregator.store import SQLiteEvidenceStore
+from aggregator.store.postgres import PostgresEvidenceStore
+from puhui.pki import issue_server, make_ca
+from testbed.servers import PostgresTls, PrivateInfluxDB, PrivateMosquitto, PrivatePostgres, PrivateServer
 
 pytest_plugins = ["pytester"]
 
@@ -82,6 +94,79 @@ async def influx_db(
         await client.drop_database()
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
+    """The session's PostgreSQL cluster; tests use their own databases on it (``postgres_db``)."""
+    ca = make_ca(tmp_path_factory.mktemp("postgres-pki"), name="puhui test PostgreSQL CA")
+    server = issue_server(ca)
+    tls = PostgresTls(server.cert_path, server.key_path, ca.layout.ca_cert)
+    with PrivatePostgres(tls=tls) as pg:
+        _session_servers.append(pg)
+        yield pg
+        _session_servers.remove(pg)
+
+
+@pytest.fixture
+def postgres_db(postgres: PrivatePostgres, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """``psycopg.connect`` keyword arguments of a new database named after the test, dropped
+    at teardown (its sessions ended first)."""
+    slug = re.sub(r"\W+", "_", request.node.name)[:40].lower()
+    name = f"t{os.getpid()}_{next(_database_numbers)}_{slug}"
+    postgres.create_database(name)
+    yield postgres.conninfo(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def fresh_postgres(tmp_path: Path) -> Iterator[Callable[..., PrivatePostgres]]:
+    """Factory: ``fresh_postgres(**options)`` -> a started cluster of the test's own (TLS, free
+    to kill and restart), closed after the test. Its work directory is a temporary one, not
+    under ``tmp_path``: run as root, the cluster runs as ``postgres``, who cannot enter it."""
+    started: list[PrivatePostgres] = []
+    ca = make_ca(tmp_path / "postgres-pki", name="puhui test PostgreSQL CA")
+    server = issue_server(ca)
+
+    def start(**options: Any) -> PrivatePostgres:
+        pg = PrivatePostgres(tls=PostgresTls(server.cert_path, server.key_path, ca.layout.ca_cert), **options)
+        started.append(pg)
+        return pg.start()
+
+    try:
+        yield start
+    finally:
+        for pg in started:
+            pg.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``open_store(**options)``: the test's evidence store, opened anew at each call; all
+    closed at teardown."""
+    opened: list[Any] = []
+    conninfo: dict[str, Any] | None = None
+    if request.param == "postgres":
+        conninfo = request.getfixturevalue("postgres_db")
+
+    def open_(**options: Any) -> Any:
+        store: SQLiteEvidenceStore | PostgresEvidenceStore
+        if conninfo is None:
+            store = SQLiteEvidenceStore(tmp_path / "e.sqlite3", **options)
+        else:
+            store = PostgresEvidenceStore(conninfo, **options)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def evidence_store(open_store: Callable[..., Any]) -> Any:
+    """The test's evidence store (SQLite or PostgreSQL), open."""
+    return open_store()
+
+
 def _server_factory(kind: type[PrivateServer], tmp_path: Path) -> Iterator[Callable[..., Any]]:
     started: list[PrivateServer] = []
 
@@ -113,7 +198,13 @@ def fresh_influxdb(tmp_path: Path) -> Iterator[Callable[..., PrivateInfluxDB]]:
 
 
 def _session_server_pids() -> set[int]:
-    return {server.pid for server in _session_servers if server.pid is not None}
+    """The session servers and their own children (PostgreSQL's backends and workers come
+    and go with the connections of any test)."""
+    pids = {server.pid for server in _session_servers if server.pid is not None}
+    for pid in list(pids):
+        with contextlib.suppress(psutil.Error):
+            pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+    return pids
 
 
 def _child_processes() -> dict[int, psutil.Process]:

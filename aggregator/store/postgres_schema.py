@@ -1,0 +1,76 @@
+"""The evidence store's PostgreSQL schema, as numbered migrations (applied by
+:meth:`PostgresEvidenceStore._migrate`, each once, recorded in ``schema_version``).
+
+The tables are SQLite's (:mod:`aggregator.store.schema`) in PostgreSQL's types (``bigint``
+times and sequence numbers, ``bytea`` batch bytes, ``date`` calibration days), plus:
+
+- ``gateway_heads``: one row per gateway, the chain head (highest stored seq and its header
+  digest), locked ``FOR UPDATE`` by every transaction that stores a batch of the gateway, so
+  two aggregators never check the same chain at once;
+- ``batch_ids``: the sequence batch row ids come from, drawn under a store-wide transaction
+  lock so that ids become visible in the order they were drawn (see ``store_group``).
+"""
+
+from __future__ import annotations
+
+# (version, statements): append only; a released migration is never edited.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO meta VALUES ('registry_version', 0);
+CREATE TABLE gateways (
+    gateway text PRIMARY KEY, site text NOT NULL, region text,
+    enrolled_ms bigint NOT NULL, document bytea NOT NULL);
+CREATE TABLE gateway_keys (
+    gateway text NOT NULL, key_id text NOT NULL, public_key bytea NOT NULL,
+    valid_from_seq bigint NOT NULL, revoked_from_ms bigint, source text NOT NULL,
+    added_ms bigint NOT NULL, PRIMARY KEY (gateway, key_id));
+CREATE TABLE meters (
+    gateway text NOT NULL, meter text NOT NULL, scenario text NOT NULL,
+    rated_power_kw double precision NOT NULL, meter_class text NOT NULL, calibrated_until date,
+    PRIMARY KEY (gateway, meter));
+CREATE TABLE gateway_heads (gateway text PRIMARY KEY, seq bigint NOT NULL DEFAULT 0, header_sha256 text);
+CREATE SEQUENCE batch_ids AS bigint;
+CREATE TABLE batches (
+    id bigint PRIMARY KEY, gateway text NOT NULL, seq bigint NOT NULL,
+    header_sha256 text NOT NULL, prev text NOT NULL, key_id text NOT NULL, root text NOT NULL,
+    created_ms bigint NOT NULL, received_ms bigint NOT NULL, count integer NOT NULL,
+    verdict text NOT NULL, data bytea NOT NULL, data_codec text,
+    influx_state smallint NOT NULL DEFAULT 0, influx_error text,
+    UNIQUE (gateway, seq));
+CREATE INDEX batches_influx_pending ON batches (id) WHERE influx_state = 0;
+CREATE TABLE intervals (
+    batch_id bigint NOT NULL, idx integer NOT NULL, gateway text NOT NULL,
+    meter text NOT NULL, quantity text NOT NULL, start bigint NOT NULL, "end" bigint NOT NULL,
+    issues text, PRIMARY KEY (batch_id, idx));
+CREATE TABLE batch_series (
+    gateway text NOT NULL, meter text NOT NULL, quantity text NOT NULL, batch_id bigint NOT NULL,
+    first_start bigint NOT NULL, last_end bigint NOT NULL,
+    PRIMARY KEY (gateway, meter, quantity, batch_id));
+CREATE TABLE gaps (
+    gateway text NOT NULL, seq bigint NOT NULL, detected_ms bigint NOT NULL,
+    filled_ms bigint, explained_by_seq bigint, PRIMARY KEY (gateway, seq));
+CREATE TABLE rejections (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, gateway text, seq bigint,
+    header_sha256 text, reason text NOT NULL, detail text NOT NULL, received_ms bigint NOT NULL,
+    data bytea NOT NULL, data_sha256 text, repeats integer NOT NULL DEFAULT 1, last_ms bigint,
+    size bigint);
+CREATE INDEX rejections_by_data ON rejections (data_sha256);
+CREATE INDEX rejections_by_source ON rejections (gateway);
+CREATE TABLE rejection_overflow (
+    source text NOT NULL, reason text NOT NULL, count bigint NOT NULL, bytes bigint NOT NULL,
+    first_ms bigint NOT NULL, last_ms bigint NOT NULL, PRIMARY KEY (source, reason));
+CREATE TABLE aggregator_keys (
+    key_id text PRIMARY KEY, public_key text NOT NULL, valid_from_ms bigint NOT NULL,
+    retired_ms bigint, revoked_from_ms bigint, endorsement text, seq integer NOT NULL UNIQUE);
+CREATE TABLE checkpoints (size bigint PRIMARY KEY, created_ms bigint NOT NULL, document bytea NOT NULL);
+CREATE TABLE counter_state (
+    gateway text NOT NULL, meter text NOT NULL, quantity text NOT NULL,
+    "end" bigint NOT NULL, counter_end double precision NOT NULL, PRIMARY KEY (gateway, meter, quantity));
+""",
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
