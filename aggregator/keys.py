@@ -17,16 +17,20 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.config import load_config
 from aggregator.errors import AggregatorError
-from aggregator.store import SQLiteEvidenceStore
+from aggregator.store import open_evidence_store
+
+if TYPE_CHECKING:
+    from aggregator.store import AnyEvidenceStore
 from evidence.errors import EvidenceError
 from evidence.keylist import AggregatorKey, GatewayKeyEntry, KeyList, endorse, sign_keylist
 from evidence.keys import GatewayKey, generate_key, load_private_key, public_key_b64, save_private_key
 
 
-def register_current(store: SQLiteEvidenceStore, key: GatewayKey, now_ms: int) -> None:
+def register_current(store: AnyEvidenceStore, key: GatewayKey, now_ms: int) -> None:
     """Make sure the running key is in the history: the first key is added as such; a key
     that is neither known nor first is refused (rotate with ``keys rotate``, never by hand)."""
     known = store.aggregator_keys()
@@ -40,7 +44,7 @@ def register_current(store: SQLiteEvidenceStore, key: GatewayKey, now_ms: int) -
     store.add_aggregator_key(AggregatorKey(key.key_id, public_key_b64(key.public_key), 0))
 
 
-def rotate(store: SQLiteEvidenceStore, key_file: Path, now_ms: int) -> tuple[str, str]:
+def rotate(store: AnyEvidenceStore, key_file: Path, now_ms: int) -> tuple[str, str]:
     """Endorse a new key with the current one and switch ``key_file`` to it; (old, new) ids."""
     current = load_private_key(key_file)
     register_current(store, current, now_ms)
@@ -58,7 +62,7 @@ def _new_key(path: Path) -> GatewayKey:
     return key
 
 
-def key_list(store: SQLiteEvidenceStore, key: GatewayKey, now_ms: int) -> KeyList:
+def key_list(store: AnyEvidenceStore, key: GatewayKey, now_ms: int) -> KeyList:
     """The signed list of aggregator keys and every gateway key, as the store holds them."""
     gateways = [
         GatewayKeyEntry(
@@ -107,7 +111,7 @@ def _now_ms() -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = SQLiteEvidenceStore(config.store.path)
+    store = open_evidence_store(config.store)
     try:
         old, new = rotate(store, config.key_file, _now_ms())
     except (EvidenceError, AggregatorError, OSError) as exc:
@@ -125,7 +129,7 @@ def _revoke(args: argparse.Namespace) -> int:
         when = int(text) if text.isdigit() else int(datetime.fromisoformat(text).timestamp() * 1000)
     except ValueError:
         return _fail(f"--from {text!r}: ISO 8601 with offset, or POSIX ms")
-    store = SQLiteEvidenceStore(config.store.path)
+    store = open_evidence_store(config.store)
     try:
         if not store.revoke_aggregator_key(args.key_id, when):
             return _fail(f"no aggregator key {args.key_id} in {config.store.path}")
@@ -137,7 +141,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = SQLiteEvidenceStore(config.store.path)
+    store = open_evidence_store(config.store)
     try:
         key = load_private_key(config.key_file)
         register_current(store, key, _now_ms())

@@ -19,7 +19,7 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggregator.errors import AggregatorError
 from aggregator.methodology.errors import MethodologyError
@@ -27,6 +27,9 @@ from aggregator.methodology.params import PARAMS_DIR, find_parameter_set
 from aggregator.methodology.statements import Statement, parse_statement
 from aggregator.methodology.store import StatementStore
 from aggregator.store import SQLiteEvidenceStore
+
+if TYPE_CHECKING:
+    from aggregator.store import AnyEvidenceStore
 from evidence.errors import EvidenceError
 from evidence.keys import load_private_key
 
@@ -87,7 +90,7 @@ def member_order(names: Sequence[str]) -> list[str]:
 
 
 def build_package(
-    store: SQLiteEvidenceStore,
+    store: AnyEvidenceStore,
     statement_store: StatementStore,
     statement_id: str,
     params_dir: Path = PARAMS_DIR,
@@ -128,7 +131,7 @@ def build_package(
 
 
 def _add_batches(
-    store: SQLiteEvidenceStore, st: Statement, members: dict[str, tuple[str, bytes]]
+    store: AnyEvidenceStore, st: Statement, members: dict[str, tuple[str, bytes]]
 ) -> dict[tuple[int, int], tuple[str, ...]]:
     """Every batch from the first to the last the statement relies on (the ones it lists and
     the ones holding intervals of its subject in its period, as the verifier finds them), so
@@ -163,7 +166,7 @@ def _verdicts(st: Statement, issues: dict[tuple[int, int], tuple[str, ...]]) -> 
     }
 
 
-def _add_gateway(store: SQLiteEvidenceStore, gateway: str, members: dict[str, tuple[str, bytes]]) -> None:
+def _add_gateway(store: AnyEvidenceStore, gateway: str, members: dict[str, tuple[str, bytes]]) -> None:
     entry = next((g for g in store.gateways() if g.gateway == gateway), None)
     if entry is None or not entry.document:
         raise PackageError(f"gateway {gateway}: no enrolment document in the evidence store")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self
 
 from aggregator.config import AggregatorConfig
 from aggregator.influx import InfluxV1Client
@@ -36,7 +36,10 @@ from aggregator.keys import register_current
 from aggregator.programme.schedule import StatementScheduler, open_scheduler
 from aggregator.push.pusher import Pusher
 from aggregator.registry import GatewayRegistry
-from aggregator.store import SQLiteEvidenceStore, open_evidence_store
+from aggregator.store import open_evidence_store
+
+if TYPE_CHECKING:
+    from aggregator.store import AnyEvidenceStore
 from common.clock import Clock, SystemClock
 from common.tls import client_context, read_secret
 from evidence.keys import GatewayKey, load_private_key
@@ -95,7 +98,7 @@ class Aggregator:
         self._changed = asyncio.Event()  # replaced by a fresh one at every change
         self._running: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
-        self.store: SQLiteEvidenceStore
+        self.store: AnyEvidenceStore
         self.registry: GatewayRegistry
         self.ingest: BatchIngest
         self.writer: InfluxWriter
@@ -115,13 +118,8 @@ class Aggregator:
         threads = self._stack.enter_context(StoreThreads())
         run_db, run_read = threads.run_db, threads.run_read
 
-        # Typed as SQLite's until keys.register_current, Pusher and the package builder take the
-        # Protocols; PostgreSQL's store has every method they call (tests/aggregator/test_postgres_store.py).
-        self.store = cast(
-            SQLiteEvidenceStore,
-            open_evidence_store(
-                self.config.store, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
-            ),
+        self.store = open_evidence_store(
+            self.config.store, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
         )
         self._stack.callback(self.store.close)
         register_current(self.store, key, round(self.clock.now() * 1000))  # the key history starts here

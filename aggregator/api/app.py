@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as Path_  # a path parameter (pathlib's Path is used too)
@@ -40,7 +40,10 @@ from aggregator.methodology.errors import MethodologyError, ReceiptRefused
 from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.store import StatementFilter, StatementStore, StoredStatement
 from aggregator.package import build_package
-from aggregator.store import IntervalKey, SQLiteEvidenceStore
+from aggregator.store import IntervalKey
+
+if TYPE_CHECKING:
+    from aggregator.store import AnyEvidenceStore
 from aggregator.view import AttestedInterval
 from evidence.batch import parse_batch
 from evidence.errors import EvidenceError
@@ -226,7 +229,7 @@ def _not_found(what: str) -> ApiError:
 class ApiContext:
     """What the API serves from. ``signing_key`` signs the key list (None: not served)."""
 
-    evidence: SQLiteEvidenceStore
+    evidence: "AnyEvidenceStore"  # a string: this module has no __future__ annotations (FastAPI)
     statements: StatementStore
     tokens: TokenStore
     params_dir: Path = PARAMS_DIR

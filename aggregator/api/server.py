@@ -25,7 +25,7 @@ from aggregator.errors import ConfigError
 from aggregator.keys import register_current
 from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.store import StatementStore
-from aggregator.store import SQLiteEvidenceStore
+from aggregator.store import open_evidence_store
 from common.tls import SecretError, check_private
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, load_private_key, load_public_key
@@ -40,7 +40,7 @@ def api_settings(config: AggregatorConfig, file: str) -> ApiSettings:
 @contextlib.contextmanager
 def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[ApiContext]:
     """The stores and key the API serves from, closed on exit."""
-    evidence = SQLiteEvidenceStore(config.store.path)
+    evidence = open_evidence_store(config.store)
     statements = StatementStore(config.store.path)
     tokens = TokenStore(config.store.path)
     try:

@@ -185,7 +185,7 @@ def _export(args: argparse.Namespace) -> int:
     receipts and status, and its meters' attested intervals (CSV)."""
 
     def act(config: AggregatorConfig, units: UnitRegistry) -> int:
-        from aggregator.store import SQLiteEvidenceStore
+        from aggregator.store import open_evidence_store
 
         u = units.get(args.unit)
         if u is None:
@@ -231,7 +231,7 @@ def _export(args: argparse.Namespace) -> int:
         (out / "unit.json").write_text(
             json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        store = SQLiteEvidenceStore(config.store.path)
+        store = open_evidence_store(config.store)
         n = 0
         try:
             with (out / "intervals.csv").open("w", newline="", encoding="utf-8") as f:
@@ -268,9 +268,9 @@ def _records(args: argparse.Namespace) -> int:
     nameplates, commissioning (enrolment) date, scenario, parameter set and its filing."""
 
     def act(config: AggregatorConfig, units: UnitRegistry) -> int:
-        from aggregator.store import SQLiteEvidenceStore
+        from aggregator.store import open_evidence_store
 
-        store = SQLiteEvidenceStore(config.store.path)
+        store = open_evidence_store(config.store)
         try:
             gateways = {g.gateway: g for g in store.gateways()}
             meters = {(m.gateway, m.meter): m for m in store.meters()}

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
@@ -44,7 +44,10 @@ from aggregator.methodology.statements import parse_statement
 from aggregator.package import build_package
 from aggregator.push.errors import PushSetupError
 from aggregator.push.outbox import PushOutbox, TargetStatus
-from aggregator.store import SQLiteEvidenceStore
+from aggregator.store import open_evidence_store
+
+if TYPE_CHECKING:
+    from aggregator.store import AnyEvidenceStore
 from common.backoff import Backoff
 from common.clock import Clock, SystemClock
 from common.tls import SecretError, TlsSettings, client_context, read_secret
@@ -113,7 +116,7 @@ class Pusher:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        evidence: SQLiteEvidenceStore | None = None,
+        evidence: AnyEvidenceStore | None = None,
     ) -> None:
         """``evidence``: the process's open evidence store (the aggregator's own), if any. Pass
         it: opening a second one in a process whose SQLite connections are open drops their
@@ -129,7 +132,7 @@ class Pusher:
         self._signing_key: GatewayKey | None = None
         self._changed = asyncio.Event()
         self._outbox: PushOutbox
-        self._evidence: SQLiteEvidenceStore
+        self._evidence: AnyEvidenceStore
         self._thread: ThreadPoolExecutor
 
     async def __aenter__(self) -> Self:
@@ -154,7 +157,7 @@ class Pusher:
         if self._given_evidence is not None:
             self._evidence = self._given_evidence
         else:  # first: see __init__
-            self._evidence = SQLiteEvidenceStore(path)
+            self._evidence = open_evidence_store(self.config.store)
             self._stack.callback(self._evidence.close)
         self._outbox = PushOutbox(path)
         self._stack.callback(self._outbox.close)

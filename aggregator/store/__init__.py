@@ -40,7 +40,13 @@ from aggregator.store.schema import SCHEMA_VERSION
 from aggregator.store.sqlite import SQLiteEvidenceStore
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from aggregator.store.postgres import PostgresEvidenceStore
+
+    # Either backend, as open_evidence_store returns it (import it under TYPE_CHECKING:
+    # PostgreSQL's module loads only where it is used).
+    AnyEvidenceStore: TypeAlias = SQLiteEvidenceStore | PostgresEvidenceStore
 
 __all__ = [
     "INFLUX_FAILED",
