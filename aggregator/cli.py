@@ -34,10 +34,13 @@ from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
 from aggregator.programme import cli as programme_cli
+from aggregator.programme.errors import ProgrammeError
 from aggregator.push import cli as push_cli
+from aggregator.push.errors import PushError
 from aggregator.registry import GatewayRegistry
 from aggregator.store import SQLiteEvidenceStore, open_evidence_store
 from common.sdnotify import NotifyError, ServiceNotifier
+from common.tls import SecretError
 from evidence import cli as evidence_cli
 from evidence.errors import EvidenceError
 
@@ -131,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     except ConfigError as exc:
         return _config_error(exc)
-    except (AggregatorError, EvidenceError, NotifyError) as exc:
+    except (AggregatorError, EvidenceError, NotifyError, SecretError, ProgrammeError, PushError) as exc:
         return _fail(str(exc))
     return 0
 

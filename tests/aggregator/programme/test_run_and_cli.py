@@ -203,3 +203,22 @@ def test_the_api_lists_statements_by_beneficiary(tmp_path: Path) -> None:
     assert r.status_code == 200, r.text
     [item] = r.json()["items"]
     assert (item["id"], item["beneficiary"], item["units"]) == (expected, "acct-0003", ["house-9-pv"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"programme": {"parameter_sets": {"pv": "missing-set.yaml"}}}, "missing-set.yaml: cannot read"),
+        ({"influx": {"url": "http://127.0.0.1:9", "database": "unused", "username": "u",
+                     "password": {"file": "no-such-password"}}}, "no-such-password"),
+    ],
+)  # fmt: skip
+def test_aggregator_run_names_a_bad_programme_or_secret_file_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, object], message: str
+) -> None:
+    config = _config(tmp_path)
+    data = yaml.safe_load(config.read_text()) | change
+    config.write_text(yaml.safe_dump(data))
+    assert main(["aggregator", "run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
