@@ -2,7 +2,8 @@
 # Installs the Debian packages puhui runs against when they are missing:
 #   mosquitto (MQTT broker), influxdb (InfluxDB 1.x server, influxd), mbpoll (independent
 #   Modbus client used by tests and benchmarks as a reference), chromium (headless: the
-#   gateway status page test loads the page and takes a screenshot), postgresql (initdb and
+#   gateway status page test loads the page and takes a screenshot), prometheus (its promtool
+#   checks the alert rules and runs their unit tests). postgresql (initdb and
 #   postgres for the PostgreSQL evidence store's private test clusters; Debian keeps them in
 #   /usr/lib/postgresql/<version>/bin, off PATH).
 # Nothing is started: tests and the demo start private servers on free loopback ports.
@@ -14,6 +15,7 @@ have mosquitto || need+=(mosquitto)
 have influxd || need+=(influxdb)
 have mbpoll || need+=(mbpoll)
 have chromium || need+=(chromium)
+have promtool || need+=(prometheus)
 have_postgres() { command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 have_postgres || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
