@@ -3,7 +3,7 @@
 #   mosquitto (MQTT broker), influxdb (InfluxDB 1.x server, influxd), mbpoll (independent
 #   Modbus client used by tests and benchmarks as a reference), chromium (headless: the
 #   gateway status page test loads the page and takes a screenshot), prometheus (its promtool
-#   checks the alert rules and runs their unit tests). postgresql (initdb and
+#   checks the alert rules and runs their unit tests), postgresql (initdb and
 #   postgres for the PostgreSQL evidence store's private test clusters; Debian keeps them in
 #   /usr/lib/postgresql/<version>/bin, off PATH).
 # Nothing is started: tests and the demo start private servers on free loopback ports.
