@@ -298,6 +298,10 @@ class RecordLog:
             _fsync_directory(self.directory.parent)
         if spare.exists():
             spare.rename(path)
+            # Before its old content is overwritten, no earlier name may point at this file
+            # any more (the retiring rename is not synced): a power cut would leave a
+            # segment holding another's frames.
+            _fsync_directory(self.directory)
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
