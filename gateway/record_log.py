@@ -17,13 +17,16 @@ that submit. Records are numbered 1, 2, ... without gaps across frames and segme
 last frame holds the builder state. A new segment starts when the next frame would take the
 last one past :data:`SEGMENT_BYTES`.
 
-**Disk writes.** An append must not change the file's size: on ext4 the ``fdatasync`` of a
-size change commits the file-system journal, which wrote ~3x the frame. So a new segment is
-allocated ahead (``posix_fallocate``), and a spent one (none of its records pending or in a
-batch waiting for an ack; never the last) is kept as ``spare`` and renamed into the next
-segment instead of a new file: its blocks are written already, so appending into it moves
-no metadata at all. Its old frames stay behind the new ones until overwritten; they name
-their old segment number, which is how a scan tells them from this segment's frames.
+**Disk writes.** An append should move no file-system metadata: on ext4 the ``fdatasync``
+of a file whose size changed, or of a first write into a block allocated ahead but never
+written (``fallocate``), commits the journal, which wrote ~3x the frame (measured on a
+loop-mounted ext4, bench/bench_outbox.py). So a segment is written with zeros ahead of its
+frames, 256 KiB at a time (in 4 KiB writes: larger ones give the page cache large folios,
+which /proc/<pid>/io then counts whole for every later small write), and a spent segment
+(none of its records pending or in a batch waiting for an ack; never the last) is kept as
+``spare`` and renamed into the next segment instead of a new file: its blocks are written
+already. Its old frames stay behind the new ones until overwritten; they name their old
+segment number, which is how a scan tells them from this segment's frames.
 
 **Crash consistency.** A frame is written with one ``pwrite`` and ``fdatasync``'d before
 :meth:`RecordLog.append` returns (a new segment: the directory too). So only the last frame
@@ -65,6 +68,8 @@ _NO_SNAPSHOT = 0xFFFFFFFF
 _MAX_BODY = 1 << 30  # a length beyond this is garbage, not a frame
 _NAME = re.compile(r"^(\d{8})\.log$")
 _LEVEL = 6  # zlib: a ~4 kB submit of JSON records shrinks 4-10x in ~0.1 ms
+_ZERO_AHEAD = 256 * 1024
+_BLOCK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +287,7 @@ class RecordLog:
         """A partial write leaves no whole frame (the next append overwrites it); a failed
         sync leaves the disk unknown."""
         fd = self._fd(segment)
+        _zero_ahead(fd, segment.size + len(frame))
         _pwrite_all(fd, frame, segment.size)
         try:
             os.fdatasync(fd)
@@ -290,8 +296,8 @@ class RecordLog:
             raise
 
     def _start_segment(self, number: int, frame: bytes) -> Path:
-        """Segment ``number``: the spare renamed, or a new file allocated ahead; its header and
-        first frame written and synced, and the directory."""
+        """Segment ``number``: the spare renamed, or a new file; its header and first frame
+        written and synced, and the directory."""
         path, spare = self.directory / f"{number:08d}.log", self.directory / SPARE
         if not self.directory.exists():
             self.directory.mkdir(mode=0o700)
@@ -305,9 +311,9 @@ class RecordLog:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            _preallocate(fd, path, max(SEGMENT_BYTES, len(SEGMENT_MAGIC) + len(frame)))
         step = "write"
         try:
+            _zero_ahead(fd, len(SEGMENT_MAGIC) + len(frame))
             _pwrite_all(fd, SEGMENT_MAGIC + frame, 0)
             step = "sync"
             os.fdatasync(fd)
@@ -431,13 +437,16 @@ def _valid_frame_after(data: bytes, end: int, segment: int) -> bool:
     return False
 
 
-def _preallocate(fd: int, path: Path, size: int) -> None:
-    """Allocate a new segment's blocks ahead (see the module doc); without room for that it
-    grows frame by frame."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        log.warning("%s: cannot allocate %d bytes ahead (%s); it grows frame by frame", path, size, exc)
+def _zero_ahead(fd: int, upto: int) -> None:
+    """Make the file at least ``upto`` bytes long, writing zeros ahead (see the module doc):
+    every byte below its size has been written, so appends there change no metadata."""
+    size = os.fstat(fd).st_size
+    if size >= upto:
+        return
+    end = -(-max(upto, size + _ZERO_AHEAD) // _BLOCK) * _BLOCK
+    zeros = bytes(_BLOCK)
+    for offset in range(size, end, _BLOCK):
+        os.pwrite(fd, zeros, offset)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

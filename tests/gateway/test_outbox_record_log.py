@@ -258,10 +258,17 @@ def test_a_failed_sync_stops_all_writes_and_a_partial_write_does_not(
     rlog.close()
 
 
-def test_new_segments_are_allocated_ahead(tmp_path: Path) -> None:
+def test_segments_are_written_ahead_with_zeros(tmp_path: Path) -> None:
     rlog = reopen(tmp_path)
     rlog.append([rec(1)], snap(2), 1)
-    rlog.close()
     [path] = RecordLog.segment_files(tmp_path)
-    assert path.stat().st_size == record_log.SEGMENT_BYTES
-    assert path.stat().st_blocks * 512 >= record_log.SEGMENT_BYTES
+    ahead = path.stat().st_size
+    assert ahead == record_log._ZERO_AHEAD and path.stat().st_blocks * 512 >= ahead
+    assert path.read_bytes()[frame_bounds(path)[-1][1] :] == bytes(ahead - frame_bounds(path)[-1][1])
+    big = [rec(i) + os.urandom(3000).hex().encode() for i in range(2, 100)]  # past the zeros
+    rlog.append(big, snap(100), 2)
+    rlog.close()
+    assert path.stat().st_size == 2 * record_log._ZERO_AHEAD
+    rlog = reopen(tmp_path)
+    assert rlog.records(2, 98) == big
+    rlog.close()

@@ -90,7 +90,7 @@ def test_a_full_disk_rolls_the_write_back_says_so_and_keeps_what_was_committed(t
     try:
         store.add_pending([b'{"r":1}', b'{"r":2}'], {"version": 1}, 1000)
         filler = _fill(point)
-        incompressible = base64.b64encode(os.urandom(150_000))  # records are stored compressed
+        incompressible = base64.b64encode(os.urandom(300_000))  # stored compressed; past the zeros ahead
         with pytest.raises(EvidenceStoreError) as caught:
             store.add_pending([incompressible], {"version": 2}, 2000)
         log_dir = point / "records"
@@ -150,4 +150,3 @@ def test_gateway_run_on_a_full_disk_exits_1_saying_so(tmpfs: Mount, tmp_path: Pa
     assert f"{point}/records: cannot write: no space left on the device holding {point} (" in out.stderr
     assert "what was committed stays in the state directory" in out.stderr
     assert "Traceback" not in out.stderr
-
