@@ -170,6 +170,9 @@ class RecordLog:
         if repair and self._segments:
             os.fdatasync(self._fd(self._segments[-1]))
             _fsync_directory(self.directory)
+        spare = self.directory / SPARE
+        if repair and not self._segments and spare.exists():
+            spare.unlink()  # numbering starts again at 1: its old frames could pass for new ones
 
     def _add_frame(self, p: _Parsed, path: Path) -> None:
         f = p.frame

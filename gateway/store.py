@@ -19,13 +19,11 @@ database in WAL mode (schema 2).
                    rejects, last_reject(_ms)    ``batches`` (kept apart: SQLite rewrites a
                                                 whole row on any UPDATE)
 
-A batch is rebuilt for sending from those parts; the rebuilt bytes are checked against the
-size and the signed Merkle root stored with it (:class:`EvidenceStoreError` if they differ).
-A log segment is deleted once none of its records is pending or in a batch waiting for an ack.
-Why: a record used to be written into ``pending``, again into the batch blob, with whole
-4 KiB WAL pages, the builder snapshot rewritten at every submit and every page copied again
-at checkpoints: 7.5-13.7x its size (issue 22, bench/results.md). Schema 1 (``pending`` and
-``builder_state`` tables, whole batch bytes) is migrated at open, see :meth:`_migrate_v1`.
+A batch is rebuilt for sending from those parts, checked against its size and signed Merkle
+root (:class:`EvidenceStoreError` if they differ); a record is written once instead of into a
+table, a batch blob and checkpoints (issue 22). A log segment is retired once none of its
+records is pending or in a batch waiting for an ack. Schema 1 (``pending`` and
+``builder_state`` tables, whole batch bytes) is migrated at open (:meth:`_migrate_v1`).
 
 **Crash consistency.** Every operation is atomic: ``add_pending`` is one log frame (records
 + the builder snapshot that no longer holds them) synced before it returns; a seal is one
@@ -37,9 +35,9 @@ published only after its seal committed, so after kill -9 at any moment either t
 happened (and the batch is resent until acked) or it did not (and the same records are
 sealed again under the same, never-published, sequence number): a sequence number is never
 used for two different contents, nothing closed is lost and nothing is sealed twice. The
-log's own guarantees (a torn last write is cut off, anything else invalid refuses to open)
-are in :mod:`gateway.record_log`; at open the database must refer only to records the log
-holds, or the store refuses to open.
+log's own guarantees (a torn last write is passed over, anything else invalid refuses to
+open) are in :mod:`gateway.record_log`; at open the database must refer only to records
+the log holds, or the store refuses to open.
 
 **Durability.** Log frames are ``fdatasync``'d, and SQLite commits with ``synchronous=FULL``
 (the WAL is fsync'd at every commit), so a power cut, not only a process crash, keeps what

@@ -272,3 +272,19 @@ def test_segments_are_written_ahead_with_zeros(tmp_path: Path) -> None:
     rlog = reopen(tmp_path)
     assert rlog.records(2, 98) == big
     rlog.close()
+
+
+def test_a_spare_left_without_segments_is_not_reused(tmp_path: Path, small_segments: int) -> None:
+    rlog = reopen(tmp_path)
+    n = fill(rlog, 1, 30, random.Random(8))
+    rlog.collect(n)
+    rlog.close()
+    for path in RecordLog.segment_files(tmp_path):
+        path.unlink()  # only the spare is left, its frames numbered from 1 as a new log's would be
+    rlog = reopen(tmp_path)
+    assert not (tmp_path / SPARE).exists() and rlog.stop == 1
+    rlog.append([rec(1)], snap(2), 1)
+    rlog.close()
+    rlog = reopen(tmp_path, repair=False)
+    assert rlog.records(1, 1) == [rec(1)]
+    rlog.close()
