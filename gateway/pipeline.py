@@ -2,15 +2,15 @@
 
 ::
 
-    runtime --submit(records, builder snapshot)--> store.pending  (one transaction)
-    Sealer  --count or age-->  signed batch in store.batches      (one transaction)
+    runtime --submit(records, builder snapshot)--> store's record log  (one synced frame)
+    Sealer  --count or age-->  signed batch in store.batches          (one transaction)
     Uplink  --MQTT QoS 1-->  aggregator --signed ack-->  batch leaves the outbox
 
 :class:`EvidencePipeline` is the one object the gateway runtime uses. It owns the state
-database (:mod:`gateway.store`), the sealer timer and the uplink, as named tasks in a
-``TaskGroup`` that it cancels and awaits on exit. SQLite calls run on the event loop: each
-is one short transaction (one fsync), a few milliseconds on a Raspberry Pi's SD card, far
-below a poll period; moving them to a thread would need locking for no gain there.
+state (:mod:`gateway.store`), the sealer timer and the uplink, as named tasks in a
+``TaskGroup`` that it cancels and awaits on exit. Store calls run on the event loop: each
+is one short write (one fsync), a few milliseconds on a Raspberry Pi's SD card, far below
+a poll period; moving them to a thread would need locking for no gain there.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from evidence.keys import GatewayKey
 from evidence.records import IntervalRecord, encode_record
 from evidence.wire import check_gateway_id
 from gateway.clock_guard import ClockGuard
+from gateway.errors import EvidenceStoreError
 from gateway.evidence_config import EvidenceSettings, UplinkSettings
 from gateway.sealer import Sealer
 from gateway.store import EvidenceStore, read_builder_state
@@ -115,16 +116,17 @@ class EvidencePipeline:
         encoded = [encode_record(r) for r in records]
         store.add_pending(encoded, builder_state, round(self._clock.now() * 1000))
         if records:
-            if store.pending_count() >= self._settings.sealing.max_records:
-                self._seal_now(sealer)
+            self._seal_now(store, sealer)
             sealer.wake()
 
-    def _seal_now(self, sealer: Sealer) -> None:
+    def _seal_now(self, store: EvidenceStore, sealer: Sealer) -> None:
         # The records are committed: a failed seal must not fail the submit (they would be
-        # submitted, and sealed, twice). They stay pending; the sealer's task retries.
+        # submitted, and sealed, twice). They stay pending; the sealer's task retries. A
+        # storage failure comes as EvidenceStoreError (the store translates it).
         try:
-            sealer.seal_due()
-        except sqlite3.Error as exc:
+            if store.pending_count() >= self._settings.sealing.max_records:
+                sealer.seal_due()
+        except (sqlite3.Error, EvidenceStoreError) as exc:
             log.error("gateway %s: sealing at submit failed (%s); the records stay pending in %s",
                       self._gateway, exc, self._settings.state_dir)  # fmt: skip
 

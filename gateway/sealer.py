@@ -3,7 +3,8 @@
 A batch is sealed when ``max_records`` records are pending, or when the oldest pending
 record is ``max_age_s`` old (clock seconds), whichever comes first. Each seal is one store
 transaction: read the oldest pending records, sign a batch with the next sequence number
-and the previous header's hash, insert it, delete those records, advance the chain head.
+and the previous header's hash, insert it (its header and signature, and where its records
+are in the record log), mark those records sealed, advance the chain head.
 
 **Outbox cap.** If inserting the new batch would exceed ``cap_bytes`` or ``cap_batches``,
 batches are dropped in the order the policy names until the rest fits:
@@ -122,10 +123,10 @@ class Sealer:
             depth, size = store.usage()
             head = batch
             if self._fits(depth + 1, size + len(data)):
-                store.insert_batch(batch, data, "data")
+                store.insert_batch(batch, data, "data", first_record=rows[0][0])
             else:
-                head = self._drop_for(batch, data)
-            store.delete_pending_through(rows[-1][0])
+                head = self._drop_for(batch, data, rows[0][0])
+            store.mark_sealed_through(rows[-1][0])
             store.set_chain_head(head.header.seq, head.header_sha256)
         self.sealed += 1 if head is batch else 2
         log.debug("sealed %s (%d records, %d bytes)", batch.header.label, batch.header.count, len(data))
@@ -138,9 +139,10 @@ class Sealer:
 
     # -- the outbox cap -------------------------------------------------------------------
 
-    def _drop_for(self, new: SealedBatch, new_data: bytes) -> SealedBatch:
+    def _drop_for(self, new: SealedBatch, new_data: bytes, first_record: int) -> SealedBatch:
         """Drop batches per the policy until the rest and the drop batch fit; inside the
-        seal transaction. Returns the drop batch (the new chain head)."""
+        seal transaction (``new`` holds the pending records from ``first_record`` on).
+        Returns the drop batch (the new chain head)."""
         store = self._store
         olds = [_Candidate(b.seq, b.header_sha256, b.size, True) for b in store.outbox("data")]
         fresh = _Candidate(new.header.seq, new.header_sha256, len(new_data), False,
@@ -163,7 +165,7 @@ class Sealer:
         else:
             log.error("outbox cap %s is smaller than a single drop record; keeping it anyway", self._outbox)
         if fresh not in victims:
-            store.insert_batch(new, new_data, "data")
+            store.insert_batch(new, new_data, "data", first_record=first_record)
         store.delete_batches([c.seq for c in victims if c.stored] + [b.seq for b in superseded])
         store.insert_batch(drop_batch, drop_data, "drop")
         intervals = sum(len(c.intervals or ()) for c in victims)

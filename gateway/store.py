@@ -1,46 +1,62 @@
-"""The gateway's durable evidence state: one SQLite database in WAL mode.
+"""The gateway's durable evidence state: a record log of segment files and one SQLite
+database in WAL mode (schema 2).
 
 ::
 
+    records/NNNNNNNN.log  each submit's records (numbered 1, 2, ...) and builder snapshot,
+                          compressed, appended once (gateway.record_log)
+    evidence.sqlite:
     meta           key -> value                 schema version, gateway id
-    builder_state  one row: JSON snapshot       IntervalBuilder.snapshot() at the last submit
-    pending        id, record bytes, added_ms   closed intervals, encoded once, not sealed yet
     chain          one row                      last seq + last header hash (the sealer state),
-                                                last ack, totals of acks and drops
-    batches        seq, header_sha256, kind,    sealed batches not yet acknowledged: the exact
-                   created_ms, size, records,   bytes that travel (kind 'data' or 'drop');
-                   data                         immutable once written
+                                                records sealed through (pending: the records
+                                                after it), last ack, totals of acks and drops
+    batches        seq, header_sha256, kind,    sealed batches not yet acknowledged, immutable:
+                   created_ms, size, records,   a data batch as its header and signature lines
+                   data, first_record           + the numbers of its records in the log; a drop
+                                                or key rotation batch as its exact bytes
+                                                (first_record NULL)
     delivery       seq, attempts, last_sent_ms, the mutable send state of each batch in
                    rejects, last_reject(_ms)    ``batches`` (kept apart: SQLite rewrites a
-                                                whole row, blob included, on any UPDATE)
+                                                whole row on any UPDATE)
 
-**Crash consistency.** Every operation is one transaction: ``add_pending`` (records + the
-builder snapshot that no longer holds them), a seal (insert the batch and its delivery
-row, delete the pending records it holds, advance ``chain``; under the outbox cap also
-delete the dropped batches and insert the signed drop batch), an ack (delete the batch,
-record the ack). A batch is published only after its seal committed, so after kill -9 at
-any moment either the seal happened (and the batch is resent until acked) or it did not
-(and the same records are sealed again under the same, never-published, sequence number):
-a sequence number is never used for two different contents, nothing closed is lost and
-nothing is sealed twice.
+A batch is rebuilt for sending from those parts, checked against its size and signed Merkle
+root (:class:`EvidenceStoreError` if they differ); a record is written once instead of into a
+table, a batch blob and checkpoints (issue 22). A log segment is retired once none of its
+records is pending or in a batch waiting for an ack. Schema 1 (``pending`` and
+``builder_state`` tables, whole batch bytes) is migrated at open (:meth:`_migrate_v1`).
 
-**Durability.** ``synchronous=FULL``: every commit fsyncs the WAL before it returns, so
-a power cut, not only a process crash, keeps what was committed; that matters because a
-committed seal may already be at the aggregator (a lost seal would be resealed with other
-content under the same seq: a fork) and a committed ``add_pending`` is what lets the
-builder forget those intervals. (``NORMAL`` would survive kill -9 but not power loss.) Only
-the advisory "sent" bookkeeping commits with ``synchronous=NORMAL``: losing it costs a
-resend, and the next FULL commit syncs it along. Many records go into one transaction
-(one fsync per submit or seal, not per record) to spare SD cards.
+**Crash consistency.** Every operation is atomic: ``add_pending`` is one log frame (records
++ the builder snapshot that no longer holds them) synced before it returns; a seal is one
+transaction (insert the batch, referring to records already synced in the log, and its
+delivery row, mark its records sealed, advance ``chain``; under the outbox cap also delete
+the dropped batches and insert the signed drop batch); an ack is one transaction (delete the
+batch, record the ack; the log segments it frees are deleted after the commit). A batch is
+published only after its seal committed, so after kill -9 at any moment either the seal
+happened (and the batch is resent until acked) or it did not (and the same records are
+sealed again under the same, never-published, sequence number): a sequence number is never
+used for two different contents, nothing closed is lost and nothing is sealed twice. The
+log's own guarantees (a torn last write is passed over, anything else invalid refuses to
+open) are in :mod:`gateway.record_log`; at open the database must refer only to records
+the log holds, or the store refuses to open.
+
+**Durability.** Log frames are ``fdatasync``'d, and SQLite commits with ``synchronous=FULL``
+(the WAL is fsync'd at every commit), so a power cut, not only a process crash, keeps what
+was committed; that matters because a committed seal may already be at the aggregator (a
+lost seal would be resealed with other content under the same seq: a fork) and a committed
+``add_pending`` is what lets the builder forget those intervals. Only the advisory "sent"
+bookkeeping commits with ``synchronous=NORMAL``: losing it costs a resend, and the next FULL
+commit syncs it along. Many records go into one frame or transaction (one sync per submit or
+seal, not per record) to spare SD cards.
 
 The database is opened with ``locking_mode=EXCLUSIVE``: a second gateway process on the
 same state directory would fork the chain, so it is refused (:class:`EvidenceStoreError`).
+The record log is opened only under that lock.
 
 **Storage failures.** SQLite says "disk I/O error" or "database or disk is full" whatever
 the cause; :func:`storage_problem` looks at the error code and at the file system to say
 what is wrong (no space left, read-only file system, permission denied, another process)
 with the path. A write that fails is rolled back as a whole and raised as
-:class:`EvidenceStoreError` saying so and what the database still holds.
+:class:`EvidenceStoreError` saying so and what the store still holds.
 """
 
 from __future__ import annotations
@@ -53,35 +69,46 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from evidence.batch import GENESIS_PREV, SealedBatch
+from evidence.batch import GENESIS_PREV, SealedBatch, parse_batch, signature_line
+from evidence.errors import EvidenceError
+from evidence.merkle import leaf_hash, merkle_root
 from gateway.errors import EvidenceStoreError
+from gateway.record_log import RecordLog
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "evidence.sqlite"
+LOG_DIR = "records"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS builder_state (
-    id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, saved_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (
-    id INTEGER PRIMARY KEY, record BLOB NOT NULL, added_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     last_seq INTEGER NOT NULL, last_header_sha256 TEXT NOT NULL,
     last_ack_seq INTEGER, last_ack_ms INTEGER, acked INTEGER NOT NULL DEFAULT 0,
-    dropped_batches INTEGER NOT NULL DEFAULT 0, dropped_intervals INTEGER NOT NULL DEFAULT 0);
+    dropped_batches INTEGER NOT NULL DEFAULT 0, dropped_intervals INTEGER NOT NULL DEFAULT 0,
+    sealed_through INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY, header_sha256 TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('data', 'drop')), created_ms INTEGER NOT NULL,
-    size INTEGER NOT NULL, records INTEGER NOT NULL, data BLOB NOT NULL);
+    size INTEGER NOT NULL, records INTEGER NOT NULL, data BLOB NOT NULL, first_record INTEGER);
 CREATE TABLE IF NOT EXISTS delivery (
     seq INTEGER PRIMARY KEY, attempts INTEGER NOT NULL DEFAULT 0, last_sent_ms INTEGER,
     rejects INTEGER NOT NULL DEFAULT 0, last_reject TEXT, last_reject_ms INTEGER);
 """
+# Schema 1 -> 2, in one transaction once the log holds what ``pending`` and ``builder_state`` held.
+_MIGRATE_V1 = (
+    "ALTER TABLE chain ADD COLUMN sealed_through INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE batches ADD COLUMN first_record INTEGER",
+    "DROP TABLE pending",
+    "DROP TABLE builder_state",
+    "UPDATE meta SET value = '2' WHERE key = 'schema'",
+)
+_BATCH_COLUMNS = "seq, header_sha256, data, first_record, records, size"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +138,19 @@ class OutboxStats:
 
 
 class EvidenceStore:
-    """The SQLite state of one gateway. Not thread-safe: one owner (the event loop)."""
+    """The state of one gateway. Not thread-safe: one owner (the event loop)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._log: RecordLog | None = None
+        self._collect_due = False
 
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, gateway_id: str) -> EvidenceStore:
-        """Open (or create) ``state_dir/evidence.sqlite`` for ``gateway_id``."""
+        """Open (or create) ``state_dir/evidence.sqlite`` and ``state_dir/records/`` for ``gateway_id``."""
         directory = Path(state_dir)
         path = directory / DB_NAME
         try:
@@ -131,24 +160,51 @@ class EvidenceStore:
             raise EvidenceStoreError(f"{path}: cannot open: {storage_problem(exc, path)}") from exc
         store = cls(conn, path)
         try:
-            store._setup(gateway_id)
+            store._open(gateway_id)
         except sqlite3.DatabaseError as exc:
-            conn.close()
+            store.close()
             if not _is_storage_error(exc):
                 raise
             raise EvidenceStoreError(f"{path}: cannot open: {storage_problem(exc, path)}") from exc
+        except OSError as exc:
+            store.close()
+            where = Path(exc.filename) if exc.filename else directory / LOG_DIR
+            raise EvidenceStoreError(f"{where}: cannot open: {storage_problem(exc, where)}") from exc
         except BaseException:
-            conn.close()
+            store.close()
             raise
         return store
 
-    def _setup(self, gateway_id: str) -> None:
+    @property
+    def log_dir(self) -> Path:
+        return self.path.parent / LOG_DIR
+
+    def _open(self, gateway_id: str) -> None:
+        fresh, schema = self._setup(gateway_id)
+        if schema == "1":
+            self._migrate_v1()
+        if fresh and RecordLog.segment_files(self.log_dir):
+            raise EvidenceStoreError(
+                f"{self.path}: a new database next to an existing record log {self.log_dir}; "
+                "move one of them away (each belongs to the other)"
+            )
+        self._log = RecordLog.open(self.log_dir, repair=True)
+        self._check_log()
+        self._collect()
+
+    def _setup(self, gateway_id: str) -> tuple[bool, str]:
         c = self._conn
+        # Seals and acks change a few small rows: 1 KiB pages write a quarter of 4 KiB ones to
+        # the WAL. Takes effect on a new database only (an existing one keeps its page size).
+        c.execute("PRAGMA page_size=1024")
         c.execute("PRAGMA locking_mode=EXCLUSIVE")
         mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise EvidenceStoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
         c.execute("PRAGMA synchronous=FULL")
+        # A checkpoint every 100 KiB of WAL: the WAL is reused from its start sooner, and a
+        # commit into a WAL that does not grow moves no file-system metadata.
+        c.execute("PRAGMA wal_autocheckpoint=100")
         c.executescript(_SCHEMA)  # idempotent; executescript runs outside our transactions
         with self.transaction():
             meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
@@ -157,18 +213,69 @@ class EvidenceStore:
                               [("schema", str(SCHEMA_VERSION)), ("gateway", gateway_id)])  # fmt: skip
                 c.execute("INSERT INTO chain (id, last_seq, last_header_sha256) VALUES (1, 0, ?)",
                           (GENESIS_PREV,))  # fmt: skip
-            elif meta.get("gateway") != gateway_id:
+                return True, str(SCHEMA_VERSION)
+            if meta.get("gateway") != gateway_id:
                 raise EvidenceStoreError(
                     f"{self.path}: state of gateway {meta.get('gateway')!r}, not {gateway_id!r}; "
                     "each gateway needs its own state directory"
                 )
-            elif meta.get("schema") != str(SCHEMA_VERSION):
+            if meta.get("schema") not in ("1", str(SCHEMA_VERSION)):
                 raise EvidenceStoreError(
-                    f"{self.path}: schema {meta.get('schema')}, expected {SCHEMA_VERSION}"
+                    f"{self.path}: schema {meta.get('schema')}, expected {SCHEMA_VERSION} (or 1, migrated)"
                 )
+            return False, str(meta["schema"])
+
+    def _migrate_v1(self) -> None:
+        """Schema 1 -> 2: the pending records and the builder snapshot go into the log (one
+        frame per submit they came from), then one transaction drops their tables and adds
+        the record references. Sealed batches keep their exact bytes (``first_record`` NULL).
+        Until that transaction commits the log is not authoritative: an interrupted migration
+        is redone from the start."""
+        c = self._conn
+        rows = c.execute("SELECT record, added_ms FROM pending ORDER BY id").fetchall()
+        state = c.execute("SELECT state FROM builder_state WHERE id = 1").fetchone()
+        RecordLog.remove_all(self.log_dir)
+        groups = [(ms, [bytes(r) for r, _ in g]) for ms, g in groupby(rows, key=lambda row: int(row[1]))]
+        if state is not None and not groups:
+            groups = [(0, [])]
+        rlog = RecordLog.open(self.log_dir, repair=True)
+        try:
+            for i, (ms, records) in enumerate(groups):
+                last = i == len(groups) - 1
+                rlog.append(records, str(state[0]).encode() if last and state is not None else None, ms)
+        finally:
+            rlog.close()
+        with self.transaction():
+            for statement in _MIGRATE_V1:
+                c.execute(statement)
+        log.warning("%s: migrated to schema 2: %d pending record(s) and the builder state moved to %s",
+                    self.path, len(rows), self.log_dir)  # fmt: skip
+
+    def _check_log(self) -> None:
+        """The database refers only to records the log holds."""
+        rlog = self._rlog()
+        sealed = self._sealed_through()
+        lowest = self._conn.execute("SELECT min(first_record) FROM batches").fetchone()[0]
+        problem = None
+        if sealed >= rlog.stop:
+            problem = f"records are sealed through {sealed}, the log ends at {rlog.stop - 1}"
+        elif lowest is not None and lowest < rlog.start:
+            problem = f"a batch waiting for an ack holds record {lowest}, the log starts at {rlog.start}"
+        elif sealed + 1 < rlog.start:
+            problem = f"records after {sealed} are pending, the log starts at {rlog.start}"
+        if problem is not None:
+            raise EvidenceStoreError(f"{self.path}: does not match the record log {self.log_dir}: {problem}")
 
     def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         self._conn.close()
+
+    def _rlog(self) -> RecordLog:
+        if self._log is None:
+            raise EvidenceStoreError(f"{self.path}: the store is closed")
+        return self._log
 
     # -- transactions ----------------------------------------------------------------
 
@@ -185,6 +292,7 @@ class EvidenceStore:
                     yield
                     c.execute("COMMIT")
                 except BaseException:
+                    self._collect_due = False
                     if c.in_transaction:  # a failed COMMIT (disk full) may leave it open
                         c.execute("ROLLBACK")
                     raise
@@ -198,12 +306,14 @@ class EvidenceStore:
                 f"{self.path}: cannot write: {storage_problem(exc, self.path)}; the write was rolled "
                 f"back, {self._kept()}"
             ) from exc
+        if self._collect_due:
+            self._collect()
 
     def _kept(self) -> str:
-        """What the database still holds, for an error message."""
+        """What the store still holds, for an error message."""
         try:
             pending, (batches, size) = self.pending_count(), self.usage()
-        except sqlite3.Error:
+        except (sqlite3.Error, EvidenceStoreError):
             return "everything committed before it is kept"
         return (
             f"everything committed before it is kept ({pending} closed interval(s) waiting to be sealed, "
@@ -213,35 +323,53 @@ class EvidenceStore:
     # -- builder snapshot and pending records -----------------------------------------
 
     def builder_state(self) -> dict[str, Any] | None:
-        row = self._conn.execute("SELECT state FROM builder_state WHERE id = 1").fetchone()
-        if row is None:
+        state = self._rlog().snapshot()
+        if state is None:
             return None
-        state: dict[str, Any] = json.loads(row[0])
-        return state
+        loaded: dict[str, Any] = json.loads(state)
+        return loaded
 
     def add_pending(self, records: Sequence[bytes], snapshot: Mapping[str, Any] | None, now_ms: int) -> None:
-        """Records and the builder snapshot taken after emitting them, in one transaction."""
+        """Records and the builder snapshot taken after emitting them, in one synced log frame
+        (``snapshot`` None: the last one stays)."""
         state = None if snapshot is None else json.dumps(snapshot, allow_nan=False, separators=(",", ":"))
-        with self.transaction():
-            self._conn.executemany("INSERT INTO pending (record, added_ms) VALUES (?, ?)",
-                                   [(r, now_ms) for r in records])  # fmt: skip
-            if state is not None:
-                self._conn.execute("INSERT OR REPLACE INTO builder_state VALUES (1, ?, ?)", (state, now_ms))
+        if any(b"\n" in r for r in records):
+            raise ValueError("a record holds a newline: it could never be a batch line")
+        rlog = self._rlog()
+        try:
+            rlog.append(records, None if state is None else state.encode(), now_ms)
+        except OSError as exc:
+            path = rlog.tail_path
+            outcome = (
+                f"the record log takes no more writes ({rlog.broken}); restart the gateway"
+                if rlog.broken
+                else f"the write was rolled back, {self._kept()}"
+            )
+            problem = storage_problem(exc, path)
+            raise EvidenceStoreError(f"{path}: cannot write: {problem}; {outcome}") from exc
+
+    def _sealed_through(self) -> int:
+        return int(self._conn.execute("SELECT sealed_through FROM chain").fetchone()[0])
 
     def pending_count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+        return self._rlog().stop - 1 - self._sealed_through()
 
     def oldest_pending_ms(self) -> int | None:
-        row = self._conn.execute("SELECT added_ms FROM pending ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else int(row[0])
+        sealed = self._sealed_through()
+        if self._rlog().stop - 1 <= sealed:
+            return None
+        return self._rlog().added_ms(sealed + 1)
 
     def pending(self, limit: int) -> list[tuple[int, bytes]]:
-        """The oldest ``limit`` pending records as (id, bytes), in the order they were added."""
-        rows = self._conn.execute("SELECT id, record FROM pending ORDER BY id LIMIT ?", (limit,))
-        return [(int(i), bytes(r)) for i, r in rows]
+        """The oldest ``limit`` pending records as (record number, bytes), in the order added."""
+        first = self._sealed_through() + 1
+        records = self._rlog().records(first, min(limit, self.pending_count()))
+        return [(first + i, r) for i, r in enumerate(records)]
 
-    def delete_pending_through(self, last_id: int) -> None:
-        self._conn.execute("DELETE FROM pending WHERE id <= ?", (last_id,))
+    def mark_sealed_through(self, last: int) -> None:
+        """Records up to number ``last`` are sealed (inside the seal's transaction)."""
+        self._conn.execute("UPDATE chain SET sealed_through = ?", (last,))
+        self._collect_due = True
 
     # -- the chain head (sealer state) -------------------------------------------------
 
@@ -261,11 +389,17 @@ class EvidenceStore:
 
     # -- sealed batches ----------------------------------------------------------------
 
-    def insert_batch(self, batch: SealedBatch, data: bytes, kind: str) -> None:
+    def insert_batch(
+        self, batch: SealedBatch, data: bytes, kind: str, *, first_record: int | None = None
+    ) -> None:
+        """Store a sealed batch (``data``: its exact bytes). ``first_record``: its records are
+        the log's records from that number on, and only its header and signature lines are
+        stored; None: the whole ``data`` is (records that are not in the log)."""
         h = batch.header
+        stored = data if first_record is None else _head(batch)
         self._conn.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (h.seq, batch.header_sha256, kind, h.created_ms, len(data), h.count, data),
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (h.seq, batch.header_sha256, kind, h.created_ms, len(data), h.count, stored, first_record),
         )
         self._conn.execute("INSERT INTO delivery (seq) VALUES (?)", (h.seq,))
 
@@ -282,23 +416,47 @@ class EvidenceStore:
         return int(n), int(size)
 
     def batch_data(self, seq: int) -> bytes:
-        row = self._conn.execute("SELECT data FROM batches WHERE seq = ?", (seq,)).fetchone()
+        """The exact bytes of batch ``seq`` as sealed (KeyError: not in the outbox)."""
+        row = self._conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise KeyError(seq)
-        return bytes(row[0])
+        return self._rebuild(*row)
+
+    def _rebuild(self, seq: int, digest: str, data: bytes, first: int | None, count: int, size: int) -> bytes:
+        """A batch's bytes from its stored lines and its records in the log, checked against
+        its size and the Merkle root its signed header names."""
+        if first is None:
+            return bytes(data)
+        records = self._rlog().records(first, count)
+        out = bytes(data) + b"".join(r + b"\n" for r in records)
+        problem = _mismatch(out, records, size)
+        if problem:
+            raise EvidenceStoreError(
+                f"{self.path}: batch seq {seq} ({digest[:16]}…) rebuilt from records "
+                f"{first}..{first + count - 1} of {self.log_dir} is not the batch sealed: {problem}"
+            )
+        return out
 
     def delete_batches(self, seqs: Sequence[int]) -> None:
         self._conn.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in seqs])
         self._conn.executemany("DELETE FROM delivery WHERE seq = ?", [(s,) for s in seqs])
+        self._collect_due = True
 
     def next_to_send(self, exclude: Sequence[int], limit: int) -> list[tuple[int, str, bytes]]:
         """Up to ``limit`` batches not in ``exclude``, oldest first: (seq, header_sha256, data)."""
         marks = ",".join("?" * len(exclude))
         rows = self._conn.execute(
-            f"SELECT seq, header_sha256, data FROM batches WHERE seq NOT IN ({marks}) ORDER BY seq LIMIT ?",
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq NOT IN ({marks}) ORDER BY seq LIMIT ?",
             (*exclude, limit),
-        )
-        return [(int(s), str(d), bytes(b)) for s, d, b in rows]
+        ).fetchall()
+        return [(int(row[0]), str(row[1]), self._rebuild(*row)) for row in rows]
+
+    def _collect(self) -> None:
+        """Delete the log segments no pending record and no batch waiting for an ack needs."""
+        self._collect_due = False
+        lowest = self._conn.execute("SELECT min(first_record) FROM batches").fetchone()[0]
+        keep_from = self._sealed_through() + 1
+        self._rlog().collect(keep_from if lowest is None else min(keep_from, int(lowest)))
 
     def mark_sent(self, seq: int, now_ms: int) -> None:
         """Advisory: counted and timed for status; a loss of it only costs a resend."""
@@ -317,6 +475,7 @@ class EvidenceStore:
             self._conn.execute("DELETE FROM delivery WHERE seq = ?", (seq,))
             self._conn.execute("UPDATE chain SET last_ack_seq = ?, last_ack_ms = ?, acked = acked + 1",
                                (seq, now_ms))  # fmt: skip
+            self._collect_due = True
         return True
 
     def record_reject(self, seq: int, reason: str, now_ms: int) -> int | None:
@@ -415,19 +574,49 @@ def _size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def _mismatch(data: bytes, records: Sequence[bytes], size: int) -> str:
+    """Why rebuilt batch bytes are not those sealed ("" if they are): size, framing, root."""
+    if len(data) != size:
+        return f"{len(data)} bytes, sealed {size}"
+    try:
+        header = parse_batch(data).header
+    except EvidenceError as exc:
+        return str(exc)
+    if merkle_root([leaf_hash(r) for r in records]).hex() != header.root:
+        return "its records do not hash to its signed Merkle root"
+    return ""
+
+
+def _head(batch: SealedBatch) -> bytes:
+    """A batch's header and signature lines, each with its newline: its bytes before the records."""
+    return batch.header_bytes + b"\n" + signature_line(batch.signature) + b"\n"
+
+
 def read_builder_state(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The persisted builder snapshot, without opening the store for writing (None if absent)."""
-    path = Path(state_dir) / DB_NAME
+    directory = Path(state_dir)
+    path = directory / DB_NAME
     if not path.exists():
         return None
     conn = sqlite3.connect(path, isolation_level=None, timeout=0.5)
     try:
-        row = conn.execute("SELECT state FROM builder_state WHERE id = 1").fetchone()
+        schema = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        row = None
+        if schema is not None and schema[0] == "1":
+            row = conn.execute("SELECT state FROM builder_state WHERE id = 1").fetchone()
     except sqlite3.Error as exc:
         raise EvidenceStoreError(f"{path}: cannot read the builder state: {exc}") from exc
     finally:
         conn.close()
-    if row is None:
+    if schema is not None and schema[0] == "1":
+        state = None if row is None else str(row[0]).encode()
+    else:
+        rlog = RecordLog.open(directory / LOG_DIR, repair=False)
+        try:
+            state = rlog.snapshot()
+        finally:
+            rlog.close()
+    if state is None:
         return None
-    state: dict[str, Any] = json.loads(row[0])
-    return state
+    loaded: dict[str, Any] = json.loads(state)
+    return loaded

@@ -10,7 +10,7 @@ import pytest
 from evidence.batch import GENESIS_PREV, seal_batch
 from evidence.keys import generate_key
 from gateway.errors import EvidenceStoreError
-from gateway.store import DB_NAME, EvidenceStore, read_builder_state
+from gateway.store import DB_NAME, LOG_DIR, EvidenceStore, read_builder_state
 
 KEY = generate_key()
 
@@ -46,7 +46,7 @@ def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     try:
         with pytest.raises(ZeroDivisionError), store.transaction():
             store.set_chain_head(5, "ab" * 32)
-            store.delete_pending_through(10)
+            store.mark_sealed_through(10)
             raise ZeroDivisionError
         assert store.chain_head() == (0, GENESIS_PREV)
         with pytest.raises(ValueError):  # NaN in a snapshot is refused before writing
@@ -90,11 +90,14 @@ def test_ack_needs_seq_and_header_hash_and_reject_is_recorded(tmp_path: Path) ->
         store.close()
 
 
-def test_database_file_is_where_the_docs_say(tmp_path: Path) -> None:
-    EvidenceStore.open(tmp_path, gateway_id="gw-1").close()
+def test_database_and_record_log_are_where_the_docs_say(tmp_path: Path) -> None:
+    store = EvidenceStore.open(tmp_path, gateway_id="gw-1")
+    store.add_pending([b'{"r":1}'], {"version": 1}, 1)
+    store.close()
     conn = sqlite3.connect(tmp_path / DB_NAME)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
         conn.close()
-    assert {"meta", "builder_state", "pending", "chain", "batches", "delivery"} <= tables
+    assert tables == {"meta", "chain", "batches", "delivery"}
+    assert [p.name for p in (tmp_path / LOG_DIR).iterdir()] == ["00000001.log"]

@@ -12,7 +12,9 @@ skipped, saying so, where it is not permitted.
 
 from __future__ import annotations
 
+import base64
 import errno
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -88,10 +90,12 @@ def test_a_full_disk_rolls_the_write_back_says_so_and_keeps_what_was_committed(t
     try:
         store.add_pending([b'{"r":1}', b'{"r":2}'], {"version": 1}, 1000)
         filler = _fill(point)
+        incompressible = base64.b64encode(os.urandom(300_000))  # stored compressed; past the zeros ahead
         with pytest.raises(EvidenceStoreError) as caught:
-            store.add_pending([b"x" * 200_000], {"version": 2}, 2000)
+            store.add_pending([incompressible], {"version": 2}, 2000)
+        log_dir = point / "records"
         assert str(caught.value).startswith(
-            f"{point}/evidence.sqlite: cannot write: no space left on the device holding {point} ("
+            f"{log_dir}/00000001.log: cannot write: no space left on the device holding {log_dir} ("
         )
         assert str(caught.value).endswith(
             "the write was rolled back, everything committed before it is kept "
@@ -136,10 +140,13 @@ def test_gateway_run_on_a_read_only_state_directory_exits_1_saying_so(tmpfs: Mou
 
 
 def test_gateway_run_on_a_full_disk_exits_1_saying_so(tmpfs: Mount, tmp_path: Path) -> None:
-    point = tmpfs("64k")  # room for the empty database, not for the first intervals
-    out = _gateway_run(_site(tmp_path, point))
+    point = tmpfs("256k")
+    site = _site(tmp_path, point)
+    gateway_id = yaml.safe_load(site.read_text())["gateway"]["id"]
+    EvidenceStore.open(point, gateway_id=gateway_id).close()  # the database fits...
+    _fill(point)  # ...the first intervals do not
+    out = _gateway_run(site)
     assert out.returncode == 1, out.stderr
-    assert f"{point}/evidence.sqlite: cannot " in out.stderr
-    assert f"no space left on the device holding {point}" in out.stderr
+    assert f"{point}/records: cannot write: no space left on the device holding {point} (" in out.stderr
     assert "what was committed stays in the state directory" in out.stderr
     assert "Traceback" not in out.stderr
