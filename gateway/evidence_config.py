@@ -5,7 +5,7 @@ password and certificate files are read when the pipeline starts). In a site YAM
 
     evidence:
       key_file: /etc/puhui/gateway-key.pem      # ECDSA P-256, mode 0600
-      state_dir: /var/lib/puhui/gateway         # holds evidence.sqlite (WAL)
+      state_dir: /var/lib/puhui/gateway         # records/*.log (record log) and evidence.sqlite (WAL)
       sealing: {max_records: 500, max_age_s: 300}
       outbox: {cap_bytes: 268435456, cap_batches: null, policy: drop_oldest}
     uplink:
@@ -77,7 +77,7 @@ class EvidenceSettings(_Closed):
     """The gateway's signing key, durable state and sealing/outbox policy."""
 
     key_file: str = Field(default=DEFAULT_KEY_FILE, min_length=1, description="PKCS#8 PEM, mode 0600")
-    state_dir: str = Field(default=DEFAULT_STATE_DIR, min_length=1, description="SQLite state lives here")
+    state_dir: str = Field(default=DEFAULT_STATE_DIR, min_length=1, description="record log + SQLite state")
     sealing: SealingSettings = Field(default_factory=SealingSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
