@@ -13,6 +13,8 @@
                                                   # meters of a shared line (gateway.line_cli)
     puhui gateway init --serial /dev/ttyUSB0 --gateway-id gw-1 --site s --owner puhui
                                                   # config from a scan, key, enrolment
+    puhui gateway init --host H --port P --dlt645 --cjt188 [--addresses A,B] --gateway-id gw-1 --site s
+                                                  # ... of the meters of a shared line
     puhui gateway run --config site.yaml          # until SIGTERM / Ctrl-C
     puhui gateway keygen --config site.yaml       # the gateway's P-256 key (0600, never overwritten)
     puhui gateway enrol --config site.yaml --out enrolment.json
@@ -75,6 +77,7 @@ from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, Interv
 from gateway.evidence_config import DEFAULT_KEY_FILE, DEFAULT_STATE_DIR
 from gateway.line_cli import add_line_commands
 from gateway.runtime import Gateway, IntervalSink, MemorySink
+from gateway.siteinit_lines import line_addresses, line_request
 from gateway.status import StatusServer, gateway_status
 
 log = logging.getLogger("puhui.gateway")
@@ -155,8 +158,21 @@ def _add_init_parser(sub: Any) -> None:
         "init", help="write a first site config from a scan, create the key, write the enrolment"
     )
     _add_target_arguments(p)
-    p.add_argument("--units", type=_unit_list, default=list(range(1, 248)), help="default 1-247")
-    p.add_argument("--timeout", type=seconds(10), default=0.3, metavar="S", help="per unit, default 0.3 s")
+    p.add_argument("--units", type=_unit_list, help="Modbus unit ids to scan, default 1-247")
+    line = p.add_argument_group(
+        "a shared line (DL/T 645, CJ/T 188; --host/--port of its serial server or --serial, 2400 8E1 "
+        "unless --baud/--parity)"
+    )
+    line.add_argument("--dlt645", action="store_true", help="scan the line for DL/T 645 meters")
+    line.add_argument("--cjt188", action="store_true", help="scan the line for CJ/T 188 heat meters")
+    line.add_argument(
+        "--addresses", type=line_addresses, help="the installation list: 12 digits (DL/T 645) or 14 "
+        "(CJ/T 188), commas; default: read address to the wildcard (one meter per protocol on the line)",
+    )  # fmt: skip
+    p.add_argument(
+        "--timeout", type=seconds(10), metavar="S",
+        help="per Modbus unit (default 0.3 s), DL/T 645 meter (1 s), CJ/T 188 meter (2 s)",
+    )  # fmt: skip
     p.add_argument("--gateway-id", required=True, help="letters, digits, . _ - (used in MQTT topics)")
     p.add_argument("--site", required=True, help="the site's name, as the operator knows it")
     p.add_argument("--config", type=Path, default=Path("/etc/puhui/site.yaml"), help="file to write")
@@ -175,13 +191,26 @@ def _init(args: argparse.Namespace) -> int:
     from gateway.siteinit import init_site
 
     try:
-        target = _target(args) if args.host is not None or args.serial is not None else None
-    except UsageError as exc:
+        line = line_request(args) if args.dlt645 or args.cjt188 else None
+        target = _init_target(args) if line is None else None
+    except (UsageError, ValueError) as exc:
         return fail(f"init: {exc}")
-    if target is None:
-        return fail("init: give --host (Modbus TCP) or --serial (Modbus RTU) to scan")
     _quiet_pymodbus()
-    return init_site(args, target, on_unit=_print_unit, enrol=enrolment_for)
+    return init_site(args, target, on_unit=_print_unit, enrol=enrolment_for, line=line)
+
+
+def _init_target(args: argparse.Namespace) -> Target:
+    """The Modbus bus init scans (and its defaults: units 1-247, 0.3 s each)."""
+    if args.addresses is not None:
+        raise UsageError("--addresses goes with --dlt645 or --cjt188 (the meters of a shared line)")
+    if args.host is None and args.serial is None:
+        raise UsageError(
+            "give --host (Modbus TCP) or --serial (Modbus RTU) to scan; with --dlt645 / --cjt188, the line "
+            "of DL/T 645 / CJ/T 188 meters"
+        )
+    args.units = list(range(1, 248)) if args.units is None else args.units
+    args.timeout = 0.3 if args.timeout is None else args.timeout
+    return _target(args)
 
 
 def _load(path: Path) -> SiteConfig:

@@ -1,10 +1,12 @@
 """``puhui gateway init``: a first site config from what a scan found, the key, the enrolment.
 
-The installer scans the bus (Modbus TCP or RTU, as ``puhui gateway scan`` does) and, if a
-broker is given, listens for the MQTT topics being published; :func:`render_site` turns
-what answered into a commented site YAML: one meter per unit that answered, with ``TODO``
-marks where only the installer knows the answer (meter model, scenario, nameplate). The
-text is checked with the config loader before it is written, so what init writes loads.
+The installer scans the bus (Modbus TCP or RTU, as ``puhui gateway scan`` does) or a shared
+line for DL/T 645 and CJ/T 188 meters (as ``puhui gateway dlt645|cjt188 scan`` do, see
+:mod:`gateway.siteinit_lines`) and, if a broker is given, listens for the MQTT topics being
+published; :func:`render_site` turns what answered into a commented site YAML: one meter
+per unit or address that answered, with ``TODO`` marks where only the installer knows the
+answer (meter model, scenario, nameplate). The text is checked with the config loader
+before it is written, so what init writes loads.
 
 SunSpec units are recognised (profile ``sunspec``, counted quantity from the models found);
 MQTT topics are listed as comments with their numeric JSON fields and a meter template,
@@ -29,6 +31,7 @@ from pathlib import Path
 import aiomqtt
 import yaml
 
+from drivers.line.config import describe_line
 from drivers.modbus.profiles import load_profiles
 from evidence.errors import EvidenceError
 from evidence.keys import GatewayKey, generate_key, load_private_key, public_key_b64, save_private_key
@@ -36,6 +39,14 @@ from evidence.wire import TOPIC_ROOT
 from gateway.commission import LINK_FAILURES, Link, SerialTarget, Target, TcpTarget, UnitScan, scan_units
 from gateway.config import GatewayInfo, SiteConfig, parse_site
 from gateway.errors import ConfigError
+from gateway.siteinit_lines import (
+    LineMeterScan,
+    LineScanRefused,
+    LineScanRequest,
+    line_entry,
+    line_meter_lines,
+    scan_line,
+)
 
 BUS_ID = "rs485-1"
 INVERTER_MODELS = frozenset({101, 102, 103, 111, 112, 113})
@@ -63,6 +74,8 @@ class SiteDraft:
     mqtt: tuple[str, int] | None
     key_file: str
     state_dir: str
+    line: LineScanRequest | None = None  # a shared line scanned for DL/T 645 / CJ/T 188 meters
+    line_meters: Sequence[LineMeterScan] = ()
 
 
 def render_site(draft: SiteDraft, profiles: Iterable[str]) -> str:
@@ -82,10 +95,14 @@ def render_site(draft: SiteDraft, profiles: Iterable[str]) -> str:
             f"  - {{id: {BUS_ID}, port: {_quote(t.device)}, baudrate: {t.baudrate}, parity: {t.parity}, "
             f"stopbits: {t.stopbits}}}",
         ]
+    if draft.line is not None:
+        lines += line_entry(draft.line.settings)
     lines += ["meters:"]
     known = ", ".join(sorted(p for p in profiles if p != "sunspec"))
     for scan in draft.units:
         lines += _meter_lines(scan, draft.target, known)
+    if draft.line is not None:
+        lines += line_meter_lines(draft.line.settings, draft.line_meters, draft.line.cjt188_timeout_s)
     lines += _topic_lines(draft)
     lines += [
         "evidence:",
@@ -231,20 +248,25 @@ class InitRefused(Exception):
         self.status = status
 
 
-def init_site(args: argparse.Namespace, target: Target | None, *, on_unit: OnUnit, enrol: Enrol) -> int:
-    """``puhui gateway init``: scan, write the config, make or reuse the key, write the
-    enrolment; prints what was done. Returns the exit status."""
+def init_site(
+    args: argparse.Namespace, target: Target | None, *, on_unit: OnUnit, enrol: Enrol,
+    line: LineScanRequest | None = None,
+) -> int:  # fmt: skip
+    """``puhui gateway init``: scan (the Modbus ``target``, or the shared ``line``), write
+    the config, make or reuse the key, write the enrolment; prints what was done. Returns
+    the exit status."""
     try:
         _check_arguments(args)
         units = _scan(target, args, on_unit) if target is not None else []
+        found = _scan_line(line) if line is not None else []
         topics = _listen(args)
-        if not units:
-            heard = f"; topics heard: {', '.join(t.topic for t in topics)}" if topics else ""
-            raise InitRefused(f"no Modbus device answered on {target}: nothing written (check the "
-                              f"wiring, --baud, --parity and --units){heard}", 1)  # fmt: skip
+        if not units and not any(m.answered for m in found):
+            raise InitRefused(_nothing_found(target, line, topics), 1)
         mqtt = (args.mqtt_host, args.mqtt_port) if args.mqtt_host else None
-        draft = SiteDraft(args.gateway_id, args.site, target, units, topics, mqtt, args.key_file,
-                          args.state_dir)  # fmt: skip
+        draft = SiteDraft(
+            args.gateway_id, args.site, target, units, topics, mqtt, args.key_file, args.state_dir,
+            line=line, line_meters=found,
+        )  # fmt: skip
         text = render_site(draft, load_profiles())
         site = parse_site(yaml.safe_load(text), args.config.name, load_profiles())
     except InitRefused as exc:
@@ -268,6 +290,24 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise InitRefused(str(exc), 2) from exc
     if args.config.exists() and not args.force:
         raise InitRefused(f"{args.config} exists; --force replaces it (the key is never replaced)", 2)
+
+
+def _nothing_found(target: Target | None, line: LineScanRequest | None, topics: Sequence[SeenTopic]) -> str:
+    heard = f"; topics heard: {', '.join(t.topic for t in topics)}" if topics else ""
+    if line is None:
+        return (f"no Modbus device answered on {target}: nothing written (check the wiring, --baud, "
+                f"--parity and --units){heard}")  # fmt: skip
+    asked = (("DL/T 645", line.dlt645), ("CJ/T 188", line.cjt188))
+    which = " or ".join(name for name, wanted in asked if wanted)
+    return (f"no {which} meter answered on {describe_line(line.settings)}: nothing written (check the "
+            f"wiring, --baud, --parity and --addresses){heard}")  # fmt: skip
+
+
+def _scan_line(line: LineScanRequest) -> list[LineMeterScan]:
+    try:
+        return scan_line(line)
+    except LineScanRefused as exc:
+        raise InitRefused(str(exc), 1) from exc
 
 
 def _scan(target: Target, args: argparse.Namespace, on_unit: OnUnit) -> list[UnitScan]:
