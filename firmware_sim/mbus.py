@@ -25,6 +25,7 @@ telegram while heat keeps flowing).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -195,12 +196,13 @@ class MbusHeatMeter:
         temp_vife = b"\x18" if bad else b""  # record error "data error"
         temp_vif = (lambda v: bytes([v | 0x80]) if bad else bytes([v]))  # noqa: E731
         flow_c, return_c = sample.flow_c or 0.0, sample.return_c or 0.0
+        power_w = readout.main().power_w  # NaN under the "nan" fault: the status says so
         return (
             b"\x0c\x78" + bcd(int(self.identification), 4)
             + bytes([dif, vif]) + energy
             + bytes([dif | 0x40, vif]) + due_day  # storage number 1
             + b"\x04\x13" + integer(int(self._volume_l), 4)
-            + b"\x04\x2b" + integer(round(readout.main().power_w), 4)
+            + b"\x04\x2b" + integer(round(power_w) if math.isfinite(power_w) else 0, 4)
             + b"\x04\x3b" + integer(round(flow * 1000), 4)
             + b"\x02" + temp_vif(0x59) + temp_vife + integer(round(flow_c * 100), 2)
             + b"\x02" + temp_vif(0x5D) + temp_vife + integer(round(return_c * 100), 2)
