@@ -54,7 +54,7 @@ def bcd(value: int, size: int) -> bytes:
 
 
 def integer(value: int, size: int) -> bytes:
-    limit = 2 ** (8 * size - 1) - 1
+    limit = (1 << (8 * size - 1)) - 1
     return min(max(value, -limit), limit).to_bytes(size, "little", signed=True)
 
 
@@ -193,8 +193,8 @@ class MbusHeatMeter:
         energy = bcd(steps, 4) if dif == 0x0C else integer(steps, 4)
         due_day = bcd(self._due_day, 4) if dif == 0x0C else integer(self._due_day, 4)
         bad = self.device.faults.value == "nan"
-        temp_vife = b"\x18" if bad else b""  # record error "data error"
-        temp_vif = (lambda v: bytes([v | 0x80]) if bad else bytes([v]))  # noqa: E731
+        temp_vife = b"\x18" if bad else b""  # record error "data error" ...
+        extension = 0x80 if bad else 0x00  # ... after a VIF with its extension bit
         flow_c, return_c = sample.flow_c or 0.0, sample.return_c or 0.0
         power_w = readout.main().power_w  # NaN under the "nan" fault: the status says so
         return (
@@ -204,8 +204,8 @@ class MbusHeatMeter:
             + b"\x04\x13" + integer(int(self._volume_l), 4)
             + b"\x04\x2b" + integer(round(power_w) if math.isfinite(power_w) else 0, 4)
             + b"\x04\x3b" + integer(round(flow * 1000), 4)
-            + b"\x02" + temp_vif(0x59) + temp_vife + integer(round(flow_c * 100), 2)
-            + b"\x02" + temp_vif(0x5D) + temp_vife + integer(round(return_c * 100), 2)
+            + bytes([0x02, 0x59 | extension]) + temp_vife + integer(round(flow_c * 100), 2)
+            + bytes([0x02, 0x5D | extension]) + temp_vife + integer(round(return_c * 100), 2)
             + b"\x02\x61" + integer(round((flow_c - return_c) * 100), 2)
             + b"\x04\x6d" + type_f(dt.datetime.fromtimestamp(now, CHINA))
         )  # fmt: skip

@@ -476,7 +476,9 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
         return {q: "" for q in known} or None  # none known: the quantities error says it
     if m.get("driver") == "mbus":
         quantities = m.get("quantities", MBUS_DEFAULT_QUANTITIES)
-        known = [q for q in quantities if q in MBUS_QUANTITIES] if isinstance(quantities, list | tuple) else []
+        known = (
+            [q for q in quantities if q in MBUS_QUANTITIES] if isinstance(quantities, list | tuple) else []
+        )
         return {q: "" for q in known} or None  # none known: the quantities error says it
     if m.get("driver") == "mqtt":
         source = m.get("source")

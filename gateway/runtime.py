@@ -274,8 +274,8 @@ def _transport(
 def used_lines(plan: Plan) -> set[str]:
     """The ids of the lines the plan's meters hang on (only those are opened)."""
     rtu = {m.connection.line for m in plan.modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
-    on_lines = [*plan.dlt645, *plan.cjt188, *plan.mbus]
-    return rtu | {m.connection.line for m in on_lines}
+    dlt645, cjt188 = {m.connection.line for m in plan.dlt645}, {m.connection.line for m in plan.cjt188}
+    return rtu | dlt645 | cjt188 | {m.connection.line for m in plan.mbus}
 
 
 def dlt645_source(meter: Dlt645Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Dlt645Source:

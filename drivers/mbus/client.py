@@ -63,7 +63,9 @@ class Target:
         return f"{self.name} on line {line.id}"
 
 
-async def exchange(line: Line, target: Target, request: bytes, what: str, timeout_s: float) -> LongFrame | None:
+async def exchange(
+    line: Line, target: Target, request: bytes, what: str, timeout_s: float
+) -> LongFrame | None:
     """Send ``request``; the answer's long frame, or None for E5 (checksum and form checked)."""
     raw = await line.exchange(request, read_answer, timeout_s=timeout_s, label=f"{target.name} {what}")
     return decode_answer(raw)

@@ -23,7 +23,9 @@ from firmware_sim.mbus import type_f as sim_type_f
 from tests.drivers.cjt188_lines import _Bytes
 
 HEADER = bytes.fromhex("78563412 2D2C 01 04 00 00 0000")
-frames = st.builds(LongFrame, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255), st.binary(max_size=200))
+frames = st.builds(
+    LongFrame, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255), st.binary(max_size=200)
+)
 
 
 def telegram(records: bytes, status: int = 0) -> LongFrame:

@@ -123,7 +123,11 @@ def test_golden_telegram(case: str) -> None:
     assert data.header.secondary_address == h["secondary_address"]
     assert data.fabrication_number == expected["fabrication_number"]
     s = expected["status"]
-    assert (data.status.byte, data.status.error, data.status.power_low) == (s["byte"], s["error"], s["power_low"])
+    assert (data.status.byte, data.status.error, data.status.power_low) == (
+        s["byte"],
+        s["error"],
+        s["power_low"],
+    )
     assert len(data.ignored) == expected.get("ignored", 0), data.ignored
 
 
@@ -149,7 +153,10 @@ def test_readme_sample_config_loads() -> None:
         ({"connection": {"line": "l", "address": 1, "secondary_address": "12345678"}}, "not both"),
         ({"connection": {"line": "l", "secondary_address": "1234567"}}, "not a secondary address"),
         ({"connection": {"line": "l", "address": 1, "adress": 2}}, "adress"),
-        ({"connection": {"line": "l", "address": 1}, "quantities": ["heat"]}, "not an M-Bus heat meter quantity"),
+        (
+            {"connection": {"line": "l", "address": 1}, "quantities": ["heat"]},
+            "not an M-Bus heat meter quantity",
+        ),
     ],
 )
 def test_config_errors_name_the_field(change: dict[str, Any], message: str) -> None:

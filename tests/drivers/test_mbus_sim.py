@@ -41,7 +41,9 @@ def meters(units: list[EnergyUnit]) -> list[MbusHeatMeter]:
     ]
 
 
-def source(meter: MbusHeatMeter, line: ResponderLine, clock: ManualClock, target: Target | None = None) -> MbusSource:
+def source(
+    meter: MbusHeatMeter, line: ResponderLine, clock: ManualClock, target: Target | None = None
+) -> MbusSource:
     return MbusSource(meter.device.name, line, clock, target or Target(meter.primary), QS, policy=NO_RETRY)
 
 
@@ -116,7 +118,9 @@ async def test_one_dead_meter_the_others_still_read() -> None:
     results = [await source(m, line, clock).poll(slot=clock.now()) for m in fleet]
     assert [r.ok for r in results] == [True, True, False, True]
     dead = results[2]
-    assert dead.samples == () and "hm2" in (dead.error or "") and "M-Bus meter 3 SND_NKE" in (dead.error or "")
+    assert (
+        dead.samples == () and "hm2" in (dead.error or "") and "M-Bus meter 3 SND_NKE" in (dead.error or "")
+    )
 
 
 async def test_dead_meter_opens_its_breaker_and_stops_costing_the_line() -> None:
