@@ -11,9 +11,12 @@ to the meter's counting step (10 Wh, or 10 MJ = 2.78 kWh).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from common.clock import FastClock
 from drivers.modbus.profiles import load_profiles
@@ -188,3 +191,13 @@ def test_a_bad_mbus_meter_in_a_fleet_file_is_named() -> None:
     with pytest.raises(FleetConfigError, match=r"sites\[0\]\.devices\[0\]") as err:
         parse_fleet(data, "fleet.yaml")
     assert "M-Bus meters a unit as their primary address" in str(err.value)
+
+
+def test_the_profiles_page_mbus_excerpt_validates() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "profiles.md").read_text(encoding="utf-8")
+    section = text[text.index("## EN 13757-3 M-Bus heat meters") :]
+    section = section[: section.index("\n## ", 1)]
+    (excerpt,) = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, flags=re.S)]
+    site = parse_site({"gateway": {"id": "gw", "site": "s"}, **excerpt}, "profiles.md", load_profiles())
+    (meter,) = site.meters
+    assert isinstance(meter, MbusMeter) and meter.connection.target.primary == 5
