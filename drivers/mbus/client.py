@@ -82,11 +82,16 @@ async def wake(line: Line, target: Target, *, timeout_s: float) -> None:
         raise UnexpectedAnswer(f"{what} answered by a long frame (C = {answer.control:02X}), not E5")
 
 
-async def read_heat(line: Line, target: Target, *, timeout_s: float) -> HeatData:
-    """Wake or select the meter, REQ_UD2, check and decode its RSP_UD."""
+async def read_telegram(line: Line, target: Target, *, timeout_s: float) -> Telegram:
+    """Wake or select the meter, REQ_UD2, check its RSP_UD and split it into records."""
     await wake(line, target, timeout_s=timeout_s)
     answer = await exchange(line, target, short_frame(REQ_UD2, target.address), "REQ_UD2", timeout_s)
-    return decode_heat(check_rsp_ud(target, answer))
+    return check_rsp_ud(target, answer)
+
+
+async def read_heat(line: Line, target: Target, *, timeout_s: float) -> HeatData:
+    """Wake or select the meter, REQ_UD2, check and decode its RSP_UD."""
+    return decode_heat(await read_telegram(line, target, timeout_s=timeout_s))
 
 
 def check_rsp_ud(target: Target, answer: LongFrame | None) -> Telegram:
