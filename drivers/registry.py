@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from drivers.cjt188.config import Cjt188Connection
 from drivers.dlt645.config import Dlt645Connection
+from drivers.mbus.config import MbusConnection
 from drivers.modbus_rtu.config import ModbusRtuConnection
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.mqtt.config import MqttConnection
@@ -20,4 +21,5 @@ CONNECTIONS: dict[str, type[BaseModel]] = {
     "mqtt": MqttConnection,
     "dlt645": Dlt645Connection,
     "cjt188": Cjt188Connection,
+    "mbus": MbusConnection,
 }

@@ -24,6 +24,8 @@ from firmware_sim.device import Device, Endpoint
 from firmware_sim.dlt645_meter import MODULUS_WH as DLT645_MODULUS_WH
 from firmware_sim.dlt645_meter import Dlt645Responder
 from firmware_sim.line_contract import LineResponder
+from firmware_sim.mbus import ENERGY_RECORDS as MBUS_ENERGY_RECORDS
+from firmware_sim.mbus import MbusHeatMeter
 from firmware_sim.meter import MWS_PER_WH, Meter
 from firmware_sim.physics import EvModel, HeatingModel, LoadModel, PvHouseModel, PvModel
 from firmware_sim.physics.noise import u01
@@ -87,6 +89,7 @@ KINDS: dict[str, KindSpec] = {
     "sungrow_sg": KindSpec(sungrow.MODULUS_WH, _unit(lambda s: sungrow.SungrowSgMap(_rated_w(s)))),
     # modulus for a kWh meter; a cjt188_heat_meter's is that of its energy_unit (_modulus_wh)
     "cjt188_heat_meter": KindSpec(1.0e9, lambda s: {}, quantity="heat"),
+    "mbus_heat_meter": KindSpec(1.0e9, lambda s: {}, quantity="heat"),  # as cjt188_heat_meter's
     "mqtt_tasmota": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
     "mqtt_plain": KindSpec(MQTT_MODULUS_WH, lambda s: {}),
 }
@@ -158,7 +161,10 @@ def build_device(spec: DeviceSpec, fleet: FleetConfig, start: float) -> Device:
 
 
 def _modulus_wh(spec: DeviceSpec, kind: KindSpec) -> float:
-    """Where the device's counter rolls over: a CJ/T 188 meter shows XXXXXX.XX of its unit."""
+    """Where the device's counter rolls over: a CJ/T 188 meter shows XXXXXX.XX of its unit,
+    an M-Bus meter 10^8 of its counting step (8 BCD digits; its int32 counters alike)."""
+    if spec.kind == "mbus_heat_meter":
+        return MBUS_ENERGY_RECORDS[spec.config.energy_unit][2] * 10**8 / MWS_PER_WH
     if spec.kind != "cjt188_heat_meter":
         return kind.modulus_wh
     _code, mws_per_step = CJT188_ENERGY_UNITS[spec.config.energy_unit]
@@ -175,10 +181,16 @@ def _cjt188(device: Device, spec: DeviceSpec) -> LineResponder:
     return Cjt188HeatMeter(device, spec.address, energy_unit=spec.config.energy_unit)
 
 
+def _mbus(device: Device, spec: DeviceSpec) -> LineResponder:
+    # primary address: the device's unit (+ i); identification number: its serial (8 digits)
+    return MbusHeatMeter(device, spec.unit, f"{device.serial:08d}", energy_unit=spec.config.energy_unit)
+
+
 # Kind -> how a device of that kind answers on a shared line (other kinds: Modbus RTU).
 LINE_RESPONDERS: dict[str, Callable[[Device, DeviceSpec], LineResponder]] = {
     "dlt645_meter": _dlt645,
     "cjt188_heat_meter": _cjt188,
+    "mbus_heat_meter": _mbus,
 }
 
 

@@ -32,6 +32,7 @@ DeviceKind = Literal[
     "heat_meter",
     "dlt645_meter",
     "cjt188_heat_meter",
+    "mbus_heat_meter",
     "chint_dtsu666",
     "chint_ddsu666",
     "huawei_sun2000",
@@ -51,6 +52,7 @@ ALLOWED_PHYSICS: dict[str, frozenset[str]] = {
     "heat_meter": frozenset({"heating"}),
     "dlt645_meter": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "cjt188_heat_meter": frozenset({"heating"}),
+    "mbus_heat_meter": frozenset({"heating"}),
     "chint_dtsu666": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "chint_ddsu666": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "huawei_sun2000": frozenset({"pv"}),
@@ -58,8 +60,9 @@ ALLOWED_PHYSICS: dict[str, frozenset[str]] = {
     "mqtt_tasmota": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
     "mqtt_plain": frozenset({"pv", "heating", "ev", "load", "pv_house"}),
 }
-LINE_ONLY_KINDS = frozenset({"dlt645_meter", "cjt188_heat_meter"})  # kinds only on a shared line
-ADDRESS_DIGITS = {"dlt645_meter": 12, "cjt188_heat_meter": 14}  # a line-only kind's address
+# kinds only on a shared line; an M-Bus meter's primary address is its unit (+ i)
+LINE_ONLY_KINDS = frozenset({"dlt645_meter", "cjt188_heat_meter", "mbus_heat_meter"})
+ADDRESS_DIGITS = {"dlt645_meter": 12, "cjt188_heat_meter": 14}  # a DL/T 645 or CJ/T 188 address
 DEFAULT_TOPICS = {"mqtt_tasmota": "tele/{name}/SENSOR", "mqtt_plain": "puhui/{site}/{name}/reading"}
 
 
@@ -126,7 +129,7 @@ class DeviceConfig(Closed):
     rtu_bus: str | None = None  # serve over Modbus RTU on a pseudo-terminal bus of this name
     line: str | None = None  # hang on this shared line of the site (DL/T 645, CJ/T 188; Modbus: RTU)
     address: str | None = Field(default=None, pattern=r"^[0-9]{12}([0-9]{2})?$")  # 12/14 digits; + i
-    energy_unit: Literal["kWh", "MWh", "GJ"] = "kWh"  # cjt188_heat_meter: the unit it counts heat in
+    energy_unit: Literal["kWh", "MWh", "GJ"] = "kWh"  # cjt188/mbus_heat_meter: the unit it counts heat in
     sockets: int = Field(default=2, ge=1, le=2)  # alfen only
     topic: str | None = None  # MQTT kinds: template with {site}, {name}
     interval_s: float = Field(default=10.0, gt=0)  # MQTT publish interval, simulated seconds
@@ -158,13 +161,16 @@ class DeviceConfig(Closed):
             raise ValueError(f"kind {self.kind} hangs on a shared line: give line (one of the site's lines)")
         if self.line is not None and (mqtt or self.port != "auto" or self.rtu_bus is not None):
             raise ValueError("a device on a line has no port, rtu_bus or MQTT topic")
-        if self.address is not None and self.kind not in LINE_ONLY_KINDS:
-            raise ValueError("address is a DL/T 645 or CJ/T 188 meter's; Modbus devices have a unit")
+        if self.address is not None and self.kind not in ADDRESS_DIGITS:
+            raise ValueError(
+                "address is a DL/T 645 or CJ/T 188 meter's; Modbus devices have a unit, M-Bus meters "
+                "a unit as their primary address"
+            )
         digits = ADDRESS_DIGITS.get(self.kind)
         if self.address is not None and digits is not None and len(self.address) != digits:
             raise ValueError(f"address of a {self.kind} has {digits} digits, got {self.address!r}")
-        if self.energy_unit != "kWh" and self.kind != "cjt188_heat_meter":
-            raise ValueError("energy_unit is a cjt188_heat_meter's")
+        if self.energy_unit != "kWh" and self.kind not in ("cjt188_heat_meter", "mbus_heat_meter"):
+            raise ValueError("energy_unit is a cjt188_heat_meter's or an mbus_heat_meter's")
 
 
 def _check_template(name: str) -> None:
@@ -292,7 +298,7 @@ def expand(fleet: FleetConfig) -> list[DeviceSpec]:
                 port = None if dev.port == "auto" else dev.port + i
                 unit = dev.unit + i if dev.rtu_bus is not None or dev.line is not None else dev.unit
                 address = None
-                if dev.kind in LINE_ONLY_KINDS:
+                if dev.kind in ADDRESS_DIGITS:
                     address = f"{int(dev.address or dev.unit) + i:0{ADDRESS_DIGITS[dev.kind]}d}"
                 out.append(DeviceSpec(site, dev, name, base + i, port, i, unit, address))
     return out

@@ -35,6 +35,9 @@ from drivers.cjt188.units import UNITS as CJT188_UNITS
 from drivers.dlt645.config import Dlt645Connection
 from drivers.dlt645.identifiers import DEFAULT_READ, ITEMS, DataItem, item_quantities
 from drivers.line.config import LineConfig
+from drivers.mbus.config import DEFAULT_QUANTITIES as MBUS_DEFAULT_QUANTITIES
+from drivers.mbus.config import QUANTITIES as MBUS_QUANTITIES
+from drivers.mbus.config import MbusMeterSettings
 from drivers.modbus.decode import RegisterType
 from drivers.modbus.profiles import (
     DEFAULT_GROUP,
@@ -236,8 +239,17 @@ class Cjt188Meter(MeterBase, Cjt188MeterSettings):
         return unit
 
 
+class MbusMeter(MeterBase, MbusMeterSettings):
+    """An EN 13757-3 M-Bus heat meter on a shared line: the driver's settings (connection
+    with primary or secondary address, quantities, poll_s, policy) with the common meter
+    fields. Energy arrives in kWh whatever the meter's VIF."""
+
+    driver: Literal["mbus"]
+
+
 Meter = Annotated[
-    ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter, Field(discriminator="driver")
+    ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter | MbusMeter,
+    Field(discriminator="driver"),
 ]
 
 
@@ -297,7 +309,7 @@ def meter_quantities(meter: MeterBase, profiles: Mapping[str, Profile]) -> set[s
         return set(meter.source.fields)
     if isinstance(meter, Dlt645Meter):
         return set(item_quantities(meter.items()))
-    if isinstance(meter, Cjt188Meter):
+    if isinstance(meter, Cjt188Meter | MbusMeter):
         return set(meter.quantities)
     assert isinstance(meter, ModbusMeterBase)
     if meter.profile is None:
@@ -387,6 +399,7 @@ LINE_DRIVERS = {
     "modbus_rtu": "unit_id",
     "dlt645": "address",
     "cjt188": "address",
+    "mbus": "address",  # the primary address (meters by secondary address: not checked here)
 }  # driver -> its address on a line
 
 
@@ -459,6 +472,12 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
         quantities = m.get("quantities", CJT188_DEFAULT_QUANTITIES)
         known = (
             [q for q in quantities if q in CJT188_QUANTITIES] if isinstance(quantities, list | tuple) else []
+        )
+        return {q: "" for q in known} or None  # none known: the quantities error says it
+    if m.get("driver") == "mbus":
+        quantities = m.get("quantities", MBUS_DEFAULT_QUANTITIES)
+        known = (
+            [q for q in quantities if q in MBUS_QUANTITIES] if isinstance(quantities, list | tuple) else []
         )
         return {q: "" for q in known} or None  # none known: the quantities error says it
     if m.get("driver") == "mqtt":
@@ -678,6 +697,29 @@ def _cjt188_modulus(meter: Cjt188Meter, quantity: str) -> float | None:
     if quantity in ("heat_energy", "cooling_energy"):
         return CJT188_COUNTER_DIGITS * CJT188_ENERGY_UNITS[meter.energy_unit]
     return float(CJT188_COUNTER_DIGITS) if quantity == "operating_hours" else None
+
+
+def mbus_series_specs(meter: MbusMeter) -> list[SeriesSpec]:
+    """The interval builder's series for an M-Bus meter's counted quantities. Energy arrives
+    in kWh; where a counter rolls over depends on the record's size and VIF, known only
+    from the telegram, so no modulus: a rollover shows as a counter reset, never as energy."""
+    stats = MBUS_QUANTITIES.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        spec = MBUS_QUANTITIES[q]
+        if spec.kind == "info":
+            continue
+        if spec.kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, spec.unit, "gauge", meter.poll_s))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, spec.unit, "counter", meter.poll_s,
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, spec.unit),
+            stats_quantity=meter.stats_quantity if stats is not None and stats.kind == "gauge" else None,
+            stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
 
 
 def _modulus(meter: MeterBase, f: RegisterField) -> float | None:

@@ -1,4 +1,4 @@
-"""``puhui gateway dlt645|cjt188 scan|probe``: commissioning the meters of a shared line.
+"""``puhui gateway dlt645|cjt188|mbus scan|probe``: commissioning the meters of a shared line.
 
 ::
 
@@ -7,8 +7,11 @@
     puhui gateway dlt645 probe ... --address 000012345678 [--di 00010000]
     puhui gateway cjt188 scan  ... [--addresses 20250000000001,20250000000002]
     puhui gateway cjt188 probe ... --address 20250000000001 [--di 901F]
+    puhui gateway mbus scan    ... [--addresses 1-20,48]          (default: every primary address)
+    puhui gateway mbus probe   ... --address 5 | --secondary 87654321
 
-The logic lives in :mod:`gateway.dlt645_commission` and :mod:`gateway.cjt188_commission`;
+The logic lives in :mod:`gateway.dlt645_commission`, :mod:`gateway.cjt188_commission` and
+:mod:`drivers.mbus.scan`;
 exit status as every gateway command: 0 done, 1 the line or a meter failed, 2 usage.
 """
 
@@ -26,6 +29,13 @@ from drivers.dlt645.errors import Dlt645Error
 from drivers.errors import DriverError
 from drivers.line.config import SerialLineConfig, TcpServerLineConfig, describe_line
 from drivers.line.contract import LineError, LineTimeout
+from drivers.line.owner import LineOwner
+from drivers.mbus.client import Target, read_heat
+from drivers.mbus.frame import MAX_PRIMARY, SecondaryAddress
+from drivers.mbus.heat import MEDIA, HeatData
+from drivers.mbus.records import Header
+from drivers.mbus.scan import ScanResult
+from drivers.mbus.scan import scan as mbus_scan
 from gateway.cjt188_commission import MeterSettings, describe_heat, find_meters, probe_identifier
 from gateway.cli_args import UsageError, add_line_arguments, bounded, fail, line_settings, seconds
 from gateway.dlt645_commission import SCAN_DI, describe_value, find_address, scan_addresses
@@ -33,7 +43,7 @@ from gateway.dlt645_commission import probe_identifier as dlt645_probe
 
 
 def add_line_commands(sub: Any) -> None:
-    """The ``dlt645`` and ``cjt188`` subcommands of ``puhui gateway``."""
+    """The ``dlt645``, ``cjt188`` and ``mbus`` subcommands of ``puhui gateway``."""
     p = sub.add_parser("dlt645", help="DL/T 645 meters on a line: find the address, read an identifier")
     p.add_argument(
         "dlt645_action", choices=["scan", "probe"], metavar="scan|probe",
@@ -62,6 +72,18 @@ def add_line_commands(sub: Any) -> None:
     p.add_argument("--preamble", type=bounded("preamble", 0, 4), default=2, help="FE bytes (default 2)")
     p.add_argument("--timeout", type=seconds(10), default=2.0, metavar="S", help="default 2 s")
     p.set_defaults(func=_cjt188)
+
+    p = sub.add_parser("mbus", help="M-Bus (EN 13757-3) heat meters on a line: find them, read one")
+    p.add_argument(
+        "mbus_action", choices=["scan", "probe"], metavar="scan|probe",
+        help="scan: read each primary address of --addresses (default 0-250); probe: read one meter",
+    )  # fmt: skip
+    add_line_arguments(p, baud=2400, parity="E")
+    p.add_argument("--addresses", type=_primary_addresses, help="scan: e.g. 1-20,48 (default 0-250)")
+    p.add_argument("--address", type=bounded("primary address", 0, MAX_PRIMARY), help="probe: primary")
+    p.add_argument("--secondary", type=_secondary, help="probe: secondary address, e.g. 87654321")
+    p.add_argument("--timeout", type=seconds(10), default=0.5, metavar="S", help="default 0.5 s")
+    p.set_defaults(func=_mbus)
 
 
 def _dlt645_identifier(text: str) -> int:
@@ -100,6 +122,26 @@ def _address_list(text: str) -> list[Address]:
     if not addresses:
         raise argparse.ArgumentTypeError("an empty address list")
     return list(dict.fromkeys(addresses))
+
+
+def _primary_addresses(text: str) -> list[int]:
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        match = re.fullmatch(r"([0-9]{1,3})(?:-([0-9]{1,3}))?", part)
+        low, high = (int(match[1]), int(match[2] or match[1])) if match else (1, 0)
+        if not match or not 0 <= low <= high <= MAX_PRIMARY:
+            raise argparse.ArgumentTypeError(f"{part!r}: primary addresses 0-{MAX_PRIMARY}, e.g. 1-20,48")
+        out += range(low, high + 1)
+    if not out:
+        raise argparse.ArgumentTypeError("an empty address list")
+    return list(dict.fromkeys(out))
+
+
+def _secondary(text: str) -> SecondaryAddress:
+    try:
+        return SecondaryAddress(text.strip().upper())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 COLLIDED = (
@@ -227,3 +269,67 @@ def _cjt188_probe(
     for name, value in describe_heat(result.heat) if result.heat is not None else ():
         print(f"  {name:20} {value}")
     return 0
+
+
+# -- M-Bus ----------------------------------------------------------------------------------------
+
+
+def _mbus(args: argparse.Namespace) -> int:
+    try:
+        settings = line_settings(args)
+        if args.mbus_action == "probe" and (args.address is None) == (args.secondary is None):
+            raise UsageError("probe needs --address (primary, 0-250) or --secondary (scan finds primaries)")
+        if args.mbus_action == "scan" and (args.address is not None or args.secondary is not None):
+            raise UsageError("scan takes --addresses, probe takes --address or --secondary")
+    except (UsageError, ValueError) as exc:
+        return fail(f"mbus {args.mbus_action}: {exc}")
+    try:
+        if args.mbus_action == "scan":
+            addresses = args.addresses or list(range(MAX_PRIMARY + 1))
+            print(f"mbus scan {describe_line(settings)} {settings.baudrate} 8{settings.parity}1: "
+                  f"SND_NKE and REQ_UD2 to {len(addresses)} primary address(es)")  # fmt: skip
+            return _mbus_scan_report(asyncio.run(_mbus_scan(settings, addresses)))
+        target = Target(args.address, args.secondary)
+        data = asyncio.run(_mbus_probe(settings, target))
+    except DriverError as exc:
+        return _error(f"mbus {args.mbus_action}", exc)
+    _mbus_probe_report(target, data)
+    return 0
+
+
+async def _mbus_scan(settings: SerialLineConfig | TcpServerLineConfig, addresses: list[int]) -> ScanResult:
+    async with LineOwner(settings) as line:
+        return await mbus_scan(line, addresses, timeout_s=settings.timeout_s)
+
+
+async def _mbus_probe(settings: SerialLineConfig | TcpServerLineConfig, target: Target) -> HeatData:
+    async with LineOwner(settings) as line:
+        return await read_heat(line, target, timeout_s=settings.timeout_s)
+
+
+def _describe_header(h: Header) -> str:
+    medium = MEDIA.get(h.medium, f"medium {h.medium:02X}")
+    where = f"secondary {h.secondary_address}"
+    return f"{h.manufacturer_code} {h.id_digits} version {h.version:02X}, {medium} ({where})"
+
+
+def _mbus_scan_report(result: ScanResult) -> int:
+    for address, header in result.found:
+        print(f"  address {address}: {_describe_header(header)}")
+    for problem in result.problems:
+        print(f"  {problem}")
+    print(f"{len(result.found)} meter(s) found, {result.silent} address(es) silent")
+    return 0 if result.found else 1
+
+
+def _mbus_probe_report(target: Target, data: HeatData) -> None:
+    print(f"mbus probe {target.name}: {_describe_header(data.header)}")
+    print(f"  {data.status.describe()}, access number {data.header.access}")
+    for quantity, value in data.values.items():
+        print(f"  {quantity:20} {value}")
+    print(f"  {'meter_time':20} {data.meter_time if data.meter_time is not None else '(no record)'}")
+    print(f"  {'fabrication_number':20} {data.fabrication_number or '(no record)'}")
+    for ignored in data.ignored:
+        print(f"  skipped: {ignored}")
+    if data.more_records_follow:
+        print("  the meter has more records in a next telegram (not read)")

@@ -34,6 +34,7 @@ from drivers.cjt188.source import Cjt188Source
 from drivers.contract import PollSource, Sample
 from drivers.dlt645.source import Dlt645Source
 from drivers.line.owner import LineOwner
+from drivers.mbus.source import MbusSource
 from drivers.modbus.profiles import Profile, RegisterField, load_profiles
 from drivers.modbus.source import ModbusSource, ReadPolicy, RegisterReader
 from drivers.modbus.sunspec_source import SunSpecSource, template_fields
@@ -46,6 +47,7 @@ from gateway.clock_guard import ClockGuard
 from gateway.config import (
     Cjt188Meter,
     Dlt645Meter,
+    MbusMeter,
     ModbusMeterBase,
     ModbusRtuMeter,
     ModbusTcpMeter,
@@ -53,6 +55,7 @@ from gateway.config import (
     SiteConfig,
     cjt188_series_specs,
     dlt645_series_specs,
+    mbus_series_specs,
     mqtt_series_specs,
     series_specs,
 )
@@ -141,6 +144,7 @@ class Plan:
     mqtt: tuple[MqttMeter, ...]
     dlt645: tuple[Dlt645Meter, ...] = ()
     cjt188: tuple[Cjt188Meter, ...] = ()
+    mbus: tuple[MbusMeter, ...] = ()
 
 
 def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
@@ -150,6 +154,7 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
     mqtt: list[MqttMeter] = []
     dlt645: list[Dlt645Meter] = []
     cjt188: list[Cjt188Meter] = []
+    mbus: list[MbusMeter] = []
     for meter in site.meters:
         if not meter.enabled:
             continue
@@ -165,10 +170,14 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
             cjt188.append(meter)
             series.extend(cjt188_series_specs(meter))
             continue
+        if isinstance(meter, MbusMeter):
+            mbus.append(meter)
+            series.extend(mbus_series_specs(meter))
+            continue
         assert isinstance(meter, ModbusMeterBase)
         modbus.append(meter)
         series.extend(series_specs(meter, static_fields(meter, profiles)))
-    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645), tuple(cjt188))
+    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645), tuple(cjt188), tuple(mbus))
 
 
 def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
@@ -265,7 +274,8 @@ def _transport(
 def used_lines(plan: Plan) -> set[str]:
     """The ids of the lines the plan's meters hang on (only those are opened)."""
     rtu = {m.connection.line for m in plan.modbus if isinstance(m, ModbusRtuMeter) and m.connection.line}
-    return rtu | {m.connection.line for m in plan.dlt645} | {m.connection.line for m in plan.cjt188}
+    dlt645, cjt188 = {m.connection.line for m in plan.dlt645}, {m.connection.line for m in plan.cjt188}
+    return rtu | dlt645 | cjt188 | {m.connection.line for m in plan.mbus}
 
 
 def dlt645_source(meter: Dlt645Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Dlt645Source:
@@ -281,6 +291,14 @@ CJT188_POLL_GROUP = "all"  # one request reads the whole block: one poll group
 def cjt188_source(meter: Cjt188Meter, lines: Mapping[str, LineOwner], clock: Clock) -> Cjt188Source:
     """The poll source of a CJ/T 188 heat meter on its line's owner."""
     return Cjt188Source.from_settings(meter.id, meter, lines[meter.connection.line], clock)
+
+
+MBUS_POLL_GROUP = "all"  # one telegram carries every quantity: one poll group
+
+
+def mbus_source(meter: MbusMeter, lines: Mapping[str, LineOwner], clock: Clock) -> MbusSource:
+    """The poll source of an M-Bus heat meter on its line's owner."""
+    return MbusSource.from_settings(meter.id, meter, lines[meter.connection.line], clock)
 
 
 def next_close(now: float, interval_s: int, grace_s: float) -> float:
@@ -357,6 +375,10 @@ class Gateway:
                 Schedule(cjt188_source(m, self.lines, self.clock), {CJT188_POLL_GROUP: m.poll_s})
                 for m in self.plan.cjt188
             ]
+            self._schedules += [
+                Schedule(mbus_source(m, self.lines, self.clock), {MBUS_POLL_GROUP: m.poll_s})
+                for m in self.plan.mbus
+            ]
             if self._schedules:
                 self.poller = await stack.enter_async_context(Poller(self._schedules, self._take, self.clock))
             for connection, meters in _by_connection(self.plan.mqtt).items():
@@ -374,8 +396,9 @@ class Gateway:
             self._stack = stack.pop_all()
         log.info(
             "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d CJ/T 188 meter(s), "
-            "%d MQTT meter(s), %d series, %d-min intervals", self.site.gateway.id, len(self.plan.modbus),
-            len(self.plan.dlt645), len(self.plan.cjt188), len(self.plan.mqtt), len(self.plan.series),
+            "%d M-Bus meter(s), %d MQTT meter(s), %d series, %d-min intervals", self.site.gateway.id,
+            len(self.plan.modbus), len(self.plan.dlt645), len(self.plan.cjt188), len(self.plan.mbus),
+            len(self.plan.mqtt), len(self.plan.series),
             self.site.interval_minutes,
         )  # fmt: skip
         return self

@@ -66,12 +66,15 @@ MQTT_CASES = Path(drivers.mqtt.driver.__file__).resolve().parent / "testcases"
 DLT645_CASES = REPO / "drivers" / "dlt645" / "testcases"
 # CJ/T 188 cases (frames) run in tests/drivers/test_cjt188_golden.py
 CJT188_CASES = REPO / "drivers" / "cjt188" / "testcases"
+# M-Bus cases (frames) run in tests/drivers/test_mbus_golden.py
+MBUS_CASES = REPO / "drivers" / "mbus" / "testcases"
 CASES = {
     "modbus_tcp": MODBUS_TCP_CASES,
     "modbus_rtu": MODBUS_RTU_CASES,
     "mqtt": MQTT_CASES,
     "dlt645": DLT645_CASES,
     "cjt188": CJT188_CASES,
+    "mbus": MBUS_CASES,
 }
 PROFILES = load_profiles()
 POLL_CLOCK = 1_736_899_200.0  # 2025-01-15T00:00:00Z: the Modbus poll's clock time
