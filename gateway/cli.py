@@ -72,7 +72,15 @@ from gateway.commission import (
     exception_meaning,
     scan_units,
 )
-from gateway.config import Cjt188Meter, Dlt645Meter, FastClockConfig, MqttMeter, SiteConfig, load_site
+from gateway.config import (
+    Cjt188Meter,
+    Dlt645Meter,
+    FastClockConfig,
+    MbusMeter,
+    MqttMeter,
+    SiteConfig,
+    load_site,
+)
 from gateway.errors import ConfigError, EvidenceStoreError, GatewayError, IntervalError
 from gateway.evidence_config import DEFAULT_KEY_FILE, DEFAULT_STATE_DIR
 from gateway.line_cli import add_line_commands
@@ -227,6 +235,9 @@ def _source_name(meter: object) -> str:
     """What a meter without a profile reads: inline registers, an MQTT topic, a line address."""
     if isinstance(meter, Dlt645Meter | Cjt188Meter):
         return f"address {meter.connection.address}"
+    if isinstance(meter, MbusMeter):
+        c = meter.connection
+        return f"mbus address {c.address}" if c.address is not None else f"mbus {c.secondary_address}"
     return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
 
 

@@ -38,11 +38,12 @@ from typing import Literal
 
 from common.clock import Clock
 from drivers.cjt188.config import QUANTITIES as CJT188_QUANTITIES
-from drivers.contract import Invalid, Sample
+from drivers.contract import Invalid, PollSource, Sample
 from drivers.dlt645.identifiers import item_quantities
 from drivers.errors import SunSpecModelError, SunSpecNotFound
 from drivers.line.config import describe_line
 from drivers.line.owner import LineOwner
+from drivers.mbus.config import QUANTITIES as MBUS_QUANTITIES
 from drivers.modbus.errors import (
     DeviceExceptionReply,
     DeviceTimeout,
@@ -61,17 +62,18 @@ from drivers.mqtt.driver import MqttCredentialsError, MqttHealth, MqttSubscriber
 from gateway.config import (
     Cjt188Meter,
     Dlt645Meter,
+    MbusMeter,
     ModbusMeterBase,
     ModbusRtuMeter,
     ModbusTcpMeter,
     MqttMeter,
     SiteConfig,
 )
-from gateway.runtime import cjt188_source, dlt645_source, modbus_source, static_fields
+from gateway.runtime import cjt188_source, dlt645_source, mbus_source, modbus_source, static_fields
 
 Table = Literal["holding", "input"]
-LineMeter = Dlt645Meter | Cjt188Meter
-LiveMeter = ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter
+LineMeter = Dlt645Meter | Cjt188Meter | MbusMeter
+LiveMeter = ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter | MbusMeter
 FUNCTION: dict[str, Literal[3, 4]] = {"holding": 3, "input": 4}
 
 # What a Modbus exception code means to an installer (Modbus Application Protocol v1.1b3, 7).
@@ -389,6 +391,8 @@ def quantity_specs(meter: LiveMeter, profiles: Mapping[str, Profile]) -> dict[st
         return {
             q: QuantitySpec(CJT188_QUANTITIES[q].unit, CJT188_QUANTITIES[q].kind) for q in meter.quantities
         }
+    if isinstance(meter, MbusMeter):
+        return {q: QuantitySpec(MBUS_QUANTITIES[q].unit, MBUS_QUANTITIES[q].kind) for q in meter.quantities}
     fields = static_fields(meter, profiles)
     return {f.quantity: QuantitySpec(f.unit, f.kind, f.per_session) for f in fields if f.quantity}
 
@@ -461,7 +465,7 @@ def judge(
         if q in latest
     )
     missing = tuple(q for q in meter.counts if q not in latest) if error is None else ()
-    hint = NO_VALUE_HINT["line" if isinstance(meter, Dlt645Meter | Cjt188Meter) else "modbus"]
+    hint = NO_VALUE_HINT["line" if isinstance(meter, Dlt645Meter | Cjt188Meter | MbusMeter) else "modbus"]
     warnings = nameplate_warnings(meter.nameplate.rated_power_kw, readings, no_value=hint)
     return MeterCheck(
         meter.id, meter.driver, where, error is None, error, readings, missing, tuple(warnings), latency_s
@@ -483,12 +487,12 @@ def modbus_where(meter: ModbusMeterBase, site: SiteConfig) -> str:
 async def check_live(
     site: SiteConfig, profiles: Mapping[str, Profile], clock: Clock, *, mqtt_wait_s: float = 30.0
 ) -> list[MeterCheck]:
-    """Poll every enabled Modbus, DL/T 645 and CJ/T 188 meter once and wait up to
+    """Poll every enabled Modbus, DL/T 645, CJ/T 188 and M-Bus meter once and wait up to
     ``mqtt_wait_s`` for one message per MQTT meter, concurrently, with the gateway's own
     sources; one check per meter, site order."""
     modbus = [m for m in site.meters if m.enabled and isinstance(m, ModbusTcpMeter | ModbusRtuMeter)]
     mqtt = [m for m in site.meters if m.enabled and isinstance(m, MqttMeter)]
-    on_line = [m for m in site.meters if m.enabled and isinstance(m, Dlt645Meter | Cjt188Meter)]
+    on_line = [m for m in site.meters if m.enabled and isinstance(m, Dlt645Meter | Cjt188Meter | MbusMeter)]
     results: dict[str, MeterCheck] = {}
     async with contextlib.AsyncExitStack() as stack:
         used = {m.connection.bus for m in modbus if isinstance(m, ModbusRtuMeter)}
@@ -544,19 +548,25 @@ async def _poll_once(
 def line_where(meter: LineMeter, site: SiteConfig) -> str:
     """``dlt645 on line east (tcp 10.0.0.9:8899) address 000012345678``."""
     lines = {line.id: describe_line(line) for line in site.lines}
-    protocol = "dlt645" if isinstance(meter, Dlt645Meter) else "cjt188"
     line = lines.get(meter.connection.line, meter.connection.line)
+    if isinstance(meter, MbusMeter):
+        c = meter.connection
+        where = f"address {c.address}" if c.address is not None else f"secondary {c.secondary_address}"
+        return f"mbus on {line} {where}"
+    protocol = "dlt645" if isinstance(meter, Dlt645Meter) else "cjt188"
     return f"{protocol} on {line} address {meter.connection.address}"
 
 
 async def _poll_line_meter(
     meter: LineMeter, site: SiteConfig, clock: Clock, lines: Mapping[str, LineOwner]
 ) -> MeterCheck:
-    source = (
-        dlt645_source(meter, lines, clock)
-        if isinstance(meter, Dlt645Meter)
-        else cjt188_source(meter, lines, clock)
-    )
+    source: PollSource
+    if isinstance(meter, Dlt645Meter):
+        source = dlt645_source(meter, lines, clock)
+    elif isinstance(meter, MbusMeter):
+        source = mbus_source(meter, lines, clock)
+    else:
+        source = cjt188_source(meter, lines, clock)
     async with source:
         result = await source.poll()
     return judge(

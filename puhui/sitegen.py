@@ -40,8 +40,9 @@ COUNTS = {
     "abb": ["session_energy"],
     "dlt645_meter": ["energy_import"],
     "cjt188_heat_meter": ["heat_energy"],
+    "mbus_heat_meter": ["heat_energy"],
 }
-HEAT_KINDS = frozenset({"heat_meter", "cjt188_heat_meter"})
+HEAT_KINDS = frozenset({"heat_meter", "cjt188_heat_meter", "mbus_heat_meter"})
 DLT645_READ = ["energy_import", "power"]  # the counter that counts, and the gauge for its stats
 LINE_BAUDRATE = 9600  # the gateway's view of a simulated line that does not pace (fleet: no baudrate)
 
@@ -56,7 +57,8 @@ def _rated_kw(spec: DeviceSpec) -> float:
 
 
 def _meter_class(kind: str) -> str:
-    return {"heat_meter": "heat_2", "cjt188_heat_meter": "heat_2", "alfen": "B", "abb": "B"}.get(kind, "1")
+    heat = dict.fromkeys(HEAT_KINDS, "heat_2")
+    return {**heat, "alfen": "B", "abb": "B"}.get(kind, "1")
 
 
 def site_for(
@@ -160,8 +162,8 @@ def _line_entry(
 def _line_meter(
     dev: Device, spec: DeviceSpec, line_entry: dict[str, Any], poll: dict[str, float]
 ) -> dict[str, Any]:
-    """A meter on a shared line: DL/T 645, CJ/T 188 (each request timed like the line's), or
-    Modbus RTU by its unit id."""
+    """A meter on a shared line: DL/T 645, CJ/T 188 and M-Bus (each request timed like the
+    line's), or Modbus RTU by its unit id."""
     ep, line = dev.endpoint, line_entry["id"]
     if spec.kind == "dlt645_meter":
         return {
@@ -173,6 +175,11 @@ def _line_meter(
             "driver": "cjt188", "connection": {"line": line, "address": ep.address},
             "energy_unit": spec.config.energy_unit, "counts": COUNTS[spec.kind], "poll_s": poll["fast"],
             "policy": {"timeout_s": line_entry["timeout_s"]},
+        }  # fmt: skip
+    if spec.kind == "mbus_heat_meter":  # its primary address is the device's unit
+        return {
+            "driver": "mbus", "connection": {"line": line, "address": ep.unit}, "counts": COUNTS[spec.kind],
+            "poll_s": poll["fast"], "policy": {"timeout_s": line_entry["timeout_s"]},
         }  # fmt: skip
     return {
         "driver": "modbus_rtu", "connection": {"line": line}, "unit_id": ep.unit or 1,

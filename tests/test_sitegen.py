@@ -69,3 +69,19 @@ async def test_meters_on_a_shared_line_map_to_its_serial_server_and_their_driver
     assert all(m.counts == ("heat_energy",) and m.poll_s == 450 and m.policy.timeout_s == 0.1 for m in cjt)
     assert {m.energy_unit for m in cjt} == {"kWh"}
     assert all(m.nameplate.meter_class == "heat_2" for m in cjt)
+
+
+@pytest.mark.integration
+async def test_mbus_heat_meters_on_a_line_map_to_the_mbus_driver_by_primary_address() -> None:
+    from gateway.config import MbusMeter
+    from tests.gateway.test_mbus_line import MBUS_METERS
+    from tests.gateway.test_mbus_line import _fleet as mbus_fleet
+
+    async with Fleet(mbus_fleet(factor=1.0)) as fleet:
+        site = next(iter({d.site for d in fleet.devices.values()}))
+        data = site_for(fleet, site, "gw-test-1", poll_s=300, timeout_s=0.5, line_timeout_s=0.1)
+        units = {name: dev.endpoint.unit for name, dev in fleet.devices.items() if name in MBUS_METERS}
+    parsed = parse_site(data, "mbus.yaml", load_profiles())
+    mbus = [m for m in parsed.meters if isinstance(m, MbusMeter)]
+    assert {m.id: m.connection.address for m in mbus} == units and len(units) == len(MBUS_METERS)
+    assert all(m.counts == ("heat_energy",) and m.nameplate.meter_class == "heat_2" for m in mbus)

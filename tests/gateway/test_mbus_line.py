@@ -201,3 +201,22 @@ def test_the_profiles_page_mbus_excerpt_validates() -> None:
     site = parse_site({"gateway": {"id": "gw", "site": "s"}, **excerpt}, "profiles.md", load_profiles())
     (meter,) = site.meters
     assert isinstance(meter, MbusMeter) and meter.connection.target.primary == 5
+
+
+@pytest.mark.integration
+async def test_check_live_judges_mbus_meters_beside_the_others_on_the_line() -> None:
+    from drivers.modbus.profiles import load_profiles as profiles
+    from gateway.commission import check_live
+
+    cfg = _fleet(factor=1.0)
+    clock = FastClock(cfg.clock.epoch_s, cfg.clock.factor)
+    async with Fleet(cfg, clock=clock) as fleet:
+        site = _site(fleet)
+        checks = await check_live(site, profiles(), clock, mqtt_wait_s=1.0)
+    by_meter = {c.meter: c for c in checks}
+    assert set(by_meter) == {m.id for m in site.meters}
+    for name in MBUS_METERS:
+        c = by_meter[name]
+        assert c.reachable and not c.missing and c.error is None, c
+        assert c.where.startswith("mbus on ") and "address" in c.where
+        assert {r.quantity for r in c.readings} >= {"heat_energy", "flow_temperature"}, c.readings
