@@ -46,6 +46,7 @@ DRIVER_FOLDERS = {  # protocol folder -> the other driver folders it may use
     "drivers.line": frozenset(),  # the shared line: below every line protocol
     "drivers.dlt645": frozenset({"drivers.line"}),
     "drivers.cjt188": frozenset({"drivers.line"}),
+    "drivers.ocpp": frozenset(),  # OCPP tap and local controller, OCMF
 }
 # The gateway's generic machinery: it works for any driver, so it sees the contract only.
 GENERIC_GATEWAY = (
