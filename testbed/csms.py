@@ -60,7 +60,7 @@ class _Wire:
     async def recv(self) -> str:
         raw = await self._ws.recv(decode=False)
         self._frames.received.append(raw)
-        return raw.decode("utf-8")
+        return raw.decode("utf-8", errors="replace")  # a binary frame is garbage to OCPP, not a crash
 
     async def send(self, frame: str) -> None:
         frame = self._style(frame)
