@@ -454,7 +454,8 @@ class MeteringReader:
         return [
             Sample(self.meter(connector), ENERGY, r.wh, r.time, source if r.usable else self.version)
             for r in value.readings
-            if r.is_import_register and r.wh is not None
+            if r.wh is not None
+            and (r.is_import_register or r.obis is None)  # no RI: the sampled value's register
         ]
 
     def _verify(self, record: ocmf.OcmfRecord, connector: int) -> tuple[SignatureStatus, str]:

@@ -201,6 +201,23 @@ def test_a_signed_value_that_does_not_verify_is_read_but_not_meter_signed(pinned
     assert r.counts.signed_failed == 1 and r.counts.signed_verified == 0
 
 
+def test_a_record_without_obis_is_the_sampled_registers_and_other_registers_are_not_read() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    r, sink = reader(key=key)
+    rd = [
+        {"TM": ocmf.format_time(T0), "TX": "C", "RV": Decimal("6100.000"), "RU": "kWh", "ST": "G"},
+        {"RV": Decimal("12.5"), "RI": "01-00:B2.08.00*FF"},
+        {"RV": Decimal("5.5"), "RI": "1-0:1.8.0", "ST": "E"},
+    ]
+    record = ocmf.build({"PG": "F3", "MS": "M1", "RD": rd}, key)
+    data = [{"timestamp": TS, "sampledValue": [{"value": record, "format": "SignedData"}]}]
+    r.from_charger(frame(2, "m", "MeterValues", {"connectorId": 1, "meterValue": data}))
+    assert [(s.value, s.source) for s in sink.sample_list] == [
+        (6_100_000.0, "ocpp1.6+ocmf"),
+        (5500.0, "ocpp1.6"),
+    ]
+
+
 def test_a_tampered_record_fails_and_its_reading_is_not_meter_signed() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     r, sink = reader(key=key)
