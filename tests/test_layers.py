@@ -47,6 +47,7 @@ DRIVER_FOLDERS = {  # protocol folder -> the other driver folders it may use
     "drivers.dlt645": frozenset({"drivers.line"}),
     "drivers.cjt188": frozenset({"drivers.line"}),
     "drivers.mbus": frozenset({"drivers.line"}),
+    "drivers.ocpp": frozenset(),  # OCPP tap and local controller, OCMF
 }
 # The gateway's generic machinery: it works for any driver, so it sees the contract only.
 GENERIC_GATEWAY = (
