@@ -65,7 +65,8 @@ class RegisterField(FieldFormat):
         if not isinstance(data, dict):
             return data
         out = dict(data)
-        if out.get("function") in BIT_FUNCTIONS:
+        function = out.get("function")
+        if isinstance(function, int | str) and function in BIT_FUNCTIONS:  # others: the field check names them
             out.setdefault("type", RegisterType.BIT.value)
         if out.get("type") == RegisterType.BIT.value or out.get("bit") is not None:
             out.setdefault("kind", "status")
