@@ -28,6 +28,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import secrets
+import socket
 import threading
 import zlib
 from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
@@ -64,6 +67,9 @@ _KEEP_IDLE = 4  # idle connections kept for the next call
 # Advisory lock keys: (puhui's class, what). The class keeps them apart from other users' locks.
 _LOCKS = 0x70756875  # "puhu"
 _MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK = 1, 2, 3, 4
+
+_DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"  # one clock for every host
+_INFLUX_LEASE_S = 60.0  # an InfluxDB outbox claim lapses after this (see pending_influx)
 
 _T = TypeVar("_T")
 _BATCH_COLUMNS = ("id", "gateway", "seq", "header_sha256", "prev", "key_id", "root", "created_ms",
@@ -178,6 +184,8 @@ class PostgresEvidenceStore:
         )
         self.rejection_rows_per_source = rejection_rows_per_source  # then only counted
         self._conninfo = {"application_name": "puhui-aggregator", **conninfo}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this object's claims
+        self.influx_lease_ms = round(_INFLUX_LEASE_S * 1000)
         self._pool = _Pool(self._connect)
         try:
             self._check_durable()
@@ -491,7 +499,7 @@ class PostgresEvidenceStore:
         self._transaction(
             "updating the InfluxDB outbox",
             lambda conn: conn.execute(
-                "UPDATE batches SET influx_state = %s, influx_error = %s WHERE id = ANY(%s)",
+                "UPDATE batches SET influx_state = %s, influx_error = %s, influx_lease_ms = NULL WHERE id = ANY(%s)",
                 (state, error, list(ids)),
             ),
         )
@@ -694,13 +702,24 @@ class PostgresEvidenceStore:
     def pending_influx(
         self, limit: int, known: Container[int] = (), exclude: Collection[int] = ()
     ) -> list[PendingBatch]:
-        """The oldest ``limit`` batches not yet written to InfluxDB, except ids in ``exclude``;
-        those in ``known`` come without their bytes and issues (the writer has their lines)."""
-        rows = self._read(
-            "SELECT id, gateway, seq, verdict FROM batches WHERE influx_state = 0 AND id <> ALL(%s)"
-            " ORDER BY id LIMIT %s",
-            (list(exclude), limit),
-        )
+        """The oldest ``limit`` batches not yet written to InfluxDB, except ids in ``exclude``,
+        now *claimed* by this store object's writer for ``influx_lease_s`` (the database's clock):
+        another aggregator's writer skips them (``FOR UPDATE SKIP LOCKED`` while claiming, the
+        lease after), so no batch is written by two writers at once; claims of a writer that
+        died lapse and are taken over. Claimed batches are this writer's to take again. Those
+        in ``known`` come without their bytes and issues (the writer has their lines)."""
+        rows = self._transaction(
+            "claiming InfluxDB outbox batches",
+            lambda conn: conn.execute(
+                "WITH c AS (SELECT id FROM batches WHERE influx_state = 0 AND id <> ALL(%(exclude)s)"
+                f" AND (influx_lease_ms IS NULL OR influx_owner = %(me)s OR influx_lease_ms < {_DB_NOW_MS})"
+                " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                f" UPDATE batches b SET influx_owner = %(me)s, influx_lease_ms = {_DB_NOW_MS} + %(lease)s"
+                " FROM c WHERE b.id = c.id RETURNING b.id, b.gateway, b.seq, b.verdict",
+                {"exclude": list(exclude), "me": self.owner, "limit": limit, "lease": self.influx_lease_ms},
+            ).fetchall(),
+        )  # fmt: skip
+        rows.sort(key=lambda r: int(r[0]))
         wanted = [int(r[0]) for r in rows if int(r[0]) not in known]
         data: dict[int, bytes] = {}
         issues: dict[int, dict[int, tuple[str, ...]]] = {i: {} for i in wanted}
