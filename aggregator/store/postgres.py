@@ -499,7 +499,8 @@ class PostgresEvidenceStore:
         self._transaction(
             "updating the InfluxDB outbox",
             lambda conn: conn.execute(
-                "UPDATE batches SET influx_state = %s, influx_error = %s, influx_lease_ms = NULL WHERE id = ANY(%s)",
+                "UPDATE batches SET influx_state = %s, influx_error = %s, influx_lease_ms = NULL"
+                " WHERE id = ANY(%s)",
                 (state, error, list(ids)),
             ),
         )
