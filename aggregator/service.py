@@ -37,6 +37,7 @@ from aggregator.programme.schedule import StatementScheduler, open_scheduler
 from aggregator.push.pusher import Pusher
 from aggregator.registry import GatewayRegistry
 from aggregator.store import open_evidence_store
+from aggregator.store.postgres import PostgresEvidenceStore
 
 if TYPE_CHECKING:
     from aggregator.store import AnyEvidenceStore
@@ -122,6 +123,8 @@ class Aggregator:
             self.config.store, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
         )
         self._stack.callback(self.store.close)
+        if isinstance(self.store, PostgresEvidenceStore):  # its InfluxDB claims, again after a restart
+            self.store.owner = self.config.mqtt.client_id
         register_current(self.store, key, round(self.clock.now() * 1000))  # the key history starts here
         self.registry = GatewayRegistry(self.store)
         influx = self.config.influx

@@ -26,6 +26,7 @@ tried once more on a new connection. A commit whose answer was lost is an error
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -43,11 +44,13 @@ from aggregator.config import PostgresSettings
 from aggregator.errors import StoreConflict, StoreError
 from aggregator.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from aggregator.store.rows import (
+    HELD,
     INFLUX_FAILED,
     INFLUX_WRITTEN,
     AcceptedBatch,
     Gap,
     GatewayEntry,
+    Held,
     IntervalKey,
     KeyEntry,
     PendingBatch,
@@ -69,7 +72,7 @@ _LOCKS = 0x70756875  # "puhu"
 _MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK = 1, 2, 3, 4
 
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"  # one clock for every host
-_INFLUX_LEASE_S = 60.0  # an InfluxDB outbox claim lapses after this (see pending_influx)
+_INFLUX_LEASE_S = 30.0  # an InfluxDB outbox claim lapses after this (see pending_influx)
 
 _T = TypeVar("_T")
 _BATCH_COLUMNS = ("id", "gateway", "seq", "header_sha256", "prev", "key_id", "root", "created_ms",
@@ -184,7 +187,9 @@ class PostgresEvidenceStore:
         )
         self.rejection_rows_per_source = rejection_rows_per_source  # then only counted
         self._conninfo = {"application_name": "puhui-aggregator", **conninfo}
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this object's claims
+        # Whose InfluxDB outbox claims are this object's: the aggregator sets its MQTT client id,
+        # so a restarted aggregator takes its own claims back at once (others wait for the lease).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.influx_lease_ms = round(_INFLUX_LEASE_S * 1000)
         self._pool = _Pool(self._connect)
         try:
@@ -305,19 +310,29 @@ class PostgresEvidenceStore:
         [result] = self.store_group([batch])
         if isinstance(result, StoreConflict):
             raise result
-        assert result is not None
+        assert isinstance(result, int)
         return result
 
     def store_group(
-        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
-    ) -> list[int | StoreConflict | None]:
+        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = (), *,
+        hold: Collection[int] = (),
+    ) -> list[int | StoreConflict | Held | None]:  # fmt: skip
         """Store several batches and rejections in one transaction (group commit), with the
         SQLite store's answers: a batch whose ``(gateway, seq)`` is stored already gets a
         :class:`StoreConflict`, its gateway's later batches in the group ``None``, the others
-        their row ids. Any other error undoes the group (:class:`StoreError`). Durable on return."""
+        their row ids. Any other error undoes the group (:class:`StoreError`). Durable on return.
+
+        ``hold``: positions in ``batches`` stored only in chain order: such a batch whose
+        predecessor (seq - 1) is neither stored nor earlier in the group is not stored and gets
+        :data:`HELD` (several aggregators share a gateway's batches: its predecessor may be
+        committing elsewhere). Checked under the gateway's chain-head lock, so a successor is
+        never stored ahead of a predecessor that is being stored. A held-back ``gap`` batch
+        whose missing seqs were stored meanwhile is stored as ``append`` (no gap recorded)."""
         what = f"{len(batches)} batches" + (f" ({batches[0].gateway}#{batches[0].seq}...)" if batches else "")
         packed = [zlib.compress(b.data, _DATA_LEVEL) for b in batches]  # outside the locks
-        return self._transaction(what, lambda conn: self._store_group(conn, batches, packed, rejections))
+        return self._transaction(
+            what, lambda conn: self._store_group(conn, batches, packed, rejections, frozenset(hold))
+        )
 
     def _store_group(
         self,
@@ -325,27 +340,38 @@ class PostgresEvidenceStore:
         batches: Sequence[AcceptedBatch],
         packed: Sequence[bytes],
         rejections: Sequence[Rejection],
-    ) -> list[int | StoreConflict | None]:
+        hold: frozenset[int] = frozenset(),
+    ) -> list[int | StoreConflict | Held | None]:
         gateways = sorted({b.gateway for b in batches})
         taken: set[tuple[str, int]] = set()
+        present: set[tuple[str, int]] = set()  # predecessors and missing seqs of held batches, stored
         if gateways:
             self._lock_heads(conn, gateways)
+            probe = [(b.gateway, b.seq) for b in batches] + [
+                (b.gateway, s) for i, b in enumerate(batches) if i in hold for s in (b.seq - 1, *b.missing)
+            ]
             rows = conn.execute(
                 "SELECT b.gateway, b.seq FROM batches b JOIN unnest(%s::text[], %s::int8[]) AS u(g, s)"
                 " ON b.gateway = u.g AND b.seq = u.s",
-                ([b.gateway for b in batches], [b.seq for b in batches]),
+                _columns(probe, 2),
             ).fetchall()
-            taken = {(str(g), int(s)) for g, s in rows}
-        results: list[int | StoreConflict | None] = []
+            present = {(str(g), int(s)) for g, s in rows}
+            taken = {(b.gateway, b.seq) for b in batches} & present
+        results: list[int | StoreConflict | Held | None] = []
         conflicted: set[str] = set()
         todo: list[tuple[AcceptedBatch, bytes]] = []
-        for b, data in zip(batches, packed, strict=True):
+        for pos, (b, data) in enumerate(zip(batches, packed, strict=True)):
             if b.gateway in conflicted:
                 results.append(None)
             elif (b.gateway, b.seq) in taken:
                 conflicted.add(b.gateway)
                 results.append(StoreConflict(f"{self.where}: batch {b.gateway}#{b.seq} is already stored"))
+            elif pos in hold and b.seq > 1 and (b.gateway, b.seq - 1) not in present | taken:
+                results.append(HELD)
             else:
+                if pos in hold and b.verdict == "gap":
+                    missing = [s for s in b.missing if (b.gateway, s) not in present | taken]
+                    b = dataclasses.replace(b, missing=missing, verdict="gap" if missing else "append")
                 taken.add((b.gateway, b.seq))  # the same seq twice in one group: the second conflicts
                 results.append(-1)
                 todo.append((b, data))
