@@ -69,7 +69,7 @@ _BATCH_PAGE = 256  # candidate batches fetched per query while iterating
 _KEEP_IDLE = 4  # idle connections kept for the next call
 # Advisory lock keys: (puhui's class, what). The class keeps them apart from other users' locks.
 _LOCKS = 0x70756875  # "puhu"
-_MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK = 1, 2, 3, 4
+_MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK, _LEADER_LOCK = 1, 2, 3, 4, 5
 
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"  # one clock for every host
 _INFLUX_LEASE_S = 30.0  # an InfluxDB outbox claim lapses after this (see pending_influx)
@@ -916,3 +916,60 @@ def _insert_key(conn: psycopg.Connection[Any], k: KeyEntry) -> None:
 
 def _registry_changed(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'registry_version'")
+
+
+class Leadership:
+    """Which of several aggregators over one database runs the statement schedule and the
+    pusher: the holder of a PostgreSQL *session* advisory lock, on a connection of its own.
+    The server releases it when that session ends (the process died, the connection broke),
+    and another aggregator's :meth:`try_take` then gets it. Thread-safe enough for one
+    caller (the aggregator's leader task)."""
+
+    def __init__(self, store: PostgresEvidenceStore) -> None:
+        self._store = store
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    def try_take(self) -> bool:
+        """Take the lock if free (False: another aggregator holds it, or the server is away)."""
+        if self._conn is not None:
+            return True
+        try:
+            conn = self._store._connect()
+        except StoreError as exc:
+            log.warning("leadership: %s", exc)
+            return False
+        try:
+            [(got,)] = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCKS, _LEADER_LOCK)).fetchall()
+        except psycopg.Error as exc:
+            log.warning("leadership: %s: %s", self._store.where, exc)
+            got = False
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def still_held(self) -> bool:
+        """Whether the lock's session is alive (a round trip); False once it is lost."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.execute("SELECT 1").fetchall()
+            return True
+        except psycopg.Error:
+            self.release()
+            return False
+
+    def backend_pid(self) -> int | None:
+        """The server process of the lock's session (for an operator, and the tests)."""
+        return None if self._conn is None else int(self._conn.info.backend_pid)
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # the session ends: the server releases the lock
