@@ -4,9 +4,12 @@ Every aggregator with a ``programme`` or ``push`` section runs :func:`run_as_lea
 tries to take a PostgreSQL session advisory lock (:class:`aggregator.store.postgres.Leadership`)
 every ``poll_s``; the one that holds it runs the scheduler and the pusher, the others wait.
 The server releases the lock when the holder's session ends (SIGKILL, a broken connection),
-so another aggregator takes over within ``poll_s``; a holder that finds its session gone
-stops its scheduler and pusher at once (at most ``poll_s`` late) before trying again. One
-signer at a time: no statement is signed twice by two aggregators racing.
+so another aggregator takes the lock within ``poll_s``; a holder that finds its session gone
+stops its scheduler and pusher (at most ``poll_s`` late). A live holder does not know at once
+that its session ended (a broken connection, an operator's ``pg_terminate_backend``), so a new
+holder waits ``3 * poll_s`` before it starts (still holding the lock): by then the old one has
+stopped. One signer at a time: no statement is signed twice by two aggregators racing. Left: a
+look (``tick``) already under way in a thread when the old holder stops runs to its end.
 """
 
 from __future__ import annotations
@@ -49,16 +52,26 @@ async def run_as_leader(
             if not await run_db(lock.still_held):
                 raise LostLeadership("the leadership lock's database session ended")
 
+    async def settled() -> bool:
+        """Hold the lock ``3 * poll_s`` before starting: a predecessor whose session just ended
+        notices meanwhile and stops. False: this session ended too."""
+        for _ in range(3):
+            await clock.sleep(poll_s)
+            if not await run_db(lock.still_held):
+                return False
+        return True
+
     try:
         while True:
             if await run_db(lock.try_take):
-                log.warning("leadership: this aggregator runs the statement schedule and pusher")
-                on_change(True)
+                log.warning("leadership: taken; schedule and pusher start in %.1f s", 3 * poll_s)
                 try:
-                    async with asyncio.TaskGroup() as group:
-                        for job in jobs:
-                            group.create_task(job())
-                        group.create_task(watch())
+                    if await settled():
+                        on_change(True)
+                        async with asyncio.TaskGroup() as group:
+                            for job in jobs:
+                                group.create_task(job())
+                            group.create_task(watch())
                 except* LostLeadership as lost:
                     log.error("leadership lost (%s): schedule and pusher stopped", lost.exceptions[0])
                 finally:
