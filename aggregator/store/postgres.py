@@ -73,6 +73,7 @@ _MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK, _LEADER_
 
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"  # one clock for every host
 _INFLUX_LEASE_S = 30.0  # an InfluxDB outbox claim lapses after this (see pending_influx)
+_HELD_KEPT = 10_000  # compressed held batches kept for their next try (then compressed again)
 
 _T = TypeVar("_T")
 _BATCH_COLUMNS = ("id", "gateway", "seq", "header_sha256", "prev", "key_id", "root", "created_ms",
@@ -191,6 +192,8 @@ class PostgresEvidenceStore:
         # so a restarted aggregator takes its own claims back at once (others wait for the lease).
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.influx_lease_ms = round(_INFLUX_LEASE_S * 1000)
+        self._held_lock = threading.Lock()
+        self._held_packed: dict[tuple[str, int, str], bytes] = {}  # compressed bytes of held batches
         self._pool = _Pool(self._connect)
         try:
             self._check_durable()
@@ -329,10 +332,19 @@ class PostgresEvidenceStore:
         never stored ahead of a predecessor that is being stored. A held-back ``gap`` batch
         whose missing seqs were stored meanwhile is stored as ``append`` (no gap recorded)."""
         what = f"{len(batches)} batches" + (f" ({batches[0].gateway}#{batches[0].seq}...)" if batches else "")
-        packed = [zlib.compress(b.data, _DATA_LEVEL) for b in batches]  # outside the locks
-        return self._transaction(
+        with self._held_lock:  # a batch held back last time was compressed then
+            kept = [self._held_packed.pop((b.gateway, b.seq, b.header_sha256), None) for b in batches]
+        packed = [p or zlib.compress(b.data, _DATA_LEVEL) for p, b in zip(kept, batches, strict=True)]
+        results = self._transaction(
             what, lambda conn: self._store_group(conn, batches, packed, rejections, frozenset(hold))
         )
+        with self._held_lock:
+            if len(self._held_packed) > _HELD_KEPT:
+                self._held_packed.clear()
+            for b, p, r in zip(batches, packed, results, strict=True):
+                if r is HELD:
+                    self._held_packed[(b.gateway, b.seq, b.header_sha256)] = p
+        return results
 
     def _store_group(
         self,
