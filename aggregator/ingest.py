@@ -133,6 +133,7 @@ class _Staged:
     header: BatchHeader | None = None
     answer: tuple[str, Reply] | None = None  # the reply and its topic, once decided
     hold_until: float | None = None  # loop time: until then the store may hold it back (order)
+    in_order: bool = False  # stored with the store's order check: it decided what was missing
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -429,6 +430,8 @@ class BatchIngest:
         rejections = [i.rejection for i in items if i.rejection is not None]
         now = asyncio.get_running_loop().time()
         hold = [n for n, i in enumerate(live) if i.hold_until is not None and now < i.hold_until]
+        for n, i in enumerate(live):
+            i.in_order = n in hold
         results: list[int | StoreError | Held | None]
         try:
             if live or rejections:
@@ -488,7 +491,7 @@ class BatchIngest:
         assert gateway is not None and h is not None
         self._inflight[gateway] = max(0, self._inflight[gateway] - 1)  # 0 after a _forget_all
         if isinstance(result, int):
-            self._after_commit(a, item.lines, h, result)
+            self._after_commit(a, item.lines, h, result, item.in_order)
             return Ack(gateway, h.seq, a.header_sha256, "stored", now_ms)
         if isinstance(result, StoreConflict):
             # Another aggregator stored this seq meanwhile: the chain decides what we saw.
@@ -521,7 +524,9 @@ class BatchIngest:
             log.error("gateway %s batch #%s: rejection not recorded: %s", item.gateway, h.seq, exc)
         return refused.reply
 
-    def _after_commit(self, a: AcceptedBatch, lines: bytes, h: BatchHeader, batch_id: int) -> None:
+    def _after_commit(
+        self, a: AcceptedBatch, lines: bytes, h: BatchHeader, batch_id: int, in_order: bool = False
+    ) -> None:
         if a.new_key is not None:
             self._registry.added(a.new_key)
             log.warning("gateway %s: key %s announced, valid from seq %s", h.gateway, a.new_key.key_id,
@@ -531,7 +536,10 @@ class BatchIngest:
         s.intervals += len(a.intervals)
         implausible = sum(1 for r in a.intervals if r.issues)
         s.implausible += implausible
-        if a.verdict == ChainVerdict.GAP.value:
+        if a.verdict == ChainVerdict.GAP.value and in_order:  # its predecessor was stored first
+            log.debug("gateway %s batch #%s: stored after its predecessor (missing at staging: %s)",
+                      h.gateway, h.seq, list(a.missing))  # fmt: skip
+        elif a.verdict == ChainVerdict.GAP.value:
             s.gaps += 1
             log.warning("gateway %s batch #%s: gap, missing %s", h.gateway, h.seq, list(a.missing))
         elif a.verdict == ChainVerdict.REORDER.value:
