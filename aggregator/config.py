@@ -180,6 +180,11 @@ class IngestSettings(_Closed):
 
     max_group_batches: int = Field(default=32, ge=1)  # batches (and rejections) per transaction
     queue_batches: int = Field(default=16, ge=1)  # staged, waiting for the store: then backpressure
+    # Several aggregators (store.postgres) share each gateway's batches: a batch whose predecessor
+    # is not stored yet is held (not stored, not acknowledged) up to this long, so the chain is
+    # stored in order; then it is stored as a gap (filled when the predecessor comes). None: 10 s
+    # with store.postgres, 0 (no holding) with SQLite alone. Wall seconds (the network's time).
+    reorder_wait_s: float | None = Field(default=None, ge=0, le=3600)
 
 
 class PlausibilitySettings(_Closed):

@@ -225,8 +225,9 @@ class InfluxWriter:
         self.stats = WriterStats()
 
     def offer(self, batch_id: int, lines: bytes) -> None:
-        """Lines ingest already built for a just-stored batch (saves re-decoding it)."""
-        if len(self._cache) < self._cache_limit:
+        """Lines ingest already built for a just-stored batch (saves re-decoding it); none (b""):
+        only a wake-up, the lines are rebuilt from the store."""
+        if lines and len(self._cache) < self._cache_limit:
             self._cache[batch_id] = lines
         self._wakeup.set()
 

@@ -16,6 +16,11 @@ Per batch (:meth:`BatchIngest.process`), in this order, stopping at the first re
    interval, never a reason to refuse the batch;
 8. one durable transaction in the store (shared with the batches that waited meanwhile:
    group commit, see :class:`BatchIngest`); only then the signed ack (``stored``).
+   With several aggregators (PostgreSQL), a batch whose predecessor is not stored yet is held
+   back by the store and tried again with the next groups, unanswered, for up to
+   ``ingest.reorder_wait_s``: seq n+1 that reached this aggregator before n reached another
+   is stored (and acknowledged) after n, never recorded as a gap. Past the wait it is stored
+   as a gap (the predecessor may be lost), which the predecessor fills if it comes.
 
 Every refusal is answered on the gateway's reject topic, counted by reason, logged with
 the gateway id and sequence number, and kept in the store. Nothing that happens to one
@@ -51,6 +56,7 @@ from aggregator.plausibility import CounterState, check_intervals, clock_jumped
 from aggregator.records import Interval, decode_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, IngestStore, IntervalRow, Rejection
+from aggregator.store.rows import Held
 from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
@@ -103,6 +109,7 @@ class IngestStats:
     intervals: int = 0
     implausible: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    held: int = 0  # times a batch waited for its predecessor (stored by another aggregator)
 
 
 class _Refused(Exception):
@@ -125,10 +132,13 @@ class _Staged:
     lines: bytes = b""  # its InfluxDB line protocol, built while staging
     header: BatchHeader | None = None
     answer: tuple[str, Reply] | None = None  # the reply and its topic, once decided
+    hold_until: float | None = None  # loop time: until then the store may hold it back (order)
+    in_order: bool = False  # stored with the store's order check: it decided what was missing
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 Feed = Callable[[str, bytes], Awaitable[None]]
+_RETRY_HELD_S = 0.02  # held batches are tried again this often (or with the next group)
 Send = Callable[[str, Reply], Awaitable[None]]
 
 
@@ -177,6 +187,9 @@ class BatchIngest:
         self._created: dict[str, tuple[int, int]] = {}  # gateway -> (seq, created_ms) last staged
         self._gen: Counter[str] = Counter()
         self._inflight: Counter[str] = Counter()  # staged, not yet answered, per gateway
+        wait = config.ingest.reorder_wait_s
+        self._reorder_wait_s = wait if wait is not None else (10.0 if config.store.postgres else 0.0)
+        self._held: set[tuple[str, int]] = set()  # (gateway, seq) held back by the store, unanswered
         self.stats = IngestStats()
 
     # -- the two ways in ---------------------------------------------------------------
@@ -185,7 +198,10 @@ class BatchIngest:
         """Handle one message alone: stage, commit, answer. The reply and its topic (None when
         the topic names no gateway). Not for use while a :meth:`pipeline` is open."""
         item = await self._stage_safely(topic, payload)
-        await self._commit_group([item])
+        held = await self._commit_group([item])
+        while held:
+            await asyncio.sleep(_RETRY_HELD_S)
+            held = await self._commit_group(held)
         return item.answer
 
     @contextlib.asynccontextmanager
@@ -201,15 +217,29 @@ class BatchIngest:
         settings = self._config.ingest
         queue: asyncio.Queue[_Staged] = asyncio.Queue(settings.queue_batches)
 
+        held: list[_Staged] = []  # taken from the queue, held back by the store: tried again
+        none_held = asyncio.Event()
+        none_held.set()
+
         async def commit_forever() -> None:
+            nonlocal held
             while True:
-                items = [await queue.get()]
+                items: list[_Staged] = []
+                if held:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_RETRY_HELD_S):
+                            items.append(await queue.get())
+                else:
+                    items.append(await queue.get())
                 while len(items) < settings.max_group_batches and not queue.empty():
                     items.append(queue.get_nowait())
-                await self._commit_group(items)
-                for item in items:
-                    if item.answer is not None:
+                fresh, group = len(items), items + held  # new first: a predecessor may be among them
+                held = await self._commit_group(group)
+                none_held.clear() if held else none_held.set()
+                for item in group:
+                    if item.answer is not None and item.done.is_set():
                         await send(*item.answer)
+                for _ in range(fresh):
                     queue.task_done()
 
         async def feed(topic: str, payload: bytes) -> None:
@@ -227,6 +257,7 @@ class BatchIngest:
                 try:
                     yield feed
                     await queue.join()
+                    await none_held.wait()
                     finished = True
                 finally:
                     committer.cancel()
@@ -333,6 +364,8 @@ class BatchIngest:
         item.accepted, records = self._prepare(
             sealed, digest, step.verdict.value, step.missing, now_ms, previous
         )
+        if self._reorder_wait_s > 0 and h.seq > 1:
+            item.hold_until = asyncio.get_running_loop().time() + self._reorder_wait_s
         try:
             item.lines = self._lines(item.accepted, records, h)
         except LineProtocolError as exc:  # stored all the same; the InfluxDB writer parks it
@@ -390,14 +423,23 @@ class BatchIngest:
 
     # -- committing and answering ------------------------------------------------------
 
-    async def _commit_group(self, items: list[_Staged]) -> None:
-        """Store the group's batches and rejections in one transaction, then decide each answer."""
+    async def _commit_group(self, items: list[_Staged]) -> list[_Staged]:
+        """Store the group's batches and rejections in one transaction, then decide each answer.
+        The batches the store held back (predecessor not stored yet), unanswered, to try again."""
         live = [i for i in items if i.accepted is not None and i.gen == self._gen[i.gateway or ""]]
         rejections = [i.rejection for i in items if i.rejection is not None]
-        results: list[int | StoreError | None]
+        now = asyncio.get_running_loop().time()
+        hold = [n for n, i in enumerate(live) if i.hold_until is not None and now < i.hold_until]
+        for n, i in enumerate(live):
+            i.in_order = n in hold
+        results: list[int | StoreError | Held | None]
         try:
             if live or rejections:
-                stored = await self._run_db(self._store.store_group, [i.accepted for i in live], rejections)
+                accepted = [i.accepted for i in live]
+                if hold:
+                    stored = await self._run_db(self._store.store_group, accepted, rejections, hold=hold)
+                else:
+                    stored = await self._run_db(self._store.store_group, accepted, rejections)
                 results = list(stored)
             else:
                 results = []
@@ -408,9 +450,23 @@ class BatchIngest:
                     self._forget(i.gateway)
             results = [exc] * len(live)
         outcome = dict(zip(map(id, live), results, strict=True))
+        waiting: list[_Staged] = []
         for item in items:
+            result = outcome.get(id(item))
+            key = (item.gateway or "", item.header.seq if item.header is not None else -1)
+            if isinstance(result, Held):
+                self.stats.held += 1
+                self._held.add(key)
+                item.lines = b""  # its verdict may change when stored: the writer reads the store's
+                waiting.append(item)
+                continue
+            if item.accepted is not None:
+                self._held.discard(key)
+            elif isinstance(item.reply, Ack) and key in self._held:
+                waiting.append(item)  # a duplicate of a held batch: acknowledged once that is stored
+                continue
             try:
-                reply = await self._answer(item, outcome.get(id(item)))
+                reply = await self._answer(item, result)
             except Exception:  # a bug: answer it, keep going (state reloads from the store)
                 log.exception("ingest: internal error answering gateway %s", item.gateway)
                 self._forget_all()
@@ -421,6 +477,7 @@ class BatchIngest:
                 item.answer = (topic, reply)
             item.done.set()
         self._on_progress()
+        return waiting
 
     async def _answer(self, item: _Staged, result: int | StoreError | None) -> Reply | None:
         gateway, h, a = item.gateway, item.header, item.accepted
@@ -434,7 +491,7 @@ class BatchIngest:
         assert gateway is not None and h is not None
         self._inflight[gateway] = max(0, self._inflight[gateway] - 1)  # 0 after a _forget_all
         if isinstance(result, int):
-            self._after_commit(a, item.lines, h, result)
+            self._after_commit(a, item.lines, h, result, item.in_order)
             return Ack(gateway, h.seq, a.header_sha256, "stored", now_ms)
         if isinstance(result, StoreConflict):
             # Another aggregator stored this seq meanwhile: the chain decides what we saw.
@@ -467,7 +524,9 @@ class BatchIngest:
             log.error("gateway %s batch #%s: rejection not recorded: %s", item.gateway, h.seq, exc)
         return refused.reply
 
-    def _after_commit(self, a: AcceptedBatch, lines: bytes, h: BatchHeader, batch_id: int) -> None:
+    def _after_commit(
+        self, a: AcceptedBatch, lines: bytes, h: BatchHeader, batch_id: int, in_order: bool = False
+    ) -> None:
         if a.new_key is not None:
             self._registry.added(a.new_key)
             log.warning("gateway %s: key %s announced, valid from seq %s", h.gateway, a.new_key.key_id,
@@ -477,13 +536,15 @@ class BatchIngest:
         s.intervals += len(a.intervals)
         implausible = sum(1 for r in a.intervals if r.issues)
         s.implausible += implausible
-        if a.verdict == ChainVerdict.GAP.value:
+        if a.verdict == ChainVerdict.GAP.value and in_order:  # its predecessor was stored first
+            log.debug("gateway %s batch #%s: stored after its predecessor (missing at staging: %s)",
+                      h.gateway, h.seq, list(a.missing))  # fmt: skip
+        elif a.verdict == ChainVerdict.GAP.value:
             s.gaps += 1
             log.warning("gateway %s batch #%s: gap, missing %s", h.gateway, h.seq, list(a.missing))
         elif a.verdict == ChainVerdict.REORDER.value:
             s.reorders += 1
-        if lines:
-            self._on_stored(batch_id, lines)
+        self._on_stored(batch_id, lines)  # none (held, or no line protocol): a wake-up for the writer
 
     def _lines(self, a: AcceptedBatch, records: list[Interval], h: BatchHeader) -> bytes:
         """The batch's line protocol, from the records already decoded (the writer's fast path)."""

@@ -22,7 +22,7 @@ import asyncio
 import functools
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -33,10 +33,12 @@ from aggregator.influx import InfluxV1Client
 from aggregator.influx_writer import InfluxWriter
 from aggregator.ingest import BatchIngest
 from aggregator.keys import register_current
+from aggregator.programme.leader import run_as_leader
 from aggregator.programme.schedule import StatementScheduler, open_scheduler
 from aggregator.push.pusher import Pusher
 from aggregator.registry import GatewayRegistry
 from aggregator.store import open_evidence_store
+from aggregator.store.postgres import Leadership, PostgresEvidenceStore
 
 if TYPE_CHECKING:
     from aggregator.store import AnyEvidenceStore
@@ -104,6 +106,7 @@ class Aggregator:
         self.writer: InfluxWriter
         self.scheduler: StatementScheduler | None = None  # with a programme section
         self.pusher: Pusher | None = None  # pushes statements to the platforms of config.push
+        self.leadership: Leadership | None = None  # over PostgreSQL: who runs scheduler and pusher
 
     async def __aenter__(self) -> Self:
         try:
@@ -122,6 +125,8 @@ class Aggregator:
             self.config.store, rejection_rows_per_source=self.config.limits.rejection_rows_per_source
         )
         self._stack.callback(self.store.close)
+        if isinstance(self.store, PostgresEvidenceStore):  # its InfluxDB claims, again after a restart
+            self.store.owner = self.config.mqtt.client_id
         register_current(self.store, key, round(self.clock.now() * 1000))  # the key history starts here
         self.registry = GatewayRegistry(self.store)
         influx = self.config.influx
@@ -165,14 +170,23 @@ class Aggregator:
             ),
             self._tasks.create_task(self.writer.run(), name="aggregator-influx"),
         ]
+        named: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         if self.pusher is not None:
-            self._running.append(self._tasks.create_task(self.pusher.run(), name="aggregator-push"))
+            named.append(("aggregator-push", self.pusher.run))
         if self.scheduler is not None and programme is not None:
-            self._running.append(
-                self._tasks.create_task(
-                    self.scheduler.run(programme.check_every_s), name="aggregator-statements"
-                )
-            )
+            scheduler, every_s = self.scheduler, programme.check_every_s
+            named.append(("aggregator-statements", lambda: scheduler.run(every_s)))
+        jobs = [job for _, job in named]
+        if jobs and isinstance(self.store, PostgresEvidenceStore):  # one signer among the aggregators
+            leadership = Leadership(self.store)
+            self._stack.callback(leadership.release)
+            self.leadership = leadership
+            self._running.append(self._tasks.create_task(
+                run_as_leader(leadership, jobs, clock=self.clock, run_db=run_read), name="aggregator-leader"
+            ))  # fmt: skip
+        else:
+            for name, job in named:
+                self._running.append(self._tasks.create_task(job(), name=name))
 
     async def _cancel_tasks(self) -> None:
         for task in self._running:

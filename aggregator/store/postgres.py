@@ -26,8 +26,12 @@ tried once more on a new connection. A commit whose answer was lost is an error
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import os
+import secrets
+import socket
 import threading
 import zlib
 from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
@@ -40,11 +44,13 @@ from aggregator.config import PostgresSettings
 from aggregator.errors import StoreConflict, StoreError
 from aggregator.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from aggregator.store.rows import (
+    HELD,
     INFLUX_FAILED,
     INFLUX_WRITTEN,
     AcceptedBatch,
     Gap,
     GatewayEntry,
+    Held,
     IntervalKey,
     KeyEntry,
     PendingBatch,
@@ -63,7 +69,11 @@ _BATCH_PAGE = 256  # candidate batches fetched per query while iterating
 _KEEP_IDLE = 4  # idle connections kept for the next call
 # Advisory lock keys: (puhui's class, what). The class keeps them apart from other users' locks.
 _LOCKS = 0x70756875  # "puhu"
-_MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK = 1, 2, 3, 4
+_MIGRATION_LOCK, _BATCH_ID_LOCK, _REJECTION_LOCK, _AGGREGATOR_KEY_LOCK, _LEADER_LOCK = 1, 2, 3, 4, 5
+
+_DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"  # one clock for every host
+_INFLUX_LEASE_S = 30.0  # an InfluxDB outbox claim lapses after this (see pending_influx)
+_HELD_KEPT = 10_000  # compressed held batches kept for their next try (then compressed again)
 
 _T = TypeVar("_T")
 _BATCH_COLUMNS = ("id", "gateway", "seq", "header_sha256", "prev", "key_id", "root", "created_ms",
@@ -178,6 +188,12 @@ class PostgresEvidenceStore:
         )
         self.rejection_rows_per_source = rejection_rows_per_source  # then only counted
         self._conninfo = {"application_name": "puhui-aggregator", **conninfo}
+        # Whose InfluxDB outbox claims are this object's: the aggregator sets its MQTT client id,
+        # so a restarted aggregator takes its own claims back at once (others wait for the lease).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.influx_lease_ms = round(_INFLUX_LEASE_S * 1000)
+        self._held_lock = threading.Lock()
+        self._held_packed: dict[tuple[str, int, str], bytes] = {}  # compressed bytes of held batches
         self._pool = _Pool(self._connect)
         try:
             self._check_durable()
@@ -297,19 +313,38 @@ class PostgresEvidenceStore:
         [result] = self.store_group([batch])
         if isinstance(result, StoreConflict):
             raise result
-        assert result is not None
+        assert isinstance(result, int)
         return result
 
     def store_group(
-        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
-    ) -> list[int | StoreConflict | None]:
+        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = (), *,
+        hold: Collection[int] = (),
+    ) -> list[int | StoreConflict | Held | None]:  # fmt: skip
         """Store several batches and rejections in one transaction (group commit), with the
         SQLite store's answers: a batch whose ``(gateway, seq)`` is stored already gets a
         :class:`StoreConflict`, its gateway's later batches in the group ``None``, the others
-        their row ids. Any other error undoes the group (:class:`StoreError`). Durable on return."""
+        their row ids. Any other error undoes the group (:class:`StoreError`). Durable on return.
+
+        ``hold``: positions in ``batches`` stored only in chain order: such a batch whose
+        predecessor (seq - 1) is neither stored nor earlier in the group is not stored and gets
+        :data:`HELD` (several aggregators share a gateway's batches: its predecessor may be
+        committing elsewhere). Checked under the gateway's chain-head lock, so a successor is
+        never stored ahead of a predecessor that is being stored. A held-back ``gap`` batch
+        whose missing seqs were stored meanwhile is stored as ``append`` (no gap recorded)."""
         what = f"{len(batches)} batches" + (f" ({batches[0].gateway}#{batches[0].seq}...)" if batches else "")
-        packed = [zlib.compress(b.data, _DATA_LEVEL) for b in batches]  # outside the locks
-        return self._transaction(what, lambda conn: self._store_group(conn, batches, packed, rejections))
+        with self._held_lock:  # a batch held back last time was compressed then
+            kept = [self._held_packed.pop((b.gateway, b.seq, b.header_sha256), None) for b in batches]
+        packed = [p or zlib.compress(b.data, _DATA_LEVEL) for p, b in zip(kept, batches, strict=True)]
+        results = self._transaction(
+            what, lambda conn: self._store_group(conn, batches, packed, rejections, frozenset(hold))
+        )
+        with self._held_lock:
+            if len(self._held_packed) > _HELD_KEPT:
+                self._held_packed.clear()
+            for b, p, r in zip(batches, packed, results, strict=True):
+                if r is HELD:
+                    self._held_packed[(b.gateway, b.seq, b.header_sha256)] = p
+        return results
 
     def _store_group(
         self,
@@ -317,27 +352,38 @@ class PostgresEvidenceStore:
         batches: Sequence[AcceptedBatch],
         packed: Sequence[bytes],
         rejections: Sequence[Rejection],
-    ) -> list[int | StoreConflict | None]:
+        hold: frozenset[int] = frozenset(),
+    ) -> list[int | StoreConflict | Held | None]:
         gateways = sorted({b.gateway for b in batches})
         taken: set[tuple[str, int]] = set()
+        present: set[tuple[str, int]] = set()  # predecessors and missing seqs of held batches, stored
         if gateways:
             self._lock_heads(conn, gateways)
+            probe = [(b.gateway, b.seq) for b in batches] + [
+                (b.gateway, s) for i, b in enumerate(batches) if i in hold for s in (b.seq - 1, *b.missing)
+            ]
             rows = conn.execute(
                 "SELECT b.gateway, b.seq FROM batches b JOIN unnest(%s::text[], %s::int8[]) AS u(g, s)"
                 " ON b.gateway = u.g AND b.seq = u.s",
-                ([b.gateway for b in batches], [b.seq for b in batches]),
+                _columns(probe, 2),
             ).fetchall()
-            taken = {(str(g), int(s)) for g, s in rows}
-        results: list[int | StoreConflict | None] = []
+            present = {(str(g), int(s)) for g, s in rows}
+            taken = {(b.gateway, b.seq) for b in batches} & present
+        results: list[int | StoreConflict | Held | None] = []
         conflicted: set[str] = set()
         todo: list[tuple[AcceptedBatch, bytes]] = []
-        for b, data in zip(batches, packed, strict=True):
+        for pos, (b, data) in enumerate(zip(batches, packed, strict=True)):
             if b.gateway in conflicted:
                 results.append(None)
             elif (b.gateway, b.seq) in taken:
                 conflicted.add(b.gateway)
                 results.append(StoreConflict(f"{self.where}: batch {b.gateway}#{b.seq} is already stored"))
+            elif pos in hold and b.seq > 1 and (b.gateway, b.seq - 1) not in present | taken:
+                results.append(HELD)
             else:
+                if pos in hold and b.verdict == "gap":
+                    missing = [s for s in b.missing if (b.gateway, s) not in present | taken]
+                    b = dataclasses.replace(b, missing=missing, verdict="gap" if missing else "append")
                 taken.add((b.gateway, b.seq))  # the same seq twice in one group: the second conflicts
                 results.append(-1)
                 todo.append((b, data))
@@ -491,7 +537,8 @@ class PostgresEvidenceStore:
         self._transaction(
             "updating the InfluxDB outbox",
             lambda conn: conn.execute(
-                "UPDATE batches SET influx_state = %s, influx_error = %s WHERE id = ANY(%s)",
+                "UPDATE batches SET influx_state = %s, influx_error = %s, influx_lease_ms = NULL"
+                " WHERE id = ANY(%s)",
                 (state, error, list(ids)),
             ),
         )
@@ -694,13 +741,24 @@ class PostgresEvidenceStore:
     def pending_influx(
         self, limit: int, known: Container[int] = (), exclude: Collection[int] = ()
     ) -> list[PendingBatch]:
-        """The oldest ``limit`` batches not yet written to InfluxDB, except ids in ``exclude``;
-        those in ``known`` come without their bytes and issues (the writer has their lines)."""
-        rows = self._read(
-            "SELECT id, gateway, seq, verdict FROM batches WHERE influx_state = 0 AND id <> ALL(%s)"
-            " ORDER BY id LIMIT %s",
-            (list(exclude), limit),
-        )
+        """The oldest ``limit`` batches not yet written to InfluxDB, except ids in ``exclude``,
+        now *claimed* by this store object's writer for ``influx_lease_s`` (the database's clock):
+        another aggregator's writer skips them (``FOR UPDATE SKIP LOCKED`` while claiming, the
+        lease after), so no batch is written by two writers at once; claims of a writer that
+        died lapse and are taken over. Claimed batches are this writer's to take again. Those
+        in ``known`` come without their bytes and issues (the writer has their lines)."""
+        rows = self._transaction(
+            "claiming InfluxDB outbox batches",
+            lambda conn: conn.execute(
+                "WITH c AS (SELECT id FROM batches WHERE influx_state = 0 AND id <> ALL(%(exclude)s)"
+                f" AND (influx_lease_ms IS NULL OR influx_owner = %(me)s OR influx_lease_ms < {_DB_NOW_MS})"
+                " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                f" UPDATE batches b SET influx_owner = %(me)s, influx_lease_ms = {_DB_NOW_MS} + %(lease)s"
+                " FROM c WHERE b.id = c.id RETURNING b.id, b.gateway, b.seq, b.verdict",
+                {"exclude": list(exclude), "me": self.owner, "limit": limit, "lease": self.influx_lease_ms},
+            ).fetchall(),
+        )  # fmt: skip
+        rows.sort(key=lambda r: int(r[0]))
         wanted = [int(r[0]) for r in rows if int(r[0]) not in known]
         data: dict[int, bytes] = {}
         issues: dict[int, dict[int, tuple[str, ...]]] = {i: {} for i in wanted}
@@ -870,3 +928,60 @@ def _insert_key(conn: psycopg.Connection[Any], k: KeyEntry) -> None:
 
 def _registry_changed(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'registry_version'")
+
+
+class Leadership:
+    """Which of several aggregators over one database runs the statement schedule and the
+    pusher: the holder of a PostgreSQL *session* advisory lock, on a connection of its own.
+    The server releases it when that session ends (the process died, the connection broke),
+    and another aggregator's :meth:`try_take` then gets it. Thread-safe enough for one
+    caller (the aggregator's leader task)."""
+
+    def __init__(self, store: PostgresEvidenceStore) -> None:
+        self._store = store
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    def try_take(self) -> bool:
+        """Take the lock if free (False: another aggregator holds it, or the server is away)."""
+        if self._conn is not None:
+            return True
+        try:
+            conn = self._store._connect()
+        except StoreError as exc:
+            log.warning("leadership: %s", exc)
+            return False
+        try:
+            [(got,)] = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCKS, _LEADER_LOCK)).fetchall()
+        except psycopg.Error as exc:
+            log.warning("leadership: %s: %s", self._store.where, exc)
+            got = False
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def still_held(self) -> bool:
+        """Whether the lock's session is alive (a round trip); False once it is lost."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.execute("SELECT 1").fetchall()
+            return True
+        except psycopg.Error:
+            self.release()
+            return False
+
+    def backend_pid(self) -> int | None:
+        """The server process of the lock's session (for an operator, and the tests)."""
+        return None if self._conn is None else int(self._conn.info.backend_pid)
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # the session ends: the server releases the lock

@@ -8,7 +8,10 @@ times and sequence numbers, ``bytea`` batch bytes, ``date`` calibration days), p
   digest), locked ``FOR UPDATE`` by every transaction that stores a batch of the gateway, so
   two aggregators never check the same chain at once;
 - ``batch_ids``: the sequence batch row ids come from, drawn under a store-wide transaction
-  lock so that ids become visible in the order they were drawn (see ``store_group``).
+  lock so that ids become visible in the order they were drawn (see ``store_group``);
+- ``batches.influx_owner`` / ``influx_lease_ms`` (version 2): which aggregator's InfluxDB writer
+  has claimed a pending batch, until when (the database's clock, ms): several writers drain
+  one outbox without writing a batch at once; a killed writer's claims lapse and are taken over.
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ CREATE TABLE checkpoints (size bigint PRIMARY KEY, created_ms bigint NOT NULL, d
 CREATE TABLE counter_state (
     gateway text NOT NULL, meter text NOT NULL, quantity text NOT NULL,
     "end" bigint NOT NULL, counter_end double precision NOT NULL, PRIMARY KEY (gateway, meter, quantity));
+""",
+    ),
+    (
+        2,
+        """
+ALTER TABLE batches ADD COLUMN influx_owner text, ADD COLUMN influx_lease_ms bigint;
 """,
     ),
 )

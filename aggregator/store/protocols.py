@@ -17,7 +17,7 @@ from collections.abc import Collection, Container, Iterator, Sequence
 from typing import Protocol
 
 from aggregator.errors import StoreConflict
-from aggregator.store.rows import AcceptedBatch, GatewayEntry, KeyEntry, PendingBatch, Rejection
+from aggregator.store.rows import AcceptedBatch, GatewayEntry, Held, KeyEntry, PendingBatch, Rejection
 from aggregator.view import AttestedInterval, MeterInfo
 from evidence.keylist import AggregatorKey
 from evidence.keys import PublicKey
@@ -39,8 +39,9 @@ class IngestStore(Protocol):
     transaction; ``(gateway, seq)`` is unique (the loser gets :class:`StoreConflict`)."""
 
     def store_group(
-        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
-    ) -> list[int | StoreConflict | None]: ...
+        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = (), *,
+        hold: Collection[int] = (),
+    ) -> list[int | StoreConflict | Held | None]: ...  # fmt: skip
     def record_rejection(self, rejection: Rejection) -> None: ...
     def chain_links(self, gateway: str) -> list[tuple[int, str, str]]: ...
     def counter_state(self, gateway: str) -> dict[tuple[str, str], tuple[int, float]]: ...

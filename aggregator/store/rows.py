@@ -71,6 +71,19 @@ class AcceptedBatch:
     dropped_seqs: Sequence[int] = ()  # batches a drop record says the gateway discarded
 
 
+class Held:
+    """A ``store_group`` answer: the batch was not stored, its predecessor is not stored yet
+    (another aggregator may be storing it); the caller tries again later."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HELD"
+
+
+HELD = Held()
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A refused batch, kept with its bytes for the record."""

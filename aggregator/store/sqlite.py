@@ -41,6 +41,7 @@ from aggregator.store.rows import (
     AcceptedBatch,
     Gap,
     GatewayEntry,
+    Held,
     IntervalKey,
     KeyEntry,
     PendingBatch,
@@ -231,13 +232,16 @@ class SQLiteEvidenceStore:
         [result] = self.store_group([batch])
         if isinstance(result, StoreConflict):
             raise result
-        assert result is not None
+        assert isinstance(result, int)
         return result
 
     def store_group(
-        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = ()
-    ) -> list[int | StoreConflict | None]:
+        self, batches: Sequence[AcceptedBatch], rejections: Sequence[Rejection] = (), *,
+        hold: Collection[int] = (),
+    ) -> list[int | StoreConflict | Held | None]:  # fmt: skip
         """Store several batches and rejections in one transaction: one fsync for all (group commit).
+        ``hold`` is for several aggregators (see the PostgreSQL store); one writer (this store)
+        sees each gateway's batches in the order sent, so it stores them all.
 
         A batch whose ``(gateway, seq)`` is already stored (another aggregator was faster) is
         answered with a :class:`StoreConflict` and the others are stored. Once a gateway's batch
@@ -275,7 +279,7 @@ class SQLiteEvidenceStore:
             self._insert_batches(todo, ids)
             for r in rejections:
                 self._insert_rejection(r)
-        return results
+        return list(results)
 
     def _stored_already(self, batches: Sequence[AcceptedBatch]) -> set[tuple[str, int]]:
         pairs = {(b.gateway, b.seq) for b in batches}

@@ -137,7 +137,9 @@ def test_migrations_run_once_and_a_newer_schema_is_refused(postgres_db: dict[str
         store.close()
     assert errors == [] and len(opened) == 3
     with psycopg.connect(**postgres_db, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)
+        ]
         conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
         PostgresEvidenceStore(postgres_db)
