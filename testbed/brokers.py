@@ -250,7 +250,9 @@ mqtt {{
         lines = []
         for user in self._users:
             publish = json.dumps([_nats_subject(t) for t in user.publish])
-            subscribe = json.dumps([_nats_subject(t) for t in user.subscribe])
+            # NATS delivers a session's QoS 1 messages on $MQTT.sub.<id>: a subscriber needs it
+            delivery = ["$MQTT.sub.>"] if user.subscribe else []
+            subscribe = json.dumps([*(_nats_subject(t) for t in user.subscribe), *delivery])
             if user.name == "puhui-probe":
                 perms = ""  # the probe connects only
             else:
