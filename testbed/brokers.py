@@ -282,19 +282,18 @@ def _rabbit_password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def _rabbit_topic_regex(filters: Sequence[str]) -> str:
-    """Topic filters as the regex RabbitMQ matches against routing keys (``/`` -> ``.``;
-    a subscription's binding key keeps ``*`` and ``#``, so those match literally)."""
+def _rabbit_topic_regex(filters: Sequence[str], *, publish: bool) -> str:
+    """Topic filters as the regex RabbitMQ matches routing keys against (``/`` -> ``.``). A
+    publish is checked on the message's routing key, so ``+`` matches one level and ``#`` the
+    rest; a subscription on its binding key, which keeps ``*`` and ``#``: matched literally."""
     if not filters:
         return "^$"
-    keys = [".".join({"+": "*"}.get(level, level) for level in f.split("/")) for f in filters]
-    escaped = [
-        "\\.".join(
-            "\\*" if part == "*" else "\\#" if part == "#" else _re_escape(part) for part in key.split(".")
-        )
-        for key in keys
-    ]
-    alternatives = "|".join(escaped)
+    one, rest = ("[^.]+", ".*") if publish else ("\\*", "\\#")
+
+    def level(part: str) -> str:
+        return one if part == "+" else rest if part == "#" else _re_escape(part)
+
+    alternatives = "|".join("\\.".join(level(part) for part in f.split("/")) for f in filters)
     return f"^({alternatives})$"
 
 
@@ -430,8 +429,9 @@ class RabbitCluster(BrokerCluster):
                 {"user": user.name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
             )
             topic_permissions.append({"user": user.name, "vhost": "/", "exchange": "amq.topic",
-                                      "write": _rabbit_topic_regex(user.publish),
-                                      "read": _rabbit_topic_regex(user.subscribe)})  # fmt: skip
+                                      "write": _rabbit_topic_regex(user.publish, publish=True),
+                                      "read": _rabbit_topic_regex(user.subscribe, publish=False),
+                                      })  # fmt: skip
         data = {"users": users, "vhosts": [{"name": "/"}], "permissions": permissions,
                 "topic_permissions": topic_permissions}  # fmt: skip
         self.definitions.parent.mkdir(parents=True, exist_ok=True)

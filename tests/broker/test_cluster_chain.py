@@ -69,13 +69,15 @@ def _aggregator_config(tmp_path: Path, broker: Broker, influx: InfluxV1Client) -
 
 
 def _uplink(
-    tmp_path: Path, broker: Broker, gw: SimGateway, agg_key: GatewayKey
+    tmp_path: Path, broker: Broker, gw: SimGateway, agg_key: GatewayKey, sent: list[bytes]
 ) -> tuple[Uplink, EvidenceStore]:
+    """The gateway's uplink over an outbox of BATCHES sealed batches (their bytes go to ``sent``)."""
     store = EvidenceStore.open(tmp_path / f"state-{gw.gateway}", gateway_id=gw.gateway)
     with store.transaction():
         for _ in range(BATCHES):
             sealed = gw.next_batch(STEPS)
             store.insert_batch(sealed, sealed.to_bytes(), "data")
+            sent.append(sealed.to_bytes())
     settings = UplinkSettings(
         host=broker.host, port=broker.ports[0], tls=None, username=gw.gateway,
         failover=tuple(BrokerAddress(host=broker.host, port=p) for p in broker.ports[1:]),
@@ -105,7 +107,8 @@ async def test_chain_through_the_cluster_with_aggregator_and_node_killed(
     gws = [SimGateway(GW_A), SimGateway(GW_B)]
     agg_key, store = _enrolled(tmp_path, *gws)
     config = _aggregator_config(tmp_path, cluster, influx_db)
-    uplinks = [_uplink(tmp_path, cluster, gw, agg_key) for gw in gws]
+    sealed: dict[str, list[bytes]] = {gw.gateway: [] for gw in gws}
+    uplinks = [_uplink(tmp_path, cluster, gw, agg_key, sealed[gw.gateway]) for gw in gws]
     total = BATCHES * len(gws)
 
     def acked() -> int:
@@ -143,6 +146,7 @@ async def test_chain_through_the_cluster_with_aggregator_and_node_killed(
     for gw in gws:  # every batch once, in a contiguous chain, bytes as sealed
         links = store.chain_links(gw.gateway)
         assert [seq for seq, _, _ in links] == list(range(1, BATCHES + 1))
+        assert [store.batch_bytes(gw.gateway, seq) for seq, _, _ in links] == sealed[gw.gateway]
     [count] = await influx_db.query("SELECT count(delta) FROM puhui_interval")
     intervals = total * STEPS * 2
     assert count["values"][0][1] == intervals
