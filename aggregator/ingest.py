@@ -54,7 +54,7 @@ from aggregator.store import AcceptedBatch, IngestStore, IntervalRow, Rejection
 from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
-from common.mqtt import BrokerList, run_reconnecting
+from common.mqtt import BrokerList, run_reconnecting, subscribe
 from common.tls import client_context, read_secret
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
 from evidence.chain import ChainStep, ChainTracker, ChainVerdict
@@ -574,7 +574,7 @@ class BatchIngest:
             await publish(client, topic, encode_reply(reply, self._key), qos=1)
 
         mqtt = self._config.mqtt
-        await client.subscribe(batch_subscription(mqtt.share_group), qos=1)
+        await subscribe(client, batch_subscription(mqtt.share_group), qos=1)
         log.info("ingest: subscribed to %s on %s:%s as %s", batch_subscription(mqtt.share_group),
                  mqtt.host, mqtt.port, mqtt.client_id)  # fmt: skip
         on_connected()

@@ -31,6 +31,22 @@ Session = Callable[[aiomqtt.Client], Awaitable[None]]
 OnLost = Callable[[aiomqtt.MqttError, float], Awaitable[None]]
 
 
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker answered SUBACK with a failure code: the connection is up and deaf to the
+    topic (an ACL, or NATS while JetStream elects leaders after a node died)."""
+
+
+async def subscribe(client: aiomqtt.Client, topic: str, qos: int) -> None:
+    """Subscribe and check the SUBACK: a refusal raises :class:`SubscriptionRefused`, an
+    MQTT error, so the reconnect loop reconnects and subscribes again instead of waiting
+    forever on a subscription that does not exist."""
+    codes = await client.subscribe(topic, qos=qos)
+    for code in codes:
+        failed = code >= 0x80 if isinstance(code, int) else code.is_failure
+        if failed:
+            raise SubscriptionRefused(f"broker refused the subscription to {topic!r} (SUBACK {code})")
+
+
 class BrokerAddress(BaseModel):
     """One broker (a node of a cluster): ``host`` and ``port``, in a config file's
     ``failover`` list."""

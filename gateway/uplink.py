@@ -43,7 +43,7 @@ import aiomqtt
 
 from common.aio import publish
 from common.clock import Clock
-from common.mqtt import BrokerList, run_reconnecting
+from common.mqtt import BrokerList, run_reconnecting, subscribe
 from common.tls import SecretError, client_context
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, load_public_key
@@ -175,8 +175,8 @@ class Uplink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         _, acks, rejects = self._topics
-        await client.subscribe(acks, qos=1)
-        await client.subscribe(rejects, qos=1)
+        await subscribe(client, acks, qos=1)
+        await subscribe(client, rejects, qos=1)
         self.connected = True
         self.counts.connects += 1
         self._inflight.clear()  # a new connection: resend everything not acknowledged

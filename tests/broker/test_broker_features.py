@@ -15,7 +15,8 @@ import contextlib
 import aiomqtt
 import pytest
 
-from evidence.wire import TOPIC_ROOT, batch_subscription, batch_topic
+from common.mqtt import SubscriptionRefused, subscribe
+from evidence.wire import TOPIC_ROOT, ack_topic, batch_subscription, batch_topic
 from tests.security.conftest import AGGREGATOR, GW_A, GW_B
 
 from .conftest import Broker
@@ -179,3 +180,30 @@ async def _collect_distinct(client: aiomqtt.Client, want: int) -> list[bytes]:
                 if len(set(got)) >= want:
                     break
     return got
+
+
+async def test_a_gateway_cannot_read_other_sessions_through_broker_internals(broker: Broker) -> None:
+    """NATS delivers a session's QoS 1 messages on ``$MQTT.sub.<id>``, which every subscriber
+    may subscribe to (it needs it for its own session): a gateway subscribing to the MQTT
+    topic ``$MQTT/sub/#`` must still not see the batches delivered to the aggregator."""
+    async with broker.client(AGGREGATOR, clean_session=True) as agg, broker.client(GW_A) as spy:
+        await agg.subscribe(PLAIN, qos=1)
+        with contextlib.suppress(aiomqtt.MqttError):  # refused outright is fine too
+            await spy.subscribe("$MQTT/sub/#", qos=1)
+        sent = _msgs("private", 5)
+        await _publish(broker, GW_B, sent)
+        assert await _collect(agg, len(sent)) == sent
+        assert await _collect(spy, 1, within=2.0) == []
+
+
+async def test_a_refused_subscription_is_an_error_not_silence(broker: Broker) -> None:
+    """gw-a may not read gw-b's acks: the broker refuses (SUBACK failure, or it closes the
+    connection), and :func:`common.mqtt.subscribe` turns a refusal into an MQTT error the
+    reconnect loop handles (NATS also refuses while JetStream elects leaders after a node
+    died; a client that ignored the SUBACK stayed deaf until its next reconnect)."""
+    with pytest.raises(aiomqtt.MqttError) as refused:
+        async with broker.client(GW_A) as gw_a:
+            await subscribe(gw_a, ack_topic(GW_B), qos=1)
+            await gw_a.publish(batch_topic(GW_A), b"control", qos=1)  # a closed link fails here
+    if broker.kind in ("mosquitto", "nats"):
+        assert isinstance(refused.value, SubscriptionRefused)
