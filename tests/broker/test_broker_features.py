@@ -193,7 +193,11 @@ async def test_a_gateway_cannot_read_other_sessions_through_broker_internals(bro
         sent = _msgs("private", 5)
         await _publish(broker, GW_B, sent)
         assert await _collect(agg, len(sent)) == sent
-        assert await _collect(spy, 1, within=2.0) == []
+        try:
+            leaked = await _collect(spy, 1, within=2.0)
+        except aiomqtt.MqttError:
+            leaked = []  # the broker closed the spy's connection (RabbitMQ: read refused)
+        assert leaked == []
 
 
 async def test_a_refused_subscription_is_an_error_not_silence(broker: Broker) -> None:
