@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from aggregator.errors import ConfigError
+from common.mqtt import BrokerAddress
 from common.tls import SecretSource, TlsSettings
 from common.yaml_models import issues_from, read_yaml
 from evidence.wire import SHARE_GROUP
@@ -54,16 +55,22 @@ class MqttSettings(_Closed):
     its restart. Aggregators sharing the load (one ``share_group``) need distinct client
     ids (two with one id take the session from each other); the broker keeps dealing a
     share of the batches to a stopped member, delivered when it returns or, resent by the
-    gateway after ``resend_after_s``, to another member."""
+    gateway after ``resend_after_s``, to another member.
+
+    ``failover``: more nodes of a clustered broker, tried in order when ``host:port`` cannot
+    be reached (the session lives in the cluster, docs/scale.md). ``share_group: null``
+    subscribes to every gateway's batches without a shared subscription, for a broker that
+    has none (NATS, RabbitMQ 3.10): then one aggregator per broker."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    failover: tuple[BrokerAddress, ...] = ()
     tls: TlsSettings | None = None  # None only with insecure: true (plain text on the wire)
     insecure: bool = False
     username: str | None = None
     password: SecretSource | None = None  # {file: PATH} (0600) or {env: VARIABLE}
     client_id: str = Field(default="puhui-aggregator", min_length=1, max_length=64)
-    share_group: str = SHARE_GROUP
+    share_group: str | None = SHARE_GROUP
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_initial_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)

@@ -60,7 +60,7 @@ from aggregator.store.rows import Held
 from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
-from common.mqtt import run_reconnecting
+from common.mqtt import BrokerList, run_reconnecting, subscribe
 from common.tls import client_context, read_secret
 from evidence.batch import BatchHeader, SealedBatch, header_hash, parse_batch, parse_header, verify_batch
 from evidence.chain import ChainStep, ChainTracker, ChainVerdict
@@ -615,16 +615,19 @@ class BatchIngest:
         tls = None if mqtt.tls is None else client_context(mqtt.tls, "mqtt.tls")
         password = None if mqtt.password is None else read_secret(mqtt.password, "mqtt.password")
 
+        brokers = BrokerList.of(mqtt.host, mqtt.port, mqtt.failover)
+
         def connect() -> aiomqtt.Client:
             return aiomqtt.Client(
-                mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False, tls_context=tls,
-                username=mqtt.username, password=password, keepalive=mqtt.keepalive_s,
+                brokers.current.host, brokers.current.port, identifier=mqtt.client_id,
+                clean_session=False, tls_context=tls, username=mqtt.username, password=password,
+                keepalive=mqtt.keepalive_s,
             )  # fmt: skip
 
         await run_reconnecting(
             connect, lambda client: self._session(client, on_connected),
             backoff=Backoff(mqtt.reconnect_initial_s, mqtt.reconnect_max_s),
-            name=f"ingest: MQTT {mqtt.host}:{mqtt.port}", sleep=self._clock.sleep,
+            name=f"ingest: MQTT {brokers}", sleep=self._clock.sleep, brokers=brokers,
         )  # fmt: skip
 
     async def _session(self, client: aiomqtt.Client, on_connected: Callable[[], None]) -> None:
@@ -632,7 +635,7 @@ class BatchIngest:
             await publish(client, topic, encode_reply(reply, self._key), qos=1)
 
         mqtt = self._config.mqtt
-        await client.subscribe(batch_subscription(mqtt.share_group), qos=1)
+        await subscribe(client, batch_subscription(mqtt.share_group), qos=1)
         log.info("ingest: subscribed to %s on %s:%s as %s", batch_subscription(mqtt.share_group),
                  mqtt.host, mqtt.port, mqtt.client_id)  # fmt: skip
         on_connected()

@@ -7,15 +7,21 @@ do while connected; the loop owns the policy: which errors mean "connection lost
 (:class:`aiomqtt.MqttError`, also inside the ``ExceptionGroup`` of a session's
 ``TaskGroup``), one log line per loss, backoff that starts over after every successful
 connect, and cancellation that always ends the loop.
+
+A component may name several brokers (the nodes of a cluster, :class:`BrokerList`): its
+``connect()`` builds the client for ``brokers.current``, and the loop moves on to the next
+address after every attempt that fails to connect (a lost connection first tries its own
+broker again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.backoff import Backoff
 
@@ -23,6 +29,65 @@ log = logging.getLogger(__name__)
 
 Session = Callable[[aiomqtt.Client], Awaitable[None]]
 OnLost = Callable[[aiomqtt.MqttError, float], Awaitable[None]]
+
+
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker answered SUBACK with a failure code: the connection is up and deaf to the
+    topic (an ACL, or NATS while JetStream elects leaders after a node died)."""
+
+
+async def subscribe(client: aiomqtt.Client, topic: str, qos: int) -> None:
+    """Subscribe and check the SUBACK: a refusal raises :class:`SubscriptionRefused`, an
+    MQTT error, so the reconnect loop reconnects and subscribes again instead of waiting
+    forever on a subscription that does not exist."""
+    codes = await client.subscribe(topic, qos=qos)
+    for code in codes:
+        failed = code >= 0x80 if isinstance(code, int) else code.is_failure
+        if failed:
+            raise SubscriptionRefused(f"broker refused the subscription to {topic!r} (SUBACK {code})")
+
+
+class BrokerAddress(BaseModel):
+    """One broker (a node of a cluster): ``host`` and ``port``, in a config file's
+    ``failover`` list."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class BrokerList:
+    """Broker addresses tried in order, wrapping around: ``current`` is the one to connect
+    to; ``advance()`` moves to the next (the reconnect loop calls it when a connect fails)."""
+
+    def __init__(self, addresses: Sequence[BrokerAddress]) -> None:
+        if not addresses:
+            raise ValueError("a broker list needs at least one address")
+        self._addresses = tuple(addresses)
+        self._index = 0
+
+    @classmethod
+    def of(cls, host: str, port: int, failover: Sequence[BrokerAddress] = ()) -> BrokerList:
+        """The configured ``host:port`` first, then the ``failover`` addresses."""
+        return cls([BrokerAddress(host=host, port=port), *failover])
+
+    @property
+    def current(self) -> BrokerAddress:
+        return self._addresses[self._index]
+
+    @property
+    def addresses(self) -> tuple[BrokerAddress, ...]:
+        return self._addresses
+
+    def advance(self) -> None:
+        self._index = (self._index + 1) % len(self._addresses)
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self._addresses))
 
 
 async def run_reconnecting(
@@ -33,6 +98,7 @@ async def run_reconnecting(
     name: str,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_lost: OnLost | None = None,
+    brokers: BrokerList | None = None,
 ) -> None:
     """Run ``session(client)`` on a client from ``connect()``, reconnecting forever.
 
@@ -41,7 +107,8 @@ async def run_reconnecting(
     followed by ``sleep(delay)`` (wall or injected clock: the caller's choice) and a new
     connection. Any other exception propagates (with the MQTT errors of its group); so
     does cancellation, also when closing the client turns it into an MQTT error. Returns
-    only if the session returns.
+    only if the session returns. With ``brokers`` (which ``connect()`` reads), a failed
+    connect moves on to the next broker before the wait.
     """
     attempt, cancels = 0, _cancelling()
     while True:
@@ -62,8 +129,14 @@ async def run_reconnecting(
         attempt = 0 if round_.connected else attempt
         delay = backoff.delay(attempt)
         attempt += 1
-        log.warning("%s: %s (%s); reconnecting in %.1f s", name,
-                    "connection lost" if round_.connected else "cannot connect",
+        where = ""
+        if brokers is not None and len(brokers.addresses) > 1:
+            where = f" to {brokers.current}"
+            if not round_.connected:
+                brokers.advance()
+            where += f"; next: {brokers.current}"
+        log.warning("%s: %s%s (%s); reconnecting in %.1f s", name,
+                    "connection lost" if round_.connected else "cannot connect", where,
                     "; ".join(map(str, errors)), delay)  # fmt: skip
         if on_lost is not None:
             await on_lost(errors[0], delay)

@@ -53,9 +53,11 @@ def reject_topic(gateway: str) -> str:
     return f"{TOPIC_ROOT}/{check_gateway_id(gateway)}/reject"
 
 
-def batch_subscription(group: str = SHARE_GROUP) -> str:
-    """The aggregators' shared subscription to every gateway's batches."""
-    return f"$share/{group}/{TOPIC_ROOT}/+/batch"
+def batch_subscription(group: str | None = SHARE_GROUP) -> str:
+    """The aggregators' shared subscription to every gateway's batches; with no group, the
+    plain subscription (a broker without shared subscriptions, one aggregator)."""
+    plain = f"{TOPIC_ROOT}/+/batch"
+    return plain if group is None else f"$share/{group}/{plain}"
 
 
 def gateway_from_topic(topic: str) -> str:

@@ -33,6 +33,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.backoff import Backoff
+from common.mqtt import BrokerAddress
 from common.tls import TlsSettings
 
 DEFAULT_STATE_DIR = "/var/lib/puhui/gateway"
@@ -107,10 +108,13 @@ def _reject_backoff() -> BackoffSettings:
 
 
 class UplinkSettings(_Closed):
-    """The MQTT broker the gateway sends batches to, and the aggregator key it trusts."""
+    """The MQTT broker the gateway sends batches to, and the aggregator key it trusts.
+    ``failover``: more nodes of a clustered broker, tried in order when ``host:port`` cannot
+    be reached."""
 
     host: str = Field(min_length=1)
     port: int = Field(default=8883, ge=1, le=65535)
+    failover: tuple[BrokerAddress, ...] = Field(default=(), description="more broker nodes, in order")
     tls: TlsSettings | None = Field(default_factory=TlsSettings, description="null: plain TCP")
     username: str | None = None
     password_file: str | None = Field(default=None, description="file holding the password")

@@ -43,7 +43,7 @@ import aiomqtt
 
 from common.aio import publish
 from common.clock import Clock
-from common.mqtt import run_reconnecting
+from common.mqtt import BrokerList, run_reconnecting, subscribe
 from common.tls import SecretError, client_context
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, load_public_key
@@ -106,6 +106,7 @@ class Uplink:
         self._password, self._tls = password, tls_context
         rng = rng or random.Random()
         self._reconnect = settings.reconnect.backoff(rng)
+        self._brokers = BrokerList.of(settings.host, settings.port, settings.failover)
         self._reject_backoff = settings.reject_backoff.backoff(rng)
         self._topics = (batch_topic(gateway_id), ack_topic(gateway_id), reject_topic(gateway_id))
         self._work = asyncio.Event()
@@ -149,9 +150,9 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, send and receive; reconnect with backoff on every connection loss."""
-        name = f"uplink {self._gateway} to {self._s.host}:{self._s.port}"
+        name = f"uplink {self._gateway} to {self._brokers}"
         await run_reconnecting(self._client, self._session, backoff=self._reconnect, name=name,
-                               on_lost=self._connection_lost)  # fmt: skip
+                               on_lost=self._connection_lost, brokers=self._brokers)  # fmt: skip
 
     async def _connection_lost(self, error: aiomqtt.MqttError, delay: float) -> None:
         if self.connected:
@@ -159,10 +160,10 @@ class Uplink:
         self.connected = False
 
     def _client(self) -> aiomqtt.Client:
-        s = self._s
+        s, broker = self._s, self._brokers.current
         return aiomqtt.Client(
-            s.host,
-            s.port,
+            broker.host,
+            broker.port,
             username=s.username,
             password=self._password,
             identifier=s.client_id or client_identifier(self._gateway),
@@ -174,12 +175,12 @@ class Uplink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         _, acks, rejects = self._topics
-        await client.subscribe(acks, qos=1)
-        await client.subscribe(rejects, qos=1)
+        await subscribe(client, acks, qos=1)
+        await subscribe(client, rejects, qos=1)
         self.connected = True
         self.counts.connects += 1
         self._inflight.clear()  # a new connection: resend everything not acknowledged
-        log.info("uplink %s connected to %s:%d", self._gateway, self._s.host, self._s.port)
+        log.info("uplink %s connected to %s", self._gateway, self._brokers.current)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._send_loop(client), name=f"uplink-send-{self._gateway}")
             group.create_task(self._receive_loop(client), name=f"uplink-receive-{self._gateway}")
