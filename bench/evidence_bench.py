@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bench.common import Figure, best_rate
 from evidence.batch import GENESIS_PREV, seal_batch, verify_batch
 from evidence.keys import generate_key
-from evidence.records import IntervalRecord, Stats, decode_record, encode_record
+from evidence.records import IntervalRecord, Stats, decode_record, encode_record, encode_records
 
 BATCH = 1000
+ROUNDS = 9
 T0 = 1_767_225_600
 
 
@@ -47,7 +48,7 @@ def run() -> list[Figure]:
     records = sample_records()
 
     def seal() -> int:
-        encoded = [encode_record(r) for r in records]
+        encoded = encode_records(records)  # as the gateway's pipeline encodes a submit
         seal_batch(encoded, key=key, gateway="gw-bench", seq=1, prev=GENESIS_PREV, created_ms=0)
         return BATCH
 
@@ -83,8 +84,13 @@ def run() -> list[Figure]:
             sha(b"\x01" + b"a" * 64).digest()
         return BATCH
 
-    seal_rate, verify_rate = best_rate(seal), best_rate(verify)
-    raw = best_rate(raw_verify_batch)
+    # Interleaved, best of each: a shared machine's load then slows each figure and its floor
+    # alike rather than one of them.
+    seal_rate = verify_rate = raw = 0.0
+    for _ in range(ROUNDS):
+        seal_rate = max(seal_rate, best_rate(seal, repeat=1))
+        raw = max(raw, best_rate(raw_verify_batch, repeat=1))
+        verify_rate = max(verify_rate, best_rate(verify, repeat=1))
     return [
         Figure("evidence: seal (encode+Merkle+sign), batches of 1,000", seal_rate, "records/s",
                "raw SHA-256+ECDSA floor", raw),

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,22 @@ def leaf_hash(data: bytes) -> bytes:
     return _sha256(b"\x00" + data).digest()
 
 
+def leaf_hashes(leaves: Iterable[bytes]) -> list[bytes]:
+    """:func:`leaf_hash` of each leaf, in order (no Python call per leaf)."""
+    sha = _sha256
+    return [sha(b"\x00" + d).digest() for d in leaves]
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(b"\x01" + left + right).digest()
 
 
 def _next_level(level: Sequence[bytes]) -> list[bytes]:
     sha = _sha256
-    nxt = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+    pairs = iter(level)
+    nxt = [
+        sha(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs, strict=False)
+    ]  # an odd last is carried
     if len(level) % 2:
         nxt.append(level[-1])
     return nxt
@@ -50,8 +59,7 @@ def merkle_root(leaf_hashes: Sequence[bytes]) -> bytes:
 
 def merkle_root_of(leaves: Sequence[bytes]) -> bytes:
     """Root of the tree over the given leaf bytes."""
-    sha = _sha256
-    return merkle_root([sha(b"\x00" + d).digest() for d in leaves])
+    return merkle_root(leaf_hashes(leaves))
 
 
 @dataclass(frozen=True, slots=True)

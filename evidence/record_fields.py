@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -191,3 +191,103 @@ def compile_encoder(tag: str, fields: tuple[WireField, ...]) -> Callable[[Any], 
     exec(compile(encoder_source(tag, fields), f"<{tag} encoder>", "exec"), namespace)
     encode: Callable[[Any], bytes] = namespace[f"encode_{tag}"]
     return encode
+
+
+# -- the batch encoder -----------------------------------------------------------------------
+#
+# msgspec writes a dataclass's fields in declaration order, compact, in C: the canonical bytes
+# for every record whose values it spells as the encoder above does. The guard admits only
+# those: strings (ASCII, nothing to escape: checked on the output), ints that are ints (not bools),
+# finite floats written without an exponent (repr uses one below 1e-4 and from 1e16, msgspec
+# spells it differently), nested objects of their exact declared class, no flags. Every other
+# record goes through the generated encoder, whose bytes are the definition.
+
+_PLAIN = "(1e-4 <= {x} < 1e16 or -1e16 < {x} <= -1e-4 or {x} == 0.0)"
+
+
+def _guard(f: WireField, x: str) -> str:
+    if f.form in ("text", "choice"):
+        g = f"type({x}) is str"
+    elif f.form in ("integer", "count"):
+        g = f"type({x}) is int"
+    elif f.form == "number":
+        g = f"type({x}) is float and {_PLAIN.format(x=x)}"
+    elif f.form == "choice_list":
+        return f"{x} == ()"  # a () or None spelled as msgspec spells it: a [] only
+    else:  # "object"
+        members = " and ".join(_guard(m, f"{x}.{m.name}") for m in f.members)
+        g = f"type({x}) is {f.type.__name__} and {members}"
+    return f"({x} is None or ({g}))" if f.nullable else f"({g})"
+
+
+def plain_guard_source(cls: type[Any], fields: tuple[WireField, ...]) -> str:
+    """The source of the guard :func:`compile_batch_encoder` uses: for a record whose msgspec
+    bytes (before the output checks) equal the canonical encoder's, its values in a msgspec
+    struct (``W`` and ``W_<field>`` for nested objects); None for any other record."""
+    names = [f"v{i}" for i in range(len(fields))]
+    lines = ["def plain(r):", f"    if type(r) is not {cls.__name__}:", "        return None"]
+    lines += [f"    {v} = r.{f.name}" for f, v in zip(fields, names, strict=True)]
+    guards = [_guard(f, v) for f, v in zip(fields, names, strict=True)]
+    lines += ["    if (", *(f"        {'and ' if i else ''}{g}" for i, g in enumerate(guards)), "    ):"]
+    values = ", ".join(_struct_value(f, v) for f, v in zip(fields, names, strict=True))
+    lines += [f"        return W({values})", "    return None"]
+    return "\n".join(lines) + "\n"
+
+
+def _struct_value(f: WireField, x: str) -> str:
+    if f.form != "object":
+        return x
+    members = ", ".join(_struct_value(m, f"{x}.{m.name}") for m in f.members)
+    value = f"W_{f.name}({members})"
+    return f"(None if {x} is None else {value})" if f.nullable else value
+
+
+def _structs(tag: str | None, name: str, fields: tuple[WireField, ...], into: dict[str, Any]) -> type[Any]:
+    import msgspec
+
+    for f in fields:
+        if f.form == "object":
+            into[f"W_{f.name}"] = _structs(None, f"W_{f.name}", f.members, into)
+    kw: dict[str, Any] = {"tag": tag, "tag_field": "type"} if tag else {}
+    return msgspec.defstruct(name, [(f.name, Any) for f in fields], gc=False, **kw)
+
+
+def compile_batch_encoder(
+    tag: str, cls: type[Any], fields: tuple[WireField, ...], encode_one: Callable[[Any], bytes]
+) -> Callable[[Sequence[Any]], list[bytes]]:
+    """``[encode_one(r) for r in records]``, the same bytes, at a fraction of the cost when
+    most records are plain (see the comment above): their values are encoded by msgspec in
+    one call, the other records one by one by ``encode_one``."""
+    import msgspec  # only the sealing path needs it
+
+    namespace: dict[str, Any] = {cls.__name__: cls}
+    namespace.update({f.type.__name__: f.type for f in _objects(fields)})
+    namespace["W"] = _structs(tag, f"{cls.__name__}Wire", fields, namespace)
+    exec(compile(plain_guard_source(cls, fields), f"<{tag} plain guard>", "exec"), namespace)
+    plain: Callable[[Any], Any] = namespace["plain"]
+    lines = msgspec.json.Encoder().encode_lines
+
+    def encode_many(records: Sequence[Any]) -> list[bytes]:
+        wire = [plain(r) for r in records]
+        fast = [w for w in wire if w is not None]
+        if not fast:
+            return [encode_one(r) for r in records]
+        try:
+            data = lines(fast)
+        except (msgspec.EncodeError, OverflowError, TypeError, ValueError):  # an int beyond 64 bits
+            return [encode_one(r) for r in records]
+        if not data.isascii() or b"\\" in data or b"\x7f" in data:  # a string spelled otherwise
+            return [encode_one(r) for r in records]
+        encoded = data.split(b"\n")
+        encoded.pop()  # after the last newline
+        if len(fast) == len(records):
+            return encoded
+        it = iter(encoded)
+        return [encode_one(r) if w is None else next(it) for r, w in zip(records, wire, strict=True)]
+
+    return encode_many
+
+
+def _objects(fields: tuple[WireField, ...]) -> list[WireField]:
+    out = [f for f in fields if f.form == "object"]
+    return out + [m for f in out for m in _objects(f.members)]

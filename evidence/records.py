@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from evidence.errors import MalformedRecord
-from evidence.record_fields import Count, WireField, compile_encoder, to_builtins, wire_fields
+from evidence.record_fields import (
+    Count,
+    WireField,
+    compile_batch_encoder,
+    compile_encoder,
+    to_builtins,
+    wire_fields,
+)
 
 Kind = Literal["counter", "gauge"]
 
@@ -224,6 +231,15 @@ def encode_record(record: Record) -> bytes:
         return _ENCODER.encode(record.to_json()).encode("ascii")
     except ValueError as exc:  # allow_nan=False, or _num
         raise MalformedRecord(f"{_describe(record)}: value is NaN or infinite") from exc
+
+
+def encode_records(records: Sequence[Record]) -> list[bytes]:
+    """``[encode_record(r) for r in records]``: the same bytes, at about half the cost for
+    interval records (see :func:`evidence.record_fields.compile_batch_encoder`)."""
+    return _encode_many(records)
+
+
+_encode_many = compile_batch_encoder("interval", IntervalRecord, INTERVAL_FIELDS, encode_record)
 
 
 def _describe(record: Record) -> str:

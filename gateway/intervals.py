@@ -240,6 +240,9 @@ class IntervalBuilder:
 
     def add(self, sample: Sample) -> None:
         """Take one sample (any order, any lateness); never raises for bad data."""
+        self._add(sample, self.clock.now())
+
+    def _add(self, sample: Sample, now: float) -> None:
         self.counts.samples += 1
         key = (sample.meter, sample.quantity)
         series = self._series.get(key)
@@ -247,7 +250,7 @@ class IntervalBuilder:
         if series is None and stats_targets is None:
             self.counts.unrouted += 1
             return
-        if sample.time > self.clock.now() + self.max_future_s:
+        if sample.time > now + self.max_future_s:
             self._reject_future(sample, series, stats_targets)
             return
         start = self._start_of(sample.time)
@@ -274,8 +277,10 @@ class IntervalBuilder:
         return self._start_of(sample.time - self.boundary_s)
 
     def add_many(self, samples: Iterable[Sample]) -> None:
+        """:meth:`add` each sample, against one reading of the clock (they arrived together)."""
+        add, now = self._add, self.clock.now()
         for sample in samples:
-            self.add(sample)
+            add(sample, now)
 
     def _reject_future(self, sample: Sample, series: _Series | None, targets: list[_Series] | None) -> None:
         self.counts.future += 1

@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.cjt188.frame import DI_METERING, Address
 from drivers.contract import Invalid
@@ -32,14 +32,15 @@ from drivers.line.contract import LineError, LineTimeout
 from drivers.line.owner import LineOwner
 from drivers.mbus.client import Target, read_heat
 from drivers.mbus.frame import MAX_PRIMARY, SecondaryAddress
-from drivers.mbus.heat import MEDIA, HeatData
-from drivers.mbus.records import Header
-from drivers.mbus.scan import ScanResult
-from drivers.mbus.scan import scan as mbus_scan
 from gateway.cjt188_commission import MeterSettings, describe_heat, find_meters, probe_identifier
 from gateway.cli_args import UsageError, add_line_arguments, bounded, fail, line_settings, seconds
 from gateway.dlt645_commission import SCAN_DI, describe_value, find_address, scan_addresses
 from gateway.dlt645_commission import probe_identifier as dlt645_probe
+
+if TYPE_CHECKING:  # the M-Bus library (and its crypto stack): imported by the M-Bus commands only
+    from drivers.mbus.heat import HeatData
+    from drivers.mbus.records import Header
+    from drivers.mbus.scan import ScanResult
 
 
 def add_line_commands(sub: Any) -> None:
@@ -299,6 +300,8 @@ def _mbus(args: argparse.Namespace) -> int:
 
 async def _mbus_scan(settings: SerialLineConfig | TcpServerLineConfig, addresses: list[int]) -> ScanResult:
     async with LineOwner(settings) as line:
+        from drivers.mbus.scan import scan as mbus_scan
+
         return await mbus_scan(line, addresses, timeout_s=settings.timeout_s)
 
 
@@ -308,6 +311,8 @@ async def _mbus_probe(settings: SerialLineConfig | TcpServerLineConfig, target: 
 
 
 def _describe_header(h: Header) -> str:
+    from drivers.mbus.heat import MEDIA
+
     medium = MEDIA.get(h.medium, f"medium {h.medium:02X}")
     where = f"secondary {h.secondary_address}"
     return f"{h.manufacturer_code} {h.id_digits} version {h.version:02X}, {medium} ({where})"

@@ -24,7 +24,7 @@ from typing import Any
 
 from common.clock import Clock
 from evidence.keys import GatewayKey
-from evidence.records import IntervalRecord, encode_record
+from evidence.records import IntervalRecord, encode_records
 from evidence.wire import check_gateway_id
 from gateway.clock_guard import ClockGuard
 from gateway.errors import EvidenceStoreError
@@ -113,7 +113,7 @@ class EvidencePipeline:
         committed transaction; seal at once if ``max_records`` are pending. Raises only if
         that transaction did not commit (the caller then submits the records again)."""
         store, sealer = self._running()
-        encoded = [encode_record(r) for r in records]
+        encoded = encode_records(records)
         store.add_pending(encoded, builder_state, round(self._clock.now() * 1000))
         if records:
             self._seal_now(store, sealer)

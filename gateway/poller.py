@@ -61,6 +61,7 @@ class Poller:
         self._sink = sink
         self._clock = clock
         self._changed = asyncio.Condition()
+        self._waiting = 0  # wait_until calls under way
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -83,8 +84,12 @@ class Poller:
     async def wait_until(self, predicate: Callable[[Mapping[str, DeviceHealth]], bool]) -> None:
         """Return once ``predicate(health)`` holds, re-checked after every poll (wrap in
         ``asyncio.timeout``)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: predicate(self.health))
+        self._waiting += 1
+        try:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self.health))
+        finally:
+            self._waiting -= 1
 
     async def _run(self, schedule: Schedule, now: float) -> None:
         periods = schedule.periods
@@ -101,8 +106,9 @@ class Poller:
             now = self._clock.now()
             for g in groups:
                 due[g] = self._advance(due[g], periods[g], now, health)
-            async with self._changed:
-                self._changed.notify_all()
+            if self._waiting:  # nobody waits, as in a running gateway: no lock to take
+                async with self._changed:
+                    self._changed.notify_all()
 
     @staticmethod
     def _advance(due: float, period: float, now: float, health: DeviceHealth) -> float:

@@ -417,8 +417,12 @@ class Gateway:
                 await self.handover.persist()
 
     def _take(self, samples: Sequence[Sample]) -> None:
-        for s in samples:
-            self.last_readings.setdefault(s.meter, {})[s.quantity] = s
+        last, meter, readings = self.last_readings, None, {}
+        for s in samples:  # a poll's samples are one meter's: one lookup while it stays the same
+            if s.meter != meter:
+                meter = s.meter
+                readings = last.get(meter) or last.setdefault(meter, {})
+            readings[s.quantity] = s
         if not self._clock_good():
             # Stamped by a clock not to be trusted: kept out of every interval. The builder
             # continues from its last good counter readings once time is good.

@@ -11,7 +11,7 @@ from aggregator.influx.errors import (
     LineProtocolError,
 )
 from aggregator.influx.influxql import quote_ident, quote_literal
-from aggregator.influx.lineprotocol import Point, encode_point, encode_points
+from aggregator.influx.lineprotocol import Point, encode_point, encode_points, float_texts
 
 __all__ = [
     "InfluxAuthError",
@@ -26,6 +26,7 @@ __all__ = [
     "Series",
     "encode_point",
     "encode_points",
+    "float_texts",
     "quote_ident",
     "quote_literal",
 ]

@@ -15,6 +15,7 @@ The line's errors (``LineTimeout``: no answer, ``LineUnreachable``) pass through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from drivers.line.contract import Line
 from drivers.mbus.errors import UnexpectedAnswer
@@ -31,8 +32,10 @@ from drivers.mbus.frame import (
     select_frame,
     short_frame,
 )
-from drivers.mbus.heat import HeatData, decode_heat
-from drivers.mbus.records import Telegram, parse_variable_data
+
+if TYPE_CHECKING:
+    from drivers.mbus.heat import HeatData
+    from drivers.mbus.records import Telegram
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,8 @@ async def read_telegram(line: Line, target: Target, *, timeout_s: float) -> Tele
 
 async def read_heat(line: Line, target: Target, *, timeout_s: float) -> HeatData:
     """Wake or select the meter, REQ_UD2, check and decode its RSP_UD."""
+    from drivers.mbus.heat import decode_heat  # the M-Bus library only when a meter is read
+
     return decode_heat(await read_telegram(line, target, timeout_s=timeout_s))
 
 
@@ -104,6 +109,8 @@ def check_rsp_ud(target: Target, answer: LongFrame | None) -> Telegram:
         raise UnexpectedAnswer(f"answer from primary address {answer.address}, asked {target.primary}")
     if answer.ci != CI_VARIABLE:
         raise UnexpectedAnswer(f"answer with CI = {answer.ci:02X}, not 72 (variable data, long header)")
+    from drivers.mbus.records import parse_variable_data  # the M-Bus library only when read
+
     telegram = parse_variable_data(answer.data)
     header = telegram.header
     if target.secondary is not None and not target.secondary.matches(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from common.backoff import Backoff
 from common.clock import Clock
@@ -22,7 +23,9 @@ from drivers.errors import DriverError
 from drivers.line.contract import Line, LineError
 from drivers.mbus.client import Target, read_heat
 from drivers.mbus.config import MbusMeterSettings, MbusPolicy
-from drivers.mbus.heat import HeatData
+
+if TYPE_CHECKING:
+    from drivers.mbus.heat import HeatData  # the M-Bus library: imported when a meter is read
 
 SAMPLE_SOURCE = "mbus"
 
