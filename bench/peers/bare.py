@@ -10,6 +10,7 @@ values file (written on SIGTERM: the last values of every meter, for the harness
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -53,13 +54,11 @@ async def loop(spec: dict[str, Any]) -> None:
         tmp.write_text(str(total))
         os.replace(tmp, counts)
         slot += period
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, slot - loop_.time()))
-        except TimeoutError:
-            pass
     for c in clients:
         c.close()
-    values_file.write_text(json.dumps(last))
+    values_file.write_text(json.dumps(last))  # noqa: ASYNC240 - once, at the end
 
 
 def main() -> int:

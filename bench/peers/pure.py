@@ -47,7 +47,9 @@ def decode_block(words: Sequence[int], fields: Sequence[Field], start: int = 0) 
     for f in fields:
         i = f.address - start
         if i < 0 or i + 1 >= len(words):
-            raise ValueError(f"field {f.name} (0x{f.address:04X}) is outside the block read from 0x{start:04X}")
+            raise ValueError(
+                f"field {f.name} (0x{f.address:04X}) is outside the block read from 0x{start:04X}"
+            )
         out[f.name] = float32(words[i], words[i + 1])
     return out
 
@@ -127,7 +129,9 @@ TELEMETRY_TOPIC = "v1/gateway/telemetry"
 NO_LIMIT = "0:0,"  # tb-mqtt-client's RateLimit syntax for "none"
 
 
-def tb_gateway_json(host: str, port: int, token: str, *, connector_file: str = "modbus.json") -> dict[str, Any]:
+def tb_gateway_json(
+    host: str, port: int, token: str, *, connector_file: str = "modbus.json"
+) -> dict[str, Any]:
     """tb_gateway.json (3.8.x layout): the private broker, no remote shell or configuration,
     no statistics, memory storage, no rate limits, every read reported (ON_RECEIVED)."""
     return {
@@ -145,7 +149,8 @@ def tb_gateway_json(host: str, port: int, token: str, *, connector_file: str = "
             "checkingDeviceActivity": {"checkDeviceInactivity": False, "inactivityTimeoutSeconds": 300,
                                        "inactivityCheckPeriodSeconds": 10},
             "rateLimits": NO_LIMIT, "dpRateLimits": NO_LIMIT, "messagesRateLimits": NO_LIMIT,
-            "deviceMessagesRateLimits": NO_LIMIT, "deviceRateLimits": NO_LIMIT, "deviceDpRateLimits": NO_LIMIT,
+            "deviceMessagesRateLimits": NO_LIMIT, "deviceRateLimits": NO_LIMIT,
+            "deviceDpRateLimits": NO_LIMIT,
         },
         "storage": {"type": "memory", "read_records_count": 100, "max_records_count": 1_000_000},
         "grpc": {"enabled": False},
@@ -163,7 +168,8 @@ def tb_modbus_json(meters: Sequence[Meter], fields: Sequence[Field], period_s: f
         {"host": "127.0.0.1", "port": m.port, "type": "tcp", "method": "socket", "unitId": m.unit,
          "deviceName": m.name, "deviceType": "sdm630", "timeout": 5, "byteOrder": "BIG", "wordOrder": "BIG",
          "retries": 0, "retryOnEmpty": False, "retryOnInvalid": False,
-         "pollPeriod": int(round(period_s * 1000)), "connectAttemptTimeMs": 5000, "connectAttemptCount": 5,
+         "pollPeriod": round(period_s * 1000), "connectAttemptTimeMs": 5000,
+         "connectAttemptCount": 5,
          "waitAfterFailedAttemptsMs": 30000, "reportStrategy": {"type": "ON_RECEIVED"},
          "attributes": [], "timeseries": series, "attributeUpdates": [], "rpc": []}
         for m in meters
@@ -240,7 +246,8 @@ def collectd_conf(meters: Sequence[Meter], fields: Sequence[Field], period_s: fl
     ]  # fmt: skip
     for f in fields:
         lines += [f'  <Data "{f.name}">', f"    RegisterBase {f.address}", "    RegisterType Float",
-                  "    RegisterCmd ReadInput", '    Type "gauge"', f'    Instance "{f.name}"', "  </Data>"]  # fmt: skip
+                  "    RegisterCmd ReadInput", '    Type "gauge"', f'    Instance "{f.name}"',
+                  "  </Data>"]  # fmt: skip
     for m in meters:
         lines += [f'  <Host "{m.name}">', '    Address "127.0.0.1"', f'    Port "{m.port}"',
                   f"    Interval {period_s:g}", f"    <Slave {m.unit}>", f'      Instance "{m.name}"',
@@ -337,7 +344,8 @@ def table(results: Sequence[Result], floor_name: str) -> str:
         rows.append(
             f"| {r.meters} x {r.period_s:g} s | {r.budget} | {r.contender} | {r.values_per_cpu_s:,.0f} | "
             f"{'' if ratio is None else f'{ratio:.2f}'} | {r.peak_rss_kib / 1024:.0f} MiB | "
-            f"{r.values:,} / {r.expected:,.0f} | {r.requests_per_read:.1f} | {'yes' if r.kept_up else 'NO'} | "
+            f"{r.values:,} / {r.expected:,.0f} | {r.requests_per_read:.1f} | "
+            f"{'yes' if r.kept_up else 'NO'} | "
             f"{'yes' if r.check.ok else 'NO: ' + r.check.describe()} |"
         )
     return "\n".join(rows)

@@ -39,7 +39,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import httpx
@@ -50,7 +49,6 @@ from bench.bench_resources import GATEWAY, _status_port, fleet_data, site_config
 from bench.peers.pure import (
     SESSION_LIMITS_TOPIC,
     TELEMETRY_TOPIC,
-    Check,
     Field,
     Meter,
     Result,
@@ -71,6 +69,7 @@ from bench.peers.pure import (
 )
 from common.clock import ManualClock
 from drivers.modbus.profiles import load_profiles
+from evidence.records import IntervalRecord
 from firmware_sim import Fleet, parse_fleet
 from firmware_sim.registers.base import FC_INPUT
 from testbed.servers import PrivateMosquitto
@@ -145,7 +144,10 @@ class CpuQuota:
             if "cpu" not in _read(v2 / "cgroup.subtree_control").split():
                 (v2 / "cgroup.subtree_control").write_text("+cpu")
         elif (v1 / "cpu.cfs_quota_us").exists():
-            self.dir, self.files = v1 / name, {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(quota_us)}
+            self.dir, self.files = (
+                v1 / name,
+                {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(quota_us)},
+            )
         else:
             raise RuntimeError("no cgroup CPU controller here (neither v2 cpu.max nor v1 cpu.cfs_quota_us)")
 
@@ -219,7 +221,9 @@ async def world(meters: int, period_s: float, tmp: Path) -> AsyncIterator[World]
     clock = ManualClock(cfg.clock.epoch_s)
     with PrivateMosquitto() as broker:
         async with Fleet(cfg, clock=clock) as fleet:
-            found = [Meter(name, d.endpoint.port or 0, d.endpoint.unit or 1) for name, d in fleet.devices.items()]
+            found = [
+                Meter(name, d.endpoint.port or 0, d.endpoint.unit or 1) for name, d in fleet.devices.items()
+            ]
             yield World(fleet, clock, broker, found, sdm630_fields(), period_s, tmp)
 
 
@@ -270,7 +274,9 @@ async def _process(argv: list[str], log: Path, *, env: dict[str, str] | None = N
 
 class Bare(Contender):
     name = FLOOR
-    requests_note = "one request per meter per period for the block 0x0000-0x004B (76 registers), all concurrently"
+    requests_note = (
+        "one request per meter per period for the block 0x0000-0x004B (76 registers), all concurrently"
+    )
     output_note = "none: values decoded with struct and dropped (counted by the loop itself)"
 
     @contextlib.asynccontextmanager
@@ -279,7 +285,8 @@ class Bare(Contender):
         d.mkdir()
         self.counts, self.values = d / "counts", d / "values.json"
         spec = {"meters": [m.__dict__ for m in self.w.meters], "fields": [f.__dict__ for f in self.w.fields],
-                "period_s": self.w.period_s, "counts_file": str(self.counts), "values_file": str(self.values)}  # fmt: skip
+                "period_s": self.w.period_s, "counts_file": str(self.counts),
+                "values_file": str(self.values)}  # fmt: skip
         (d / "spec.json").write_text(json.dumps(spec))
         argv = [*pin, sys.executable, "-m", "bench.peers.bare", str(d / "spec.json")]
         async with _process(argv, d / "log") as proc:
@@ -317,11 +324,12 @@ class Puhui(Contender):
         config, log = d / "site.yaml", d / "gateway.log"
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         self.acker = AckSubscriber(self.w.broker.host, self.w.broker.port, d / "agg.sqlite",
-                                   gateway_keys={GATEWAY: keys.gateway.public_key}, aggregator_key=keys.aggregator)  # fmt: skip
+                                   gateway_keys={GATEWAY: keys.gateway.public_key},
+                                   aggregator_key=keys.aggregator)  # fmt: skip
         async with self.acker, httpx.AsyncClient(timeout=10) as self.client:
             argv = [*pin, sys.executable, "-m", "puhui", "gateway", "run", "--config", str(config)]
             async with _process(argv, log) as proc:
-                self.port = await _status_port(log, proc)  # type: ignore[arg-type]
+                self.port = await _status_port(log, proc)
                 yield proc.pid
             self.records = self.acker.records(GATEWAY)
 
@@ -334,19 +342,18 @@ class Puhui(Contender):
 
     def seen(self) -> dict[str, dict[str, float]]:
         """Values in the interval records the aggregator stand-in stored: counter readings, and
-        the min, mean and max of gauges (all equal: the values do not move)."""
+        the min, mean and max of gauges (all equal to the value served: it does not move)."""
         out: dict[str, dict[str, float]] = {}
         for r in self.records:
-            if getattr(r, "type", "") != "interval":
+            if not isinstance(r, IntervalRecord):
                 continue
-            got = out.setdefault(r.meter, {})  # type: ignore[attr-defined]
-            if r.counter_end is not None:  # type: ignore[attr-defined]
-                got[r.quantity] = r.counter_end  # type: ignore[attr-defined]
-            if r.stats is not None:  # type: ignore[attr-defined]
-                for v in (r.stats.min, r.stats.avg, r.stats.max):  # type: ignore[attr-defined]
-                    got[r.quantity] = v  # type: ignore[attr-defined]
-                    if v != r.stats.min:  # type: ignore[attr-defined]
-                        got[f"{r.quantity} (stats spread)"] = v  # type: ignore[attr-defined]
+            got = out.setdefault(r.meter, {})
+            if r.counter_end is not None:
+                got[r.quantity] = r.counter_end
+            if r.stats is not None:
+                got[r.quantity] = r.stats.avg
+                if not r.stats.min == r.stats.avg == r.stats.max:  # a value the simulator never served
+                    got[f"{r.quantity} (min {r.stats.min}, max {r.stats.max})"] = r.stats.max
         return out
 
 
@@ -355,7 +362,8 @@ class Thingsboard(Contender):
     requests_note = ("one request per timeseries key: 13 per meter per period (2 registers each), "
                      "sequential within a meter; one thread and asyncio loop per connector")  # fmt: skip
     output_note = ("JSON telemetry {device: [{ts, values}]} on v1/gateway/telemetry, QoS 1, to the private "
-                   "Mosquitto; values counted at the broker by a subscriber that also answers getSessionLimits "
+                   "Mosquitto; values counted at the broker by a subscriber that also answers "
+                   "getSessionLimits "
                    "(no rate limits)")  # fmt: skip
 
     @contextlib.asynccontextmanager
@@ -369,7 +377,8 @@ class Thingsboard(Contender):
                  "logs.json": tb_logs_json(str(d / "logs" / "tb.log"))}  # fmt: skip
         for name, data in files.items():
             (d / "config" / name).write_text(json.dumps(data, indent=1))
-        self.count, self.last, self.answered = 0, {}, 0
+        self.count, self.answered = 0, 0
+        self.last: dict[str, dict[str, float]] = {}
         python = TB_VENV / "bin" / "python"
         if not python.exists():
             raise RuntimeError(f"no ThingsBoard gateway virtualenv at {TB_VENV}: run scripts/bench-deps.sh")
@@ -380,7 +389,9 @@ class Thingsboard(Contender):
             argv = [*pin, str(python), "-c", "from thingsboard_gateway.tb_gateway import daemon; daemon()"]
             self.log = d / "logs" / "stdout.log"
             try:
-                async with _process(argv, self.log, env={"TB_GW_CONFIG_DIR": str(d / "config")}, cwd=d) as proc:
+                async with _process(
+                    argv, self.log, env={"TB_GW_CONFIG_DIR": str(d / "config")}, cwd=d
+                ) as proc:
                     yield proc.pid
             finally:
                 listener.cancel()
@@ -421,7 +432,9 @@ class Collectd(Contender):
     name = "collectd modbus plugin"
     requests_note = ("one request per <Data> block: 13 per meter per period (2 registers each), sequential "
                      "within a meter; meters spread over 5 read threads (libmodbus, C)")  # fmt: skip
-    output_note = "CSV plugin: one line per value to a file per meter and field; values counted from the files"
+    output_note = (
+        "CSV plugin: one line per value to a file per meter and field; values counted from the files"
+    )
 
     @contextlib.asynccontextmanager
     async def _start(self, pin: list[str]) -> AsyncIterator[int]:
@@ -429,8 +442,10 @@ class Collectd(Contender):
         self.data = d / "csv"
         self.data.mkdir(parents=True)
         conf = d / "collectd.conf"
-        conf.write_text(collectd_conf(self.w.meters, self.w.fields, self.w.period_s, self.data, d / "collectd.log"))
-        if not Path(COLLECTD).exists():
+        conf.write_text(
+            collectd_conf(self.w.meters, self.w.fields, self.w.period_s, self.data, d / "collectd.log")
+        )
+        if not Path(COLLECTD).exists():  # noqa: ASYNC240 - one stat before it starts
             raise RuntimeError(f"no collectd at {COLLECTD}: run scripts/bench-deps.sh")
         async with _process([*pin, COLLECTD, "-f", "-C", str(conf)], d / "stdout.log") as proc:
             yield proc.pid
@@ -491,7 +506,7 @@ async def measure_one(w: World, make: Callable[[World], Contender], plan: Plan) 
                 quota.add(pid)  # its threads and later children follow it
             t_start = time.monotonic()
             async with asyncio.timeout(START_TIMEOUT_S):
-                while await c.delivered() == 0:
+                while await c.delivered() == 0:  # noqa: ASYNC110 - counts in files, /status: no event
                     await asyncio.sleep(0.5)
             startup = time.monotonic() - t_start
             await asyncio.sleep(plan.warmup_s)
@@ -503,8 +518,9 @@ async def measure_one(w: World, make: Callable[[World], Contender], plan: Plan) 
             cpu1, v1, r1, t1 = tree_cpu_s(pids), await c.delivered(), w.requests(), time.monotonic()
             hwm = tree_hwm_kib(pids)
         check = compare(c.seen(), w.truth())
-    return Result(c.name, len(w.meters), w.period_s, budget, t1 - t0, cpu1 - cpu0, v1 - v0, hwm, r1 - r0, check,
-                  len(w.fields), note=f"first values after {startup:.1f} s; {len(pids)} processes")  # fmt: skip
+    return Result(c.name, len(w.meters), w.period_s, budget, t1 - t0, cpu1 - cpu0, v1 - v0, hwm, r1 - r0,
+                  check, len(w.fields),
+                  note=f"first values after {startup:.1f} s; {len(pids)} processes")  # fmt: skip
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -540,24 +556,34 @@ async def run(args: argparse.Namespace) -> tuple[list[Result], dict[str, str]]:
         else:
             m, p = max(args.configs, key=lambda c: c[0] / c[1])
             runs.append((m, p, args.budget))
+            kind = CpuQuota(args.budget).kind
+            notes["budget"] = (f"{args.budget:g} % of one core by a child cgroup's {kind} (100 ms period), "
+                               f"the contender pinned to one core as well, at {m} x {p:g} s")  # fmt: skip
     for meters, period, budget in runs:
         with tempfile.TemporaryDirectory(prefix="puhui-bench-peers-") as tmp_dir:
             tmp = Path(tmp_dir)
             async with world(meters, period, tmp) as w:
                 for key in args.contenders:
-                    print(f"{meters} x {period:g} s, {key}, budget {budget or 'none'} ...", file=sys.stderr, flush=True)
+                    print(
+                        f"{meters} x {period:g} s, {key}, budget {budget or 'none'} ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     sub = tmp / f"{key}-{budget or 'full'}"
                     sub.mkdir()
                     plan = Plan(args.warmup, args.window, pin, budget)
                     try:
                         r = await measure_one(replace(w, tmp=sub), CONTENDERS[key], plan)
                     except Exception as exc:  # noqa: BLE001 - reported in the table's notes, the run goes on
-                        notes[f"{key}, {meters} x {period:g} s, budget {budget or 'none'}"] = f"FAILED: {exc!r}"[:2000]
+                        notes[f"{key}, {meters} x {period:g} s, budget {budget or 'none'}"] = (
+                            f"FAILED: {exc!r}"[:2000]
+                        )
                         print(f"  failed: {exc!r}", file=sys.stderr)
                         continue
                     results.append(r)
                     print(f"  {r.values:,} values, {r.cpu_s:.2f} CPU s, {r.peak_rss_kib / 1024:.0f} MiB, "
-                          f"{r.requests} requests; {r.check.describe()}; {r.note}", file=sys.stderr, flush=True)  # fmt: skip
+                          f"{r.requests} requests; {r.check.describe()}; {r.note}",
+                          file=sys.stderr, flush=True)  # fmt: skip
     return results, notes
 
 
@@ -573,7 +599,8 @@ def versions() -> str:
         collectd = found[1] if found else "?"
     import pymodbus
 
-    return f"ThingsBoard IoT Gateway {tb_v}, collectd {collectd}, pymodbus {pymodbus.__version__} (puhui, bare loop)"
+    pm = pymodbus.__version__
+    return f"ThingsBoard IoT Gateway {tb_v}, collectd {collectd}, pymodbus {pm} (puhui, bare loop)"
 
 
 def section(results: list[Result], notes: dict[str, str], args: argparse.Namespace, command: str) -> str:
@@ -606,7 +633,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"some of {','.join(CONTENDERS)}")  # fmt: skip
     p.add_argument("--warmup", type=float, default=30.0)
     p.add_argument("--window", type=float, default=120.0)
-    p.add_argument("--budget", type=float, default=25.0, help="%% of one core for the Pi-class runs (0: none)")
+    p.add_argument(
+        "--budget", type=float, default=25.0, help="%% of one core for the Pi-class runs (0: none)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 20x2 only, 5 s warm-up, 15 s window")
     p.add_argument("--write-results", action="store_true", help="append the section to bench/results.md")
     return p
@@ -622,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown contender(s) {bad}; have {list(CONTENDERS)}", file=sys.stderr)
         return 2
     results, notes = asyncio.run(run(args))
-    text = section(results, notes, args, "make bench-peers" + (f" BENCH_PEERS_ARGS='{' '.join(argv)}'" if argv else ""))
+    shown = [a for a in argv if a != "--write-results"]
+    command = "make bench-peers" + (f" BENCH_PEERS_ARGS='{' '.join(shown)}'" if shown else "")
+    text = section(results, notes, args, command)
     print(text)
     if args.write_results:
         with RESULTS.open("a") as f:
