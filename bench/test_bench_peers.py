@@ -24,6 +24,7 @@ from bench.peers.pure import (
     decode_block,
     float32,
     ratio_to_floor,
+    schedstat_ns,
     session_limits,
     span,
     stat_cpu_ticks,
@@ -80,6 +81,7 @@ def test_proc_stat_parsing_survives_a_command_name_with_spaces_and_parentheses()
     own = Path(f"/proc/{os.getpid()}/stat").read_text()
     assert stat_ppid(own) == os.getppid()
     assert stat_cpu_ticks(own) >= 0
+    assert schedstat_ns("189741411 449607911 848\n") == 189741411
     status = "Name:\tx\nVmHWM:\t   61440 kB\nVmRSS:\t   51200 kB\n"
     assert status_kib(status, "VmHWM") == 61440
     with pytest.raises(ValueError, match="VmSwap"):

@@ -11,11 +11,12 @@ simulator's own registers (a contender that decodes a word order wrong, or drops
 fails the check). With two cores or more, this process (simulator, broker, counters) runs on
 the other cores and each contender alone on the first (``taskset``), one after the other.
 
-Per contender: its process tree's utime + stime from /proc over ``--window`` seconds after it
-delivered its first values and ``--warmup`` seconds more; peak RSS = VmHWM at the end of the
-window after a reset at its start (``clear_refs`` 5), summed over the tree; values delivered
-in the window, counted where each puts them (see CONTENDERS); Modbus requests the simulator
-served in the window. Kept up: delivered >= 95 % of meters x 13 x window / period.
+Per contender: its process tree's CPU time (each thread's schedstat) from /proc over
+``--window`` seconds after it delivered its first values and ``--warmup`` seconds more;
+peak RSS = VmHWM at the end of the window after a reset at its start (``clear_refs`` 5),
+summed over the tree; values delivered in the window, counted where each puts them (see
+CONTENDERS); Modbus requests the simulator served in the window.
+Kept up: delivered >= 95 % of meters x 13 x window / period.
 
 The Pi-class budget repeats the largest configuration with each contender in a cgroup whose
 CPU quota is ``--budget`` % of one core (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``)
@@ -57,6 +58,7 @@ from bench.peers.pure import (
     collectd_csv_rows,
     compare,
     decode_block,
+    schedstat_ns,
     session_limits,
     stat_cpu_ticks,
     stat_ppid,
@@ -110,6 +112,19 @@ def tree(pid: int) -> list[int]:
 
 
 def tree_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds of the processes' live threads (schedstat, ns). A thread that ends inside the
+    window takes its time with it: :func:`tree_ticks_s` (/proc/<pid>/stat, dead threads
+    included, 10 ms ticks) is reported beside it as a cross-check."""
+    ns = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    ns += schedstat_ns(Path(f"/proc/{p}/task/{tid}/schedstat").read_text())
+    return ns / 1e9
+
+
+def tree_ticks_s(pids: Sequence[int]) -> float:
     ticks = 0
     for p in pids:
         with contextlib.suppress(OSError):
@@ -513,14 +528,17 @@ async def measure_one(w: World, make: Callable[[World], Contender], plan: Plan) 
             pids = tree(pid)
             reset_peaks(pids)
             cpu0, v0, r0, t0 = tree_cpu_s(pids), await c.delivered(), w.requests(), time.monotonic()
+            ticks0 = tree_ticks_s(pids)
             await asyncio.sleep(plan.window_s)
             pids = tree(pid)
             cpu1, v1, r1, t1 = tree_cpu_s(pids), await c.delivered(), w.requests(), time.monotonic()
+            ticks = tree_ticks_s(pids) - ticks0
             hwm = tree_hwm_kib(pids)
         check = compare(c.seen(), w.truth())
     return Result(c.name, len(w.meters), w.period_s, budget, t1 - t0, cpu1 - cpu0, v1 - v0, hwm, r1 - r0,
                   check, len(w.fields),
-                  note=f"first values after {startup:.1f} s; {len(pids)} processes")  # fmt: skip
+                  note=f"first values after {startup:.1f} s; {len(pids)} processes; "
+                       f"CPU {cpu1 - cpu0:.3f} s by schedstat, {ticks:.2f} s by stat ticks")  # fmt: skip
 
 
 # -- the run -------------------------------------------------------------------------------------------
