@@ -326,7 +326,8 @@ class Puhui(Contender):
     name = "puhui gateway"
     requests_note = ("one request per meter per period (the profile's fields merged into 0x0000-0x004B), "
                      "all meters concurrently; the serial number once at connect")  # fmt: skip
-    output_note = ("samples -> 1-minute interval records (energy_import counter) -> batches sealed (ECDSA, "
+    output_note = ("samples -> 1-minute interval records (energy_import counter, power stats) -> "
+                   "batches sealed (ECDSA, "
                    "10 s) -> MQTT to an acking stand-in aggregator; values counted from its /status "
                    "(successful polls x 13)")  # fmt: skip
 
@@ -366,9 +367,11 @@ class Puhui(Contender):
             if r.counter_end is not None:
                 got[r.quantity] = r.counter_end
             if r.stats is not None:
-                got[r.quantity] = r.stats.avg
+                # A counter's stats are of its companion gauge (the SDM630 profile's power, W).
+                name = r.quantity if r.kind != "counter" else "power" if r.stats.unit == "W" else ""
+                got[name or f"{r.quantity} stats ({r.stats.unit})"] = r.stats.avg
                 if not r.stats.min == r.stats.avg == r.stats.max:  # a value the simulator never served
-                    got[f"{r.quantity} (min {r.stats.min}, max {r.stats.max})"] = r.stats.max
+                    got[f"{name} (min {r.stats.min}, max {r.stats.max})"] = r.stats.max
         return out
 
 
