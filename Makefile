@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench system-deps venv clean deb
+.PHONY: demo test lint typecheck pytest bench bench-peers system-deps venv clean deb
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,9 @@ deb: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Peers side by side (bench/peers): puhui's gateway, ThingsBoard IoT Gateway, collectd, a bare
+# pymodbus loop; several minutes. BENCH_PEERS_ARGS='--quick' for a smoke run.
+bench-peers: venv system-deps
+	@bash scripts/bench-deps.sh
+	$(BIN)/python -m bench.peers --write-results $(BENCH_PEERS_ARGS)
