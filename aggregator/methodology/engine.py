@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from aggregator.methodology.accuracy import check_calibration, row_mpe, valid_until
+from aggregator.methodology.assurance import AssuranceSplit, apply_assurance
 from aggregator.methodology.baseline import HistoricalUse, baseline_caps
 from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
@@ -43,6 +44,7 @@ from aggregator.methodology.scenario import Credited, ScenarioRules, Totals
 from aggregator.methodology.series import MISSING, OK, EvidenceIndex, SeriesArrays, build_series
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.subject import Period, Subject, Unit
+from aggregator.sessions.records import StoredSession
 from aggregator.view import AttestedInterval, MeterInfo
 
 DEFAULT_INTERVAL_S = 900
@@ -267,6 +269,7 @@ class Computation:
     baselines: Mapping[str, HistoricalUse] = field(default_factory=dict)
     earlier: tuple[EarlierClaims, ...] = ()  # the statements this one supplements
     beneficiary: str | None = None  # the platform account the subject's reductions go to
+    assurance: AssuranceSplit | None = None  # what each assurance level contributed (issue 24)
 
     def evaluate_values(self, values: np.ndarray, mask: np.ndarray, threshold: float = 0.0) -> Evaluation:
         """The same units, grid factors, accuracy and caps over other activity values (series x
@@ -301,10 +304,13 @@ def compute(
     baselines: Mapping[str, HistoricalUse] | None = None,
     earlier: Sequence[EarlierClaims] = (),
     beneficiary: str | None = None,
+    sessions: Sequence[StoredSession] = (),
 ) -> Computation:
     """Compute a subject's reductions for a period from the evidence source; ``baselines``:
     recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`);
-    ``earlier``: the statements of the same subject and period this one supplements."""
+    ``earlier``: the statements of the same subject and period this one supplements;
+    ``sessions``: a network's imported sessions, credited at platform_attested
+    (:mod:`.assurance`)."""
     infos = _meter_infos(source, params.params, subject, period, commissioned or {})
     intervals = list(
         source.attested_intervals(
@@ -313,7 +319,7 @@ def compute(
     )
     return compute_from(
         intervals, infos, params, subject, period,
-        baselines=baselines, earlier=earlier, beneficiary=beneficiary,
+        baselines=baselines, earlier=earlier, beneficiary=beneficiary, sessions=sessions,
     )  # fmt: skip
 
 
@@ -327,6 +333,7 @@ def compute_from(
     baselines: Mapping[str, HistoricalUse] | None = None,
     earlier: Sequence[EarlierClaims] = (),
     beneficiary: str | None = None,
+    sessions: Sequence[StoredSession] = (),
 ) -> Computation:
     """The object path over intervals already read (the verifier re-derives them)."""
     items = list(intervals)
@@ -354,10 +361,23 @@ def compute_from(
         be_cap=be_cap,
         earlier=_earlier_mask(series, period, interval_s, earlier),
     )
+    grid_values = np.array([g.value for g in grid])
+    result, split = apply_assurance(
+        result, rules, series, subject, period, grid_values, p.refused_assurance, sessions, _session_mpe(p)
+    )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,
-        dict(baselines or {}), earlier, beneficiary,
+        dict(baselines or {}), earlier, beneficiary, split,
     )  # fmt: skip
+
+
+def _session_mpe(params: ParameterSet) -> float:
+    """Imported sessions name no meter class: with an accuracy discount they take the largest
+    permissible error of the set (conservative)."""
+    acc = params.meter_accuracy
+    if acc is None or not acc.discount:
+        return 0.0
+    return max(f.value for f in acc.mpe.values())
 
 
 def _earlier_mask(
