@@ -110,19 +110,20 @@ def apply_assurance(
     grid: np.ndarray,
     refused: Sequence[Assurance],
     sessions: Sequence[StoredSession],
-    session_mpe: float,
+    mpe: Mapping[str, float],
 ) -> tuple[Evaluation, AssuranceSplit]:
-    """The evaluation with imported sessions added and refused levels removed, and the split."""
+    """The evaluation with imported sessions added and refused levels removed, and the split.
+    ``mpe``: per charger (an enrolled meter), the permissible error its sessions are taken at."""
     offered_gw = {role: float(t.sum()) for role, t in result.totals.items()}
     gw_refused = "gateway_signed" in refused
     if gw_refused:
         result = _without_intervals(result)
     gateway = _level("gateway_signed", gw_refused, result, offered_gw)
-    uses, per_unit = _place(sessions, series, subject, period, result, "platform_attested" in refused)
+    uses, per_unit = _place(sessions, series, subject, period, result, "platform_attested" in refused, mpe)
     network = sessions[0].record.network if sessions else None
     if any(u.status == CREDITED for u in uses) and rules.scenario != "ev_charging":
         raise ComputationError(f"imported sessions are EV charging evidence, not {rules.scenario}")
-    platform, result = _add_sessions(result, rules, per_unit, uses, grid, period, session_mpe, refused)
+    platform, result = _add_sessions(result, rules, per_unit, uses, grid, period, refused)
     zeros = {role: 0.0 for role in rules.roles}
     meter = LevelFigures("meter_signed", "meter_signed" in refused, zeros, zeros, 0.0, 0.0, 0.0)
     by_name = {"gateway_signed": gateway, "platform_attested": platform, "meter_signed": meter}
@@ -158,12 +159,13 @@ def _place(
     period: Period,
     result: Evaluation,
     refused: bool,
-) -> tuple[list[SessionUse], np.ndarray]:
+    mpe: Mapping[str, float],
+) -> tuple[list[SessionUse], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     unit_of = {m: i for i, u in enumerate(subject.units) for m in u.meters}
     runs: dict[str, list[tuple[int, int]]] = {}
     for key, row_runs in zip(series.keys, result.runs, strict=True):
         runs.setdefault(key.meter, []).extend(row_runs)
-    per_unit = np.zeros(len(subject.units))
+    per_unit, low, high = (np.zeros(len(subject.units)) for _ in range(3))
     uses = []
     for s in sorted(sessions, key=lambda s: (s.record.charger, s.record.start_ms, s.record.session_id)):
         r = s.record
@@ -171,34 +173,37 @@ def _place(
             continue
         unit = unit_of[r.charger]
         a, b = r.start_ms / 1000, r.stop_ms / 1000
-        if refused:
-            status = REFUSED
-        elif any(x < b and a < y for x, y in runs.get(r.charger, ())):
+        if any(x < b and a < y for x, y in runs.get(r.charger, ())):
             status = COVERED
+        elif refused:
+            status = REFUSED
         else:
             status = CREDITED
-            per_unit[unit] += r.energy_wh * TO_MWH["Wh"]
+            e, err = r.energy_wh * TO_MWH["Wh"], mpe.get(r.charger, 0.0)
+            per_unit[unit] += e
+            low[unit] += e * (1.0 - err)
+            high[unit] += e * (1.0 + err)
         uses.append(SessionUse(s, unit, status))
-    return uses, per_unit
+    return uses, (per_unit, low, high)
 
 
 def _add_sessions(
     r: Evaluation,
     rules: ScenarioRules,
-    per_unit: np.ndarray,
+    activity: tuple[np.ndarray, np.ndarray, np.ndarray],
     uses: list[SessionUse],
     grid: np.ndarray,
     period: Period,
-    mpe: float,
     refused: Sequence[Assurance],
 ) -> tuple[LevelFigures, Evaluation]:
+    per_unit, at_low, at_high = activity
     offered = sum(u.session.record.energy_wh for u in uses if u.status != COVERED) * TO_MWH["Wh"]
     is_refused = "platform_attested" in refused
     zeros = {role: 0.0 for role in rules.roles}
     if not per_unit.any():
         offered_by_role = {**zeros, SESSION_ROLE: offered} if uses else zeros
         return LevelFigures("platform_attested", is_refused, zeros, offered_by_role, 0.0, 0.0, 0.0), r
-    low, high = {SESSION_ROLE: per_unit * (1.0 - mpe)}, {SESSION_ROLE: per_unit * (1.0 + mpe)}
+    low, high = {SESSION_ROLE: at_low}, {SESSION_ROLE: at_high}
     present = {SESSION_ROLE: np.ones(len(per_unit), bool)}
     figs = rules.figures(Credited(low, high), present, grid, period.year, None)
     level = LevelFigures(

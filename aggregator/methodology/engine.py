@@ -363,7 +363,15 @@ def compute_from(
     )
     grid_values = np.array([g.value for g in grid])
     result, split = apply_assurance(
-        result, rules, series, subject, period, grid_values, p.refused_assurance, sessions, _session_mpe(p)
+        result,
+        rules,
+        series,
+        subject,
+        period,
+        grid_values,
+        p.refused_assurance,
+        sessions,
+        _session_mpe(p, infos),
     )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,
@@ -371,13 +379,13 @@ def compute_from(
     )  # fmt: skip
 
 
-def _session_mpe(params: ParameterSet) -> float:
-    """Imported sessions name no meter class: with an accuracy discount they take the largest
-    permissible error of the set (conservative)."""
+def _session_mpe(params: ParameterSet, infos: Mapping[str, MeterInfo]) -> dict[str, float]:
+    """Per charger: the permissible error of its enrolled meter's class, with an accuracy
+    discount (the network's sessions are read from that meter), else 0."""
     acc = params.meter_accuracy
     if acc is None or not acc.discount:
-        return 0.0
-    return max(f.value for f in acc.mpe.values())
+        return {}
+    return {m: acc.mpe[i.meter_class].value for m, i in infos.items() if i.meter_class in acc.mpe}
 
 
 def _earlier_mask(
