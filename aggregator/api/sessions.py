@@ -16,19 +16,29 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi import Path as Path_
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from aggregator.api.tokens import TokenStore
 from aggregator.sessions.errors import ManifestRefused, SessionError, SessionFileError, UnknownNetwork
 from aggregator.sessions.intake import POSTGRES_UNSUPPORTED, import_sessions
 from aggregator.store.sqlite import SQLiteEvidenceStore
 
-if TYPE_CHECKING:
-    from aggregator.api.app import ApiContext
+
+class IntakeContext(Protocol):
+    """What the intake uses of the API's context (:class:`aggregator.api.app.ApiContext`)."""
+
+    @property
+    def evidence(self) -> object: ...  # the evidence store: SQLite keeps sessions, PostgreSQL not
+    @property
+    def tokens(self) -> TokenStore: ...
+    @property
+    def now_ms(self) -> Callable[[], int]: ...
+
 
 MAX_SESSION_BYTES = 64 * 1024 * 1024
 
@@ -56,7 +66,7 @@ class SessionImportAnswer(_Model):
 
 def add_session_routes(
     app: FastAPI,
-    ctx: "ApiContext",
+    ctx: IntakeContext,
     need: Callable[..., Any],
     error: Callable[[int, str, str], Exception],
     problems: dict[int | str, dict[str, Any]],

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from aggregator.methodology.errors import ComputationError
+from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.scenario import TO_MWH, Credited, ScenarioRules
 from aggregator.sessions.records import StoredSession
 from evidence.assurance import LEVELS, Assurance
 
 if TYPE_CHECKING:
-    from aggregator.methodology.engine import Evaluation
     from aggregator.methodology.series import SeriesArrays
     from aggregator.methodology.subject import Period, Subject
 

@@ -30,6 +30,7 @@ from aggregator.methodology.assurance import AssuranceSplit, apply_assurance
 from aggregator.methodology.baseline import HistoricalUse, baseline_caps
 from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
+from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.heating import HeatingRules
 from aggregator.methodology.params import (
     EVMethod,
@@ -48,34 +49,6 @@ from aggregator.sessions.records import StoredSession
 from aggregator.view import AttestedInterval, MeterInfo
 
 DEFAULT_INTERVAL_S = 900
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """What the core computed: per-unit arrays (length U) and statement totals."""
-
-    completeness: np.ndarray
-    credited: np.ndarray
-    totals: dict[str, np.ndarray]  # credited activity per role and unit (MWh or GJ)
-    be: np.ndarray
-    pe: np.ndarray
-    le: np.ndarray
-    estimated: np.ndarray
-    used: int
-    missing: int
-    excluded: dict[str, int]
-    runs: list[list[tuple[int, int]]]  # per series row: credited [start, end) seconds
-    bounds: Credited | None = None  # activity at the ends of the meters' MPE (accuracy discount)
-    capped: np.ndarray | None = None  # per unit: BE limited by the recorded historical fuel use
-
-    @property
-    def totals_be_pe_le(self) -> tuple[float, float, float]:
-        return float(self.be.sum()), float(self.pe.sum()), float(self.le.sum())
-
-    @property
-    def er(self) -> float:
-        be, pe, le = self.totals_be_pe_le
-        return max(0.0, be - pe - le)
 
 
 @dataclass(frozen=True, slots=True)
