@@ -31,6 +31,7 @@ from aggregator.sessions.checks import check_record
 from aggregator.sessions.intake import enrol_network, import_sessions
 from aggregator.sessions.records import SessionRecord, parse_file
 from aggregator.store import SQLiteEvidenceStore
+from bench.common import Figure
 from evidence import generate_key, public_key_pem
 from firmware_sim.ev_platform import CHINA, StandInPlatform, manifest, to_json
 from puhui.pki import issue_server, make_ca
@@ -88,7 +89,8 @@ def _http(tmp: Path, data: bytes, m: bytes, key: object) -> float:
     return seconds
 
 
-def main() -> None:
+def run() -> list[Figure]:
+    """The figures, for ``make bench`` (bench/__main__.py) and :func:`main`."""
     data, m, n, key = _file()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -106,13 +108,19 @@ def main() -> None:
         finally:
             store.close()
         t_http = _http(tmp, data, m, key)
-    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}; "
-          f"{n} sessions, {len(data):,} bytes JSON")  # fmt: skip
-    floor_rate = n / t_floor
-    for name, seconds in (("parse floor", t_floor), ("file import", t_first), ("file import again", t_again),
-                          ("HTTP intake", t_http)):  # fmt: skip
-        rate = n / seconds
-        print(f"| {name} | {rate:,.0f} | records/s | {rate / floor_rate:.2f} |")
+    floor, peer = n / t_floor, f"parse + checks, {n} sessions"
+    return [
+        Figure("session records parsed and checked (floor)", floor, "records/s", peer, floor),
+        Figure("session file import, fresh store", n / t_first, "records/s", peer, floor),
+        Figure("session file imported again (duplicates)", n / t_again, "records/s", peer, floor),
+        Figure("session HTTP intake", n / t_http, "records/s", peer, floor),
+    ]
+
+
+def main() -> None:
+    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    for f in run():
+        print(f"| {f.name} | {f.value:,.0f} | {f.unit} | {f.ratio:.2f} |")
 
 
 if __name__ == "__main__":
