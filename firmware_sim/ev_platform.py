@@ -150,3 +150,46 @@ def manifest(
 def tampered(order: Order, **changes: Any) -> Order:
     """A copy of ``order`` with fields changed (tests: an inconsistent record)."""
     return replace(order, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m firmware_sim.ev_platform --key network.pem --out DIR [--start 2026-03-02]``:
+    write a week of orders (``week.json``, ``week.csv``) and a manifest for each."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from evidence.errors import EvidenceError
+    from evidence.keys import load_private_key
+
+    p = argparse.ArgumentParser(prog="python -m firmware_sim.ev_platform", description=main.__doc__)
+    p.add_argument(
+        "--key", type=Path, required=True, help="the network's private key (PKCS#8 PEM, mode 0600)"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--network", default="net-demo")
+    p.add_argument("--chargers", type=int, default=10)
+    p.add_argument("--start", default="2026-03-02", help="first day of the week (China time)")
+    args = p.parse_args(argv)
+    try:
+        key = load_private_key(args.key)
+        start = datetime.fromisoformat(args.start).replace(tzinfo=CHINA)
+    except (EvidenceError, ValueError) as exc:
+        print(f"firmware_sim.ev_platform: {exc}", file=sys.stderr)
+        return 2
+    orders = StandInPlatform(args.network, chargers=args.chargers).week(start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in (("week.json", to_json(orders)), ("week.csv", to_csv(orders))):
+        (args.out / name).write_bytes(data)
+        body = manifest(key, args.network, data, len(orders), start, start + timedelta(days=7))
+        (args.out / f"{name}.manifest").write_bytes(body)
+    truth = sum(o.truth_wh for o in orders) / 1000
+    print(
+        f"{len(orders)} sessions, {sum(o.energy_kwh for o in orders):.2f} kWh "
+        f"(truth {truth:.3f} kWh) in {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
