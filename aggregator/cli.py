@@ -11,6 +11,8 @@
     puhui aggregator tokens --config aggregator.yaml create --name city --scope statements:read
     puhui aggregator units --config aggregator.yaml add|beneficiary|withdraw|list|status|export|records
     puhui aggregator push --config aggregator.yaml [status | retry TARGET]
+    puhui aggregator networks --config aggregator.yaml add NAME --key network.pub.pem [--region R]
+    puhui aggregator sessions --config aggregator.yaml import FILE --manifest M --network NAME
 
 Exit status, as for ``puhui gateway``: 0 done; 1 the command failed (store, registry,
 enrolment document refused); 2 a usage or config error (the message names the file and
@@ -38,6 +40,7 @@ from aggregator.programme.errors import ProgrammeError
 from aggregator.push import cli as push_cli
 from aggregator.push.errors import PushError
 from aggregator.registry import GatewayRegistry
+from aggregator.sessions import cli as sessions_cli
 from aggregator.store import SQLiteEvidenceStore, open_evidence_store
 from common.sdnotify import NotifyError, ServiceNotifier
 from common.tls import SecretError
@@ -95,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     push_cli.add_arguments(
         sub.add_parser("push", help="POST every statement to platforms that take data by push; status")
+    )
+    sessions_cli.add_network_arguments(
+        sub.add_parser("networks", help="charging networks whose session records are imported: add, list")
+    )
+    sessions_cli.add_session_arguments(
+        sub.add_parser("sessions", help="import a network's session records (file + signed manifest); list")
     )
 
 

@@ -33,6 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator.api.metrics import Metrics
+from aggregator.api.sessions import add_session_routes
 from aggregator.api.tokens import Refused, TokenStore
 from aggregator.errors import AggregatorError
 from aggregator.keys import key_list
@@ -53,7 +54,9 @@ from evidence.receipt import verify_receipt
 
 API_VERSION = "1"
 MAX_TIME = 2**40  # POSIX seconds: far beyond any interval, far inside SQLite's integers
-Scope = Literal["statements:read", "intervals:read", "registry:read", "metrics:read", "receipts:write"]
+Scope = Literal[
+    "statements:read", "intervals:read", "registry:read", "metrics:read", "receipts:write", "sessions:write"
+]
 Status = Literal["signed", "issued", "transferred", "retired"]
 MAX_RECEIPT_BYTES = 16_384
 
@@ -466,6 +469,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise ApiError(409, "package_unavailable", f"statement {statement_id}: {exc}") from exc
         disposition = {"Content-Disposition": f'attachment; filename="{statement_id}.zip"'}
         return etag_response(request, data, "application/zip", hashlib.sha256(data).hexdigest(), disposition)
+
+    # -- charging networks' session intake (aggregator/api/sessions.py) -------------------------
+
+    add_session_routes(app, ctx, need, ApiError, _problems(400, 401, 403, 404, 413, 422, 501))
 
     # -- platform receipts ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ SCOPES: dict[str, str] = {
     "registry:read": "gateways, enrolments, the signed key list, checkpoints",
     "metrics:read": "the aggregator's Prometheus metrics",
     "receipts:write": "hand back the platform's issuance, transfer and retirement receipts",
+    "sessions:write": "a charging network imports its session records (token name = network name)",
 }
 _TOKEN = re.compile(r"^puhui_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _SCHEMA = """

@@ -8,7 +8,7 @@ docs/methodologies.md.
 """
 
 from aggregator.methodology.baseline import HistoricalUse, load_baselines
-from aggregator.methodology.engine import Computation, Evaluation, compute, compute_from, evaluate, rules_for
+from aggregator.methodology.engine import Computation, compute, compute_from, evaluate, rules_for
 from aggregator.methodology.errors import (
     BaselineFileError,
     ComputationError,
@@ -20,6 +20,7 @@ from aggregator.methodology.errors import (
     StatementFormatError,
     VerificationFailed,
 )
+from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.params import (
     PARAMS_DIR,
     LoadedParameterSet,

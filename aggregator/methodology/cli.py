@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="heating units' recorded coal use (puhui-heating-baseline/1 YAML): caps their baseline",
     )
+    p.add_argument(
+        "--sessions-from",
+        metavar="NETWORK",
+        help="also credit this network's imported sessions on the subject's chargers (platform_attested)",
+    )
     p.add_argument("--influx-url", help="also write the statement to InfluxDB (v1 HTTP API)")
     p.add_argument("--influx-db", default="puhui")
     p.set_defaults(func=_compute)
@@ -184,8 +189,9 @@ def _compute(args: argparse.Namespace) -> int:
         if args.production:
             require_filed(params, period)
         baselines = load_baselines(args.baseline) if args.baseline else None
-        comp = compute(source, params, subject, period, baselines=baselines)
-        if not comp.result.used and not any(comp.result.excluded.values()):
+        sessions = _sessions(source, args.sessions_from, subject, period)
+        comp = compute(source, params, subject, period, baselines=baselines, sessions=sessions)
+        if not comp.result.used and not any(comp.result.excluded.values()) and not sessions:
             return _fail(
                 f"gateway {args.gateway}: no attested interval of {', '.join(comp.subject.meters)} in "
                 f"{_when(args.start)} .. {_when(args.end)}: nothing to state, no statement signed"
@@ -283,6 +289,18 @@ def _statement_document(store: StatementStore, ref: str) -> bytes | None:
     return None if st is None else store.document(st.id)
 
 
+def _sessions(source: EvidenceSource, network: str | None, subject: Subject, period: Period) -> list[Any]:
+    """A network's imported sessions on the subject's chargers in the period (issue 24)."""
+    if network is None:
+        return []
+    if not hasattr(source, "imported_sessions"):
+        raise MethodologyError("--sessions-from: this evidence store keeps no imported sessions")
+    found: list[Any] = source.imported_sessions(
+        network, chargers=subject.meters, start_ms=period.start * 1000, end_ms=period.end * 1000
+    )
+    return found
+
+
 def _verify(args: argparse.Namespace) -> int:
     def run(store: StatementStore) -> int:
         document = _statement_document(store, args.statement)
@@ -300,9 +318,11 @@ def _verify(args: argparse.Namespace) -> int:
                     f"from {key_id(issuer)}) does not give as valid at {st_doc.body['created_ms']} ms"
                 )
             issuer = valid
+        source = args.open_evidence(args.db)
         report = verify_statement(
-            document, issuer_key=issuer, source=args.open_evidence(args.db), params_dir=args.params_dir
-        )
+            document, issuer_key=issuer, source=source, params_dir=args.params_dir,
+            sessions=source if hasattr(source, "imported_sessions") else None,
+        )  # fmt: skip
         print(report, file=sys.stdout if report.ok else sys.stderr)
         return 0 if report.ok else 1
 

@@ -26,9 +26,11 @@ from datetime import UTC, datetime
 import numpy as np
 
 from aggregator.methodology.accuracy import check_calibration, row_mpe, valid_until
+from aggregator.methodology.assurance import AssuranceSplit, apply_assurance
 from aggregator.methodology.baseline import HistoricalUse, baseline_caps
 from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
+from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.heating import HeatingRules
 from aggregator.methodology.params import (
     EVMethod,
@@ -43,37 +45,10 @@ from aggregator.methodology.scenario import Credited, ScenarioRules, Totals
 from aggregator.methodology.series import MISSING, OK, EvidenceIndex, SeriesArrays, build_series
 from aggregator.methodology.source import EvidenceSource
 from aggregator.methodology.subject import Period, Subject, Unit
+from aggregator.sessions.records import StoredSession
 from aggregator.view import AttestedInterval, MeterInfo
 
 DEFAULT_INTERVAL_S = 900
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """What the core computed: per-unit arrays (length U) and statement totals."""
-
-    completeness: np.ndarray
-    credited: np.ndarray
-    totals: dict[str, np.ndarray]  # credited activity per role and unit (MWh or GJ)
-    be: np.ndarray
-    pe: np.ndarray
-    le: np.ndarray
-    estimated: np.ndarray
-    used: int
-    missing: int
-    excluded: dict[str, int]
-    runs: list[list[tuple[int, int]]]  # per series row: credited [start, end) seconds
-    bounds: Credited | None = None  # activity at the ends of the meters' MPE (accuracy discount)
-    capped: np.ndarray | None = None  # per unit: BE limited by the recorded historical fuel use
-
-    @property
-    def totals_be_pe_le(self) -> tuple[float, float, float]:
-        return float(self.be.sum()), float(self.pe.sum()), float(self.le.sum())
-
-    @property
-    def er(self) -> float:
-        be, pe, le = self.totals_be_pe_le
-        return max(0.0, be - pe - le)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +242,7 @@ class Computation:
     baselines: Mapping[str, HistoricalUse] = field(default_factory=dict)
     earlier: tuple[EarlierClaims, ...] = ()  # the statements this one supplements
     beneficiary: str | None = None  # the platform account the subject's reductions go to
+    assurance: AssuranceSplit | None = None  # what each assurance level contributed (issue 24)
 
     def evaluate_values(self, values: np.ndarray, mask: np.ndarray, threshold: float = 0.0) -> Evaluation:
         """The same units, grid factors, accuracy and caps over other activity values (series x
@@ -301,10 +277,13 @@ def compute(
     baselines: Mapping[str, HistoricalUse] | None = None,
     earlier: Sequence[EarlierClaims] = (),
     beneficiary: str | None = None,
+    sessions: Sequence[StoredSession] = (),
 ) -> Computation:
     """Compute a subject's reductions for a period from the evidence source; ``baselines``:
     recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`);
-    ``earlier``: the statements of the same subject and period this one supplements."""
+    ``earlier``: the statements of the same subject and period this one supplements;
+    ``sessions``: a network's imported sessions, credited at platform_attested
+    (:mod:`.assurance`)."""
     infos = _meter_infos(source, params.params, subject, period, commissioned or {})
     intervals = list(
         source.attested_intervals(
@@ -313,7 +292,7 @@ def compute(
     )
     return compute_from(
         intervals, infos, params, subject, period,
-        baselines=baselines, earlier=earlier, beneficiary=beneficiary,
+        baselines=baselines, earlier=earlier, beneficiary=beneficiary, sessions=sessions,
     )  # fmt: skip
 
 
@@ -327,6 +306,7 @@ def compute_from(
     baselines: Mapping[str, HistoricalUse] | None = None,
     earlier: Sequence[EarlierClaims] = (),
     beneficiary: str | None = None,
+    sessions: Sequence[StoredSession] = (),
 ) -> Computation:
     """The object path over intervals already read (the verifier re-derives them)."""
     items = list(intervals)
@@ -354,10 +334,31 @@ def compute_from(
         be_cap=be_cap,
         earlier=_earlier_mask(series, period, interval_s, earlier),
     )
+    grid_values = np.array([g.value for g in grid])
+    result, split = apply_assurance(
+        result,
+        rules,
+        series,
+        subject,
+        period,
+        grid_values,
+        p.refused_assurance,
+        sessions,
+        _session_mpe(p, infos),
+    )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,
-        dict(baselines or {}), earlier, beneficiary,
+        dict(baselines or {}), earlier, beneficiary, split,
     )  # fmt: skip
+
+
+def _session_mpe(params: ParameterSet, infos: Mapping[str, MeterInfo]) -> dict[str, float]:
+    """Per charger: the permissible error of its enrolled meter's class, with an accuracy
+    discount (the network's sessions are read from that meter), else 0."""
+    acc = params.meter_accuracy
+    if acc is None or not acc.discount:
+        return {}
+    return {m: acc.mpe[i.meter_class].value for m, i in infos.items() if i.meter_class in acc.mpe}
 
 
 def _earlier_mask(

@@ -17,6 +17,8 @@ factors that may apply in each), ``meter_accuracy`` (calibration and permissible
 published values the set did not choose: tests/aggregator/methodology/test_conservative.py).
 ``filing`` (optional, issue 18) records the set's filing (备案) with an authority and the tier of
 the standard it implements; :mod:`.filing` holds the production check and the precedence rule.
+``refused_assurance`` (optional, issue 24) lists the evidence assurance levels
+(evidence/assurance.py) the set does not credit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aggregator.methodology.errors import ParameterSetError
 from common.yaml_models import parse_yaml
+from evidence.assurance import Assurance
 from evidence.records import FLAGS
 
 FORMAT = "puhui-methodology-params/1"
@@ -375,6 +378,14 @@ class ParameterSet(_Closed):
     meter_accuracy: MeterAccuracy | None = None
     alternatives: list[Alternative] = Field(default_factory=list)
     filing: Filing | None = None
+    refused_assurance: list[Assurance] = Field(default_factory=list)
+
+    @field_validator("refused_assurance")
+    @classmethod
+    def _once_each(cls, levels: list[Assurance]) -> list[Assurance]:
+        if len(set(levels)) != len(levels):
+            raise ValueError("a level is named twice")
+        return levels
 
     @model_validator(mode="after")
     def _filing_regions_in_scope(self) -> ParameterSet:

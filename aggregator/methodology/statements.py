@@ -138,11 +138,14 @@ def build_body(
     created_ms: int,
     selection: Mapping[str, Any] | None = None,
     production: bool = False,
+    assurance: bool = True,
 ) -> dict[str, Any]:
     """The statement body for a computation (the verifier rebuilds it and compares).
 
     ``selection``: how the precedence rule picked the set (:meth:`.filing.Selection.to_json`);
-    ``production``: the set was checked as filed and valid for the period (:mod:`.filing`)."""
+    ``production``: the set was checked as filed and valid for the period (:mod:`.filing`);
+    ``assurance``: show what each evidence assurance level contributed (issue 24: every new
+    statement does; the verifier rebuilds a statement signed before it without)."""
     r = comp.result
     be, pe, le = r.totals_be_pe_le
     p = comp.params.params
@@ -180,6 +183,11 @@ def build_body(
         "meters": [_meter(comp, m) for m in comp.subject.meters],
         "evidence": _evidence(comp),
     }
+    if assurance and comp.assurance is not None:
+        body["assurance"] = _assurance(comp)
+        evidence = body["evidence"]
+        if comp.assurance.sessions and isinstance(evidence, dict):
+            evidence["sessions"] = _sessions(comp)
     if comp.earlier:
         # A supplementary statement: late evidence for a period already stated. It credits
         # only what these did not, and says so; they stay as they were.
@@ -272,7 +280,34 @@ def _parameters(comp: Computation) -> dict[str, Any]:
         out["scope"] = p.scope.model_dump(mode="json")
     if p.meter_accuracy is not None:
         out["meter_accuracy"] = p.meter_accuracy.model_dump(mode="json")
+    if p.refused_assurance:
+        out["refused_assurance"] = list(p.refused_assurance)
     return out
+
+
+def _assurance(comp: Computation) -> dict[str, Any]:
+    """Credited activity (kWh for electricity) and BE, PE, LE per evidence assurance level."""
+    split = comp.assurance
+    assert split is not None
+    return {
+        "levels": {lv.level: lv.to_json() for lv in split.levels},
+        "refused": list(comp.params.params.refused_assurance),
+        "strongest_first": [lv.level for lv in split.levels],
+    }
+
+
+def _sessions(comp: Computation) -> dict[str, Any]:
+    split = comp.assurance
+    assert split is not None
+    counts: dict[str, int] = {}
+    for u in split.sessions:
+        counts[u.status] = counts.get(u.status, 0) + 1
+    return {
+        "network": split.network,
+        "assurance": "platform_attested",
+        "by_status": dict(sorted(counts.items())),
+        "items": [u.to_json() for u in split.sessions],
+    }
 
 
 def _evidence(comp: Computation) -> dict[str, Any]:

@@ -11,6 +11,10 @@
    the statement is recomputed with the engine and its body rebuilt;
 5. the rebuilt body must equal the signed one (numbers within a relative 1e-9).
 
+Imported sessions a statement credits (``evidence.sessions``, issue 24) are re-read from the
+session store (``sessions``): each must be held with the digest the statement names, and the
+file it was imported from must be kept; the recomputation credits them again.
+
 Two inputs come from the signed statement itself, because they describe the period and may
 have changed since: a meter's calibration date (a recalibrated meter is enrolled again with a
 later date; an enrolment naming an *earlier* date, or none, is a problem) and a heating
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from aggregator.methodology.assurance import SessionReader, reread_sessions
 from aggregator.methodology.baseline import HistoricalUse
 from aggregator.methodology.engine import EarlierClaims, check_eligibility, compute_from
 from aggregator.methodology.errors import MethodologyError, StatementFormatError
@@ -104,11 +109,13 @@ def verify_statement(
     params_dir: Path = PARAMS_DIR,
     earlier: Callable[[str], bytes | None] | None = None,
     candidates: Sequence[LoadedParameterSet] | None = None,
+    sessions: SessionReader | None = None,
 ) -> VerificationReport:
     """Verify a statement document; the report lists every problem found. ``earlier`` finds
     the documents of the statements a supplementary statement supplements (by id): what they
     credited is rebuilt as not credited again (verify them on their own). ``candidates``: the
-    sets a ``methodology.selection`` may name (default: every set of ``params_dir``)."""
+    sets a ``methodology.selection`` may name (default: every set of ``params_dir``);
+    ``sessions``: where the imported sessions a statement credits are re-read (issue 24)."""
     try:
         st = parse_statement(document)
     except StatementFormatError as exc:
@@ -122,7 +129,7 @@ def verify_statement(
     filing_problems: list[str] = []
     try:
         claims = _filing_claims(st, loaded, source, params_dir, candidates, filing_problems)
-        _recompute(st, loaded, source, report, claims, earlier)
+        _recompute(st, loaded, source, report, claims, earlier, sessions)
     except MethodologyError as exc:
         report.problems.append(f"recomputation: {exc}")
     report.problems[:0] = filing_problems
@@ -265,6 +272,7 @@ def _recompute(
     report: VerificationReport,
     claims: Mapping[str, Any],
     find: Callable[[str], bytes | None] | None = None,
+    session_reader: SessionReader | None = None,
 ) -> None:
     body = st.body
     subject = Subject(
@@ -294,14 +302,27 @@ def _recompute(
     if report.problems:
         return
     supplemented = _supplemented(st, find, report)
+    listed = body["evidence"].get("sessions")
+    sessions = (
+        [] if listed is None else reread_sessions(listed, session_reader, subject, period, report.problems)
+    )
     if report.problems:
         return
     comp = compute_from(
         intervals, infos, loaded, subject, period, baselines=_signed_baselines(body), earlier=supplemented,
-        beneficiary=body["subject"].get("beneficiary"),
+        beneficiary=body["subject"].get("beneficiary"), sessions=sessions,
     )  # fmt: skip
+    # statements signed before issue 24 carry no assurance section: they rebuild without one
     rebuilt = json.loads(
-        canonical(build_body(comp, issuer_key_id=st.key_id, created_ms=body["created_ms"], **claims))
+        canonical(
+            build_body(
+                comp,
+                issuer_key_id=st.key_id,
+                created_ms=body["created_ms"],
+                assurance="assurance" in body,
+                **claims,
+            )
+        )
     )
     report.recomputed_er_tco2e = comp.result.er
     _compare(body, rebuilt, "", report.problems)

@@ -8,15 +8,18 @@ against exactly what is used, and a consumer cannot reach past its part.
 - :class:`EvidenceReader`: methodologies, verifiers and packages (attested intervals, the
   exact batch bytes, gateway keys), and :class:`ScheduleEvidence` (when evidence arrived);
 - :class:`AggregatorKeyStore`: the aggregator's own key history;
+- :class:`SessionStore`: imported charging sessions (:mod:`aggregator.sessions`, SQLite only);
 - :class:`EvidenceStore`: all of them (what one backend provides).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from aggregator.errors import StoreConflict
+from aggregator.sessions.checks import Span
+from aggregator.sessions.records import ImportReport, NetworkEntry, Refusal, SessionRecord, StoredSession
 from aggregator.store.rows import AcceptedBatch, GatewayEntry, Held, KeyEntry, PendingBatch, Rejection
 from aggregator.view import AttestedInterval, MeterInfo
 from evidence.keylist import AggregatorKey
@@ -89,6 +92,39 @@ class AggregatorKeyStore(Protocol):
     def aggregator_keys(self) -> list[AggregatorKey]: ...
     def add_aggregator_key(self, key: AggregatorKey, *, retire: str | None = None) -> None: ...
     def revoke_aggregator_key(self, key_id: str, from_ms: int) -> bool: ...
+
+
+Fit = Callable[
+    [Sequence[SessionRecord], Mapping[tuple[str, str, str], Sequence[Span]]],
+    tuple[list[SessionRecord], list[Refusal]],
+]
+
+
+class SessionStore(Protocol):
+    """Imported charging sessions (:mod:`aggregator.sessions`): the networks' pinned keys, the
+    exact bytes of every import, and the records taken. :meth:`import_sessions` decides and
+    stores in one transaction: ``(network, session_id)`` is unique, the same content again is
+    a duplicate, other content under the same id is refused, and ``fit`` places the rest on
+    their connectors against what is held (:func:`aggregator.sessions.checks.check_continuity`)."""
+
+    def add_network(self, entry: NetworkEntry) -> NetworkEntry: ...
+    def networks(self) -> list[NetworkEntry]: ...
+    def import_sessions(
+        self,
+        report: ImportReport,
+        data: bytes,
+        manifest: bytes,
+        candidates: Sequence[SessionRecord],
+        fit: Fit,
+        *,
+        received_ms: int,
+        via: str,
+    ) -> ImportReport: ...
+    def imported_sessions(
+        self, network: str, *, chargers: Collection[str] | None = None, start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[StoredSession]: ...  # fmt: skip
+    def session_source(self, sha256: str) -> tuple[bytes, bytes] | None: ...
 
 
 class EvidenceStore(RegistryStore, IngestStore, InfluxOutbox, ScheduleEvidence, AggregatorKeyStore, Protocol):

@@ -3,12 +3,13 @@
 Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of intervals_by_meter;
 4 rejections.repeats (the same bytes refused again add no row); 5 meters.calibrated_until;
 6 rejections.size and rejection_overflow (a capped number of rows per source);
-7 checkpoints (signed checkpoints kept for the platform API).
+7 checkpoints (signed checkpoints kept for the platform API); 8 ev_networks, ev_session_sources,
+ev_session_imports, ev_sessions (back-end session import, docs/ev-sessions.md; additive).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -57,5 +58,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS counter_state (
     gateway TEXT NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL,
     "end" INTEGER NOT NULL, counter_end REAL NOT NULL, PRIMARY KEY (gateway, meter, quantity));
+CREATE TABLE IF NOT EXISTS ev_networks (
+    network TEXT PRIMARY KEY, public_key TEXT NOT NULL, key_id TEXT NOT NULL, region TEXT,
+    added_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ev_session_sources (
+    sha256 TEXT PRIMARY KEY, network TEXT NOT NULL, data BLOB NOT NULL, manifest BLOB NOT NULL,
+    first_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ev_session_imports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, network TEXT NOT NULL, source_sha256 TEXT NOT NULL,
+    received_ms INTEGER NOT NULL, via TEXT NOT NULL, report TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ev_sessions (
+    network TEXT NOT NULL, session_id TEXT NOT NULL, charger TEXT NOT NULL, connector TEXT NOT NULL,
+    start_ms INTEGER NOT NULL, stop_ms INTEGER NOT NULL, record TEXT NOT NULL, sha256 TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL, import_id INTEGER NOT NULL, PRIMARY KEY (network, session_id));
+CREATE INDEX IF NOT EXISTS ev_sessions_by_connector ON ev_sessions (network, charger, connector, start_ms);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', 1), ('registry_version', 0);
 """

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -35,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.errors import StoreConflict, StoreError
+from aggregator.sessions.checks import Span
+from aggregator.sessions.errors import NetworkConflict
+from aggregator.sessions.records import ImportReport, NetworkEntry, Refusal, SessionRecord, StoredSession
+from aggregator.store.protocols import Fit
 from aggregator.store.rows import (
     INFLUX_FAILED,
     INFLUX_WRITTEN,
@@ -812,6 +817,133 @@ class SQLiteEvidenceStore:
             (after_size, limit),
         )
         return [(int(n), int(t), bytes(d)) for n, t, d in rows]
+
+    # -- imported charging sessions (aggregator.sessions, schema 8) -----------------------
+
+    def add_network(self, entry: NetworkEntry) -> NetworkEntry:
+        """Enrol a network with its manifest key; the same key again is a no-op, another key
+        is :class:`NetworkConflict` (a key change is a new enrolment decision, not an update)."""
+        with self._transaction(f"enrolling network {entry.network}") as w:
+            row = w.execute("SELECT key_id FROM ev_networks WHERE network = ?", (entry.network,)).fetchone()
+            if row is None:
+                w.execute(
+                    "INSERT INTO ev_networks VALUES (?, ?, ?, ?, ?)",
+                    (entry.network, entry.public_key_pem, entry.key_id, entry.region, entry.added_ms),
+                )
+            elif row[0] != entry.key_id:
+                raise NetworkConflict(
+                    f"network {entry.network} is enrolled with key {row[0]}, not {entry.key_id}"
+                )
+        return next(n for n in self.networks() if n.network == entry.network)
+
+    def networks(self) -> list[NetworkEntry]:
+        rows = self._read(
+            "SELECT network, public_key, key_id, region, added_ms FROM ev_networks ORDER BY network"
+        )
+        return [NetworkEntry(str(n), str(p), str(k), r, int(t)) for n, p, k, r, t in rows]
+
+    def import_sessions(
+        self,
+        report: ImportReport,
+        data: bytes,
+        manifest: bytes,
+        candidates: Sequence[SessionRecord],
+        fit: Fit,
+        *,
+        received_ms: int,
+        via: str,
+    ) -> ImportReport:
+        """Keep the file's bytes and take the new records that fit, in one transaction."""
+        net = report.network
+        with self._transaction(f"importing sessions of network {net}") as w:
+            w.execute("INSERT OR IGNORE INTO ev_session_sources VALUES (?, ?, ?, ?, ?)",
+                      (report.source_sha256, net, data, manifest, received_ms))  # fmt: skip
+            new = self._not_yet_held(w, net, candidates, report)
+            taken, refused = fit(new, self._spans(w, net, {r.connector_key for r in new}))
+            report.accepted += [r.session_id for r in taken]
+            report.refused += refused
+            cur = w.execute(
+                "INSERT INTO ev_session_imports (network, source_sha256, received_ms, via, report) "
+                "VALUES (?, ?, ?, ?, '')",
+                (net, report.source_sha256, received_ms, via),
+            )
+            report.import_id = int(cur.lastrowid or 0)
+            w.executemany(
+                "INSERT INTO ev_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(net, r.session_id, r.charger, r.connector, r.start_ms, r.stop_ms,
+                  r.content().decode("ascii"), r.sha256, report.source_sha256, report.import_id)
+                 for r in taken],
+            )  # fmt: skip
+            w.execute("UPDATE ev_session_imports SET report = ? WHERE id = ?",
+                      (json.dumps(report.to_json(), sort_keys=True), report.import_id))  # fmt: skip
+        return report
+
+    @staticmethod
+    def _not_yet_held(
+        w: sqlite3.Connection, net: str, candidates: Sequence[SessionRecord], report: ImportReport
+    ) -> list[SessionRecord]:
+        held: dict[str, str] = {}
+        ids = [r.session_id for r in candidates]
+        for i in range(0, len(ids), _MAX_PARAMETERS):
+            part = ids[i : i + _MAX_PARAMETERS]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT session_id, sha256 FROM ev_sessions WHERE network = ? AND session_id IN ({marks})"
+            held.update((str(a), str(b)) for a, b in w.execute(sql, (net, *part)))
+        new = []
+        for r in candidates:
+            if r.session_id not in held:
+                new.append(r)
+            elif held[r.session_id] == r.sha256:
+                report.duplicate.append(r.session_id)
+            else:
+                report.refused.append(
+                    Refusal(r.session_id, "session_id", "already imported with other content (immutable)")
+                )
+        return new
+
+    @staticmethod
+    def _spans(
+        w: sqlite3.Connection, net: str, connectors: set[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[Span]]:
+        out: dict[tuple[str, str, str], list[Span]] = {}
+        for key in connectors:
+            rows = w.execute(
+                "SELECT record FROM ev_sessions WHERE network = ? AND charger = ? AND connector = ?", key
+            ).fetchall()
+            out[key] = [Span.of(SessionRecord.from_json(json.loads(r[0]))) for r in rows]
+        return out
+
+    def imported_sessions(
+        self, network: str, *, chargers: Collection[str] | None = None, start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[StoredSession]:  # fmt: skip
+        """Sessions of ``network`` that lie within ``[start_ms, end_ms]``, by charger and start."""
+        sql = "SELECT record, sha256, source_sha256, import_id FROM ev_sessions WHERE network = ?"
+        params: list[object] = [network]
+        if start_ms is not None:
+            sql, params = sql + " AND start_ms >= ?", [*params, start_ms]
+        if end_ms is not None:
+            sql, params = sql + " AND stop_ms <= ?", [*params, end_ms]
+        rows = self._read(sql + " ORDER BY charger, connector, start_ms", params)
+        out = [
+            StoredSession(SessionRecord.from_json(json.loads(r)), str(h), str(s), int(i))
+            for r, h, s, i in rows
+        ]
+        return [s for s in out if chargers is None or s.record.charger in chargers]
+
+    def session_source(self, sha256: str) -> tuple[bytes, bytes] | None:
+        """The exact bytes of an imported file and its manifest, or None."""
+        rows = self._read("SELECT data, manifest FROM ev_session_sources WHERE sha256 = ?", (sha256,))
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def session_imports(self, network: str | None = None) -> list[dict[str, Any]]:
+        """Every import's report, oldest first."""
+        rows = self._read(
+            "SELECT report, received_ms, via FROM ev_session_imports"
+            " WHERE ? IS NULL OR network = ? ORDER BY id",
+            (network, network),
+        )
+        return [{**json.loads(r), "received_ms": int(t), "via": str(v)} for r, t, v in rows]
 
 
 def _meter_row(m: MeterInfo) -> tuple[object, ...]:
