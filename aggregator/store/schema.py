@@ -4,6 +4,10 @@ Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of interval
 4 rejections.repeats (the same bytes refused again add no row); 5 meters.calibrated_until;
 6 rejections.size and rejection_overflow (a capped number of rows per source);
 7 checkpoints (signed checkpoints kept for the platform API).
+
+``ocpp_chain_sessions`` (OCPP session records sealed by gateways, issue 24) is created by
+``CREATE TABLE IF NOT EXISTS`` at every open, so it needs no version: a store written before
+it simply has no chain sessions (the records stay in their batches' bytes).
 """
 
 from __future__ import annotations
@@ -57,5 +61,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS counter_state (
     gateway TEXT NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL,
     "end" INTEGER NOT NULL, counter_end REAL NOT NULL, PRIMARY KEY (gateway, meter, quantity));
+CREATE TABLE IF NOT EXISTS ocpp_chain_sessions (
+    batch_id INTEGER NOT NULL, idx INTEGER NOT NULL, gateway TEXT NOT NULL, charger TEXT NOT NULL,
+    connector INTEGER, meter TEXT, transaction_id TEXT NOT NULL, start_time_ms INTEGER,
+    stop_time_ms INTEGER NOT NULL, energy_wh REAL, assurance TEXT NOT NULL, flags TEXT,
+    PRIMARY KEY (batch_id, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ocpp_chain_sessions_tx ON ocpp_chain_sessions (charger, transaction_id);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', 1), ('registry_version', 0);
 """
