@@ -392,7 +392,9 @@ class BatchIngest:
         )  # fmt: skip
         return accepted, records
 
-    def _chain_sessions(self, h: BatchHeader, sessions: list[tuple[int, SessionRecord]]) -> list[ChainSessionRow]:
+    def _chain_sessions(
+        self, h: BatchHeader, sessions: list[tuple[int, SessionRecord]]
+    ) -> list[ChainSessionRow]:
         """Rows for the batch's OCPP session records, if the store keeps them; otherwise the
         records are kept in the batch bytes only, and the log says so for every such batch."""
         if not sessions:
@@ -403,8 +405,8 @@ class BatchIngest:
                         type(self._store).__name__)  # fmt: skip
             return []
         return [
-            ChainSessionRow(i, r.charger, r.connector, r.meter, r.transaction_id, r.start_time_ms, r.stop_time_ms,
-                            r.energy_wh, r.assurance, r.flags)
+            ChainSessionRow(i, r.charger, r.connector, r.meter, r.transaction_id, r.start_time_ms,
+                            r.stop_time_ms, r.energy_wh, r.assurance, r.flags)
             for i, r in sessions
         ]  # fmt: skip
 

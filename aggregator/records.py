@@ -24,7 +24,14 @@ import msgspec
 from evidence.batch import SealedBatch
 from evidence.errors import MalformedRecord
 from evidence.record_fields import WireField, wire_fields
-from evidence.records import DropRecord, IntervalRecord, KeyRotationRecord, SessionRecord, Stats, decode_record
+from evidence.records import (
+    DropRecord,
+    IntervalRecord,
+    KeyRotationRecord,
+    SessionRecord,
+    Stats,
+    decode_record,
+)
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 

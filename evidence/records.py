@@ -533,7 +533,8 @@ def _decode_session(f: _Fields) -> SessionRecord:
     flags = f.array("flags")
     unknown = [x for x in flags if x not in SESSION_FLAGS]
     if unknown or flags != sorted(set(flags)):
-        raise MalformedRecord(f"session.flags: unknown or unsorted flags {flags}; known: {sorted(SESSION_FLAGS)}")
+        known = sorted(SESSION_FLAGS)
+        raise MalformedRecord(f"session.flags: unknown or unsorted flags {flags}; known: {known}")
     rec = SessionRecord(
         f.text("charger"), f.opt_integer("connector"), f.opt_text("meter"), f.text("transaction_id"),
         f.text("protocol"), f.opt_integer("start_time_ms"), f.integer("stop_time_ms"),

@@ -78,6 +78,7 @@ from gateway.config import (
     FastClockConfig,
     MbusMeter,
     MqttMeter,
+    OcppMeter,
     SiteConfig,
     load_site,
 )
@@ -238,6 +239,8 @@ def _source_name(meter: object) -> str:
     if isinstance(meter, MbusMeter):
         c = meter.connection
         return f"mbus address {c.address}" if c.address is not None else f"mbus {c.secondary_address}"
+    if isinstance(meter, OcppMeter):
+        return f"ocpp {meter.connection.charger} #{meter.connection.connector}"
     return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
 
 

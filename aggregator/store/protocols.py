@@ -19,8 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from aggregator.errors import StoreConflict
 from aggregator.store.rows import AcceptedBatch, GatewayEntry, KeyEntry, PendingBatch, Rejection
-from aggregator.view import BatchRef
-from aggregator.view import AttestedInterval, MeterInfo
+from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.keylist import AggregatorKey
 from evidence.keys import PublicKey
 

@@ -312,8 +312,8 @@ class SQLiteEvidenceStore:
         )  # fmt: skip
         _insert_rows(
             w,
-            "INSERT INTO ocpp_chain_sessions (batch_id, idx, gateway, charger, connector, meter, transaction_id,"
-            " start_time_ms, stop_time_ms, energy_wh, assurance, flags) VALUES ",
+            "INSERT INTO ocpp_chain_sessions (batch_id, idx, gateway, charger, connector, meter,"
+            " transaction_id, start_time_ms, stop_time_ms, energy_wh, assurance, flags) VALUES ",
             [(i, r.index, b.gateway, r.charger, r.connector, r.meter, r.transaction_id, r.start_time_ms,
               r.stop_time_ms, r.energy_wh, r.assurance, ",".join(r.flags) or None)
              for i, b in zip(ids, todo, strict=True) for r in b.chain_sessions],
@@ -534,7 +534,8 @@ class SQLiteEvidenceStore:
                 where.append(f"s.{column} = ?")
                 params.append(value)
         rows = self._read(
-            "SELECT s.batch_id, s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data, b.data_codec"
+            "SELECT s.batch_id, s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data,"
+            " b.data_codec"
             " FROM ocpp_chain_sessions s JOIN batches b ON b.id = s.batch_id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY s.batch_id, s.idx",
@@ -543,7 +544,8 @@ class SQLiteEvidenceStore:
         out: list[tuple[BatchRef, int, bytes]] = []
         for _, idx, gw, seq, digest, root, kid, data, codec in rows:
             lines = _data(data, codec).split(b"\n")[2:-1]
-            out.append((BatchRef(str(gw), int(seq), str(digest), str(root), str(kid)), int(idx), lines[int(idx)]))
+            ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
+            out.append((ref, int(idx), lines[int(idx)]))
         return out
 
     def chain_links(self, gateway: str) -> list[tuple[int, str, str]]:
