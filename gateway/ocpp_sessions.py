@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 MAX_OPEN = 4096  # transactions held at once (all chargers); a start whose stop never comes ages out
 MAX_SIGNED_PER_SESSION = 512  # a week of 15-minute clock readings, and more
+RECENT_STOPS = 1024  # stops remembered, so a stop the charger sends again is not a second session
 MISMATCH_WH = 1.0  # a plain bound differing more than this from the signed one is flagged
 BEGIN, END = ("B", "Transaction.Begin"), ("E", "Transaction.End")
 
@@ -82,6 +83,7 @@ class OcppSessions:
         self._open: dict[tuple[str, str], _Open] = {}
         self._closed: list[SessionRecord] = []
         self._unconfigured: set[str] = set()
+        self._recent: dict[tuple[str, str], None] = {}  # stops seen lately, oldest first
 
     # -- MeteringSink ---------------------------------------------------------------------------
     def samples(self, samples: Sequence[Sample]) -> None:
@@ -103,8 +105,15 @@ class OcppSessions:
             entry.connector, entry.meter, entry.protocol = event.connector, event.meter, event.protocol
             entry.start_time, entry.start_wh = event.time, event.meter_wh
             self.counts.started += 1
+        elif key in self._recent and key not in self._open:
+            # sent again: its answer was lost (a gateway killed between forwarding and reading)
+            log.info("charger %s transaction %s: stop seen again; one session record", *key)
+            return
         else:
             entry = self._open.pop(key) if key in self._open else _Open(event.charger, event.transaction_id)
+            self._recent[key] = None
+            if len(self._recent) > RECENT_STOPS:
+                del self._recent[next(iter(self._recent))]
             record = self._record(entry, event)
             self._closed.append(record)
             self.counts.closed += 1
@@ -152,6 +161,7 @@ class OcppSessions:
             "version": STATE_VERSION,
             "open": [vars(e) for e in self._open.values()],
             "closed": [r.to_json() for r in self._closed],
+            "recent_stops": [list(k) for k in self._recent],
         }
 
     def restore(self, state: Any) -> None:
@@ -164,6 +174,7 @@ class OcppSessions:
         for raw in state["open"]:
             entry = _Open(**{**raw, "restored": True})
             self._open[(entry.charger, entry.transaction_id)] = entry
+        self._recent = {(str(c), str(t)): None for c, t in state.get("recent_stops", [])}
         for raw in state["closed"]:  # the reference decoder judges what was persisted
             record = decode_record(json.dumps(raw, separators=(",", ":")).encode())
             if not isinstance(record, SessionRecord):
