@@ -155,8 +155,8 @@ async def test_gateway_killed_mid_session_loses_no_session_energy(tmp_path: Path
 async def mid_session(fleet: OcppFleet) -> None:
     """Wait until at least two chargers have a session open whose start the CSMS answered."""
     async with asyncio.timeout(60):
-        while sum(1 for c in fleet.chargers.values() if c._open and c.connected.is_set()) < 2:
-            await asyncio.sleep(0.01)
+        while sum(1 for c in fleet.chargers.values() if c._open and c.connected.is_set()) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # polling the simulators' state, with the deadline above
         await asyncio.sleep(0.05)  # a few more readings into those sessions
 
 
