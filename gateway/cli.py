@@ -282,6 +282,9 @@ def _check(args: argparse.Namespace) -> int:
                 "charger's lifetime energy register where it has one"
             )
     if args.live:
+        if any(isinstance(m, OcppMeter) and m.enabled for m in site.meters):
+            print("  note: OCPP connectors are not read by --live (their chargers connect to the running "
+                  "gateway and push): start it and watch its status page")  # fmt: skip
         return _check_live(site, args.mqtt_wait)
     return 0
 
