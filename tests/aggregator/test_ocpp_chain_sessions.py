@@ -145,3 +145,43 @@ def test_ocmf_text_unwraps_without_touching_the_record() -> None:
         assert ocmf_text(carried) == record
     with pytest.raises(ExportError, match="not an OCMF record"):
         ocmf_text("hello")
+
+
+class IngestOnly:
+    """An ingest store that does not keep chain sessions (as the PostgreSQL store, so far)."""
+
+    def __init__(self, store: SQLiteEvidenceStore) -> None:
+        self.store = store
+        self.store_group = store.store_group
+        self.record_rejection = store.record_rejection
+        self.chain_links = store.chain_links
+        self.counter_state = store.counter_state
+        self.batch_created_ms = store.batch_created_ms
+
+
+async def test_a_store_without_chain_sessions_keeps_the_batch_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records, _ = make_sessions()
+    config = AggregatorConfig.model_validate(
+        {"mqtt": {"insecure": True}, "store": {"path": str(tmp_path / "a.db")},
+         "influx": {"url": "http://127.0.0.1:9", "database": "unused"}, "key_file": str(tmp_path / "k.pem")}
+    )  # fmt: skip
+    gw = SimGateway("gw-ev", meters=("pv-01",))
+    with StoreThreads() as threads:
+        store = SQLiteEvidenceStore(tmp_path / "a.db")
+        try:
+            registry = GatewayRegistry(store)
+            registry.enrol(gw.enrolment(), at_ms=0)
+            narrow = IngestOnly(store)
+            assert not isinstance(narrow, ChainSessionStore)
+            ingest = BatchIngest(config, store=narrow, registry=registry, key=generate_key(),
+                                 clock=SystemClock(), run_db=threads.run_db)  # fmt: skip
+            sealed = gw.seal([*gw.intervals(2), *records], created_ms=(T0 + 1800 + 5) * 1000)
+            answer = await ingest.process(batch_topic("gw-ev"), sealed.to_bytes())
+            assert answer is not None and isinstance(answer[1], Ack), answer
+            assert store.chain_sessions() == []  # not indexed...
+            assert store.batch_bytes("gw-ev", 1) == sealed.to_bytes()  # ...but kept, in the batch
+        finally:
+            store.close()
+    assert "2 OCPP session record(s) kept in the batch bytes only" in caplog.text
