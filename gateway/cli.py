@@ -421,6 +421,16 @@ def status_of(gateway: Gateway, evidence: Mapping[str, Any] | None) -> dict[str,
     counts["closed"] = gateway.closed_intervals
     counts["held_back_samples"] = gateway.held_back_samples
     counts["last_end"] = gateway.last_closed_end
+    if gateway.ocpp_sessions is not None:  # OCPP: session records and what the endpoint saw
+        c = gateway.ocpp_sessions.counts
+        counts.update(ocpp_sessions_started=c.started, ocpp_sessions_closed=c.closed,
+                      ocpp_sessions_meter_signed=c.meter_signed, ocpp_frame_problems=c.problems,
+                      ocpp_unconfigured_samples=c.unconfigured_samples)  # fmt: skip
+        endpoint = gateway.ocpp
+        connected = getattr(endpoint, "connected", None)  # the controller's set; the tap's links say
+        if connected is None and endpoint is not None:
+            connected = {name for name, link in getattr(endpoint, "links", {}).items() if link.connected}
+        counts["ocpp_chargers_connected"] = len(connected or ())
     guard = gateway.clock_guard
     clock = guard.status() if guard is not None else {"ok": True, "detail": "simulated time (fast clock)"}
     return gateway_status(
