@@ -402,7 +402,8 @@ def _ocpp_issues(data: dict[str, Any]) -> list[Issue]:
     endpoint's ``chargers.<id>.meter_ids`` gives must be the meter's own."""
     issues: list[Issue] = []
     endpoint = data.get("ocpp")
-    settings = endpoint.get(endpoint.get("mode")) if isinstance(endpoint, dict) else None
+    mode = endpoint.get("mode") if isinstance(endpoint, dict) else None
+    settings = endpoint.get(mode) if isinstance(endpoint, dict) and isinstance(mode, str) else None
     chargers = settings.get("chargers") if isinstance(settings, dict) else None
     seen: dict[tuple[object, object], int] = {}
     for i, m in enumerate(_list(data.get("meters"))):
