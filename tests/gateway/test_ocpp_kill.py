@@ -1,7 +1,9 @@
 """SIGKILL the gateway (``puhui gateway run``, its OCPP tap in front of the stand-in CSMS) while
 chargers are mid-session; restart it: the chargers reconnect through it, every session that
 spans the kill is one sealed session record whose energy is the ground truth, and the sealed
-intervals' energy per connector is the ground truth too (within 0.5 %).
+intervals' energy per connector is the ground truth too (within 0.5 %). The sealed batches
+then go through the aggregator's own ingest (BatchIngest into SQLite): it keeps every session
+record, with the same energies.
 
 Real websockets on loopback, a real gateway process, its real evidence store; the chargers and
 the CSMS run in the test process on the same fast clock (``clock: {mode: fast, wall_start}``).
@@ -20,12 +22,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.clock import FastClock
-from evidence.batch import parse_batch, verify_batch
+from aggregator.config import AggregatorConfig
+from aggregator.ingest import BatchIngest
+from aggregator.registry import GatewayRegistry
+from aggregator.service import StoreThreads
+from aggregator.store import SQLiteEvidenceStore
+from common.clock import FastClock, SystemClock
+from drivers.modbus.profiles import load_profiles
+from evidence.batch import SealedBatch, parse_batch, verify_batch
 from evidence.chain import verify_chain
 from evidence.keys import generate_key, load_private_key, save_private_key
 from evidence.records import IntervalRecord, SessionRecord, decode_record
+from evidence.wire import Ack, batch_topic
 from firmware_sim.ocpp_fleet import OcppFleet
+from gateway.cli import enrolment_for
+from gateway.config import parse_site
 from gateway.store import EvidenceStore
 from testbed.csms import StandInCsms
 from tests.gateway.ocpp_site import charger_specs, ocpp_site
@@ -70,13 +81,18 @@ async def wait_listening(port: int, proc: asyncio.subprocess.Process, log: Path)
     raise AssertionError(f"gateway not listening on {port} within 30 s:\n{log.read_text()[-3000:]}")  # noqa: ASYNC240
 
 
-def sealed(state_dir: Path) -> tuple[list[IntervalRecord], list[SessionRecord], int]:
-    """Every record the gateway sealed (its outbox: no uplink), the chain checked."""
+def outbox(state_dir: Path) -> list[SealedBatch]:
+    """The batches the gateway sealed (no uplink: all still in its outbox), by seq."""
     store = EvidenceStore.open(state_dir, gateway_id="gw-ocpp")
     try:
-        batches = [parse_batch(store.batch_data(b.seq)) for b in store.outbox()]
+        return [parse_batch(store.batch_data(b.seq)) for b in sorted(store.outbox(), key=lambda b: b.seq)]
     finally:
         store.close()
+
+
+def sealed(state_dir: Path) -> tuple[list[IntervalRecord], list[SessionRecord], int]:
+    """Every record the gateway sealed, the batches and chain checked."""
+    batches = outbox(state_dir)
     key = load_private_key(state_dir.parent / "gateway-key.pem")
     for b in batches:
         verify_batch(b, key.public_key)
@@ -145,11 +161,47 @@ async def test_gateway_killed_mid_session_loses_no_session_energy(tmp_path: Path
         fleet.true_wh(r.charger, r.connector or 0, (r.start_time_ms or 0) / 1000, r.stop_time_ms / 1000)
         for r in spanning
     )
+    at_aggregator = await aggregator_sessions(tmp_path, site)
+    assert {k: at_aggregator[k] for k in ((r.charger, r.transaction_id) for r in spanning)} == {
+        (r.charger, r.transaction_id): r.energy_wh for r in spanning
+    }
+    assert len(at_aggregator) == len(sessions)
     print(
         f"\n{len(kills)} SIGKILLs mid-session: {len(spanning)} session(s) spanning a kill, "
         f"{total:.0f} Wh sealed (less {lied} Wh a dishonest charger added) vs {truth:.0f} Wh true; "
-        f"{len(sessions)} session records, {len(intervals)} intervals in {batches} batches"
+        f"{len(sessions)} session records, {len(intervals)} intervals in {batches} batches; "
+        f"the aggregator's ingest kept {len(at_aggregator)} chain sessions, the same energies"
     )
+
+
+async def aggregator_sessions(tmp_path: Path, site: dict[str, object]) -> dict[tuple[str, str], float | None]:
+    """The sealed batches through the aggregator's own ingest into its SQLite store: the chain
+    sessions it keeps, (charger, transaction) -> energy."""
+    key = load_private_key(tmp_path / "gateway-key.pem")
+    enrolment = enrolment_for(parse_site(site, "site.yaml", load_profiles()), key, created_ms=0)
+    config = AggregatorConfig.model_validate(
+        {"mqtt": {"insecure": True}, "store": {"path": str(tmp_path / "agg.db")},
+         "influx": {"url": "http://127.0.0.1:9", "database": "unused"},
+         "key_file": str(tmp_path / "unused.pem")}
+    )  # fmt: skip
+    with StoreThreads() as threads:
+        store = SQLiteEvidenceStore(tmp_path / "agg.db")
+        try:
+            registry = GatewayRegistry(store)
+            registry.enrol(enrolment, at_ms=0)
+            ingest = BatchIngest(config, store=store, registry=registry, key=generate_key(),
+                                 clock=SystemClock(), run_db=threads.run_db)  # fmt: skip
+            for batch in outbox(tmp_path / "state"):
+                answer = await ingest.process(batch_topic("gw-ocpp"), batch.to_bytes())
+                assert answer is not None and isinstance(answer[1], Ack), answer
+            out: dict[tuple[str, str], float | None] = {}
+            for _, _, raw in store.chain_sessions(gateway="gw-ocpp"):
+                record = decode_record(raw)
+                assert isinstance(record, SessionRecord)
+                out[(record.charger, record.transaction_id)] = record.energy_wh
+            return out
+        finally:
+            store.close()
 
 
 async def mid_session(fleet: OcppFleet) -> None:
