@@ -153,7 +153,7 @@ async def test_gateway_killed_mid_session_loses_no_session_energy(tmp_path: Path
     for c in fleet.chargers.values():  # they reconnected through the restarted gateway
         assert c.connections >= 2, (c.spec.name, c.connections)
     intervals, sessions, batches = sealed(tmp_path / "state")
-    check_intervals(fleet, intervals)
+    interval_wh, interval_truth = check_intervals(fleet, intervals)
     spanning = check_spanning(fleet, sessions, kills)
     lied = sum(fleet.chargers[r.charger].spec.tamper_wh for r in spanning)
     total = sum(r.energy_wh or 0.0 for r in spanning) - lied
@@ -170,7 +170,8 @@ async def test_gateway_killed_mid_session_loses_no_session_energy(tmp_path: Path
         f"\n{len(kills)} SIGKILLs mid-session: {len(spanning)} session(s) spanning a kill, "
         f"{total:.0f} Wh sealed (less {lied} Wh a dishonest charger added) vs {truth:.0f} Wh true; "
         f"{len(sessions)} session records, {len(intervals)} intervals in {batches} batches; "
-        f"the aggregator's ingest kept {len(at_aggregator)} chain sessions, the same energies"
+        f"the aggregator's ingest kept {len(at_aggregator)} chain sessions, the same energies; "
+        f"intervals {interval_wh:.0f} Wh vs {interval_truth:.0f} Wh true"
     )
 
 
