@@ -13,6 +13,7 @@
     puhui aggregator push --config aggregator.yaml [status | retry TARGET]
     puhui aggregator networks --config aggregator.yaml add NAME --key network.pub.pem [--region R]
     puhui aggregator sessions --config aggregator.yaml import FILE --manifest M --network NAME
+    puhui aggregator chain-sessions --db evidence.sqlite3 list | export --ocmf CHARGER/TX [--out FILE]
 
 Exit status, as for ``puhui gateway``: 0 done; 1 the command failed (store, registry,
 enrolment document refused); 2 a usage or config error (the message names the file and
@@ -35,6 +36,7 @@ from aggregator.api import cli as api_cli
 from aggregator.config import AggregatorConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.methodology import cli as methodology_cli
+from aggregator.ocmf_export import ExportError, transparency_xml
 from aggregator.programme import cli as programme_cli
 from aggregator.programme.errors import ProgrammeError
 from aggregator.push import cli as push_cli
@@ -46,6 +48,7 @@ from common.sdnotify import NotifyError, ServiceNotifier
 from common.tls import SecretError
 from evidence import cli as evidence_cli
 from evidence.errors import EvidenceError
+from evidence.records import SessionRecord, decode_record
 
 if TYPE_CHECKING:  # the PostgreSQL driver is imported only when a config names PostgreSQL
     from aggregator.store.postgres import PostgresEvidenceStore
@@ -59,6 +62,9 @@ EXIT_STATUS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXIT_STATUS
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _add_sessions(
+        sub.add_parser("chain-sessions", help="OCPP charging sessions sealed by gateways: list, export")
+    )
 
     p = sub.add_parser("run", help="verify, store and acknowledge batches; feed InfluxDB")
     p.add_argument("--config", type=Path, required=True, help="aggregator YAML config")
@@ -105,6 +111,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sessions_cli.add_session_arguments(
         sub.add_parser("sessions", help="import a network's session records (file + signed manifest); list")
     )
+
+
+def _add_sessions(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db", type=Path, required=True, help="the SQLite evidence store (chain sessions: SQLite only)"
+    )
+    ss = p.add_subparsers(dest="sessions_action", metavar="ACTION", required=True)
+    q = ss.add_parser("list", help="OCPP sessions sealed by gateways: charger/transaction, energy, assurance")
+    q.add_argument("--gateway")
+    q.set_defaults(func=_sessions_list)
+    q = ss.add_parser("export", help="a session's meter-signed values as OCMF for transparency software")
+    q.add_argument("session", help="CHARGER/TRANSACTION_ID (as 'chain-sessions list' shows)")
+    q.add_argument(
+        "--ocmf", action="store_true", required=True, help="OCMF in the transparency software's XML"
+    )
+    q.add_argument("--gateway", help="the gateway, if the charger's transaction id is in several chains")
+    q.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    q.set_defaults(func=_sessions_export)
+
+
+def _chain_sessions(args: argparse.Namespace, **match: str | None) -> list[tuple[str, SessionRecord]]:
+    if not args.db.is_file():
+        raise AggregatorError(f"{args.db}: no such evidence store")
+    store = SQLiteEvidenceStore(args.db)
+    try:
+        found = store.chain_sessions(gateway=args.gateway, **match)
+    finally:
+        store.close()
+    out = []
+    for ref, index, raw in found:
+        record = decode_record(raw)
+        if not isinstance(record, SessionRecord):
+            raise AggregatorError(
+                f"{ref.gateway}#{ref.seq} record {index} is a {record.type} record, not a session"
+            )
+        out.append((f"{ref.gateway}#{ref.seq}[{index}]", record))
+    return out
+
+
+def _sessions_list(args: argparse.Namespace) -> int:
+    try:
+        for where, r in _chain_sessions(args):
+            energy = "-" if r.energy_wh is None else f"{r.energy_wh:.0f} Wh"
+            flags = ",".join(r.flags) or "-"
+            print(f"{r.charger}/{r.transaction_id}	{r.meter}	{_ms(r.start_time_ms)}	{_ms(r.stop_time_ms)}"
+                  f"	{energy}	{r.assurance}	{flags}	{where}")  # fmt: skip
+    except (AggregatorError, EvidenceError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _sessions_export(args: argparse.Namespace) -> int:
+    charger, sep, tx = args.session.rpartition("/")
+    if not sep or not charger or not tx:
+        print(f"puhui aggregator: session {args.session!r}: expected CHARGER/TRANSACTION_ID", file=sys.stderr)
+        return 2
+    try:
+        found = _chain_sessions(args, charger=charger, transaction_id=tx)
+        if len(found) != 1:
+            where = ", ".join(w for w, _ in found) or "none"
+            raise AggregatorError(f"session {args.session}: {len(found)} chain sessions match ({where})"
+                                  + ("; name one with --gateway" if found else ""))  # fmt: skip
+        text = transparency_xml(found[0][1])
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            args.out.write_text(text, encoding="utf-8")
+    except (AggregatorError, EvidenceError, ExportError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{args.out}: {exc.strerror or exc}")
+    return 0
 
 
 def _fail(message: str) -> int:

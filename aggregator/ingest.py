@@ -53,10 +53,11 @@ from aggregator.errors import KeyRejected, StoreConflict, StoreError
 from aggregator.influx import LineProtocolError
 from aggregator.influx_writer import batch_line, interval_lines, lines_bytes
 from aggregator.plausibility import CounterState, check_intervals, clock_jumped
-from aggregator.records import Interval, decode_records
+from aggregator.records import Interval, decode_all_records
 from aggregator.registry import GatewayRegistry
 from aggregator.store import AcceptedBatch, IngestStore, IntervalRow, Rejection
-from aggregator.store.rows import Held
+from aggregator.store.protocols import ChainSessionStore
+from aggregator.store.rows import ChainSessionRow, Held
 from common.aio import publish
 from common.backoff import Backoff
 from common.clock import Clock
@@ -74,6 +75,7 @@ from evidence.errors import (
     RootMismatch,
 )
 from evidence.keys import GatewayKey
+from evidence.records import SessionRecord
 from evidence.wire import (
     Ack,
     Reject,
@@ -386,7 +388,7 @@ class BatchIngest:
     ) -> tuple[AcceptedBatch, list[Interval]]:
         h = sealed.header
         try:
-            intervals, drops, rotations = decode_records(sealed)
+            intervals, drops, rotations, sessions = decode_all_records(sealed)
             new_keys = [
                 k for r in rotations if (k := self._registry.rotation_entry(h, r, now_ms)) is not None
             ]
@@ -418,8 +420,27 @@ class BatchIngest:
             verdict=verdict, data=sealed.to_bytes(), intervals=rows, missing=missing,
             counters=moved, new_key=new_keys[0] if new_keys else None,
             dropped_seqs=[b.seq for d in drops for b in d.batches],
+            chain_sessions=self._chain_sessions(h, sessions),
         )  # fmt: skip
         return accepted, records
+
+    def _chain_sessions(
+        self, h: BatchHeader, sessions: list[tuple[int, SessionRecord]]
+    ) -> list[ChainSessionRow]:
+        """Rows for the batch's OCPP session records, if the store keeps them; otherwise the
+        records are kept in the batch bytes only, and the log says so for every such batch."""
+        if not sessions:
+            return []
+        if not isinstance(self._store, ChainSessionStore):
+            log.warning("%s: %d OCPP session record(s) kept in the batch bytes only: this evidence store "
+                        "(%s) does not index chain sessions yet (docs/ocpp.md)", h.label, len(sessions),
+                        type(self._store).__name__)  # fmt: skip
+            return []
+        return [
+            ChainSessionRow(i, r.charger, r.connector, r.meter, r.transaction_id, r.start_time_ms,
+                            r.stop_time_ms, r.energy_wh, r.assurance, r.flags)
+            for i, r in sessions
+        ]  # fmt: skip
 
     # -- committing and answering ------------------------------------------------------
 

@@ -24,7 +24,14 @@ import msgspec
 from evidence.batch import SealedBatch
 from evidence.errors import MalformedRecord
 from evidence.record_fields import WireField, wire_fields
-from evidence.records import DropRecord, IntervalRecord, KeyRotationRecord, Stats, decode_record
+from evidence.records import (
+    DropRecord,
+    IntervalRecord,
+    KeyRotationRecord,
+    SessionRecord,
+    Stats,
+    decode_record,
+)
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -82,10 +89,22 @@ def decode_interval(raw: bytes) -> IntervalDoc | None:
 def decode_records(
     sealed: SealedBatch,
 ) -> tuple[list[tuple[int, Interval]], list[DropRecord], list[KeyRotationRecord]]:
-    """A batch's interval records (with their leaf index), drop and key-rotation records.
+    """A batch's interval records (with their leaf index), drop and key-rotation records
+    (session records: :func:`decode_all_records`).
 
     Raises :class:`MalformedRecord` naming the batch and the record's index.
     """
+    intervals, drops, rotations, _ = decode_all_records(sealed)
+    return intervals, drops, rotations
+
+
+def decode_all_records(
+    sealed: SealedBatch,
+) -> tuple[
+    list[tuple[int, Interval]], list[DropRecord], list[KeyRotationRecord], list[tuple[int, SessionRecord]]
+]:
+    """:func:`decode_records` and the batch's OCPP session records (with their leaf index)."""
+    sessions: list[tuple[int, SessionRecord]] = []
     intervals: list[tuple[int, Interval]] = []
     drops: list[DropRecord] = []
     rotations: list[KeyRotationRecord] = []
@@ -103,6 +122,8 @@ def decode_records(
             drops.append(record)
         elif isinstance(record, KeyRotationRecord):
             rotations.append(record)
+        elif isinstance(record, SessionRecord):
+            sessions.append((index, record))
         else:
             intervals.append((index, record))
-    return intervals, drops, rotations
+    return intervals, drops, rotations, sessions

@@ -13,6 +13,8 @@ Record types (``"type"`` key):
   (temperatures, flow): statistics only.
 - ``drop``: the gateway had to drop sealed data (outbox cap reached) and says exactly what.
 - ``key_rotation``: the gateway announces its next key, signed by the current one.
+- ``session``: one charging session an OCPP charger reported (start and stop, register
+  readings, the signed meter values exactly as carried, the assurance level).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from evidence.assurance import Assurance
 from evidence.errors import MalformedRecord
 from evidence.record_fields import (
     Count,
@@ -220,7 +223,101 @@ class KeyRotationRecord:
         }
 
 
-Record = IntervalRecord | DropRecord | KeyRotationRecord
+SessionFlag = Literal[
+    "start_unseen", "stop_unseen", "gateway_restart", "signature_failed", "register_mismatch",
+    "register_decreased",
+]  # fmt: skip
+"""A quality flag a session record may carry; :data:`SESSION_FLAG_MEANINGS` says what each means."""
+
+SESSION_FLAGS: frozenset[SessionFlag] = frozenset(get_args(SessionFlag))
+
+SESSION_FLAG_MEANINGS: dict[SessionFlag, str] = {
+    "start_unseen": "the gateway did not see the session start: no register_start, no energy",
+    "stop_unseen": "the session's stop was never seen (closed by a later start on the connector)",
+    "gateway_restart": "the gateway restarted while the session was open (the start was restored "
+    "from its durable state)",
+    "signature_failed": "a signed meter value of the session did not verify with the pinned key "
+    "(or none was pinned, or it was malformed)",
+    "register_mismatch": "a plain register reading differs by more than 1 Wh from the "
+    "meter-signed reading of the same bound",
+    "register_decreased": "register_stop is below register_start: no energy",
+}
+if SESSION_FLAG_MEANINGS.keys() != SESSION_FLAGS:
+    raise TypeError("SESSION_FLAG_MEANINGS must explain exactly the flags of SessionFlag")
+
+SignatureStatus = Literal["verified", "signature_failed", "no_pinned_key", "key_mismatch", "malformed"]
+SIGNATURE_STATUSES: frozenset[str] = frozenset(get_args(SignatureStatus))
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedValue:
+    """A signed meter value of a session exactly as the charger carried it (OCMF, its base64
+    or hex, or a JSON wrapper), the context it came with and what checking it gave."""
+
+    context: str | None  # Transaction.Begin, Sample.Clock, Transaction.End, ...
+    carried: str
+    status: SignatureStatus
+
+    def to_json(self) -> dict[str, Any]:
+        return {"context": self.context, "carried": self.carried, "status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One charging session of one connector (OCPP), as the gateway read it.
+
+    ``register_start_wh`` / ``register_stop_wh`` are the register readings that bound the
+    session (the meter-signed ones where both verified, else the charger's plain
+    meterStart/meterStop or Begin/End values); ``energy_wh`` their difference (None when a
+    bound is missing or the register went down). ``signed_values`` keeps every signed value
+    of the session as carried; ``meter_key`` is the meter key pinned at enrolment (DER hex)
+    they were checked with. ``assurance`` is ``meter_signed`` only if both bounds are
+    meter-signed readings that verified with that key, else ``gateway_signed``.
+    """
+
+    charger: str
+    connector: int | None
+    meter: str | None
+    transaction_id: str
+    protocol: str  # ocpp1.6 | ocpp2.0.1
+    start_time_ms: int | None
+    stop_time_ms: int
+    register_start_wh: float | None
+    register_stop_wh: float | None
+    energy_wh: float | None
+    stop_reason: str | None
+    signed_values: tuple[CarriedValue, ...]
+    meter_key: str | None
+    assurance: Assurance
+    flags: tuple[SessionFlag, ...] = ()
+
+    type = "session"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "session",
+            "charger": self.charger,
+            "connector": self.connector,
+            "meter": self.meter,
+            "transaction_id": self.transaction_id,
+            "protocol": self.protocol,
+            "start_time_ms": self.start_time_ms,
+            "stop_time_ms": self.stop_time_ms,
+            "register_start_wh": self.register_start_wh,
+            "register_stop_wh": self.register_stop_wh,
+            "energy_wh": self.energy_wh,
+            "stop_reason": self.stop_reason,
+            "signed_values": [v.to_json() for v in self.signed_values],
+            "meter_key": self.meter_key,
+            "assurance": self.assurance,
+            "flags": sorted(self.flags),
+        }
+
+
+SESSION_KEYS = frozenset(SessionRecord("", None, None, "", "", None, 0, None, None, None, None, (), None,
+                                       "gateway_signed").to_json())  # fmt: skip
+
+Record = IntervalRecord | DropRecord | KeyRotationRecord | SessionRecord
 
 
 def encode_record(record: Record) -> bytes:
@@ -245,6 +342,8 @@ _encode_many = compile_batch_encoder("interval", IntervalRecord, INTERVAL_FIELDS
 def _describe(record: Record) -> str:
     if isinstance(record, IntervalRecord):
         return f"record {record.meter}/{record.quantity}@{record.start}"
+    if isinstance(record, SessionRecord):
+        return f"session record {record.charger}/{record.transaction_id}"
     return f"{record.type} record"
 
 
@@ -291,6 +390,26 @@ class _Fields:
         if not isinstance(v, int) or isinstance(v, bool):
             raise self._fail(key, "an integer")
         return v
+
+    def opt_text(self, key: str) -> str | None:
+        v = self.obj.get(key)
+        if v is not None and not isinstance(v, str):
+            raise self._fail(key, "a string or null")
+        return v
+
+    def opt_integer(self, key: str) -> int | None:
+        v = self.obj.get(key)
+        if v is None:
+            return None
+        return self.integer(key)
+
+    def opt_number(self, key: str) -> float | None:
+        v = self.obj.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise self._fail(key, "a finite number or null")
+        return float(v)
 
     def array(self, key: str) -> list[Any]:
         v = self.obj.get(key)
@@ -414,8 +533,40 @@ def _decode_rotation(f: _Fields) -> KeyRotationRecord:
     return KeyRotationRecord(f.text("new_key_id"), f.text("new_public_key"), f.integer("effective_seq"))
 
 
+def _decode_session(f: _Fields) -> SessionRecord:
+    f.exact_keys(SESSION_KEYS)
+    values = []
+    for i, raw in enumerate(f.array("signed_values")):
+        v = f.sub("signed_values", raw, i)
+        v.exact_keys({"context", "carried", "status"})
+        status = v.text("status")
+        if status not in SIGNATURE_STATUSES:
+            raise MalformedRecord(f"{v.where}.status: {status!r} is not one of {sorted(SIGNATURE_STATUSES)}")
+        values.append(CarriedValue(v.opt_text("context"), v.text("carried"), status))  # type: ignore[arg-type]
+    assurance = f.text("assurance")
+    if assurance not in ("meter_signed", "gateway_signed"):
+        raise MalformedRecord(f"session.assurance: {assurance!r} is not meter_signed or gateway_signed")
+    flags = f.array("flags")
+    unknown = [x for x in flags if x not in SESSION_FLAGS]
+    if unknown or flags != sorted(set(flags)):
+        known = sorted(SESSION_FLAGS)
+        raise MalformedRecord(f"session.flags: unknown or unsorted flags {flags}; known: {known}")
+    rec = SessionRecord(
+        f.text("charger"), f.opt_integer("connector"), f.opt_text("meter"), f.text("transaction_id"),
+        f.text("protocol"), f.opt_integer("start_time_ms"), f.integer("stop_time_ms"),
+        f.opt_number("register_start_wh"), f.opt_number("register_stop_wh"), f.opt_number("energy_wh"),
+        f.opt_text("stop_reason"), tuple(values), f.opt_text("meter_key"),
+        assurance,  # type: ignore[arg-type]
+        tuple(flags),
+    )  # fmt: skip
+    if rec.assurance == "meter_signed" and not any(v.status == "verified" for v in rec.signed_values):
+        raise MalformedRecord(f"{f.where}.assurance: meter_signed without a verified signed value")
+    return rec
+
+
 _DECODERS: dict[str, Callable[[_Fields], Record]] = {
     "interval": _decode_interval,
     "drop": _decode_drop,
     "key_rotation": _decode_rotation,
+    "session": _decode_session,
 }

@@ -79,6 +79,7 @@ from gateway.config import (
     FastClockConfig,
     MbusMeter,
     MqttMeter,
+    OcppMeter,
     SiteConfig,
     load_site,
 )
@@ -239,6 +240,8 @@ def _source_name(meter: object) -> str:
     if isinstance(meter, MbusMeter):
         c = meter.connection
         return f"mbus address {c.address}" if c.address is not None else f"mbus {c.secondary_address}"
+    if isinstance(meter, OcppMeter):
+        return f"ocpp {meter.connection.charger} #{meter.connection.connector}"
     return "mqtt topic" if getattr(meter, "driver", "") == "mqtt" else "inline registers"
 
 
@@ -280,6 +283,9 @@ def _check(args: argparse.Namespace) -> int:
                 "charger's lifetime energy register where it has one"
             )
     if args.live:
+        if any(isinstance(m, OcppMeter) and m.enabled for m in site.meters):
+            print("  note: OCPP connectors are not read by --live (their chargers connect to the running "
+                  "gateway and push): start it and watch its status page")  # fmt: skip
         return _check_live(site, args.mqtt_wait)
     return 0
 
@@ -429,6 +435,16 @@ def status_of(gateway: Gateway, evidence: Mapping[str, Any] | None) -> dict[str,
     counts["closed"] = gateway.closed_intervals
     counts["held_back_samples"] = gateway.held_back_samples
     counts["last_end"] = gateway.last_closed_end
+    if gateway.ocpp_sessions is not None:  # OCPP: session records and what the endpoint saw
+        c = gateway.ocpp_sessions.counts
+        counts.update(ocpp_sessions_started=c.started, ocpp_sessions_closed=c.closed,
+                      ocpp_sessions_meter_signed=c.meter_signed, ocpp_frame_problems=c.problems,
+                      ocpp_unconfigured_samples=c.unconfigured_samples)  # fmt: skip
+        endpoint = gateway.ocpp
+        connected = getattr(endpoint, "connected", None)  # the controller's set; the tap's links say
+        if connected is None and endpoint is not None:
+            connected = {name for name, link in getattr(endpoint, "links", {}).items() if link.connected}
+        counts["ocpp_chargers_connected"] = len(connected or ())
     guard = gateway.clock_guard
     clock = guard.status() if guard is not None else {"ok": True, "detail": "simulated time (fast clock)"}
     return gateway_status(

@@ -50,6 +50,7 @@ from drivers.modbus.profiles import (
 from drivers.modbus_rtu.config import ModbusRtuConnection, SerialBus
 from drivers.modbus_tcp.config import ModbusTcpConnection
 from drivers.mqtt.config import MqttConnection, MqttSource
+from drivers.ocpp.config import ControllerConfig, TapConfig
 from evidence.batch import GATEWAY_ID
 from gateway.errors import ConfigError
 from gateway.evidence_config import EvidenceSettings, UplinkSettings
@@ -247,8 +248,59 @@ class MbusMeter(MeterBase, MbusMeterSettings):
     driver: Literal["mbus"]
 
 
+# quantity -> (unit, kind) of what the OCPP reader hands over (drivers/ocpp/metering.py)
+OCPP_QUANTITIES: dict[str, tuple[str, Literal["counter", "gauge"]]] = {
+    "energy_delivered": ("Wh", "counter"),
+    "energy_returned": ("Wh", "counter"),
+    "power": ("W", "gauge"),
+}
+
+
+class OcppConnector(Closed):
+    """Which charger's connector (OCPP 1.6 connectorId, 2.0.1 EVSE id) this meter is."""
+
+    charger: str = Field(pattern=r"^[^/\s]{1,48}$", description="the charge point id (its URL path)")
+    connector: int = Field(ge=0, le=255)
+
+
+class OcppMeter(MeterBase):
+    """One connector (or EVSE) of an OCPP charger, read by the site's ``ocpp`` endpoint (tap or
+    local controller). Its readings are pushed by the charger every ``expected_period_s``."""
+
+    driver: Literal["ocpp"]
+    connection: OcppConnector
+    expected_period_s: float = Field(
+        default=900.0, gt=0, le=86_400, description="the charger's clock-aligned meter value interval"
+    )
+
+
+class OcppEndpoint(Closed):
+    """The gateway's OCPP endpoint: ``mode`` picks the tap (forward to the network's CSMS) or
+    the local controller (the gateway is the CSMS); its settings are drivers/ocpp's models."""
+
+    mode: Literal["tap", "controller"]
+    tap: TapConfig | None = None
+    controller: ControllerConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> OcppEndpoint:
+        chosen, other = (self.tap, self.controller) if self.mode == "tap" else (self.controller, self.tap)
+        if chosen is None:
+            raise ValueError(f"mode {self.mode!r} needs its settings under '{self.mode}'")
+        if other is not None:
+            unused = "controller" if self.mode == "tap" else "tap"
+            raise ValueError(f"'{unused}' is given but mode is {self.mode!r}: remove one")
+        return self
+
+    @property
+    def settings(self) -> TapConfig | ControllerConfig:
+        chosen = self.tap if self.mode == "tap" else self.controller
+        assert chosen is not None  # _one_mode
+        return chosen
+
+
 Meter = Annotated[
-    ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter | MbusMeter,
+    ModbusTcpMeter | ModbusRtuMeter | MqttMeter | Dlt645Meter | Cjt188Meter | MbusMeter | OcppMeter,
     Field(discriminator="driver"),
 ]
 
@@ -275,6 +327,7 @@ class SiteConfig(Closed):
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     uplink: UplinkSettings | None = None
     status: StatusSettings = Field(default_factory=StatusSettings, description="local status endpoint")
+    ocpp: OcppEndpoint | None = Field(default=None, description="OCPP tap or local controller (docs/ocpp.md)")
 
     @field_validator("interval_minutes")
     @classmethod
@@ -311,6 +364,8 @@ def meter_quantities(meter: MeterBase, profiles: Mapping[str, Profile]) -> set[s
         return set(item_quantities(meter.items()))
     if isinstance(meter, Cjt188Meter | MbusMeter):
         return set(meter.quantities)
+    if isinstance(meter, OcppMeter):
+        return set(OCPP_QUANTITIES)
     assert isinstance(meter, ModbusMeterBase)
     if meter.profile is None:
         return {f.quantity for f in meter.registers if f.quantity}
@@ -339,7 +394,47 @@ def reference_issues(data: Any, profiles: Mapping[str, Profile]) -> list[Issue]:
         return []
     meter_list = _list(data.get("meters"))
     issues = [i for n, m in enumerate(meter_list) if isinstance(m, dict) for i in _meter_refs(n, m, profiles)]
-    return issues + _bus_issues(data)
+    return issues + _bus_issues(data) + _ocpp_issues(data)
+
+
+def _ocpp_issues(data: dict[str, Any]) -> list[Issue]:
+    """OCPP meters need the ``ocpp`` section; one meter per charger connector; a meter id the
+    endpoint's ``chargers.<id>.meter_ids`` gives must be the meter's own."""
+    issues: list[Issue] = []
+    endpoint = data.get("ocpp")
+    mode = endpoint.get("mode") if isinstance(endpoint, dict) else None
+    settings = endpoint.get(mode) if isinstance(endpoint, dict) and isinstance(mode, str) else None
+    chargers = settings.get("chargers") if isinstance(settings, dict) else None
+    seen: dict[tuple[object, object], int] = {}
+    for i, m in enumerate(_list(data.get("meters"))):
+        if not isinstance(m, dict) or m.get("driver") != "ocpp":
+            continue
+        if endpoint is None:
+            issues.append(Issue(("meters", i, "driver"), "an ocpp meter needs the site's 'ocpp' section "
+                                                         "(mode tap or controller)"))  # fmt: skip
+        conn = m.get("connection")
+        if not isinstance(conn, dict):
+            continue
+        charger, connector = conn.get("charger"), conn.get("connector")
+        if not (_scalar(charger) and _scalar(connector)):
+            continue
+        if (charger, connector) in seen:
+            issues.append(Issue(("meters", i, "connection"), f"charger {charger!r} connector {connector} is "
+                                f"already meters[{seen[(charger, connector)]}]"))  # fmt: skip
+        seen.setdefault((charger, connector), i)
+        named = _ocpp_meter_id(chargers, charger, connector)
+        if named is not None and named != m.get("id") and isinstance(endpoint, dict):
+            where = f"ocpp.{endpoint.get('mode')}.chargers.{charger}.meter_ids"
+            msg = f"{where} names connector {connector} {named!r}: use that id here, or drop it there"
+            issues.append(Issue(("meters", i, "id"), msg))
+    return issues
+
+
+def _ocpp_meter_id(chargers: Any, charger: object, connector: object) -> str | None:
+    cfg = chargers.get(charger) if isinstance(chargers, dict) else None
+    ids = cfg.get("meter_ids") if isinstance(cfg, dict) else None
+    named = ids.get(connector, ids.get(str(connector))) if isinstance(ids, dict) else None
+    return named if isinstance(named, str) else None
 
 
 def _bus_issues(data: dict[str, Any]) -> list[Issue]:
@@ -480,6 +575,8 @@ def _raw_fields(m: dict[str, Any], profiles: Mapping[str, Profile]) -> dict[str,
             [q for q in quantities if q in MBUS_QUANTITIES] if isinstance(quantities, list | tuple) else []
         )
         return {q: "" for q in known} or None  # none known: the quantities error says it
+    if m.get("driver") == "ocpp":
+        return {q: "" for q in OCPP_QUANTITIES}
     if m.get("driver") == "mqtt":
         source = m.get("source")
         fields = source.get("fields") if isinstance(source, dict) else None
@@ -718,6 +815,27 @@ def mbus_series_specs(meter: MbusMeter) -> list[SeriesSpec]:
             max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, spec.unit),
             stats_quantity=meter.stats_quantity if stats is not None and stats.kind == "gauge" else None,
             stats_unit=stats.unit if stats is not None else "",
+        ))  # fmt: skip
+    return out
+
+
+def ocpp_series_specs(meter: OcppMeter) -> list[SeriesSpec]:
+    """The interval builder's series for an OCPP connector: lifetime registers in Wh (no
+    modulus: a charger reports the register as a number, it does not wrap at a width), power
+    in W as the gauge for stats."""
+    stats = OCPP_QUANTITIES.get(meter.stats_quantity or "")
+    out: list[SeriesSpec] = []
+    for q in meter.counts:
+        unit, kind = OCPP_QUANTITIES[q]
+        if kind == "gauge":
+            out.append(SeriesSpec(meter.id, q, unit, "gauge", meter.expected_period_s))
+            continue
+        out.append(SeriesSpec(
+            meter.id, q, unit, "counter", meter.expected_period_s,
+            reset_tolerance=meter.reset_tolerance,
+            max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, unit),
+            stats_quantity=meter.stats_quantity if stats is not None and stats[1] == "gauge" else None,
+            stats_unit=stats[0] if stats is not None else "",
         ))  # fmt: skip
     return out
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from common.clock import Clock
 from evidence.keys import GatewayKey
-from evidence.records import IntervalRecord, encode_records
+from evidence.records import IntervalRecord, SessionRecord, encode_records
 from evidence.wire import check_gateway_id
 from gateway.clock_guard import ClockGuard
 from gateway.errors import EvidenceStoreError
@@ -108,7 +108,9 @@ class EvidencePipeline:
             return self._store.builder_state()
         return read_builder_state(self._settings.state_dir)
 
-    async def submit(self, records: Sequence[IntervalRecord], builder_state: Mapping[str, Any]) -> None:
+    async def submit(
+        self, records: Sequence[IntervalRecord | SessionRecord], builder_state: Mapping[str, Any]
+    ) -> None:
         """Persist ``records`` and the builder snapshot taken after emitting them, in one
         committed transaction; seal at once if ``max_records`` are pending. Raises only if
         that transaction did not commit (the caller then submits the records again)."""

@@ -42,7 +42,9 @@ from drivers.modbus_rtu.driver import RtuRegisterReader, SerialBusOwner, rtu_pol
 from drivers.modbus_rtu.framing import LineRegisterReader
 from drivers.modbus_tcp.driver import TcpConnections, tcp_policy, tcp_reader, tcp_source
 from drivers.mqtt.driver import MqttSubscriber
-from evidence.records import IntervalRecord
+from drivers.ocpp import ChargerConfig, ControllerConfig, OcppController, OcppTap, TapConfig
+from drivers.ocpp.config import enrolled_reader
+from evidence.records import IntervalRecord, SessionRecord
 from gateway.clock_guard import ClockGuard
 from gateway.config import (
     Cjt188Meter,
@@ -52,17 +54,23 @@ from gateway.config import (
     ModbusRtuMeter,
     ModbusTcpMeter,
     MqttMeter,
+    OcppEndpoint,
+    OcppMeter,
     SiteConfig,
     cjt188_series_specs,
     dlt645_series_specs,
     mbus_series_specs,
     mqtt_series_specs,
+    ocpp_series_specs,
     series_specs,
 )
 from gateway.intervals import IntervalBuilder, SeriesSpec
+from gateway.ocpp_sessions import OcppSessions
 from gateway.poller import Poller, Schedule
 
 log = logging.getLogger(__name__)
+OCPP_STATE = "ocpp_sessions"  # key of the OCPP sessions' state beside the builder snapshot
+SealedRecord = IntervalRecord | SessionRecord
 
 
 class IntervalSink(Protocol):
@@ -72,22 +80,25 @@ class IntervalSink(Protocol):
 
     def builder_state(self) -> Mapping[str, Any] | None: ...
 
-    async def submit(self, records: Sequence[IntervalRecord], builder_state: Mapping[str, Any]) -> None: ...
+    async def submit(self, records: Sequence[SealedRecord], builder_state: Mapping[str, Any]) -> None: ...
 
 
 @dataclass
 class MemorySink:
-    """Keeps intervals in memory (acquisition tests, ``puhui gateway run --dry-run``)."""
+    """Keeps intervals (and OCPP session records) in memory (acquisition tests,
+    ``puhui gateway run --dry-run``)."""
 
     records: list[IntervalRecord] = field(default_factory=list)
     state: Mapping[str, Any] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: list[SessionRecord] = field(default_factory=list)
 
     def builder_state(self) -> Mapping[str, Any] | None:
         return self.state
 
-    async def submit(self, records: Sequence[IntervalRecord], builder_state: Mapping[str, Any]) -> None:
-        self.records.extend(records)
+    async def submit(self, records: Sequence[SealedRecord], builder_state: Mapping[str, Any]) -> None:
+        self.records.extend(r for r in records if isinstance(r, IntervalRecord))
+        self.sessions.extend(r for r in records if isinstance(r, SessionRecord))
         self.state = builder_state
         self.changed.set()
 
@@ -102,11 +113,15 @@ class IntervalHandover:
     restarted builder emits their intervals again, from what it still knows (``gap``).
     """
 
-    def __init__(self, builder: IntervalBuilder, sink: IntervalSink) -> None:
+    def __init__(
+        self, builder: IntervalBuilder, sink: IntervalSink, sessions: OcppSessions | None = None
+    ) -> None:
         self.builder = builder
         self.sink = sink
+        self.sessions = sessions  # OCPP sessions: their records and state go with the builder's
         self.unsubmitted: list[IntervalRecord] = []
-        self.submitted = 0  # records the sink has taken
+        self.submitted = 0  # interval records the sink has taken
+        self._lock = asyncio.Lock()  # the closer and the session persister both submit
 
     async def resume(self) -> bool:
         """Continue from the state the sink holds (True), or on a fresh sink persist the new
@@ -115,6 +130,8 @@ class IntervalHandover:
         state = self.sink.builder_state()
         if state is not None:
             self.builder.restore(state)
+            if self.sessions is not None:
+                self.sessions.restore(state.get(OCPP_STATE))
             return True
         await self.persist()
         return False
@@ -127,12 +144,23 @@ class IntervalHandover:
         return await self.persist()
 
     async def persist(self) -> list[IntervalRecord]:
-        """Submit the records not submitted yet (possibly none) with the builder state."""
-        records = list(self.unsubmitted)
-        await self.sink.submit(records, self.builder.snapshot())
-        del self.unsubmitted[: len(records)]
-        self.submitted += len(records)
-        return records
+        """Submit the records not submitted yet (possibly none) with the builder state (and
+        the OCPP session records closed since, with the sessions' state)."""
+        async with self._lock:
+            records = list(self.unsubmitted)
+            state = self.builder.snapshot()
+            closed = self.sessions.take_closed() if self.sessions is not None else []
+            if self.sessions is not None:
+                state[OCPP_STATE] = self.sessions.snapshot()
+            try:
+                await self.sink.submit([*records, *closed], state)
+            except BaseException:
+                if self.sessions is not None:
+                    self.sessions.put_back(closed)
+                raise
+            del self.unsubmitted[: len(records)]
+            self.submitted += len(records)
+            return records
 
 
 @dataclass(frozen=True)
@@ -145,6 +173,7 @@ class Plan:
     dlt645: tuple[Dlt645Meter, ...] = ()
     cjt188: tuple[Cjt188Meter, ...] = ()
     mbus: tuple[MbusMeter, ...] = ()
+    ocpp: tuple[OcppMeter, ...] = ()
 
 
 def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
@@ -155,8 +184,13 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
     dlt645: list[Dlt645Meter] = []
     cjt188: list[Cjt188Meter] = []
     mbus: list[MbusMeter] = []
+    ocpp: list[OcppMeter] = []
     for meter in site.meters:
         if not meter.enabled:
+            continue
+        if isinstance(meter, OcppMeter):
+            ocpp.append(meter)
+            series.extend(ocpp_series_specs(meter))
             continue
         if isinstance(meter, MqttMeter):
             mqtt.append(meter)
@@ -177,7 +211,8 @@ def plan_site(site: SiteConfig, profiles: Mapping[str, Profile]) -> Plan:
         assert isinstance(meter, ModbusMeterBase)
         modbus.append(meter)
         series.extend(series_specs(meter, static_fields(meter, profiles)))
-    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645), tuple(cjt188), tuple(mbus))
+    return Plan(tuple(series), tuple(modbus), tuple(mqtt), tuple(dlt645), tuple(cjt188), tuple(mbus),
+                tuple(ocpp))  # fmt: skip
 
 
 def static_fields(meter: ModbusMeterBase, profiles: Mapping[str, Profile]) -> tuple[RegisterField, ...]:
@@ -329,9 +364,17 @@ class Gateway:
         self.subscribers: list[MqttSubscriber] = []
         self.buses: dict[str, SerialBusOwner] = {}
         self.lines: dict[str, LineOwner] = {}
-        self.handover = IntervalHandover(self.builder, sink)
+        self.ocpp_sessions = (
+            OcppSessions(self._take, meters={m.id for m in self.plan.ocpp}, keys=self._ocpp_keys(),
+                         changed=self._sessions_changed)
+            if self.plan.ocpp else None
+        )  # fmt: skip
+        self.ocpp: OcppTap | OcppController | None = None
+        self._sessions_dirty = asyncio.Event()
+        self.handover = IntervalHandover(self.builder, sink, self.ocpp_sessions)
         self._schedules: list[Schedule] = []
         self._closer: asyncio.Task[None] | None = None
+        self._ocpp_persister: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
         # meter -> quantity -> the last sample read (the status page), taken or not
         self.last_readings: dict[str, dict[str, Sample]] = {}
@@ -393,12 +436,16 @@ class Gateway:
             group = await stack.enter_async_context(asyncio.TaskGroup())
             first = next_close(self.clock.now(), self.site.interval_s, self.site.grace_seconds)
             self._closer = group.create_task(self._close_loop(first), name=f"closer:{self.site.gateway.id}")
+            if self.ocpp_sessions is not None:
+                name = f"ocpp-sessions:{self.site.gateway.id}"
+                self._ocpp_persister = group.create_task(self._persist_sessions(), name=name)
+                self.ocpp = await stack.enter_async_context(self._ocpp_endpoint(self.ocpp_sessions))
             self._stack = stack.pop_all()
         log.info(
             "gateway %s: %d Modbus meter(s), %d DL/T 645 meter(s), %d CJ/T 188 meter(s), "
-            "%d M-Bus meter(s), %d MQTT meter(s), %d series, %d-min intervals", self.site.gateway.id,
-            len(self.plan.modbus), len(self.plan.dlt645), len(self.plan.cjt188), len(self.plan.mbus),
-            len(self.plan.mqtt), len(self.plan.series),
+            "%d M-Bus meter(s), %d MQTT meter(s), %d OCPP connector(s), %d series, %d-min intervals",
+            self.site.gateway.id, len(self.plan.modbus), len(self.plan.dlt645), len(self.plan.cjt188),
+            len(self.plan.mbus), len(self.plan.mqtt), len(self.plan.ocpp), len(self.plan.series),
             self.site.interval_minutes,
         )  # fmt: skip
         return self
@@ -406,6 +453,8 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         if self._closer is not None:
             self._closer.cancel()
+        if self._ocpp_persister is not None:
+            self._ocpp_persister.cancel()
         try:
             await self._stack.aclose()
         finally:
@@ -414,6 +463,42 @@ class Gateway:
             # (they would be partial): they close after restart. Not a builder whose timeline
             # came from a bad clock: the next start makes a fresh one.
             if not self._fresh_when_good:
+                await self.handover.persist()
+
+    # -- OCPP ---------------------------------------------------------------------------------
+
+    def _ocpp_endpoint(self, sessions: OcppSessions) -> OcppTap | OcppController:
+        """The tap or local controller, its readers for sessions open at the last stop resumed."""
+        assert self.site.ocpp is not None  # an ocpp meter needs the section (config check)
+        config = ocpp_driver_config(self.site.ocpp, self.plan.ocpp)
+        endpoint: OcppTap | OcppController
+        if isinstance(config, TapConfig):
+            endpoint = OcppTap(config, sessions, self.clock)
+        else:
+            endpoint = OcppController(config, sessions, self.clock)
+        for charger, transactions in sessions.open_transactions().items():
+            reader = enrolled_reader(config.chargers, charger, sessions, self.clock)
+            for tx, connector in transactions.items():
+                reader.resume_transaction(tx, connector)
+            endpoint.readers[charger] = reader
+        return endpoint
+
+    def _ocpp_keys(self) -> dict[str, Any]:
+        if self.site.ocpp is None or not self.plan.ocpp:
+            return {}
+        chargers = ocpp_driver_config(self.site.ocpp, self.plan.ocpp).chargers
+        return {name: cfg.meter_keys() for name, cfg in chargers.items()}
+
+    def _sessions_changed(self) -> None:
+        self._sessions_dirty.set()
+
+    async def _persist_sessions(self) -> None:
+        """Persist the OCPP sessions' state (and any closed session record) as soon as it
+        changed: a session's start survives a kill that comes before the next interval close."""
+        while True:
+            await self._sessions_dirty.wait()
+            self._sessions_dirty.clear()
+            if self._clock_good():
                 await self.handover.persist()
 
     def _take(self, samples: Sequence[Sample]) -> None:
@@ -438,7 +523,7 @@ class Gateway:
         if self._fresh_when_good:  # the first good moment: the builder's timeline starts now
             self._fresh_when_good = False
             self.builder = self._new_builder()
-            self.handover = IntervalHandover(self.builder, self.sink)
+            self.handover = IntervalHandover(self.builder, self.sink, self.ocpp_sessions)
         return True
 
     async def _close_loop(self, due: float) -> None:
@@ -475,6 +560,18 @@ class Gateway:
             units.update({(m.id, q): f.unit for q, f in m.source.fields.items()})
         units.update({(s.meter, s.quantity): s.unit for s in self.plan.series})
         return units
+
+
+def ocpp_driver_config(endpoint: OcppEndpoint, meters: Sequence[OcppMeter]) -> TapConfig | ControllerConfig:
+    """The endpoint's driver settings with each OCPP meter's id as its connector's meter id
+    (the config check refused a different one there), and every metered charger enrolled."""
+    settings = endpoint.settings
+    chargers = dict(settings.chargers)
+    for m in meters:
+        name, connector = m.connection.charger, m.connection.connector
+        cfg = chargers.get(name, ChargerConfig())
+        chargers[name] = cfg.model_copy(update={"meter_ids": {**cfg.meter_ids, connector: m.id}})
+    return settings.model_copy(update={"chargers": chargers})
 
 
 def _by_connection(meters: Sequence[MqttMeter]) -> dict[Any, list[MqttMeter]]:

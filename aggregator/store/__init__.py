@@ -16,6 +16,7 @@ from aggregator.config import StoreSettings
 from aggregator.errors import StoreError
 from aggregator.store.protocols import (
     AggregatorKeyStore,
+    ChainSessionStore,
     EvidenceReader,
     EvidenceStore,
     InfluxOutbox,
@@ -28,6 +29,7 @@ from aggregator.store.rows import (
     INFLUX_PENDING,
     INFLUX_WRITTEN,
     AcceptedBatch,
+    ChainSessionRow,
     Gap,
     GatewayEntry,
     IntervalKey,
@@ -55,6 +57,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AcceptedBatch",
     "AggregatorKeyStore",
+    "ChainSessionRow",
+    "ChainSessionStore",
     "EvidenceReader",
     "EvidenceStore",
     "Gap",

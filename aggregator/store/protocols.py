@@ -9,19 +9,20 @@ against exactly what is used, and a consumer cannot reach past its part.
   exact batch bytes, gateway keys), and :class:`ScheduleEvidence` (when evidence arrived);
 - :class:`AggregatorKeyStore`: the aggregator's own key history;
 - :class:`SessionStore`: imported charging sessions (:mod:`aggregator.sessions`, SQLite only);
+- :class:`ChainSessionStore`: OCPP session records sealed by gateways (SQLite only so far);
 - :class:`EvidenceStore`: all of them (what one backend provides).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aggregator.errors import StoreConflict
 from aggregator.sessions.checks import Span
 from aggregator.sessions.records import ImportReport, NetworkEntry, Refusal, SessionRecord, StoredSession
 from aggregator.store.rows import AcceptedBatch, GatewayEntry, Held, KeyEntry, PendingBatch, Rejection
-from aggregator.view import AttestedInterval, MeterInfo
+from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.keylist import AggregatorKey
 from evidence.keys import PublicKey
 
@@ -125,6 +126,22 @@ class SessionStore(Protocol):
         end_ms: int | None = None,
     ) -> list[StoredSession]: ...  # fmt: skip
     def session_source(self, sha256: str) -> tuple[bytes, bytes] | None: ...
+
+
+@runtime_checkable
+class ChainSessionStore(Protocol):
+    """OCPP session records sealed by gateways ("chain sessions", not imported ones): a store
+    that implements this keeps a row per record of ``AcceptedBatch.chain_sessions`` in the
+    batch's own transaction. Ingest asks ``isinstance(store, ChainSessionStore)``: with a store
+    that does not (PostgreSQL so far), the records stay in the stored batch bytes only and
+    ingest says so in its log for every such batch (docs/ocpp.md)."""
+
+    def chain_sessions(
+        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """``(batch, leaf index, the record's exact bytes)`` of the matching chain sessions,
+        in arrival order."""
+        ...
 
 
 class EvidenceStore(RegistryStore, IngestStore, InfluxOutbox, ScheduleEvidence, AggregatorKeyStore, Protocol):

@@ -50,6 +50,23 @@ class IntervalRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainSessionRow:
+    """Where an OCPP ``session`` record sits in its batch (a chain session: read and sealed by
+    a gateway, not imported), and what it is looked up by."""
+
+    index: int
+    charger: str
+    connector: int | None
+    meter: str | None
+    transaction_id: str
+    start_time_ms: int | None
+    stop_time_ms: int
+    energy_wh: float | None
+    assurance: str
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AcceptedBatch:
     """Everything stored, in one transaction, for a verified batch the chain accepted."""
 
@@ -69,6 +86,7 @@ class AcceptedBatch:
     counters: Mapping[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     new_key: KeyEntry | None = None  # announced by a key_rotation record
     dropped_seqs: Sequence[int] = ()  # batches a drop record says the gateway discarded
+    chain_sessions: Sequence[ChainSessionRow] = ()  # OCPP session records (stores that keep them)
 
 
 class Held:

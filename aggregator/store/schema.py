@@ -5,6 +5,10 @@ Schema versions: 2 batches.data_codec (zlib); 3 batch_series instead of interval
 6 rejections.size and rejection_overflow (a capped number of rows per source);
 7 checkpoints (signed checkpoints kept for the platform API); 8 ev_networks, ev_session_sources,
 ev_session_imports, ev_sessions (back-end session import, docs/ev-sessions.md; additive).
+
+``ocpp_chain_sessions`` (OCPP session records sealed by gateways, issue 24) is created by
+``CREATE TABLE IF NOT EXISTS`` at every open, so it needs no version: a store written before
+it simply has no chain sessions (the records stay in their batches' bytes).
 """
 
 from __future__ import annotations
@@ -72,5 +76,11 @@ CREATE TABLE IF NOT EXISTS ev_sessions (
     start_ms INTEGER NOT NULL, stop_ms INTEGER NOT NULL, record TEXT NOT NULL, sha256 TEXT NOT NULL,
     source_sha256 TEXT NOT NULL, import_id INTEGER NOT NULL, PRIMARY KEY (network, session_id));
 CREATE INDEX IF NOT EXISTS ev_sessions_by_connector ON ev_sessions (network, charger, connector, start_ms);
+CREATE TABLE IF NOT EXISTS ocpp_chain_sessions (
+    batch_id INTEGER NOT NULL, idx INTEGER NOT NULL, gateway TEXT NOT NULL, charger TEXT NOT NULL,
+    connector INTEGER, meter TEXT, transaction_id TEXT NOT NULL, start_time_ms INTEGER,
+    stop_time_ms INTEGER NOT NULL, energy_wh REAL, assurance TEXT NOT NULL, flags TEXT,
+    PRIMARY KEY (batch_id, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ocpp_chain_sessions_tx ON ocpp_chain_sessions (charger, transaction_id);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', 1), ('registry_version', 0);
 """

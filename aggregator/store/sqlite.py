@@ -17,7 +17,8 @@ Schema (see docs/aggregator.md): ``meta``, ``gateways``, ``gateway_keys``, ``met
 ``batches`` (the exact signed bytes, stored zlib-compressed: ``data_codec``), ``intervals``
 (one row per interval record: where it is in its batch and its plausibility issues),
 ``batch_series`` (which batches hold which meter quantity, over which span), ``gaps``,
-``rejections``, ``counter_state``.
+``rejections``, ``counter_state``, ``ocpp_chain_sessions`` (one row per OCPP ``session``
+record: where it is in its batch, looked up by charger and transaction id).
 """
 
 from __future__ import annotations
@@ -320,6 +321,14 @@ class SQLiteEvidenceStore:
         )  # fmt: skip
         _insert_rows(
             w,
+            "INSERT INTO ocpp_chain_sessions (batch_id, idx, gateway, charger, connector, meter,"
+            " transaction_id, start_time_ms, stop_time_ms, energy_wh, assurance, flags) VALUES ",
+            [(i, r.index, b.gateway, r.charger, r.connector, r.meter, r.transaction_id, r.start_time_ms,
+              r.stop_time_ms, r.energy_wh, r.assurance, ",".join(r.flags) or None)
+             for i, b in zip(ids, todo, strict=True) for r in b.chain_sessions],
+        )  # fmt: skip
+        _insert_rows(
+            w,
             "INSERT INTO batch_series (gateway, meter, quantity, batch_id, first_start, last_end) VALUES ",
             [row for i, b in zip(ids, todo, strict=True) for row in _series_rows(i, b)],
         )
@@ -522,6 +531,31 @@ class SQLiteEvidenceStore:
                 return self._r.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: reading: {exc}") from exc
+
+    def chain_sessions(
+        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """``(batch, leaf index, the record's exact bytes)`` of the matching OCPP chain
+        sessions, in arrival order (:class:`aggregator.store.protocols.ChainSessionStore`)."""
+        where, params = [], []
+        for column, value in (("gateway", gateway), ("charger", charger), ("transaction_id", transaction_id)):
+            if value is not None:
+                where.append(f"s.{column} = ?")
+                params.append(value)
+        rows = self._read(
+            "SELECT s.batch_id, s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data,"
+            " b.data_codec"
+            " FROM ocpp_chain_sessions s JOIN batches b ON b.id = s.batch_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY s.batch_id, s.idx",
+            params,
+        )
+        out: list[tuple[BatchRef, int, bytes]] = []
+        for _, idx, gw, seq, digest, root, kid, data, codec in rows:
+            lines = _data(data, codec).split(b"\n")[2:-1]
+            ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
+            out.append((ref, int(idx), lines[int(idx)]))
+        return out
 
     def chain_links(self, gateway: str) -> list[tuple[int, str, str]]:
         """``(seq, header_sha256, prev)`` of every stored batch of ``gateway``, by seq."""

@@ -66,7 +66,7 @@ class RegisterField(FieldFormat):
             return data
         out = dict(data)
         function = out.get("function")
-        if isinstance(function, int | str) and function in BIT_FUNCTIONS:  # others: the field check names them
+        if isinstance(function, int | str) and function in BIT_FUNCTIONS:  # the field check names others
             out.setdefault("type", RegisterType.BIT.value)
         if out.get("type") == RegisterType.BIT.value or out.get("bit") is not None:
             out.setdefault("kind", "status")

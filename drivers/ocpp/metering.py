@@ -209,6 +209,11 @@ class MeteringReader:
     def meter(self, connector: int) -> str:
         return self.meter_ids.get(connector) or f"{self.charger}.{connector}"
 
+    def resume_transaction(self, transaction_id: str, connector: int) -> None:
+        """A transaction known to be open on ``connector`` (a restarted gateway's durable state),
+        so its stop is read as if this reader had seen its start."""
+        self._remember(transaction_id, connector)
+
     # -- frames ---------------------------------------------------------------------------------------
     def from_charger(self, frame: str | bytes) -> None:
         """A frame the charger sent (the CSMS gets it unchanged)."""
