@@ -4,8 +4,9 @@ verifier needs to check it without the aggregator's database.
 A package is a zip file written canonically (stored, fixed timestamps, members in a fixed
 order), so one set of members has exactly one spelling: the statement, every signed batch it
 relies on (the exact bytes as received), the gateway's enrolment document and keys, the
-parameter set file, the aggregator's keys and the aggregator's plausibility verdicts, listed
-with their sha256 in ``manifest.json``. Format and checks: docs/evidence-package.md;
+parameter set file, the aggregator's keys and the aggregator's plausibility verdicts, and for
+a statement listing imported sessions their source files, the networks' signed manifests and
+pinned keys, listed with their sha256 in ``manifest.json``. Format and checks: docs/evidence-package.md;
 the verifier: :mod:`puhui.verify`.
 """
 
@@ -54,7 +55,13 @@ ROLES = (
     "verdicts",
     "supplemented",  # a supplementary statement's earlier statements (what they credited is not again)
     "candidate-set",  # the other parameter sets the precedence rule weighed (methodology.selection)
+    "network-keys",  # imported sessions (issue 24): the networks' pinned manifest keys
+    "session-source",  # the exact bytes of a session file the statement's sessions came from
+    "session-manifest",  # the network's signed manifest of that file
 )
+NETWORK_KEYS = "sessions/networks.json"
+NETWORK_KEYS_FORMAT = "puhui-network-keys/1"
+PINNED_BY = "the aggregator's evidence store (ev_networks), pinned with puhui aggregator networks add"
 
 
 class PackageError(AggregatorError):
@@ -63,6 +70,14 @@ class PackageError(AggregatorError):
 
 def batch_name(seq: int) -> str:
     return f"batches/{seq:010d}.batch"
+
+
+def session_source_name(sha256: str) -> str:
+    return f"sessions/{sha256}.source"
+
+
+def session_manifest_name(sha256: str) -> str:
+    return f"sessions/{sha256}.manifest"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -113,6 +128,7 @@ def build_package(
         if earlier is None:
             raise PackageError(f"statement {st.id} supplements {entry['statement']}, which is not stored")
         members[f"supplemented/{entry['statement']}.statement"] = ("supplemented", earlier)
+    _add_sessions(store, st, members)
     keys = [_fields(k) for k in store.aggregator_keys()]
     members[AGGREGATOR_KEYS] = ("aggregator-keys", canonical_json({"aggregator_keys": keys}))
     if keylist is not None:
@@ -205,6 +221,38 @@ def _add_parameter_set(st: Statement, params_dir: Path, members: dict[str, tuple
             "candidate-set",
             other.path.read_bytes(),
         )
+
+
+def _add_sessions(store: AnyEvidenceStore, st: Statement, members: dict[str, tuple[str, bytes]]) -> None:
+    """For a statement listing imported sessions: every source file they came from with its
+    signed manifest, and the network's pinned key (nothing for a statement without sessions)."""
+    listed = st.body["evidence"].get("sessions")
+    if not listed or not listed.get("items"):
+        return
+    network = str(listed["network"])
+    if not isinstance(store, SQLiteEvidenceStore):  # imported sessions are kept in SQLite only
+        raise PackageError(f"statement {st.id} lists sessions of {network}; this store keeps no sessions")
+    entry = next((n for n in store.networks() if n.network == network), None)
+    if entry is None:
+        raise PackageError(f"network {network}: not enrolled in the evidence store (no pinned key)")
+    for sha in sorted({str(item["source_sha256"]) for item in listed["items"]}):
+        source = store.session_source(sha)
+        if source is None:
+            raise PackageError(f"session source {sha} of network {network}: the store does not keep it")
+        members[session_source_name(sha)] = ("session-source", source[0])
+        members[session_manifest_name(sha)] = ("session-manifest", source[1])
+    key = {
+        "network": entry.network,
+        "key_id": entry.key_id,
+        "public_key_pem": entry.public_key_pem,
+        "region": entry.region,
+        "added_ms": entry.added_ms,
+        "pinned_by": PINNED_BY,
+    }
+    members[NETWORK_KEYS] = (
+        "network-keys",
+        canonical_json({"format": NETWORK_KEYS_FORMAT, "networks": [key]}),
+    )
 
 
 def _fields(entry: Any) -> dict[str, Any]:

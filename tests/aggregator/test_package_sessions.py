@@ -1,0 +1,412 @@
+"""Evidence packages of statements crediting imported sessions (issue 24): a real store holds a
+gateway's sealed batches (interval records and an OCPP session record of one charger) and a
+network's week imported in two files; the statement credits both; its package carries the two
+source files, their signed manifests and the network's key, verifies offline with the pinned
+keys, and is refused, naming the piece, when any of them was changed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.config import AggregatorConfig
+from aggregator.ingest import BatchIngest
+from aggregator.methodology.params import PARAMS_DIR
+from aggregator.methodology.statements import parse_statement, sign_statement
+from aggregator.package import MANIFEST, NETWORK_KEYS, canonical_json, member_order, write_zip
+from aggregator.registry import GatewayRegistry
+from aggregator.service import StoreThreads
+from aggregator.sessions.intake import enrol_network, import_sessions
+from aggregator.store import SQLiteEvidenceStore
+from common.clock import SystemClock
+from evidence import GatewayKey, IntervalRecord, Stats, generate_key, public_key_pem, save_private_key
+from evidence.enrolment import EnrolledMeter, make_enrolment
+from evidence.records import SessionRecord as ChainSession
+from evidence.wire import Ack, batch_topic
+from firmware_sim.ev_platform import manifest, to_csv, to_json
+from puhui.cli import main
+from puhui.verify import verify_package
+from tests.aggregator.ingest_support import SimGateway
+from tests.aggregator.sessions.support import NETWORK, NOW_MS, WEEK, WEEK_END, week_orders
+
+GW, CHARGER = "gw-net", "CP-GW"  # the gateway, and the one charger it meters itself
+START, END = int(WEEK.timestamp()), int(WEEK_END.timestamp())
+
+
+@dataclass(frozen=True)
+class Built:
+    directory: Path
+    statement_id: str
+    package: bytes = field(repr=False)  # without a key list: the pinned key signed the statement
+    aggregator: GatewayKey = field(repr=False)
+    network: GatewayKey = field(repr=False)
+    sources: tuple[str, str]  # the sha256 of the JSON file and of the CSV file
+
+
+def _intervals(n: int) -> list[IntervalRecord]:
+    out, c = [], 7000.0
+    for i in range(n):
+        s = START + 3600 + i * 900
+        stats = Stats("kW", 5.0, 10.0, 10.0)
+        t0, t1 = s * 1000 - 500, (s + 900) * 1000 - 500
+        out.append(IntervalRecord(CHARGER, "energy_delivered", "kWh", s, s + 900, "counter", c, t0, c + 2.5,
+                                  t1, 2.5, stats, 90, 90))  # fmt: skip
+        c += 2.5
+    return out
+
+
+def _chain_session() -> ChainSession:
+    return ChainSession(CHARGER, 1, CHARGER, "tx-1", "ocpp1.6", (START + 3600) * 1000,
+                        (START + 7200) * 1000, 7_000_000.0, 7_010_000.0, 10_000.0, "EVDisconnected", (), None,
+                        "gateway_signed")  # fmt: skip
+
+
+async def _ingest(db: Path, tmp: Path, gw: SimGateway, enrolment: bytes) -> None:
+    config = AggregatorConfig.model_validate(
+        {"mqtt": {"insecure": True}, "store": {"path": str(db)},
+         "influx": {"url": "http://127.0.0.1:9", "database": "unused"}, "key_file": str(tmp / "unused.pem")}
+    )  # fmt: skip
+    records = _intervals(8)
+    with StoreThreads() as threads:
+        store = SQLiteEvidenceStore(db)
+        try:
+            registry = GatewayRegistry(store)
+            registry.enrol(enrolment, at_ms=0)
+            ingest = BatchIngest(config, store=store, registry=registry, key=generate_key(),
+                                 clock=SystemClock(), run_db=threads.run_db)  # fmt: skip
+            for batch in (records[:4], [*records[4:], _chain_session()]):
+                sealed = gw.seal(list(batch), created_ms=(START + 3 * 3600) * 1000)
+                answer = await ingest.process(batch_topic(GW), sealed.to_bytes())
+                assert answer is not None and isinstance(answer[1], Ack), answer
+        finally:
+            store.close()
+
+
+def _import_week(db: Path, network: GatewayKey) -> tuple[str, str]:
+    """The week in two files: the first five chargers as JSON, the others as CSV."""
+    orders = week_orders()
+    first = [o for o in orders if o.charger <= "CP-005"]
+    rest = [o for o in orders if o.charger > "CP-005"]
+    store = SQLiteEvidenceStore(db)
+    try:
+        enrol_network(store, NETWORK, public_key_pem(network.public_key), region="north_china", now_ms=0)
+        shas = []
+        for orders_, data in ((first, to_json(first)), (rest, to_csv(rest))):
+            signed = manifest(network, NETWORK, data, len(orders_), WEEK, WEEK_END)
+            report = import_sessions(store, NETWORK, data, signed, now_ms=NOW_MS, via="file")
+            assert len(report.accepted) == len(orders_), report.to_json()
+            shas.append(report.source_sha256)
+    finally:
+        store.close()
+    return shas[0], shas[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    tmp = tmp_path_factory.mktemp("aggregator")
+    db = tmp / "agg.db"
+    chargers = sorted({o.charger for o in week_orders()})
+    gw = SimGateway(GW, meters=(CHARGER,))
+    meters = [EnrolledMeter(c, "ev_charging", 22.0, "1") for c in [*chargers, CHARGER]]
+    enrolment = make_enrolment(gw.key, gateway=GW, site="depot", meters=meters, created_ms=0).to_bytes()
+    asyncio.run(_ingest(db, tmp, gw, enrolment))
+    network = generate_key()
+    (tmp / "net.pub.pem").write_bytes(public_key_pem(network.public_key))
+    sources = _import_week(db, network)
+    aggregator = generate_key()
+    save_private_key(aggregator, tmp / "agg.pem")
+    (tmp / "agg.pub.pem").write_bytes(public_key_pem(aggregator.public_key))
+    compute = ["aggregator", "reductions", "compute", "--db", str(db), "--key", str(tmp / "agg.pem"),
+               "--params", str(PARAMS_DIR / "ev-charging-jjj.yaml"), "--gateway", GW,
+               "--start", str(START), "--end", str(END), "--sessions-from", NETWORK]  # fmt: skip
+    for m in [*chargers, CHARGER]:
+        compute += ["--meter", m]
+    assert main(compute) == 0
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        [(statement_id,)] = conn.execute("SELECT id FROM reduction_statements").fetchall()
+    out = tmp / "sessions.zip"
+    assert (
+        main(["aggregator", "reductions", "package", "--db", str(db), statement_id, "--out", str(out)]) == 0
+    )
+    return Built(tmp, statement_id, out.read_bytes(), aggregator, network, sources)
+
+
+def _members(package: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(package)) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _repack(
+    package: bytes, change: Callable[[dict[str, bytes]], None], roles: dict[str, str] | None = None
+) -> bytes:
+    """A careful forger: change members, then make the manifest and the zip consistent again."""
+    members = _members(package)
+    doc = json.loads(members.pop(MANIFEST))
+    known = {m["name"]: m["role"] for m in doc["members"]} | (roles or {})
+    change(members)
+    doc["statement"] = parse_statement(members["statement.statement"]).id
+    doc["members"] = [
+        {"name": n, "role": known[n], "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+        for n, d in sorted(members.items())
+    ]
+    members[MANIFEST] = canonical_json(doc)
+    return write_zip([(n, members[n]) for n in member_order(list(members))])
+
+
+def _resign(built: Built, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """A dishonest aggregator: a statement body changed and signed again with its own key."""
+
+    def edit(m: dict[str, bytes]) -> None:
+        body = parse_statement(m["statement.statement"]).body
+        change(body)
+        m["statement.statement"] = sign_statement(body, built.aggregator).to_bytes()
+
+    return _repack(built.package, edit)
+
+
+def _items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = body["evidence"]["sessions"]["items"]
+    return items
+
+
+def _body(built: Built) -> dict[str, Any]:
+    return parse_statement(_members(built.package)["statement.statement"]).body
+
+
+def _verify(package: bytes, built: Built, **pins: GatewayKey) -> list[str]:
+    report = verify_package(package, built.aggregator.public_key, {n: k.public_key for n, k in pins.items()})
+    return report.problems
+
+
+def _src(sha: str) -> str:
+    return f"sessions/{sha}.source"
+
+
+def _man(sha: str) -> str:
+    return f"sessions/{sha}.manifest"
+
+
+def test_the_package_carries_sources_manifests_and_key_and_verifies_offline(
+    built: Built, tmp_path: Path
+) -> None:
+    names = set(_members(built.package))
+    a, b = built.sources
+    assert {NETWORK_KEYS, _src(a), _man(a), _src(b), _man(b)} <= names
+    body = _body(built)
+    levels = body["assurance"]["levels"]
+    assert levels["platform_attested"]["kwh"] == pytest.approx(sum(o.energy_kwh for o in week_orders()))
+    assert body["evidence"]["excluded_by_reason"] == {"period_below_completeness": 8}  # 2 h of a week
+    assert body["evidence"]["sessions"]["by_status"] == {"credited": len(week_orders())}
+    batch = _members(built.package)["batches/0000000002.batch"]
+    assert b'"type":"session"' in batch  # an OCPP session record sealed beside the intervals
+
+    shutil.copy(built.directory / "sessions.zip", tmp_path / "s.zip")
+    for key in ("agg.pub.pem", "net.pub.pem"):
+        shutil.copy(built.directory / key, tmp_path / key)
+    done = subprocess.run(
+        [sys.executable, "-m", "puhui", "verify", "s.zip", "--issuer", "agg.pub.pem",
+         "--network-key", f"{NETWORK}=net.pub.pem"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"VERIFIED statement {built.statement_id}" in done.stdout
+    for checked in (f"network {NETWORK}: key", "the one pinned for it",
+                    f"sessions: {len(week_orders())} session(s) of {NETWORK} found in 2 source file(s)",
+                    "platform_attested recomputed from the package's session sources"):  # fmt: skip
+        assert checked in done.stdout, done.stdout
+    unpinned = verify_package(built.package, built.aggregator.public_key)
+    assert unpinned.ok, unpinned.problems
+    assert "as the package gives it (pinned at the aggregator at 0 ms; not pinned here)" in str(unpinned)
+
+
+def test_the_same_statement_packages_to_the_same_bytes(built: Built, tmp_path: Path) -> None:
+    db = built.directory / "agg.db"
+    out = tmp_path / "again.zip"
+    assert (
+        main(["aggregator", "reductions", "package", "--db", str(db), built.statement_id, "--out", str(out)])
+        == 0
+    )
+    assert out.read_bytes() == built.package
+
+
+def test_a_tampered_source_is_refused_naming_it(built: Built) -> None:
+    a, _ = built.sources
+
+    def tamper(m: dict[str, bytes]) -> None:
+        m[_src(a)] = m[_src(a)].replace(b'"energy": 12.63', b'"energy": 13.63', 1)
+
+    forged = _repack(built.package, tamper)
+    assert _members(forged)[_src(a)] != _members(built.package)[_src(a)]
+    problems = _verify(forged, built)
+    assert problems and problems[0].startswith(f"{_src(a)}: sha256 is "), problems
+    assert f"not the source {a} the statement lists" in problems[0]
+
+
+def test_a_swapped_manifest_is_refused_naming_the_source(built: Built) -> None:
+    a, b = built.sources
+
+    def swap(m: dict[str, bytes]) -> None:
+        m[_man(a)], m[_man(b)] = m[_man(b)], m[_man(a)]
+
+    problems = _verify(_repack(built.package, swap), built)
+    assert any(p.startswith(f"{_man(a)}: manifest: file_sha256 {b} does not match") for p in problems), (
+        problems
+    )
+    assert any(p.startswith(f"{_man(b)}: manifest: file_sha256 {a} does not match") for p in problems), (
+        problems
+    )
+
+
+def test_a_wrong_network_key_is_refused(built: Built) -> None:
+    other = generate_key()
+
+    def rekey(m: dict[str, bytes]) -> None:
+        doc = json.loads(m[NETWORK_KEYS])
+        doc["networks"][0] |= {
+            "public_key_pem": public_key_pem(other.public_key).decode(),
+            "key_id": other.key_id,
+        }
+        m[NETWORK_KEYS] = canonical_json(doc)
+
+    problems = _verify(_repack(built.package, rekey), built)
+    a, b = built.sources
+    for sha in (a, b):
+        want = (
+            f"{_man(sha)}: manifest: signed with key {built.network.key_id}, network {NETWORK} is pinned to"
+        )
+        assert any(p.startswith(f"{want} {other.key_id}") for p in problems), problems
+    problems = _verify(
+        built.package, built, **{NETWORK: other}
+    )  # the package's key is not the one pinned here
+    want = f"{NETWORK_KEYS}: network {NETWORK}'s key is {built.network.key_id}, the key pinned for it is"
+    assert problems == [f"{want} {other.key_id}"]
+
+
+def test_a_manifest_signed_by_another_key_is_refused(built: Built) -> None:
+    """The forger re-signs a changed source's manifest with a key of its own and puts that key in the
+    package: the key pinned here for the network refuses it."""
+    other = generate_key()
+    a, _ = built.sources
+    members = _members(built.package)
+    data = members[_src(a)]
+    signed = manifest(other, NETWORK, data, data.count(b'"session_id"'), WEEK, WEEK_END)
+
+    def resign(m: dict[str, bytes]) -> None:
+        m[_man(a)] = signed
+
+    problems = _verify(_repack(built.package, resign), built)
+    assert any(p.startswith(f"{_man(a)}: manifest: signed with key {other.key_id}") for p in problems), (
+        problems
+    )
+
+
+def test_a_source_or_the_network_key_removed_is_refused(built: Built) -> None:
+    a, _ = built.sources
+
+    def without_source(m: dict[str, bytes]) -> None:
+        del m[_src(a)], m[_man(a)]
+
+    def without_key(m: dict[str, bytes]) -> None:
+        del m[NETWORK_KEYS]
+
+    problems = _verify(_repack(built.package, without_source), built)
+    assert problems == [
+        f"{_src(a)}: not in the package: statement sessions of {NETWORK} came from source {a}"
+    ]
+    problems = _verify(_repack(built.package, without_key), built)
+    assert problems == [f"package: no {NETWORK_KEYS}: the statement lists sessions of network {NETWORK}"]
+
+
+def test_a_member_no_listed_session_comes_from_is_refused(built: Built) -> None:
+    extra = "sessions/" + "0" * 64 + ".source"
+    forged = _repack(built.package, lambda m: m.update({extra: b"{}"}), {extra: "session-source"})
+    assert _verify(forged, built) == [f"{extra}: no session the statement lists comes from it"]
+
+
+def test_a_session_missing_from_its_source_is_refused_naming_it(built: Built) -> None:
+    a, b = built.sources
+
+    def move(body: dict[str, Any]) -> None:
+        first = next(i for i in _items(body) if i["source_sha256"] == a)
+        first["source_sha256"] = b
+
+    problems = _verify(_resign(built, move), built)
+    sid = next(i["session_id"] for i in _items(_body(built)))
+    assert problems == [f"sessions: {NETWORK} session {sid} is not in its source {b}"], problems
+
+
+def test_a_session_whose_content_or_energy_differs_is_refused_naming_it(built: Built) -> None:
+    def digest(body: dict[str, Any]) -> None:
+        _items(body)[3]["sha256"] = "ab" * 32
+
+    problems = _verify(_resign(built, digest), built)
+    assert len(problems) == 1 and "hashes to" in problems[0] and "the statement lists abab" in problems[0]
+    sid = _items(_body(built))[3]["session_id"]
+    assert problems[0].startswith(f"sessions: {NETWORK} session {sid}: its record in source ")
+
+    def energy(body: dict[str, Any]) -> None:
+        _items(body)[3]["energy_wh"] += 1000.0
+        body["assurance"]["levels"]["platform_attested"]["activity"]["energy_mwh"] += 0.001
+
+    problems = _verify(_resign(built, energy), built)
+    assert len(problems) == 1 and problems[0].startswith(
+        f"sessions: {NETWORK} session {sid}: the statement lists "
+    )
+
+
+def test_credited_energy_that_does_not_add_up_is_refused(built: Built) -> None:
+    def inflate(body: dict[str, Any]) -> None:
+        body["assurance"]["levels"]["platform_attested"]["activity"]["energy_mwh"] += 0.5
+
+    problems = _verify(_resign(built, inflate), built)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("statement: assurance.levels.platform_attested credits ")
+
+
+def test_a_changed_figure_fails_the_recomputation(built: Built) -> None:
+    """Everything the sessions check looks at agrees, but the platform_attested BE was changed:
+    the statement rebuilt from the package's sources differs."""
+
+    def be(body: dict[str, Any]) -> None:
+        body["assurance"]["levels"]["platform_attested"]["be_tco2e"] *= 1.1
+
+    problems = _verify(_resign(built, be), built)
+    assert problems and all(
+        p.startswith("statement: recomputed: .assurance.levels.platform_attested") for p in problems
+    )
+
+
+def test_packages_of_statements_without_sessions_hold_no_session_members(built: Built) -> None:
+    """A statement listing no session, with session members added, is refused: the members a
+    package holds are exactly the ones its statement needs."""
+
+    def drop(body: dict[str, Any]) -> None:
+        del body["evidence"]["sessions"]
+
+    problems = _verify(_resign(built, drop), built)
+    a, b = built.sources
+    for name in (NETWORK_KEYS, _src(a), _man(a), _src(b), _man(b)):
+        assert f"{name}: the statement lists no imported session" in problems, problems
+
+
+def test_chain_session_record_is_decoded_as_it_was_sealed(built: Built) -> None:
+    from evidence.batch import parse_batch
+    from evidence.records import decode_record
+
+    sealed = parse_batch(_members(built.package)["batches/0000000002.batch"])
+    decoded = [decode_record(r) for r in sealed.records]
+    assert replace(_chain_session()) in decoded
