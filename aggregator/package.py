@@ -149,8 +149,9 @@ def build_package(
 def _add_batches(
     store: AnyEvidenceStore, st: Statement, members: dict[str, tuple[str, bytes]]
 ) -> dict[tuple[int, int], tuple[str, ...]]:
-    """Every batch from the first to the last the statement relies on (the ones it lists and
-    the ones holding intervals of its subject in its period, as the verifier finds them), so
+    """Every batch from the first to the last the statement relies on (the ones it lists, the
+    ones holding intervals of its subject in its period, as the verifier finds them, and the ones
+    holding the OCPP session records it lists), so
     the hash chain is checkable across them; returns the verdicts of the subject's intervals."""
     body = st.body
     meters = [m for u in body["subject"]["units"] for m in u["meters"]]
@@ -160,6 +161,8 @@ def _add_batches(
         )
     )
     needed = {int(b["seq"]) for b in body["evidence"]["batches"]} | {ai.batch.seq for ai in held}
+    chain = body["evidence"].get("chain_sessions") or {}  # OCPP session records it considered
+    needed |= {int(item["seq"]) for item in chain.get("items", []) if item["gateway"] == st.gateway}
     if not needed:
         return {}
     for seq in range(min(needed), max(needed) + 1):

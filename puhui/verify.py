@@ -54,8 +54,8 @@ from evidence.enrolment import parse_enrolment
 from evidence.errors import EvidenceError
 from evidence.keylist import GatewayKeyEntry, verify_keylist
 from evidence.keys import PublicKey, key_id, load_public_key
-from evidence.records import IntervalRecord, decode_record
-from puhui.verify_sessions import check_sessions
+from evidence.records import IntervalRecord, SessionRecord, decode_record
+from puhui.verify_sessions import check_chain_sessions, check_sessions
 
 MAX_PACKAGE_BYTES = 2 << 30  # a month of a 35-meter site is tens of MB
 MAX_MEMBERS = 1_000_000
@@ -248,6 +248,28 @@ class PackageSource:
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
         return self._batches.get(seq) if gateway == self.gateway else None
 
+    def chain_sessions(
+        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """``(batch, leaf index, exact bytes)`` of the OCPP session records in the package's
+        batches, by seq and index (as :class:`aggregator.store.protocols.ChainSessionStore`)."""
+        if gateway not in (None, self.gateway):
+            return []
+        out = []
+        for seq in sorted(self._batches):
+            sealed = parse_batch(self._batches[seq])
+            h = sealed.header
+            ref = BatchRef(self.gateway, seq, sealed.header_sha256, h.root, h.key_id)
+            for index, raw in enumerate(sealed.records):
+                rec = decode_record(raw)
+                if (
+                    isinstance(rec, SessionRecord)
+                    and charger in (None, rec.charger)
+                    and (transaction_id in (None, rec.transaction_id))
+                ):
+                    out.append((ref, index, raw))
+        return out
+
     def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None:
         return self._keys.get(key_id) if gateway == self.gateway else None
 
@@ -300,6 +322,7 @@ def _verify_contents(
     _check_batches(gateway, batches, entries, report)
     roles = {m["name"]: m["role"] for m in contents.manifest["members"]}
     sessions = check_sessions(contents.members, roles, st.body, network_keys, report.checked, report.problems)
+    check_chain_sessions(st.body, gateway, batches, report.checked, report.problems)
     if report.problems:
         return
     params = _parameter_set(contents)

@@ -14,13 +14,22 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.package import NETWORK_KEYS, NETWORK_KEYS_FORMAT, session_manifest_name, session_source_name
+from aggregator.package import (
+    NETWORK_KEYS,
+    NETWORK_KEYS_FORMAT,
+    batch_name,
+    session_manifest_name,
+    session_source_name,
+)
 from aggregator.sessions.checks import check_continuity, check_record
 from aggregator.sessions.errors import ManifestRefused, SessionFileError
 from aggregator.sessions.manifest import Manifest, verify_manifest
 from aggregator.sessions.records import SessionRecord, StoredSession, parse_file
+from evidence.batch import parse_batch
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, load_public_key
+from evidence.records import SessionRecord as ChainSessionRecord
+from evidence.records import decode_record
 
 SESSION_ROLES = ("network-keys", "session-source", "session-manifest")
 CREDITED = "credited"
@@ -273,3 +282,68 @@ def _listed_energy(item: Mapping[str, Any]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"energy_wh {value!r} of session {item.get('session_id')} is not a number")
     return float(value)
+
+
+def check_chain_sessions(
+    body: Mapping[str, Any],
+    gateway: str,
+    batches: Mapping[int, bytes],
+    checked: list[str],
+    problems: list[str],
+) -> None:
+    """Each OCPP session record the statement lists (``evidence.chain_sessions.items``: gateway,
+    seq, index, sha256) is the leaf at that index of that batch of the package, with that hash,
+    and is a ``session`` record. The batches themselves are verified (signature, root, chain) by
+    the package checks; the recomputation decides what each record credits."""
+    listed = body.get("evidence", {}).get("chain_sessions")
+    items = listed.get("items", []) if isinstance(listed, dict) else []
+    leaves: dict[int, list[bytes] | None] = {}
+    before = len(problems)
+    for i, item in enumerate(items):
+        try:
+            gw, seq, index, digest = (
+                str(item["gateway"]),
+                int(item["seq"]),
+                int(item["index"]),
+                str(item["sha256"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            problems.append(
+                f"statement: evidence.chain_sessions.items[{i}] is not a (gateway, seq, index, sha256)"
+            )
+            continue
+        where = f"chain_sessions: {gw}#{seq} record {index}"
+        if gw != gateway:
+            problems.append(f"{where}: not of the statement's gateway {gateway}")
+            continue
+        if seq not in leaves:
+            leaves[seq] = _leaves(batches.get(seq))
+        held = leaves[seq]
+        if held is None:
+            problems.append(f"{where}: batch {batch_name(seq)} is not in the package")
+        elif not 0 <= index < len(held):
+            problems.append(f"{where}: the batch holds {len(held)} records")
+        elif (actual := hashlib.sha256(held[index]).hexdigest()) != digest:
+            problems.append(f"{where}: the record hashes to {actual}, the statement lists {digest}")
+        elif not _is_session(held[index]):
+            problems.append(f"{where}: not a session record")
+    if items and len(problems) == before:
+        checked.append(
+            f"chain sessions: {len(items)} OCPP session record(s) found in the batches with their hashes"
+        )
+
+
+def _leaves(data: bytes | None) -> list[bytes] | None:
+    if data is None:
+        return None
+    try:
+        return list(parse_batch(data).records)
+    except EvidenceError:
+        return []  # the batch checks report it
+
+
+def _is_session(raw: bytes) -> bool:
+    try:
+        return isinstance(decode_record(raw), ChainSessionRecord)
+    except EvidenceError:
+        return False

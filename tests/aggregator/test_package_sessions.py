@@ -25,19 +25,23 @@ from aggregator.config import AggregatorConfig
 from aggregator.ingest import BatchIngest
 from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.statements import parse_statement, sign_statement
-from aggregator.package import MANIFEST, NETWORK_KEYS, canonical_json, member_order, write_zip
+from aggregator.methodology.store import StatementStore
+from aggregator.package import MANIFEST, NETWORK_KEYS, build_package, canonical_json, member_order, write_zip
 from aggregator.registry import GatewayRegistry
 from aggregator.service import StoreThreads
 from aggregator.sessions.intake import enrol_network, import_sessions
 from aggregator.store import SQLiteEvidenceStore
 from common.clock import SystemClock
 from evidence import GatewayKey, IntervalRecord, Stats, generate_key, public_key_pem, save_private_key
+from evidence.batch import parse_batch
 from evidence.enrolment import EnrolledMeter, make_enrolment
 from evidence.records import SessionRecord as ChainSession
+from evidence.records import decode_record
 from evidence.wire import Ack, batch_topic
 from firmware_sim.ev_platform import manifest, to_csv, to_json
 from puhui.cli import main
-from puhui.verify import verify_package
+from puhui.verify import PackageSource, verify_package
+from puhui.verify_sessions import check_chain_sessions
 from tests.aggregator.ingest_support import SimGateway
 from tests.aggregator.sessions.support import NETWORK, NOW_MS, WEEK, WEEK_END, week_orders
 
@@ -404,9 +408,88 @@ def test_packages_of_statements_without_sessions_hold_no_session_members(built: 
 
 
 def test_chain_session_record_is_decoded_as_it_was_sealed(built: Built) -> None:
-    from evidence.batch import parse_batch
-    from evidence.records import decode_record
-
     sealed = parse_batch(_members(built.package)["batches/0000000002.batch"])
     decoded = [decode_record(r) for r in sealed.records]
     assert replace(_chain_session()) in decoded
+
+
+def _chain_item(built: Built) -> dict[str, Any]:
+    raw = parse_batch(_members(built.package)["batches/0000000002.batch"]).records[4]
+    return {"gateway": GW, "seq": 2, "index": 4, "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def test_the_package_source_finds_the_chain_session_records(built: Built) -> None:
+    members = _members(built.package)
+    batches = {s: members[f"batches/{s:010d}.batch"] for s in (1, 2)}
+    source = PackageSource(GW, [], batches, {}, {})
+    [(ref, index, raw)] = source.chain_sessions(gateway=GW)
+    assert (ref.seq, index, decode_record(raw)) == (2, 4, _chain_session())
+    assert source.chain_sessions(charger="CP-001") == [] and source.chain_sessions(gateway="gw-other") == []
+    assert len(source.chain_sessions(charger=CHARGER, transaction_id="tx-1")) == 1
+
+
+def test_listed_chain_sessions_are_checked_against_the_batches(built: Built) -> None:
+    good = _chain_item(built)
+    checked: list[str] = []
+    problems: list[str] = []
+    members = _members(built.package)
+    batches = {s: members[f"batches/{s:010d}.batch"] for s in (1, 2)}
+    check_chain_sessions({"evidence": {"chain_sessions": {"items": [good]}}}, GW, batches, checked, problems)
+    assert problems == [] and checked == [
+        "chain sessions: 1 OCPP session record(s) found in the batches with their hashes"
+    ]
+    wrong = {
+        "sha256": (
+            {**good, "sha256": "0" * 64},
+            f"chain_sessions: {GW}#2 record 4: the record hashes to {good['sha256']}",
+        ),
+        "index": ({**good, "index": 9}, f"chain_sessions: {GW}#2 record 9: the batch holds 5 records"),
+        "interval": ({**good, "index": 0}, f"chain_sessions: {GW}#2 record 0: the record hashes to"),
+        "seq": (
+            {**good, "seq": 3},
+            f"chain_sessions: {GW}#3 record 4: batch batches/0000000003.batch is not in",
+        ),
+        "gateway": (
+            {**good, "gateway": "gw-x"},
+            "chain_sessions: gw-x#2 record 4: not of the statement's gateway",
+        ),
+    }
+    for what, (item, message) in wrong.items():
+
+        def listing(body: dict[str, Any], item: dict[str, Any] = item) -> None:
+            body["evidence"]["chain_sessions"] = {"looked_up": True, "items": [item]}
+
+        problems = _verify(_resign(built, listing), built)
+        assert any(p.startswith(message) for p in problems), (what, problems)
+    raw = members["batches/0000000002.batch"]
+    interval_digest = hashlib.sha256(parse_batch(raw).records[0]).hexdigest()
+    problems = []
+    item = {**good, "index": 0, "sha256": interval_digest}
+    check_chain_sessions({"evidence": {"chain_sessions": {"items": [item]}}}, GW, batches, checked, problems)
+    assert problems == [f"chain_sessions: {GW}#2 record 0: not a session record"]
+    problems = _verify(_resign(built, lambda body: body["evidence"].update(
+        {"chain_sessions": {"looked_up": True, "items": [good]}})), built)  # fmt: skip
+    assert not any(p.startswith("chain_sessions:") for p in problems), problems
+
+
+def test_the_batch_of_a_listed_chain_session_is_packaged(built: Built, tmp_path: Path) -> None:
+    """A statement whose subject has no interval in a batch, but which lists an OCPP session record
+    of it, gets that batch (and no session members: it lists no imported session)."""
+    db = tmp_path / "agg.db"
+    shutil.copy(built.directory / "agg.db", db)
+    body = _body(built)
+    body["subject"]["units"] = [{"id": "CP-001", "meters": ["CP-001"]}]
+    body["evidence"]["batches"] = []
+    del body["evidence"]["sessions"]
+    body["evidence"]["chain_sessions"] = {"looked_up": True, "items": [_chain_item(built)]}
+    statement = sign_statement(body, built.aggregator)
+    store, statements = SQLiteEvidenceStore(db), StatementStore(db)
+    try:
+        statements.save(statement)
+        package = build_package(store, statements, statement.id)
+    finally:
+        statements.close()
+        store.close()
+    names = set(_members(package))
+    assert "batches/0000000002.batch" in names and "batches/0000000001.batch" not in names
+    assert not any(n.startswith("sessions/") for n in names)
