@@ -493,3 +493,40 @@ def test_the_batch_of_a_listed_chain_session_is_packaged(built: Built, tmp_path:
     names = set(_members(package))
     assert "batches/0000000002.batch" in names and "batches/0000000001.batch" not in names
     assert not any(n.startswith("sessions/") for n in names)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "evidence-package.md"
+
+
+def test_the_sessions_script_in_the_docs_verifies_a_package_and_refuses_forgeries(
+    built: Built, tmp_path: Path
+) -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    code = text.split("<!-- verify-sessions-script -->\n```python\n", 1)[1].split("\n```", 1)[0]
+    (tmp_path / "check.py").write_text(code + "\n", encoding="utf-8")
+    shutil.copy(built.directory / "net.pub.pem", tmp_path / "net.pub.pem")
+    (tmp_path / "other.pem").write_bytes(public_key_pem(generate_key().public_key))
+
+    def check(package: bytes, key: str = "net.pub.pem") -> subprocess.CompletedProcess[str]:
+        (tmp_path / "p.zip").write_bytes(package)
+        return subprocess.run([sys.executable, "check.py", "p.zip", key], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    done = check(built.package)
+    assert done.returncode == 0, done.stderr
+    kwh = sum(o.energy_kwh for o in week_orders())
+    assert f"OK {len(week_orders())} sessions of {NETWORK} in 2 sources, {kwh:.3f} kWh" in done.stdout
+    assert "InvalidSignature" in check(built.package, "other.pem").stderr
+    a, b = built.sources
+
+    def swap(m: dict[str, bytes]) -> None:
+        m[_src(a)], m[_src(b)] = m[_src(b)], m[_src(a)]
+
+    assert f"AssertionError: 10 source {a}" in check(_repack(built.package, swap)).stderr
+
+    def energy(body: dict[str, Any]) -> None:
+        _items(body)[0]["energy_wh"] += 1.0
+
+    assert (
+        f"AssertionError: 11 {_items(_body(built))[0]['session_id']}" in check(_resign(built, energy)).stderr
+    )
