@@ -348,10 +348,10 @@ def _verify_contents(
             f"statement: recomputed ER {result.recomputed_er_tco2e!r} tCO2e equals the signed figures",
         ]
         if sessions is not None:
-            level = st.body["assurance"]["levels"]["platform_attested"]
+            level = st.body.get("assurance", {}).get("levels", {}).get("platform_attested", {})
             report.checked.append(
                 f"statement: platform_attested recomputed from the package's session sources: "
-                f"{level['kwh']!r} kWh"
+                f"{level.get('kwh')!r} kWh"
             )
 
 

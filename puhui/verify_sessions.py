@@ -86,7 +86,7 @@ def check_sessions(
     """The package's sessions if every check passed (None, with ``problems``, otherwise; None
     and no problem for a statement listing no sessions in a package holding none)."""
     listed = body.get("evidence", {}).get("sessions")
-    items = listed.get("items", []) if isinstance(listed, dict) else []
+    items = _items(listed, "sessions", problems)
     held = sorted(n for n, r in roles.items() if r in SESSION_ROLES)
     if not items:
         problems += [f"{n}: the statement lists no imported session" for n in held]
@@ -185,10 +185,22 @@ def source_file(
         problems.append(f"{mname}: names {manifest.records} records, source {sha} holds {len(parsed)}")
         return None
     records: dict[str, SessionRecord] = {}
-    for p in parsed:
-        if isinstance(p, SessionRecord):
-            records.setdefault(p.session_id, p)
+    for p in parsed:  # the import's pick: the first record of an id that passes its checks
+        if isinstance(p, SessionRecord) and (
+            p.session_id not in records
+            or (not _taken(records[p.session_id], manifest) and _taken(p, manifest))
+        ):
+            records[p.session_id] = p
     return SourceFile(sha, data, manifest, records)
+
+
+def _taken(r: SessionRecord, m: Manifest) -> bool:
+    return (
+        r.network == m.network
+        and m.start_ms <= r.start_ms
+        and r.stop_ms <= m.end_ms
+        and (check_record(r, m.end_ms) is None)
+    )
 
 
 def resolve_sessions(
@@ -277,6 +289,17 @@ def credited_energy(items: Sequence[Any], assurance: Any) -> str | None:
     return None
 
 
+def _items(listed: Any, field: str, problems: list[str]) -> list[Any]:
+    """The items of ``evidence.<field>`` (none when the statement has no such listing)."""
+    if listed is None:
+        return []
+    items = listed.get("items", []) if isinstance(listed, dict) else None
+    if not isinstance(items, list):
+        problems.append(f"statement: evidence.{field} is not a listing with items")
+        return []
+    return items
+
+
 def _listed_energy(item: Mapping[str, Any]) -> float:
     value = item.get("energy_wh")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -295,8 +318,7 @@ def check_chain_sessions(
     seq, index, sha256) is the leaf at that index of that batch of the package, with that hash,
     and is a ``session`` record. The batches themselves are verified (signature, root, chain) by
     the package checks; the recomputation decides what each record credits."""
-    listed = body.get("evidence", {}).get("chain_sessions")
-    items = listed.get("items", []) if isinstance(listed, dict) else []
+    items = _items(body.get("evidence", {}).get("chain_sessions"), "chain_sessions", problems)
     leaves: dict[int, list[bytes] | None] = {}
     before = len(problems)
     for i, item in enumerate(items):

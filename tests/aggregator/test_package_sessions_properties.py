@@ -4,15 +4,28 @@ honest listing passes; any one change is refused with exactly one problem naming
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator.sessions.manifest import Manifest
 from aggregator.sessions.records import SessionRecord
-from puhui.verify_sessions import credited_energy, recheck_records, resolve_sessions
+from evidence import generate_key
+from firmware_sim.ev_platform import manifest, to_json
+from puhui.verify_sessions import (
+    check_chain_sessions,
+    check_sessions,
+    credited_energy,
+    recheck_records,
+    resolve_sessions,
+    source_file,
+)
+from tests.aggregator.sessions.support import NETWORK, WEEK, WEEK_END, week_orders
 
 NET = "net-x"
 T0_MS = 1_772_380_800_000  # 2026-03-01T16:00Z
@@ -156,3 +169,34 @@ def test_a_source_record_the_import_would_refuse_is_named(
     assert (
         any(p.startswith(f"sessions: {NET} session {r.session_id}") for p in problems) or fault == "overlap"
     )
+
+
+def test_a_source_gives_the_record_of_an_id_the_import_took() -> None:
+    """Two records under one id, the first refused by the import's checks (energy vs readings):
+    the import took the second, and so does the verifier."""
+    orders = week_orders()[:1]
+    bad = replace(orders[0], energy_kwh=orders[0].energy_kwh + 5.0)
+    data = to_json([bad, orders[0]])
+    key = generate_key()
+    members = {
+        "sessions/x.source": data,
+        "sessions/x.manifest": manifest(key, NETWORK, data, 2, WEEK, WEEK_END),
+    }
+    sha = hashlib.sha256(data).hexdigest()
+    members = {f"sessions/{sha}.{k.rsplit('.', 1)[1]}": v for k, v in members.items()}
+    problems: list[str] = []
+    src = source_file(members, sha, NETWORK, key.public_key, problems)
+    assert problems == [] and src is not None
+    assert src.records[orders[0].session_id].energy_wh == orders[0].energy_kwh * 1000
+
+
+@pytest.mark.parametrize("listing", [[], "x", {"items": 3}, {"items": None}])
+def test_a_malformed_listing_is_a_problem_not_a_traceback(listing: Any) -> None:
+    problems: list[str] = []
+    body = {"evidence": {"sessions": listing, "chain_sessions": listing}}
+    assert check_sessions({}, {}, body, {}, [], problems) is None
+    check_chain_sessions(body, "gw", {}, [], problems)
+    assert problems == [
+        "statement: evidence.sessions is not a listing with items",
+        "statement: evidence.chain_sessions is not a listing with items",
+    ]
