@@ -178,12 +178,9 @@ def test_a_source_gives_the_record_of_an_id_the_import_took() -> None:
     bad = replace(orders[0], energy_kwh=orders[0].energy_kwh + 5.0)
     data = to_json([bad, orders[0]])
     key = generate_key()
-    members = {
-        "sessions/x.source": data,
-        "sessions/x.manifest": manifest(key, NETWORK, data, 2, WEEK, WEEK_END),
-    }
     sha = hashlib.sha256(data).hexdigest()
-    members = {f"sessions/{sha}.{k.rsplit('.', 1)[1]}": v for k, v in members.items()}
+    signed = manifest(key, NETWORK, data, 2, WEEK, WEEK_END)
+    members = {f"sessions/{sha}.source": data, f"sessions/{sha}.manifest": signed}
     problems: list[str] = []
     src = source_file(members, sha, NETWORK, key.public_key, problems)
     assert problems == [] and src is not None
