@@ -7,6 +7,7 @@ keys, and is refused, naming the piece, when any of them was changed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ from aggregator.service import StoreThreads
 from aggregator.sessions.intake import enrol_network, import_sessions
 from aggregator.store import SQLiteEvidenceStore
 from common.clock import SystemClock
+from drivers.ocpp.config import ChargerConfig
 from evidence import GatewayKey, IntervalRecord, Stats, generate_key, public_key_pem, save_private_key
 from evidence.batch import parse_batch
 from evidence.enrolment import EnrolledMeter, make_enrolment
@@ -39,13 +41,17 @@ from evidence.records import SessionRecord as ChainSession
 from evidence.records import decode_record
 from evidence.wire import Ack, batch_topic
 from firmware_sim.ev_platform import manifest, to_csv, to_json
+from firmware_sim.ocmf_meter import OcmfMeter
+from gateway.ocpp_sessions import OcppSessions
 from puhui.cli import main
 from puhui.verify import PackageSource, verify_package
 from puhui.verify_sessions import check_chain_sessions
 from tests.aggregator.ingest_support import SimGateway
 from tests.aggregator.sessions.support import NETWORK, NOW_MS, WEEK, WEEK_END, week_orders
+from tests.aggregator.test_ocpp_chain_sessions import session as ocpp_session
 
 GW, CHARGER = "gw-net", "CP-GW"  # the gateway, and the one charger it meters itself
+OCPP_METER = "CP-1.1"  # a connector meter the gateway reads over OCPP (OCMF-signed sessions)
 START, END = int(WEEK.timestamp()), int(WEEK_END.timestamp())
 
 
@@ -71,10 +77,18 @@ def _intervals(n: int) -> list[IntervalRecord]:
     return out
 
 
+@functools.cache
 def _chain_session() -> ChainSession:
-    return ChainSession(CHARGER, 1, CHARGER, "tx-1", "ocpp1.6", (START + 3600) * 1000,
-                        (START + 7200) * 1000, 7_000_000.0, 7_010_000.0, 10_000.0, "EVDisconnected", (), None,
-                        "gateway_signed")  # fmt: skip
+    """A meter-signed OCPP session of OCPP_METER in the week: its Begin and End readings are OCMF
+    values that verify with the meter's pinned key."""
+    meter = OcmfMeter("SIM000024")
+    key = meter.public_key_hex()
+    keys = {"CP-1": ChargerConfig(meter_key=key).meter_keys()}
+    sessions = OcppSessions(lambda s: None, meters={OCPP_METER}, keys=keys)
+    ocpp_session(sessions, meter, "101", START + 3600, 1_000_000, 1_012_345, key)
+    [record] = sessions.take_closed()
+    assert record.assurance == "meter_signed" and record.meter == OCPP_METER
+    return record
 
 
 async def _ingest(db: Path, tmp: Path, gw: SimGateway, enrolment: bytes) -> None:
@@ -123,7 +137,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     db = tmp / "agg.db"
     chargers = sorted({o.charger for o in week_orders()})
     gw = SimGateway(GW, meters=(CHARGER,))
-    meters = [EnrolledMeter(c, "ev_charging", 22.0, "1") for c in [*chargers, CHARGER]]
+    meters = [EnrolledMeter(c, "ev_charging", 22.0, "1") for c in [*chargers, CHARGER, OCPP_METER]]
     enrolment = make_enrolment(gw.key, gateway=GW, site="depot", meters=meters, created_ms=0).to_bytes()
     asyncio.run(_ingest(db, tmp, gw, enrolment))
     network = generate_key()
@@ -135,7 +149,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     compute = ["aggregator", "reductions", "compute", "--db", str(db), "--key", str(tmp / "agg.pem"),
                "--params", str(PARAMS_DIR / "ev-charging-jjj.yaml"), "--gateway", GW,
                "--start", str(START), "--end", str(END), "--sessions-from", NETWORK]  # fmt: skip
-    for m in [*chargers, CHARGER]:
+    for m in [*chargers, CHARGER, OCPP_METER]:
         compute += ["--meter", m]
     assert main(compute) == 0
     import sqlite3
@@ -217,6 +231,8 @@ def test_the_package_carries_sources_manifests_and_key_and_verifies_offline(
     assert body["evidence"]["sessions"]["by_status"] == {"credited": len(week_orders())}
     batch = _members(built.package)["batches/0000000002.batch"]
     assert b'"type":"session"' in batch  # an OCPP session record sealed beside the intervals
+    if "chain_sessions" in body["evidence"]:  # with meter-signed crediting (the evcredit branch)
+        assert levels["meter_signed"]["kwh"] == pytest.approx(12.345)
 
     shutil.copy(built.directory / "sessions.zip", tmp_path / "s.zip")
     for key in ("agg.pub.pem", "net.pub.pem"):
@@ -425,7 +441,8 @@ def test_the_package_source_finds_the_chain_session_records(built: Built) -> Non
     [(ref, index, raw)] = source.chain_sessions(gateway=GW)
     assert (ref.seq, index, decode_record(raw)) == (2, 4, _chain_session())
     assert source.chain_sessions(charger="CP-001") == [] and source.chain_sessions(gateway="gw-other") == []
-    assert len(source.chain_sessions(charger=CHARGER, transaction_id="tx-1")) == 1
+    assert len(source.chain_sessions(charger="CP-1", transaction_id="101")) == 1
+    assert source.chain_sessions(charger="CP-1", transaction_id="102") == []
 
 
 def test_listed_chain_sessions_are_checked_against_the_batches(built: Built) -> None:
