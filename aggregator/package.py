@@ -286,8 +286,10 @@ def write_package_file(args: Any, ref: str, fail: Callable[[str], int]) -> int:
         return fail(str(exc))
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     batches = sum(n.startswith("batches/") for n in names)
+    sources = sum(n.startswith("sessions/") and n.endswith(".source") for n in names)
     print(
         f"{args.out}: evidence package of statement {st.id}: {len(names)} members, {batches} batches, "
-        f"{len(data)} bytes{', signed key list' if keylist else ''}"
+        f"{f'{sources} session sources, ' if sources else ''}{len(data)} bytes"
+        f"{', signed key list' if keylist else ''}"
     )
     return 0

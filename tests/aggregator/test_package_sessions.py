@@ -253,14 +253,20 @@ def test_the_package_carries_sources_manifests_and_key_and_verifies_offline(
     assert "as the package gives it (pinned at the aggregator at 0 ms; not pinned here)" in str(unpinned)
 
 
-def test_the_same_statement_packages_to_the_same_bytes(built: Built, tmp_path: Path) -> None:
+def test_the_same_statement_packages_to_the_same_bytes(
+    built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = built.directory / "agg.db"
     out = tmp_path / "again.zip"
+    capsys.readouterr()
     assert (
         main(["aggregator", "reductions", "package", "--db", str(db), built.statement_id, "--out", str(out)])
         == 0
     )
     assert out.read_bytes() == built.package
+    assert (
+        f": 14 members, 2 batches, 2 session sources, {len(built.package)} bytes" in capsys.readouterr().out
+    )
 
 
 def test_a_tampered_source_is_refused_naming_it(built: Built) -> None:
