@@ -553,3 +553,22 @@ def test_the_sessions_script_in_the_docs_verifies_a_package_and_refuses_forgerie
     assert (
         f"AssertionError: 11 {_items(_body(built))[0]['session_id']}" in check(_resign(built, energy)).stderr
     )
+
+
+def test_network_key_arguments_that_are_not_keys_are_refused(
+    built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package, issuer = str(built.directory / "sessions.zip"), str(built.directory / "agg.pub.pem")
+    with pytest.raises(SystemExit) as stop:
+        main(["verify", package, "--issuer", issuer, "--network-key", "net.pub.pem"])
+    assert stop.value.code == 2 and "'net.pub.pem': expected NETWORK=KEY.pem" in capsys.readouterr().err
+    (tmp_path / "junk.pem").write_text("not a key")
+    assert (
+        main(["verify", package, "--issuer", issuer, "--network-key", f"{NETWORK}={tmp_path / 'junk.pem'}"])
+        == 2
+    )
+    assert f"{tmp_path / 'junk.pem'}: not a public key" in capsys.readouterr().err
+    other = tmp_path / "other.pem"
+    other.write_bytes(public_key_pem(generate_key().public_key))
+    assert main(["verify", package, "--issuer", issuer, "--network-key", f"{NETWORK}={other}"]) == 1
+    assert "the key pinned for it is" in capsys.readouterr().err
