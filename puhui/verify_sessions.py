@@ -85,7 +85,8 @@ def check_sessions(
 ) -> PackageSessions | None:
     """The package's sessions if every check passed (None, with ``problems``, otherwise; None
     and no problem for a statement listing no sessions in a package holding none)."""
-    listed = body.get("evidence", {}).get("sessions")
+    before = len(problems)
+    listed = _evidence(body).get("sessions")
     items = _items(listed, "sessions", problems)
     held = sorted(n for n, r in roles.items() if r in SESSION_ROLES)
     if not items:
@@ -108,7 +109,7 @@ def check_sessions(
     energy_problem = credited_energy(items, body.get("assurance"))
     if energy_problem is not None:
         problems.append(energy_problem)
-    if problems:
+    if len(problems) > before:
         return None
     checked.append(
         f"sessions: {len(sessions)} session(s) of {network} found in {len(needed)} source file(s), each file "
@@ -289,6 +290,11 @@ def credited_energy(items: Sequence[Any], assurance: Any) -> str | None:
     return None
 
 
+def _evidence(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    evidence = body.get("evidence")
+    return evidence if isinstance(evidence, dict) else {}
+
+
 def _items(listed: Any, field: str, problems: list[str]) -> list[Any]:
     """The items of ``evidence.<field>`` (none when the statement has no such listing)."""
     if listed is None:
@@ -318,7 +324,7 @@ def check_chain_sessions(
     seq, index, sha256) is the leaf at that index of that batch of the package, with that hash,
     and is a ``session`` record. The batches themselves are verified (signature, root, chain) by
     the package checks; the recomputation decides what each record credits."""
-    items = _items(body.get("evidence", {}).get("chain_sessions"), "chain_sessions", problems)
+    items = _items(_evidence(body).get("chain_sessions"), "chain_sessions", problems)
     leaves: dict[int, list[bytes] | None] = {}
     before = len(problems)
     for i, item in enumerate(items):

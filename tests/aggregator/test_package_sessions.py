@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import BatchIngest
@@ -572,3 +574,30 @@ def test_network_key_arguments_that_are_not_keys_are_refused(
     other.write_bytes(public_key_pem(generate_key().public_key))
     assert main(["verify", package, "--issuer", issuer, "--network-key", f"{NETWORK}={other}"]) == 1
     assert "the key pinned for it is" in capsys.readouterr().err
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.floats(0, 1, exclude_max=True), xor=st.integers(1, 255))
+def test_any_byte_changed_is_refused(built: Built, where: float, xor: int) -> None:
+    data = bytearray(built.package)
+    at = int(where * len(data))
+    data[at] ^= xor
+    assert not verify_package(bytes(data), built.aggregator.public_key).ok, at
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from([0, 1, 2, 3]), where=st.floats(0, 1, exclude_max=True), xor=st.integers(1, 255))
+def test_any_byte_of_a_session_member_changed_by_a_careful_forger_is_refused_naming_it(
+    built: Built, which: int, where: float, xor: int
+) -> None:
+    """The manifest and zip made consistent again: the member's own checks refuse it, by name."""
+    a, b = built.sources
+    name = [_src(a), _man(a), _src(b), _man(b)][which]
+
+    def flip(m: dict[str, bytes]) -> None:
+        data = bytearray(m[name])
+        data[int(where * len(data))] ^= xor
+        m[name] = bytes(data)
+
+    problems = _verify(_repack(built.package, flip), built)
+    assert problems and any(p.startswith(name) for p in problems), problems
