@@ -89,13 +89,49 @@ def find_binary(name: str, package: str) -> str:
     )
 
 
+RESERVED_LOW = 10_000  # below: the well-known and registered services a machine may run
+
+
 def free_ports(count: int) -> tuple[int, ...]:
-    """``count`` distinct ports that are free on 127.0.0.1 right now (the OS picks them)."""
+    """``count`` distinct ports that are free on 127.0.0.1 right now, outside the kernel's
+    ephemeral range. A port handed out by the OS (bind to 0) is an ephemeral one, and any
+    outgoing connection made before the server listens, or while it is down for a restart on
+    the same port, may take it as its local port (a RabbitMQ cluster's nodes did, between the
+    cluster choosing its nodes' ports and starting the last node)."""
+    low, high = _ephemeral_range()
+    pool = [p for p in range(RESERVED_LOW, 65_536) if not low <= p <= high]
+    if len(pool) < 1000:  # a machine whose ephemeral range is nearly everything
+        return _os_ports(count)
+    rng = secrets.SystemRandom()
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for port in rng.sample(pool, min(len(pool), 50 * count + 100)):
+            sock = stack.enter_context(socket.socket())  # held until all are found: distinct
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            ports.append(port)
+            if len(ports) == count:
+                return tuple(ports)
+    return _os_ports(count)
+
+
+def _os_ports(count: int) -> tuple[int, ...]:
     with contextlib.ExitStack() as stack:
         socks = [stack.enter_context(socket.socket()) for _ in range(count)]
         for sock in socks:  # all bound at once, so the ports are distinct
             sock.bind((LOOPBACK, 0))
         return tuple(sock.getsockname()[1] for sock in socks)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's local port range for outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32_768, 60_999
+    return low, high
 
 
 def port_is_free(port: int) -> bool:
