@@ -140,7 +140,6 @@ class Signed:
     er_tco2e: float
 
 
-@dataclass(slots=True)
 class _Raced(Exception):
     """Another aggregator signed this unit's stretch while this one computed (nothing saved)."""
 
