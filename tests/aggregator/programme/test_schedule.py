@@ -7,7 +7,7 @@ the evidence in SQLite for both: the scheduler reads it through its narrow proto
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class Setup:
         deliver(self.db, self.tmp, self.key, self.street, start, end, enrol=not self._enrolled)
         self._enrolled = True
 
-    def scheduler(self) -> Iterator[StatementScheduler]:
+    def scheduler(self) -> Generator[StatementScheduler]:
         evidence = SQLiteEvidenceStore(self.db)
         db: Db = SQLiteDb(self.db) if self.conninfo is None else PostgresDb(self.conninfo)
         units, statements = UnitRegistry(db), StatementStore(db)
@@ -285,13 +285,12 @@ def test_a_signer_that_loses_the_race_mid_look_saves_nothing(
     """Leadership moved while a look computed: the other aggregator signed the same stretches
     first. The slower one's claim finds them and saves nothing (no double statement, and no
     ledger refusal either: it never gets that far); its next look counts them."""
-    import aggregator.programme.schedule as schedule
+    from aggregator.methodology.statements import issue_statement as issue
 
     street.deliver(MONTH, MONTH_END + 3 * DAY)
     street.clock.t = MONTH_END + 3 * DAY
     slow_gen, fast_gen = street.scheduler(), street.scheduler()
     slow, fast = next(slow_gen), next(fast_gen)
-    issue = schedule.issue_statement
     raced: list[Any] = []
 
     def issue_then_lose(*args: Any, **kwargs: Any) -> Any:
@@ -302,9 +301,9 @@ def test_a_signer_that_loses_the_race_mid_look_saves_nothing(
         return statement
 
     try:
-        monkeypatch.setattr(schedule, "issue_statement", issue_then_lose)
+        monkeypatch.setattr("aggregator.programme.schedule.issue_statement", issue_then_lose)
         lost = slow.tick()
-        monkeypatch.setattr(schedule, "issue_statement", issue)
+        monkeypatch.setattr("aggregator.programme.schedule.issue_statement", issue)
         assert len(raced[0].signed) == 4 and raced[0].problems == []
         assert lost.problems == []  # no DoubleClaim: the claim stopped it first
         assert lost.signed == []  # every stretch was signed by the other one meanwhile
