@@ -44,7 +44,7 @@ def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[Api
     evidence = open_evidence_store(config.store)
     db = open_programme_db(config.store)  # the statements: PostgreSQL's with a PostgreSQL store
     statements = StatementStore(db)
-    tokens = TokenStore(config.store.path)
+    tokens = TokenStore.at(config.store)
     try:
         key = load_private_key(config.key_file) if config.key_file.exists() else None
         if key is not None:  # the key list it signs starts from the key a platform pinned

@@ -4,8 +4,9 @@
 
 The tables are the SQLite ones of :mod:`aggregator.methodology.store` (statements, ledger,
 receipts), :mod:`aggregator.programme.units` (units, beneficiary history),
-:mod:`aggregator.programme.schedule` (what the schedule signed, its last looks) and
-:mod:`aggregator.push.outbox` (deliveries) in PostgreSQL's types, with the same keys, so the
+:mod:`aggregator.programme.schedule` (what the schedule signed, its last looks),
+:mod:`aggregator.push.outbox` (deliveries) and, from version 2, :mod:`aggregator.api.tokens`
+(the platform API's bearer tokens, hashed) in PostgreSQL's types, with the same keys, so the
 database refuses what SQLite refuses:
 
 - one delivery row per (target, statement); one beneficiary entry per (unit, from_ms), and
@@ -87,6 +88,14 @@ CREATE TABLE push_deliveries (
     delivered_ms bigint, http_status integer, last_error text,
     PRIMARY KEY (target, statement));
 CREATE INDEX push_deliveries_state ON push_deliveries (target, state, last_attempt_ms);
+""",
+    ),
+    (
+        2,
+        """
+CREATE TABLE api_tokens (
+    id text PRIMARY KEY, name text NOT NULL, secret_sha256 text NOT NULL, scopes text NOT NULL,
+    created_ms bigint NOT NULL, expires_ms bigint NOT NULL, revoked_ms bigint);
 """,
     ),
 )

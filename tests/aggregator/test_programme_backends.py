@@ -1,6 +1,7 @@
-"""The programme's stores (statements and ledger, push outbox, units) behave alike in SQLite
-and in PostgreSQL (issue 21), and the database keeps their rules when two writers race:
-an interval is credited once, a delivered row stays delivered, a unit id is taken once."""
+"""The programme's stores (statements and ledger, push outbox, units, the API's tokens)
+behave alike in SQLite and in PostgreSQL (issue 21), and the database keeps their rules when
+two writers race: an interval is credited once, a delivered row stays delivered, a unit id
+is taken once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from aggregator.api.tokens import Refused, TokenStore
 from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import DoubleClaim
 from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
@@ -194,6 +196,22 @@ def test_units_alike(opener: Any) -> None:
         assert entry is not None and entry.end_ms == 9000 and entry.meters == ("m1",)
         segs = a.segments(entry, 0, 10)
         assert [(s.start, s.end, s.beneficiary) for s in segs] == [(1, 5, "acct-0001"), (5, 9, "acct-0003")]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_api_tokens_alike(opener: Any) -> None:
+    a, b = TokenStore(opener()), TokenStore(opener())  # two aggregators' APIs
+    try:
+        token, info = a.create("city", ["statements:read"], now_ms=1000, expires_ms=10_000)
+        assert b.authorise(f"Bearer {token}", "statements:read", now_ms=2000).id == info.id
+        with pytest.raises(Refused, match="lacks scope"):
+            b.authorise(f"Bearer {token}", "receipts:write", now_ms=2000)
+        a.revoke(info.id, now_ms=3000)
+        with pytest.raises(Refused, match="revoked"):
+            b.authorise(f"Bearer {token}", "statements:read", now_ms=4000)
+        assert [(t.id, t.revoked_ms) for t in b.list()] == [(info.id, 3000)]
     finally:
         a.close()
         b.close()
