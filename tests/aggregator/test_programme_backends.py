@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from aggregator.api.tokens import Refused, TokenStore
 from aggregator.methodology.engine import compute
@@ -215,3 +216,42 @@ def test_api_tokens_alike(opener: Any) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_the_api_and_the_tokens_command_use_the_postgresql_store(
+    seed: Populated,
+    tmp_path: Path,
+    postgres: Any,
+    postgres_db: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With ``store.postgres`` the API serves the statements and takes the tokens kept there
+    (what another aggregator signed or made), not the local SQLite file's."""
+    from aggregator.api.server import api_context
+    from aggregator.config import AggregatorConfig
+    from puhui.cli import main
+
+    secret = tmp_path / "pg-password"
+    secret.write_text(postgres.password + "\n")
+    secret.chmod(0o600)
+    pg = {"host": "127.0.0.1", "port": postgres.port, "dbname": postgres_db["dbname"], "user": postgres.user,
+          "password": {"file": str(secret)}, "sslrootcert": str(postgres.tls.ca_file)}  # fmt: skip
+    data = {"mqtt": {"insecure": True}, "store": {"path": str(tmp_path / "local.sqlite3"), "postgres": pg},
+            "influx": {"url": "http://127.0.0.1:9", "database": "unused"},
+            "key_file": str(tmp_path / "none.pem"),
+            "api": {"insecure": True, "port": 0}}  # fmt: skip
+    config_file = tmp_path / "aggregator.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    config = AggregatorConfig.model_validate(data)
+    with StatementStore(PostgresDb(postgres_db)) as elsewhere:  # signed by another aggregator
+        for st in _seed_statements(seed):
+            elsewhere.save(st)
+        elsewhere.db.close()
+    base = ["aggregator", "tokens", "--config", str(config_file)]
+    assert main([*base, "create", "--name", "city", "--scope", "statements:read"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert config.api is not None
+    with api_context(config, config.api) as ctx:
+        assert sorted(s.id for s in ctx.statements.list()) == sorted(seed.statements)
+        assert ctx.tokens.authorise(f"Bearer {token}", "statements:read", now_ms=ctx.now_ms()).name == "city"
+    assert not (tmp_path / "local.sqlite3").exists()  # nothing of it in the local file
