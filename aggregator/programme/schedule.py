@@ -93,6 +93,12 @@ CREATE TABLE IF NOT EXISTS programme_statements (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS programme_statements_unit ON programme_statements(unit, period_start, period_end);
+-- files from before the unique index below: of two statements found for one stretch (signed
+-- by hand), the later counts as a supplement (as _stated now records them)
+UPDATE programme_statements SET kind = 'supplementary' WHERE kind = 'scheduled' AND EXISTS (
+    SELECT 1 FROM programme_statements e WHERE e.kind = 'scheduled' AND e.unit = programme_statements.unit
+    AND e.period_start = programme_statements.period_start AND e.period_end = programme_statements.period_end
+    AND (e.created_ms, e.statement) < (programme_statements.created_ms, programme_statements.statement));
 CREATE UNIQUE INDEX IF NOT EXISTS programme_statements_scheduled
     ON programme_statements(unit, period_start, period_end) WHERE kind = 'scheduled';
 CREATE TABLE IF NOT EXISTS programme_checks (

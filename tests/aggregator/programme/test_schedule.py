@@ -336,3 +336,23 @@ def test_the_database_refuses_a_second_scheduled_statement_for_a_stretch(street:
             "evidence_mark, created_ms) VALUES (?, ?, ?, ?, 'acct-0009', 'scheduled', 0, 0)",
             (other[0][0], first.unit, first.period_start, first.period_end),
         )
+
+
+def test_an_older_file_with_two_scheduled_rows_for_a_stretch_opens_and_keeps_the_first(
+    tmp_path: Path,
+) -> None:
+    """Before the unique index, two statements found for one stretch were both recorded as
+    scheduled: the later becomes a supplement, and the index is created."""
+    import sqlite3
+
+    from aggregator.programme.schedule import _SCHEMA
+
+    db = sqlite3.connect(tmp_path / "old.sqlite3", isolation_level=None)
+    db.executescript(_SCHEMA.split("-- files from")[0])  # the tables as they were
+    db.execute("INSERT INTO programme_statements VALUES ('late', 'u', 0, 10, 'acct-1', 'scheduled', 0, 5)")
+    db.execute("INSERT INTO programme_statements VALUES ('early', 'u', 0, 10, 'acct-1', 'scheduled', 0, 3)")
+    db.executescript(_SCHEMA)
+    assert db.execute("SELECT statement, kind FROM programme_statements ORDER BY statement").fetchall() == [
+        ("early", "scheduled"), ("late", "supplementary"),
+    ]  # fmt: skip
+    db.close()
