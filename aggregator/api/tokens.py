@@ -107,7 +107,7 @@ class TokenStore:
             try:
                 return self._db.execute(sql, params).fetchall()
             except (sqlite3.Error, StoreError) as exc:
-                raise TokenError(f"{self.path}: api_tokens: {exc}") from exc
+                raise TokenError(f"{self._db.where}: api_tokens: {exc}") from exc
 
     def create(
         self, name: str, scopes: Iterable[str], *, now_ms: int, expires_ms: int

@@ -120,17 +120,17 @@ class PushOutbox:
             self._db, self._owns = as_db(path)
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the push outbox: {exc}") from exc
-        self.path = Path(self._db.where)
+        self.path = Path(self._db.where)  # the SQLite file (messages name ``_db.where``)
         try:
             self._statements = StatementStore(self._db)  # its schema: the statements table exists
         except sqlite3.Error as exc:
             self._close_db()
-            raise StoreError(f"{self.path}: cannot open the statement store: {exc}") from exc
+            raise StoreError(f"{self._db.where}: cannot open the statement store: {exc}") from exc
         try:
             self._db.ensure(_SCHEMA)
         except sqlite3.Error as exc:
             self._close_db()
-            raise StoreError(f"{self.path}: cannot open the push outbox: {exc}") from exc
+            raise StoreError(f"{self._db.where}: cannot open the push outbox: {exc}") from exc
 
     def _close_db(self) -> None:
         if self._owns:
@@ -160,7 +160,7 @@ class PushOutbox:
             try:
                 yield self._db
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: push outbox: {what}: {exc}") from exc
+                raise StoreError(f"{self._db.where}: push outbox: {what}: {exc}") from exc
             except StoreError as exc:  # PostgreSQL's (they name the database)
                 raise StoreError(f"push outbox: {what}: {exc}") from exc
 
@@ -174,7 +174,7 @@ class PushOutbox:
         try:
             return self._statements.document(statement)
         except sqlite3.Error as exc:  # PostgreSQL's are StoreError already
-            raise StoreError(f"{self.path}: reading statement {statement}: {exc}") from exc
+            raise StoreError(f"{self._db.where}: reading statement {statement}: {exc}") from exc
 
     def failed(
         self, target: str, statement: str, *, at_ms: int, next_ms: int, error: str, http_status: int | None
