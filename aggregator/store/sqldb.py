@@ -138,7 +138,9 @@ def _pg_sql(sql: str) -> str:
 class PostgresDb:
     """The evidence store's PostgreSQL database, for the programme's tables. One connection
     (autocommit outside :meth:`transaction`); a connection the server dropped is replaced on
-    the next call (a read or single write is tried once more on the new one)."""
+    the next call: a single statement is tried once more on the new one, and a transaction
+    checks its connection before it begins. One that breaks inside a transaction is a
+    :class:`StoreError` (nothing of it was committed, unless the commit's answer was lost)."""
 
     dialect: Dialect = "postgres"
 
@@ -211,6 +213,7 @@ class PostgresDb:
             if self._depth:
                 yield self
                 return
+            self.execute("SELECT 1")  # a connection the server dropped is replaced first (rare: cheap)
             conn = self._live()
             self._depth += 1
             try:

@@ -255,3 +255,25 @@ def test_the_api_and_the_tokens_command_use_the_postgresql_store(
         assert sorted(s.id for s in ctx.statements.list()) == sorted(seed.statements)
         assert ctx.tokens.authorise(f"Bearer {token}", "statements:read", now_ms=ctx.now_ms()).name == "city"
     assert not (tmp_path / "local.sqlite3").exists()  # nothing of it in the local file
+
+
+def test_the_programme_database_reconnects_after_a_postgresql_restart(fresh_postgres: Any) -> None:
+    pg = fresh_postgres()
+    pg.create_database("programme")
+    db = PostgresDb(pg.conninfo("programme"))
+    units = UnitRegistry(db)
+    try:
+        units.add("roof-1", gateway="gw-1", meters=["m1"], scenario="pv", beneficiary="acct-0001",
+                  start_ms=1000, now_ms=1000)  # fmt: skip
+        pg.kill()
+        pg.start()
+        entry = units.get("roof-1")  # a read: tried again on a new connection
+        assert entry is not None and entry.gateway == "gw-1"
+        pg.kill()
+        pg.start()
+        units.add("roof-2", gateway="gw-1", meters=["m2"], scenario="pv", beneficiary="acct-0002",
+                  start_ms=1000, now_ms=2000)  # a transaction first: its connection is checked  # fmt: skip
+        assert [u.unit for u in units.units(gateway="gw-1")] == ["roof-1", "roof-2"]
+    finally:
+        units.close()
+        db.close()
