@@ -13,7 +13,8 @@ with a PostgreSQL evidence store in its database: :mod:`aggregator.store.sqldb`)
 
 - ``programme_units``: one row per unit;
 - ``programme_beneficiaries``: (unit, from_ms) -> beneficiary; the history is kept, never
-  rewritten, so a statement's beneficiary can always be traced to the entry that named it.
+  rewritten, so a statement's beneficiary can always be traced to the entry that named it
+  (triggers refuse an UPDATE, a DELETE, or an entry not after the unit's last one).
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS programme_beneficiaries (
     PRIMARY KEY (unit, from_ms)
 );
 CREATE INDEX IF NOT EXISTS programme_beneficiaries_ref ON programme_beneficiaries(beneficiary);
+CREATE TRIGGER IF NOT EXISTS programme_beneficiaries_no_update BEFORE UPDATE ON programme_beneficiaries
+BEGIN SELECT RAISE(ABORT, 'programme_beneficiaries is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS programme_beneficiaries_no_delete BEFORE DELETE ON programme_beneficiaries
+BEGIN SELECT RAISE(ABORT, 'programme_beneficiaries is append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS programme_beneficiaries_in_order BEFORE INSERT ON programme_beneficiaries
+WHEN EXISTS (SELECT 1 FROM programme_beneficiaries WHERE unit = NEW.unit AND from_ms >= NEW.from_ms)
+BEGIN SELECT RAISE(ABORT, 'a beneficiary entry must start after the last one'); END;
 """
 
 

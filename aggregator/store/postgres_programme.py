@@ -9,8 +9,8 @@ receipts), :mod:`aggregator.programme.units` (units, beneficiary history),
 (the platform API's bearer tokens, hashed) in PostgreSQL's types, with the same keys, so the
 database refuses what SQLite refuses:
 
-- one delivery row per (target, statement); one beneficiary entry per (unit, from_ms), and
-  entries are only ever added (no UPDATE or DELETE is issued on them);
+- one delivery row per (target, statement); beneficiary entries are only ever added, each
+  after the unit's last one (a trigger refuses an UPDATE, a DELETE or an earlier entry);
 - one *scheduled* statement per unit and stretch (``programme_statements_scheduled``, a
   partial unique index; supplements are more rows of kind ``supplementary``);
 - a credited run per (gateway, meter, quantity, start); overlapping runs are refused by the
@@ -67,6 +67,18 @@ CREATE TABLE programme_beneficiaries (
     unit text NOT NULL REFERENCES programme_units (unit), from_ms bigint NOT NULL,
     beneficiary text NOT NULL, set_ms bigint NOT NULL, PRIMARY KEY (unit, from_ms));
 CREATE INDEX programme_beneficiaries_ref ON programme_beneficiaries (beneficiary);
+CREATE FUNCTION programme_beneficiaries_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'programme_beneficiaries is append-only: % refused', TG_OP;
+    END IF;
+    IF EXISTS (SELECT 1 FROM programme_beneficiaries WHERE unit = NEW.unit AND from_ms >= NEW.from_ms) THEN
+        RAISE EXCEPTION 'unit %: a beneficiary entry must start after the last one', NEW.unit;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER programme_beneficiaries_append_only BEFORE INSERT OR UPDATE OR DELETE
+    ON programme_beneficiaries FOR EACH ROW EXECUTE FUNCTION programme_beneficiaries_append_only();
 
 CREATE TABLE programme_statements (
     statement text PRIMARY KEY REFERENCES reduction_statements (id), unit text NOT NULL,

@@ -6,6 +6,7 @@ is taken once."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from aggregator.api.tokens import Refused, TokenStore
+from aggregator.errors import StoreError
 from aggregator.methodology.engine import compute
 from aggregator.methodology.errors import DoubleClaim
 from aggregator.methodology.params import PARAMS_DIR, load_parameter_set
@@ -190,6 +192,12 @@ def test_units_alike(opener: Any) -> None:
             (1000, "acct-0001"), (5000, "acct-0003"),
         ]  # fmt: skip
         assert [u.unit for u in a.units(beneficiary="acct-0003")] == ["roof-1"]
+        raw = opener()  # the database itself keeps the history append-only, in order
+        earlier = "INSERT INTO programme_beneficiaries VALUES ('roof-1', 4000, 'acct-0009', 1)"
+        for sql in ("UPDATE programme_beneficiaries SET beneficiary = 'acct-0009'",
+                    "DELETE FROM programme_beneficiaries", earlier):  # fmt: skip
+            with pytest.raises((sqlite3.Error, StoreError)):
+                raw.execute(sql)
         b.withdraw("roof-1", from_ms=9000)
         with pytest.raises(ProgrammeError, match="no active unit"):
             a.withdraw("roof-1", from_ms=9000)
