@@ -39,6 +39,7 @@ from aggregator.push.pusher import Pusher
 from aggregator.registry import GatewayRegistry
 from aggregator.store import open_evidence_store
 from aggregator.store.postgres import Leadership, PostgresEvidenceStore
+from aggregator.store.sqldb import open_programme_db
 
 if TYPE_CHECKING:
     from aggregator.store import AnyEvidenceStore
@@ -148,8 +149,10 @@ class Aggregator:
         )  # fmt: skip
         programme = self.config.programme
         if programme is not None:  # closed after the tasks stopped (a look under way finishes first)
+            programme_db = open_programme_db(self.config.store)  # PostgreSQL's, shared by every host
+            self._stack.callback(programme_db.close)
             self.scheduler = open_scheduler(
-                programme, db=self.config.store.path, evidence=self.store, key=key, clock=self.clock
+                programme, db=programme_db, evidence=self.store, key=key, clock=self.clock
             )
             self._stack.callback(self.scheduler.close)
         if self.config.push:  # on this process's own evidence store (never a second one: see Pusher)

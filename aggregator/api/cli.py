@@ -73,7 +73,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _tokens(args: argparse.Namespace) -> TokenStore:
-    return TokenStore(load_config(args.config).store.path)
+    return TokenStore.at(load_config(args.config).store)  # PostgreSQL's with a PostgreSQL store
 
 
 def _when(ms: int | None) -> str:

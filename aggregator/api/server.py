@@ -26,6 +26,7 @@ from aggregator.keys import register_current
 from aggregator.methodology.params import PARAMS_DIR
 from aggregator.methodology.store import StatementStore
 from aggregator.store import open_evidence_store
+from aggregator.store.sqldb import open_programme_db
 from common.tls import SecretError, check_private
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, load_private_key, load_public_key
@@ -41,8 +42,9 @@ def api_settings(config: AggregatorConfig, file: str) -> ApiSettings:
 def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[ApiContext]:
     """The stores and key the API serves from, closed on exit."""
     evidence = open_evidence_store(config.store)
-    statements = StatementStore(config.store.path)
-    tokens = TokenStore(config.store.path)
+    db = open_programme_db(config.store)  # the statements: PostgreSQL's with a PostgreSQL store
+    statements = StatementStore(db)
+    tokens = TokenStore.at(config.store)
     try:
         key = load_private_key(config.key_file) if config.key_file.exists() else None
         if key is not None:  # the key list it signs starts from the key a platform pinned
@@ -55,6 +57,7 @@ def api_context(config: AggregatorConfig, settings: ApiSettings) -> Iterator[Api
     finally:
         tokens.close()
         statements.close()
+        db.close()
         evidence.close()
 
 

@@ -2,8 +2,9 @@
 
 A token reads ``puhui_<id>_<secret>``: ``id`` (12 hex digits) finds the row, ``secret``
 (32 random bytes, base64url) is checked against its SHA-256 in constant time. Only the hash
-is stored (table ``api_tokens`` in the aggregator's database), so a copy of the database
-grants nothing. The token is shown once, when it is made.
+is stored (table ``api_tokens`` in the aggregator's database: the SQLite file, or with a
+PostgreSQL evidence store its database, so every aggregator's API takes the same tokens), so
+a copy of the database grants nothing. The token is shown once, when it is made.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-from aggregator.errors import AggregatorError
+from aggregator.config import StoreSettings
+from aggregator.errors import AggregatorError, StoreError
+from aggregator.store.sqldb import Db, as_db, open_programme_db
 
 SCOPES: dict[str, str] = {
     "statements:read": "list and read signed statements and their evidence packages",
@@ -69,28 +73,41 @@ def _digest(secret: str) -> str:
 
 
 class TokenStore:
-    """The token table in the aggregator's SQLite database (thread-safe)."""
+    """The token table in the aggregator's SQLite database, or in a given
+    :class:`aggregator.store.sqldb.Db` (not closed here; :meth:`at` opens and owns one).
+    Thread-safe."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Db) -> None:
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise TokenError(f"{self.path}: cannot open the token table: {exc}") from exc
+            self._db, self._owns = as_db(path)
+            self.path = Path(self._db.where)
+            self._db.ensure(_SCHEMA)
+        except (sqlite3.Error, StoreError) as exc:
+            raise TokenError(f"{path}: cannot open the token table: {exc}") from exc
+
+    @classmethod
+    def at(cls, settings: StoreSettings) -> Self:
+        """The token table a config's ``store`` names (PostgreSQL's with a PostgreSQL store)."""
+        try:
+            db = open_programme_db(settings)
+        except (sqlite3.Error, StoreError) as exc:
+            raise TokenError(f"cannot open the token table: {exc}") from exc
+        store = cls(db)
+        store._owns = True
+        return store
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._owns:
+                self._db.close()
 
     def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise TokenError(f"{self.path}: api_tokens: {exc}") from exc
+            except (sqlite3.Error, StoreError) as exc:
+                raise TokenError(f"{self._db.where}: api_tokens: {exc}") from exc
 
     def create(
         self, name: str, scopes: Iterable[str], *, now_ms: int, expires_ms: int
@@ -107,7 +124,8 @@ class TokenStore:
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         info = TokenInfo(token_id, name, wanted, now_ms, expires_ms, None)
         self._run(
-            "INSERT INTO api_tokens VALUES (?,?,?,?,?,?,NULL)",
+            "INSERT INTO api_tokens (id, name, secret_sha256, scopes, created_ms, expires_ms, revoked_ms) "
+            "VALUES (?,?,?,?,?,?,NULL)",
             (token_id, name, _digest(secret), " ".join(wanted), now_ms, expires_ms),
         )
         return f"puhui_{token_id}_{secret}", info

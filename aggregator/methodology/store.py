@@ -1,4 +1,5 @@
-"""Durable statements and the credited-interval ledger (SQLite, WAL).
+"""Durable statements and the credited-interval ledger (SQLite, WAL; or the evidence's
+PostgreSQL, :mod:`aggregator.store.sqldb`).
 
 Tables (prefixed ``reduction_``, so they can share the aggregator's database file):
 
@@ -10,13 +11,13 @@ Tables (prefixed ``reduction_``, so they can share the aggregator's database fil
 - ``reduction_ledger``: one row per credited run ``[start, end)`` of a series (gateway,
   meter, quantity), naming the statement. A statement is stored only if none of its runs
   overlaps a stored run of the same series: checked and inserted in one ``BEGIN IMMEDIATE``
-  transaction, so two writers cannot both credit an interval.
+  transaction (PostgreSQL: under the ``reduction_ledger`` advisory lock), so two writers,
+  on one host or several, cannot both credit an interval.
 """
 
 from __future__ import annotations
 
 import builtins
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from typing import Self
 
 from aggregator.methodology.errors import DoubleClaim, ReceiptRefused
 from aggregator.methodology.statements import Statement, parse_statement
+from aggregator.store.sqldb import Db, as_db
 from evidence.receipt import Receipt
 
 _SCHEMA = """
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS reduction_ledger (
     meter TEXT NOT NULL,
     quantity TEXT NOT NULL,
     start INTEGER NOT NULL,
-    end INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
     statement TEXT NOT NULL REFERENCES reduction_statements(id),
     PRIMARY KEY (gateway, meter, quantity, start)
 );
@@ -77,9 +79,10 @@ CREATE INDEX IF NOT EXISTS reduction_statement_beneficiaries_ref
     ON reduction_statement_beneficiaries(beneficiary);
 CREATE INDEX IF NOT EXISTS reduction_statements_order ON reduction_statements(period_start, gateway, id);
 """
+_UNIT_INSERT = "INSERT INTO reduction_statement_units (statement, unit) VALUES (?, ?) ON CONFLICT DO NOTHING"
 _OVERLAP = (
-    "SELECT statement, start, end FROM reduction_ledger WHERE gateway = ? AND meter = ? "
-    "AND quantity = ? AND start < ? AND end > ? ORDER BY start"
+    'SELECT statement, start, "end" FROM reduction_ledger WHERE gateway = ? AND meter = ? '
+    'AND quantity = ? AND start < ? AND "end" > ? ORDER BY start'
 )
 
 
@@ -114,18 +117,22 @@ StatementKey = tuple[int, str, str]
 
 
 class StatementStore:
-    """Statements and the ledger in a SQLite database file (WAL, synchronous=FULL).
+    """Statements and the ledger in a SQLite database file (WAL, synchronous=FULL), or in a
+    :class:`aggregator.store.sqldb.Db` given instead of a path (then not closed here).
 
     Thread-safe: one connection behind a lock (the API reads from a thread pool)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Db) -> None:
+        self.db, self._owns = as_db(path)
+        self.path = Path(self.db.where)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._index_units()
+        self._order = "rowid" if self.db.dialect == "sqlite" else "seq"  # receipts taken in one ms
+        try:
+            self.db.ensure(_SCHEMA)
+            self._index_units()
+        except BaseException:
+            self.close()
+            raise
 
     def _index_units(self) -> None:
         """Fill the unit index for statements stored before it existed."""
@@ -136,17 +143,23 @@ class StatementStore:
         for sid, document in rows:
             units = {u["id"] for u in parse_statement(bytes(document)).body["subject"]["units"]}
             self._db.executemany(
-                "INSERT OR IGNORE INTO reduction_statement_units VALUES (?, ?)", [(sid, u) for u in units]
+                _UNIT_INSERT,
+                [(sid, u) for u in units],
             )
 
+    @property
+    def _db(self) -> Db:
+        return self.db
+
     @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
+    def _locked(self) -> Iterator[Db]:
         with self._lock:
-            yield self._db
+            yield self.db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns:
+            with self._lock:
+                self.db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -158,48 +171,54 @@ class StatementStore:
 
     def save(self, statement: Statement) -> None:
         """Store a statement and its ledger runs; raise :class:`DoubleClaim` if any interval
-        it credits is already credited (or the statement is already stored)."""
-        with self._lock:
+        it credits is already credited (or the statement is already stored). Inside
+        :meth:`transaction`, part of that transaction."""
+        with self.transaction() as db:
+            db.lock("reduction_ledger")  # PostgreSQL: one ledger check at a time, every host
             self._save(statement)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Db]:
+        """One transaction on the store's database (exclusive: SQLite's ``BEGIN IMMEDIATE``;
+        in PostgreSQL take :meth:`Db.lock` on what is checked). The schedule saves a statement
+        and its own row in one."""
+        with self._lock, self.db.transaction() as db:
+            yield db
 
     def _save(self, statement: Statement) -> None:
         b, sid = statement.body, statement.id  # the id hashes the body: compute it once
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._check_claims(statement, sid)
+        self._check_claims(statement, sid)
+        db.execute(
+            "INSERT INTO reduction_statements (id, gateway, scenario, parameter_set, parameter_version, "
+            "period_start, period_end, created_ms, er_tco2e, document) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                sid,
+                statement.gateway,
+                b["methodology"]["scenario"],
+                b["methodology"]["parameter_set"]["id"],
+                b["methodology"]["parameter_set"]["version"],
+                b["period"]["start"],
+                b["period"]["end"],
+                b["created_ms"],
+                statement.er_tco2e,
+                statement.to_bytes(),
+            ),
+        )
+        db.executemany(
+            'INSERT INTO reduction_ledger (gateway, meter, quantity, start, "end", statement) '
+            "VALUES (?,?,?,?,?,?)",
+            [(statement.gateway, m, q, s, e, sid) for m, q, s, e in statement.credited_runs()],
+        )
+        db.executemany(
+            _UNIT_INSERT,
+            [(sid, u["id"]) for u in b["subject"]["units"]],
+        )
+        if "beneficiary" in b["subject"]:
             db.execute(
-                "INSERT INTO reduction_statements VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    sid,
-                    statement.gateway,
-                    b["methodology"]["scenario"],
-                    b["methodology"]["parameter_set"]["id"],
-                    b["methodology"]["parameter_set"]["version"],
-                    b["period"]["start"],
-                    b["period"]["end"],
-                    b["created_ms"],
-                    statement.er_tco2e,
-                    statement.to_bytes(),
-                ),
+                "INSERT INTO reduction_statement_beneficiaries (statement, beneficiary) VALUES (?, ?)",
+                (sid, b["subject"]["beneficiary"]),
             )
-            db.executemany(
-                "INSERT INTO reduction_ledger VALUES (?,?,?,?,?,?)",
-                [(statement.gateway, m, q, s, e, sid) for m, q, s, e in statement.credited_runs()],
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO reduction_statement_units VALUES (?, ?)",
-                [(sid, u["id"]) for u in b["subject"]["units"]],
-            )
-            if "beneficiary" in b["subject"]:
-                db.execute(
-                    "INSERT INTO reduction_statement_beneficiaries VALUES (?, ?)",
-                    (sid, b["subject"]["beneficiary"]),
-                )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def _check_claims(self, statement: Statement, sid: str) -> None:
         gw = statement.gateway
@@ -301,7 +320,7 @@ class StatementStore:
             kind = {"issued": "issuance", "transferred": "transfer", "retired": "retirement"}[where.status]
             conds.append(
                 "(SELECT r.kind FROM reduction_receipts r WHERE r.statement = reduction_statements.id "
-                "ORDER BY r.received_ms DESC, r.rowid DESC LIMIT 1) = ?"
+                f"ORDER BY r.received_ms DESC, r.{self._order} DESC LIMIT 1) = ?"
             )
             args.append(kind)
         if after is not None:
@@ -318,21 +337,16 @@ class StatementStore:
     def add_receipt(self, receipt: Receipt, *, received_ms: int) -> bool:
         """Keep a verified receipt; False when the same document was taken already. Raises
         :class:`ReceiptRefused` naming the receipt when it cannot apply."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                new = self._check_receipt(receipt)
-                if new:
-                    db.execute(
-                        "INSERT INTO reduction_receipts VALUES (?,?,?,?,?,?,?,?)",
-                        (receipt.platform, receipt.receipt_id, receipt.statement, receipt.kind, receipt.tco2e,
-                         receipt.created_ms, received_ms, receipt.to_bytes()),
-                    )  # fmt: skip
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._lock, self.db.transaction() as db:
+            db.lock(f"reduction_receipts:{receipt.statement}")
+            new = self._check_receipt(receipt)
+            if new:
+                db.execute(
+                    "INSERT INTO reduction_receipts (platform, receipt_id, statement, kind, tco2e, "
+                    "created_ms, received_ms, document) VALUES (?,?,?,?,?,?,?,?)",
+                    (receipt.platform, receipt.receipt_id, receipt.statement, receipt.kind, receipt.tco2e,
+                     receipt.created_ms, received_ms, receipt.to_bytes()),
+                )  # fmt: skip
             return new
 
     def _check_receipt(self, r: Receipt) -> bool:
@@ -367,7 +381,7 @@ class StatementStore:
         with self._locked() as db:
             rows = db.execute(
                 "SELECT platform, receipt_id, kind, tco2e, created_ms FROM reduction_receipts "
-                "WHERE statement = ? ORDER BY received_ms, rowid",
+                f"WHERE statement = ? ORDER BY received_ms, {self._order}",
                 (statement_id,),
             ).fetchall()
         return [(str(p), str(i), str(k), float(t), int(c)) for p, i, k, t, c in rows]
@@ -380,7 +394,7 @@ class StatementStore:
     def _status(self, statement_id: str) -> str:
         row = self._db.execute(
             "SELECT kind FROM reduction_receipts WHERE statement = ? "
-            "ORDER BY received_ms DESC, rowid DESC LIMIT 1",
+            f"ORDER BY received_ms DESC, {self._order} DESC LIMIT 1",
             (statement_id,),
         ).fetchone()
         return (
@@ -392,7 +406,7 @@ class StatementStore:
     def _receipt_note(self, statement_id: str) -> str:
         rows = self._db.execute(
             "SELECT platform, receipt_id, kind FROM reduction_receipts WHERE statement = ? "
-            "ORDER BY received_ms, rowid",
+            f"ORDER BY received_ms, {self._order}",
             (statement_id,),
         ).fetchall()
         return "" if not rows else " (" + ", ".join(f"{k} receipt {p}/{i}" for p, i, k in rows) + ")"
@@ -402,7 +416,7 @@ class StatementStore:
         with self._locked() as db:
             row = db.execute(
                 "SELECT statement FROM reduction_ledger WHERE gateway = ? AND meter = ? AND quantity = ? "
-                "AND start <= ? AND end > ?",
+                'AND start <= ? AND "end" > ?',
                 (gateway, meter, quantity, start, start),
             ).fetchone()
         return None if row is None else str(row[0])

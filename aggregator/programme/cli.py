@@ -33,6 +33,7 @@ from aggregator.methodology.store import StatementStore
 from aggregator.methodology.subject import CHINA_TZ
 from aggregator.programme.errors import ProgrammeError
 from aggregator.programme.units import SCENARIOS, UnitRegistry
+from aggregator.store.sqldb import Db, open_programme_db
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,14 +102,18 @@ def _run(args: argparse.Namespace, action: Any) -> int:
     except ConfigError as exc:
         return _fail(str(exc), 2)
     try:
-        with UnitRegistry(config.store.path) as units:
-            return int(action(config, units))
+        db = open_programme_db(config.store)  # PostgreSQL's database with a PostgreSQL store
+        try:
+            with UnitRegistry(db) as units:
+                return int(action(config, units, db))
+        finally:
+            db.close()
     except (ProgrammeError, MethodologyError, AggregatorError, OSError) as exc:
         return _fail(str(exc))
 
 
 def _add(args: argparse.Namespace) -> int:
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
         start = _when(args.from_time)
         u = units.add(
             args.unit,
@@ -129,7 +134,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _beneficiary(args: argparse.Namespace) -> int:
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
         b = units.set_beneficiary(
             args.unit, args.beneficiary, from_ms=_when(args.from_time), now_ms=time.time_ns() // 1_000_000
         )
@@ -140,7 +145,7 @@ def _beneficiary(args: argparse.Namespace) -> int:
 
 
 def _withdraw(args: argparse.Namespace) -> int:
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
         units.withdraw(args.unit, from_ms=_when(args.from_time))
         print(f"unit {args.unit}: withdrawn from {_day(_when(args.from_time))}")
         return 0
@@ -149,7 +154,7 @@ def _withdraw(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
         for u in units.units(gateway=args.gateway, beneficiary=args.beneficiary):
             history = units.beneficiaries(u.unit)
             ended = "" if u.end_ms is None else f" until {_day(u.end_ms)}"
@@ -166,13 +171,13 @@ def _list(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from aggregator.programme.schedule import schedule_problems, signed_statements
 
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
-        for s in signed_statements(config.store.path):
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
+        for s in signed_statements(db):
             print(
                 f"{s.unit}  {_day(s.period_start * 1000)} .. {_day(s.period_end * 1000)}  {s.beneficiary}  "
                 f"{s.kind}  {s.statement[:16]}…  ER {s.er_tco2e:.6g} tCO2e"
             )
-        problems = schedule_problems(config.store.path)
+        problems = schedule_problems(db)
         for unit, start, end, problem in problems:
             print(f"NOT SIGNED {unit} {_day(start * 1000)} .. {_day(end * 1000)}: {problem}")
         return 1 if problems else 0
@@ -184,7 +189,7 @@ def _export(args: argparse.Namespace) -> int:
     """A household's data: the unit, its beneficiary history, every statement of it with its
     receipts and status, and its meters' attested intervals (CSV)."""
 
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
         from aggregator.store import open_evidence_store
 
         u = units.get(args.unit)
@@ -194,7 +199,7 @@ def _export(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=False)
         (out / "statements").mkdir()
         listed = []
-        with StatementStore(config.store.path) as statements:
+        with StatementStore(db) as statements:
             for row in statements.list(gateway=u.gateway):
                 st = statements.get(row.id)
                 if st is None or u.unit not in {x["id"] for x in st.body["subject"]["units"]}:
@@ -267,7 +272,7 @@ def _records(args: argparse.Namespace) -> int:
     """What a platform's project library files per site: site, region, units with meters and
     nameplates, commissioning (enrolment) date, scenario, parameter set and its filing."""
 
-    def act(config: AggregatorConfig, units: UnitRegistry) -> int:
+    def act(config: AggregatorConfig, units: UnitRegistry, db: Db) -> int:
         from aggregator.store import open_evidence_store
 
         store = open_evidence_store(config.store)

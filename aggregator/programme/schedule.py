@@ -18,9 +18,18 @@ What it did is kept in two tables of the aggregator's database:
   id then (nothing new from the gateway: nothing to do), the evidence mark, and the problem
   that kept it from signing (logged once, shown by ``puhui aggregator units status``).
 
-Restart-safe: a statement is saved (with its ledger entries) before its row here, and the
-ledger refuses a second statement for intervals already credited; a crash between the two
-is repaired on the next look (the stored statement is found by its subject and period).
+Restart-safe: a statement is saved (with its ledger entries) in the same transaction as its
+row here, and the ledger refuses a second statement for intervals already credited. A
+statement stored otherwise (by hand, or before this was one transaction) is found by its
+subject and period on the next look, and counts.
+
+Several aggregators, several hosts: with a PostgreSQL evidence store these tables, the units
+and the statements are in its database (:mod:`aggregator.store.sqldb`), so a new leader
+carries on from what the old one signed. Signing is a claim: in the transaction that saves
+the statement, under an advisory lock on the unit and stretch, the statements stored for
+them are read again; if another aggregator signed meanwhile (leadership moved under a look
+already under way), nothing is saved and the next look starts from what it signed. The
+database keeps one *scheduled* statement per unit and stretch (a unique index) besides.
 """
 
 from __future__ import annotations
@@ -30,11 +39,11 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from aggregator.config import ProgrammeSettings
 from aggregator.errors import StoreError
@@ -54,6 +63,7 @@ from aggregator.methodology.subject import CHINA_TZ, Period, Subject, Unit
 from aggregator.programme.errors import ProgrammeError
 from aggregator.programme.units import Segment, UnitEntry, UnitRegistry
 from aggregator.store.protocols import ScheduleEvidence
+from aggregator.store.sqldb import Db, as_db
 from common.clock import Clock
 from evidence.keys import GatewayKey
 
@@ -61,6 +71,16 @@ log = logging.getLogger(__name__)
 
 PeriodKind = Literal["month", "week", "day"]
 
+_CHECK_UPSERT = (
+    "INSERT INTO programme_checks (unit, period_start, period_end, gateway_mark, evidence_mark, checked_ms, "
+    "problem) VALUES (?,?,?,?,?,?,?) ON CONFLICT (unit, period_start, period_end) DO UPDATE SET "
+    "gateway_mark = excluded.gateway_mark, evidence_mark = excluded.evidence_mark, "
+    "checked_ms = excluded.checked_ms, problem = excluded.problem"
+)
+_ROW_INSERT = (
+    "INSERT INTO programme_statements (statement, unit, period_start, period_end, beneficiary, kind, "
+    "evidence_mark, created_ms) VALUES (?,?,?,?,?,?,?,?)"
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS programme_statements (
     statement TEXT PRIMARY KEY,
@@ -73,6 +93,14 @@ CREATE TABLE IF NOT EXISTS programme_statements (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS programme_statements_unit ON programme_statements(unit, period_start, period_end);
+-- files from before the unique index below: of two statements found for one stretch (signed
+-- by hand), the later counts as a supplement (as _stated now records them)
+UPDATE programme_statements SET kind = 'supplementary' WHERE kind = 'scheduled' AND EXISTS (
+    SELECT 1 FROM programme_statements e WHERE e.kind = 'scheduled' AND e.unit = programme_statements.unit
+    AND e.period_start = programme_statements.period_start AND e.period_end = programme_statements.period_end
+    AND (e.created_ms, e.statement) < (programme_statements.created_ms, programme_statements.statement));
+CREATE UNIQUE INDEX IF NOT EXISTS programme_statements_scheduled
+    ON programme_statements(unit, period_start, period_end) WHERE kind = 'scheduled';
 CREATE TABLE IF NOT EXISTS programme_checks (
     unit TEXT NOT NULL,
     period_start INTEGER NOT NULL,
@@ -118,6 +146,10 @@ class Signed:
     er_tco2e: float
 
 
+class _Raced(Exception):
+    """Another aggregator signed this unit's stretch while this one computed (nothing saved)."""
+
+
 @dataclass(slots=True)
 class TickReport:
     signed: list[Signed] = field(default_factory=list)
@@ -130,7 +162,7 @@ class StatementScheduler:
     def __init__(
         self,
         *,
-        db: str | Path,
+        db: str | Path | Db | None = None,
         units: UnitRegistry,
         statements: StatementStore,
         evidence: ScheduleEvidence,
@@ -146,7 +178,11 @@ class StatementScheduler:
     ) -> None:
         """``parameter_sets``: the set per scenario; a scenario without one takes the set the
         precedence rule picks among ``candidates`` for the unit's region and the period.
-        ``production``: sign only with a set filed and valid for the period."""
+        ``production``: sign only with a set filed and valid for the period.
+
+        The schedule's tables are kept beside the statements (``statements.db``: claiming a
+        stretch and saving its statement is one transaction); ``db``, if given, must be
+        that database."""
         self.units, self.statements, self.evidence = units, statements, evidence
         self.key, self.clock = key, clock
         self.parameter_sets = dict(parameter_sets)
@@ -158,20 +194,22 @@ class StatementScheduler:
         self._owns = owns  # closed with the scheduler
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # held by a look: close() waits for it
-        self.db = Path(db)
-        self._db = sqlite3.connect(db, isolation_level=None, timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = statements.db
+        if isinstance(db, str | Path) and Path(db).resolve() != statements.path.resolve():
+            raise ProgrammeError(f"the schedule's database {db} is not the statements' {statements.path}")
+        if db is not None and not isinstance(db, str | Path) and db is not statements.db:
+            raise ProgrammeError(f"the schedule's database {db.where} is not the statements' database")
+        self.db = statements.path
+        self._db.ensure(_SCHEMA)
 
     def close(self) -> None:
         with self._busy, self._lock:
-            self._db.close()
+            pass
         for part in self._owns:
             part.close()
 
     @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
+    def _locked(self) -> Iterator[Db]:
         with self._lock:
             yield self._db
 
@@ -226,6 +264,9 @@ class StatementScheduler:
             try:
                 stated = self._stated(unit, seg)
                 signed = self._sign(unit, seg, mark, stated, now)
+            except _Raced as exc:
+                log.warning("unit %s %s: %s; the next look starts from it", unit.unit, _span(seg), exc)
+                return  # no check recorded: the next look reads what the other signed
             except (MethodologyError, ProgrammeError) as exc:
                 problem = f"unit {unit.unit} {_span(seg)}: {exc}"
             else:
@@ -240,10 +281,7 @@ class StatementScheduler:
             report.problems.append(problem)
             log.warning("%s", problem)
         with self._locked() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO programme_checks VALUES (?,?,?,?,?,?,?)",
-                (*key, gw_mark, mark, round(now * 1000), problem),
-            )
+            db.execute(_CHECK_UPSERT, (*key, gw_mark, mark, round(now * 1000), problem))
 
     def _stated(self, unit: UnitEntry, seg: Segment) -> list[str]:
         """The statements of this unit and stretch: the ones signed here, or else any stored
@@ -257,11 +295,11 @@ class StatementScheduler:
         if rows:
             return [str(r[0]) for r in rows]
         found = self.statements.of_unit(unit.unit, seg.start, seg.end)
-        for st in found:
-            kind = "supplementary" if "supplements" in st.body else "scheduled"
+        for i, st in enumerate(found):  # the first one stored is the stretch's scheduled statement
+            kind = "supplementary" if i or "supplements" in st.body else "scheduled"
             with self._locked() as db:
                 db.execute(
-                    "INSERT OR IGNORE INTO programme_statements VALUES (?,?,?,?,?,?,?,?)",
+                    _ROW_INSERT + " ON CONFLICT DO NOTHING",
                     (st.id, unit.unit, seg.start, seg.end, st.body["subject"].get("beneficiary", ""), kind, 0,
                      st.body["created_ms"]),
                 )  # fmt: skip
@@ -306,11 +344,15 @@ class StatementScheduler:
         statement = issue_statement(
             comp, self.key, created_ms=round(now * 1000), selection=selection, production=self.production
         )
-        self.statements.save(statement)
         kind = "supplementary" if earlier else "scheduled"
-        with self._locked() as db:
+        with self.statements.transaction() as db:  # the claim: one signer per unit and stretch
+            db.lock(f"programme_statements:{unit.unit}:{seg.start}:{seg.end}")
+            now_stated = {st.id for st in self.statements.of_unit(unit.unit, seg.start, seg.end)}
+            if now_stated != set(stated):
+                raise _Raced(f"{len(now_stated - set(stated))} statement(s) signed meanwhile elsewhere")
+            self.statements.save(statement)
             db.execute(
-                "INSERT INTO programme_statements VALUES (?,?,?,?,?,?,?,?)",
+                _ROW_INSERT,
                 (statement.id, unit.unit, seg.start, seg.end, seg.beneficiary, kind, mark, round(now * 1000)),
             )
         self.on_signed()
@@ -319,11 +361,11 @@ class StatementScheduler:
     # -- reading ------------------------------------------------------------------------
 
     def signed(self) -> list[Signed]:
-        return signed_statements(self.db)
+        return signed_statements(self._db)
 
     def problems(self) -> list[tuple[str, int, int, str]]:
         """(unit, start, end, problem) of every stretch whose last look could not sign."""
-        return schedule_problems(self.db)
+        return schedule_problems(self._db)
 
 
 def _nothing() -> None:
@@ -337,10 +379,12 @@ def _span(seg: Segment) -> str:
 
 
 def open_scheduler(
-    settings: ProgrammeSettings, *, db: Path, evidence: ScheduleEvidence, key: GatewayKey, clock: Clock
+    settings: ProgrammeSettings, *, db: Path | Db, evidence: ScheduleEvidence, key: GatewayKey, clock: Clock
 ) -> StatementScheduler:
     """A scheduler as the aggregator config's ``programme`` section says; a parameter set or
-    baseline file that cannot be read is a :class:`ProgrammeError` naming it."""
+    baseline file that cannot be read is a :class:`ProgrammeError` naming it. ``db``: the
+    SQLite file, or a :class:`aggregator.store.sqldb.Db` (:func:`~aggregator.store.sqldb.open_programme_db`;
+    the caller closes it after the scheduler)."""
     sets: dict[str, LoadedParameterSet] = {}
     try:
         for scenario, path in settings.parameter_sets.items():
@@ -363,29 +407,33 @@ def open_scheduler(
     )  # fmt: skip
 
 
-def signed_statements(db: str | Path) -> list[Signed]:
+def signed_statements(db: str | Path | Db) -> list[Signed]:
     """What the schedule signed, from the database alone (``units status``)."""
-    with closing(_open(db)) as conn:
-        rows = conn.execute(
-            "SELECT p.statement, p.unit, p.period_start, p.period_end, p.beneficiary, p.kind, s.er_tco2e "
-            "FROM programme_statements p JOIN reduction_statements s ON s.id = p.statement "
-            "ORDER BY p.unit, p.period_start, p.created_ms"
-        ).fetchall()
+    rows = _read(
+        db,
+        "SELECT p.statement, p.unit, p.period_start, p.period_end, p.beneficiary, p.kind, s.er_tco2e "
+        "FROM programme_statements p JOIN reduction_statements s ON s.id = p.statement "
+        "ORDER BY p.unit, p.period_start, p.created_ms",
+    )
     return [Signed(str(a), str(b), int(c), int(d), str(e), str(f), float(g)) for a, b, c, d, e, f, g in rows]
 
 
-def schedule_problems(db: str | Path) -> list[tuple[str, int, int, str]]:
+def schedule_problems(db: str | Path | Db) -> list[tuple[str, int, int, str]]:
     """(unit, start, end, problem) of every stretch whose last look could not sign."""
-    with closing(_open(db)) as conn:
-        rows = conn.execute(
-            "SELECT unit, period_start, period_end, problem FROM programme_checks "
-            "WHERE problem IS NOT NULL ORDER BY unit, period_start"
-        ).fetchall()
+    rows = _read(
+        db,
+        "SELECT unit, period_start, period_end, problem FROM programme_checks "
+        "WHERE problem IS NOT NULL ORDER BY unit, period_start",
+    )
     return [(str(u), int(s), int(e), str(p)) for u, s, e, p in rows]
 
 
-def _open(db: str | Path) -> sqlite3.Connection:
-    StatementStore(db).close()  # its tables, should nothing have been stated yet
-    conn = sqlite3.connect(db, isolation_level=None, timeout=30.0)
-    conn.executescript(_SCHEMA)
-    return conn
+def _read(db: str | Path | Db, sql: str) -> list[tuple[Any, ...]]:
+    conn, owned = as_db(db)
+    try:
+        StatementStore(conn).close()  # its tables, should nothing have been stated yet
+        conn.ensure(_SCHEMA)
+        return conn.execute(sql).fetchall()
+    finally:
+        if owned:
+            conn.close()

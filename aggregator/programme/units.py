@@ -8,18 +8,19 @@ reductions go to: pseudonymous by rule (never a name, phone number, ID number or
 changeable from a date on. Statements are per unit and beneficiary: a change within a
 reporting period splits it (:meth:`UnitRegistry.segments`).
 
-Tables (prefixed ``programme_``, in the same SQLite file as the evidence and statements):
+Tables (prefixed ``programme_``, in the same SQLite file as the evidence and statements, or
+with a PostgreSQL evidence store in its database: :mod:`aggregator.store.sqldb`):
 
 - ``programme_units``: one row per unit;
 - ``programme_beneficiaries``: (unit, from_ms) -> beneficiary; the history is kept, never
-  rewritten, so a statement's beneficiary can always be traced to the entry that named it.
+  rewritten, so a statement's beneficiary can always be traced to the entry that named it
+  (triggers refuse an UPDATE, a DELETE, or an entry not after the unit's last one).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from types import TracebackType
 from typing import Self
 
 from aggregator.programme.errors import ProgrammeError
+from aggregator.store.sqldb import Db, as_db
 
 SCENARIOS = ("pv", "ev_charging", "clean_heating")
 UNIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -54,6 +56,13 @@ CREATE TABLE IF NOT EXISTS programme_beneficiaries (
     PRIMARY KEY (unit, from_ms)
 );
 CREATE INDEX IF NOT EXISTS programme_beneficiaries_ref ON programme_beneficiaries(beneficiary);
+CREATE TRIGGER IF NOT EXISTS programme_beneficiaries_no_update BEFORE UPDATE ON programme_beneficiaries
+BEGIN SELECT RAISE(ABORT, 'programme_beneficiaries is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS programme_beneficiaries_no_delete BEFORE DELETE ON programme_beneficiaries
+BEGIN SELECT RAISE(ABORT, 'programme_beneficiaries is append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS programme_beneficiaries_in_order BEFORE INSERT ON programme_beneficiaries
+WHEN EXISTS (SELECT 1 FROM programme_beneficiaries WHERE unit = NEW.unit AND from_ms >= NEW.from_ms)
+BEGIN SELECT RAISE(ABORT, 'a beneficiary entry must start after the last one'); END;
 """
 
 
@@ -102,24 +111,28 @@ class Segment:
 
 
 class UnitRegistry:
-    """Units and beneficiary history (SQLite, WAL; thread-safe behind one lock)."""
+    """Units and beneficiary history (SQLite, WAL, at ``path``; or a given
+    :class:`aggregator.store.sqldb.Db`, not closed here). Thread-safe behind one lock."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Db) -> None:
+        self._db, self._owns = as_db(path)
+        self.path = Path(self._db.where)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.ensure(_SCHEMA)
+        except BaseException:
+            self.close()
+            raise
 
     @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
+    def _locked(self) -> Iterator[Db]:
         with self._lock:
             yield self._db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns:
+            with self._lock:
+                self._db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -150,32 +163,28 @@ class UnitRegistry:
         if not meters or len(set(meters)) != len(meters):
             raise ProgrammeError(f"unit {unit}: give its meters, each once (got {list(meters)})")
         check_beneficiary(beneficiary)
-        with self._locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT 1 FROM programme_units WHERE unit = ?", (unit,)).fetchone():
-                    raise ProgrammeError(f"unit {unit} is already enrolled (a unit id is never reused)")
-                taken = self._meters_taken(db, gateway, meters)
-                if taken:
-                    raise ProgrammeError(f"unit {unit}: {taken} already belong to another unit")
-                db.execute(
-                    "INSERT INTO programme_units VALUES (?,?,?,?,?,?,?)",
-                    (unit, gateway, json.dumps(list(meters)), scenario, start_ms, None, now_ms),
-                )
-                db.execute(
-                    "INSERT INTO programme_beneficiaries VALUES (?,?,?,?)",
-                    (unit, start_ms, beneficiary, now_ms),
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._lock, self._db.transaction() as db:
+            db.lock("programme_units")  # the checks below and the insert, one writer at a time
+            if db.execute("SELECT 1 FROM programme_units WHERE unit = ?", (unit,)).fetchone():
+                raise ProgrammeError(f"unit {unit} is already enrolled (a unit id is never reused)")
+            taken = self._meters_taken(db, gateway, meters)
+            if taken:
+                raise ProgrammeError(f"unit {unit}: {taken} already belong to another unit")
+            db.execute(
+                "INSERT INTO programme_units (unit, gateway, meters, scenario, start_ms, end_ms, created_ms) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (unit, gateway, json.dumps(list(meters)), scenario, start_ms, None, now_ms),
+            )
+            db.execute(
+                "INSERT INTO programme_beneficiaries (unit, from_ms, beneficiary, set_ms) VALUES (?,?,?,?)",
+                (unit, start_ms, beneficiary, now_ms),
+            )
         entry = self.get(unit)
         assert entry is not None
         return entry
 
     @staticmethod
-    def _meters_taken(db: sqlite3.Connection, gateway: str, meters: Sequence[str]) -> str:
+    def _meters_taken(db: Db, gateway: str, meters: Sequence[str]) -> str:
         rows = db.execute(
             "SELECT unit, meters FROM programme_units WHERE gateway = ? AND end_ms IS NULL", (gateway,)
         ).fetchall()
@@ -189,17 +198,20 @@ class UnitRegistry:
         entry = self.get(unit)
         if entry is None:
             raise ProgrammeError(f"no unit {unit!r} (`puhui aggregator units list` lists them)")
-        with self._locked() as db:
-            last = db.execute(
+        with self._lock, self._db.transaction() as db:
+            db.lock(f"programme_beneficiaries:{unit}")  # the last entry read is still the last at insert
+            row = db.execute(
                 "SELECT MAX(from_ms) FROM programme_beneficiaries WHERE unit = ?", (unit,)
-            ).fetchone()[0]
-            if from_ms <= last:
+            ).fetchone()
+            last = row[0] if row is not None else None
+            if last is not None and from_ms <= last:
                 raise ProgrammeError(
                     f"unit {unit}: a beneficiary change must start after the last one ({last} ms); "
                     "earlier periods keep the beneficiary they were stated for"
                 )
             db.execute(
-                "INSERT INTO programme_beneficiaries VALUES (?,?,?,?)", (unit, from_ms, beneficiary, now_ms)
+                "INSERT INTO programme_beneficiaries (unit, from_ms, beneficiary, set_ms) VALUES (?,?,?,?)",
+                (unit, from_ms, beneficiary, now_ms),
             )
         return BeneficiaryEntry(unit, from_ms, beneficiary, now_ms)
 
@@ -216,11 +228,11 @@ class UnitRegistry:
 
     def get(self, unit: str) -> UnitEntry | None:
         with self._locked() as db:
-            row = db.execute("SELECT * FROM programme_units WHERE unit = ?", (unit,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM programme_units WHERE unit = ?", (unit,)).fetchone()
         return None if row is None else _entry(row)
 
     def units(self, *, gateway: str | None = None, beneficiary: str | None = None) -> list[UnitEntry]:
-        sql, args = "SELECT * FROM programme_units", []
+        sql, args = f"SELECT {_COLUMNS} FROM programme_units", []
         where = []
         if gateway is not None:
             where.append("gateway = ?")
@@ -258,6 +270,9 @@ class UnitRegistry:
             if s < e:
                 out.append(Segment(s, e, b.beneficiary))
         return out
+
+
+_COLUMNS = "unit, gateway, meters, scenario, start_ms, end_ms, created_ms"
 
 
 def _entry(row: tuple[object, ...]) -> UnitEntry:

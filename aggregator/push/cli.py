@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aggregator.config import AggregatorConfig, PushTarget, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.push.outbox import Delivery, PushOutbox, TargetStatus
+from aggregator.store.sqldb import open_programme_db
 from evidence.errors import EvidenceError
 
 SHOWN = 20  # refused or held statements listed per target
@@ -91,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-        with PushOutbox(config.store.path) as outbox:
+        with _outbox(config) as outbox:
             for t in config.push:
                 _print_status(t, outbox.status(t.name), outbox)
     except ConfigError as exc:
@@ -100,6 +103,17 @@ def _status(args: argparse.Namespace) -> int:
     except AggregatorError as exc:
         return _fail(str(exc))
     return 0
+
+
+@contextlib.contextmanager
+def _outbox(config: AggregatorConfig) -> Iterator[PushOutbox]:
+    """The outbox where the config keeps it (PostgreSQL's database with a PostgreSQL store)."""
+    db = open_programme_db(config.store)
+    try:
+        with PushOutbox(db) as outbox:
+            yield outbox
+    finally:
+        db.close()
 
 
 def _print_status(t: PushTarget, s: TargetStatus, outbox: PushOutbox) -> None:
@@ -134,7 +148,7 @@ def _retry(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         target = _target(config, args.target, args.config)
-        with PushOutbox(config.store.path) as outbox:
+        with _outbox(config) as outbox:
             n = outbox.requeue(target.name, args.statement)
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -13,6 +13,10 @@ tried:
 - ``held``: never sent, because the stored document does not verify or its package
   cannot be built.
 
+The table is in the statements' database: the SQLite file, or with a PostgreSQL evidence
+store its database (:mod:`aggregator.store.sqldb`), where every aggregator's pusher shares
+one row per (target, statement).
+
 A delivered row is never overwritten. :meth:`PushOutbox.requeue` makes refused and held
 statements owed again (``puhui aggregator push retry``).
 """
@@ -30,6 +34,7 @@ from typing import Self
 
 from aggregator.errors import StoreError
 from aggregator.methodology.store import StatementStore
+from aggregator.store.sqldb import Db, as_db
 
 STATES = ("pending", "delivered", "refused", "held")
 FINAL = ("delivered", "refused", "held")
@@ -58,14 +63,19 @@ ORDER BY s.created_ms, s.id LIMIT ?
 """
 # One attempt's outcome; a delivered row stays delivered (another pusher may have got there first).
 _RECORD = """
-INSERT INTO push_deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO push_deliveries (target, statement, state, attempts, last_attempt_ms, next_attempt_ms,
+    delivered_ms, http_status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (target, statement) DO UPDATE SET
-    state = excluded.state, attempts = attempts + excluded.attempts,
+    state = excluded.state, attempts = push_deliveries.attempts + excluded.attempts,
     last_attempt_ms = excluded.last_attempt_ms, next_attempt_ms = excluded.next_attempt_ms,
     delivered_ms = excluded.delivered_ms, http_status = excluded.http_status,
     last_error = excluded.last_error
 WHERE push_deliveries.state != 'delivered'
 """
+_COLUMNS = (
+    "target, statement, state, attempts, last_attempt_ms, next_attempt_ms, delivered_ms, http_status, "
+    "last_error"
+)
 ERROR_CHARS = 500  # of a receiver's answer or an exception, kept with the row
 
 
@@ -101,23 +111,30 @@ class TargetStatus:
 
 class PushOutbox:
     """The delivery table beside the statements, in the aggregator's SQLite file (WAL,
-    synchronous=FULL: a recorded outcome survives a power cut). Thread-safe (one lock)."""
+    synchronous=FULL: a recorded outcome survives a power cut), or in a given
+    :class:`aggregator.store.sqldb.Db` (not closed here). Thread-safe (one lock)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Db) -> None:
         self._lock = threading.Lock()
         try:
-            self._statements = StatementStore(self.path)  # its schema: the statements table exists
+            self._db, self._owns = as_db(path)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the statement store: {exc}") from exc
+            raise StoreError(f"{path}: cannot open the push outbox: {exc}") from exc
+        self.path = Path(self._db.where)  # the SQLite file (messages name ``_db.where``)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._statements = StatementStore(self._db)  # its schema: the statements table exists
         except sqlite3.Error as exc:
-            self._statements.close()
-            raise StoreError(f"{self.path}: cannot open the push outbox: {exc}") from exc
+            self._close_db()
+            raise StoreError(f"{self._db.where}: cannot open the statement store: {exc}") from exc
+        try:
+            self._db.ensure(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._close_db()
+            raise StoreError(f"{self._db.where}: cannot open the push outbox: {exc}") from exc
+
+    def _close_db(self) -> None:
+        if self._owns:
+            self._db.close()
 
     @property
     def statements(self) -> StatementStore:
@@ -126,8 +143,8 @@ class PushOutbox:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
             self._statements.close()
+            self._close_db()
 
     def __enter__(self) -> Self:
         return self
@@ -138,12 +155,14 @@ class PushOutbox:
         self.close()
 
     @contextmanager
-    def _sql(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _sql(self, what: str) -> Iterator[Db]:
         with self._lock:
             try:
                 yield self._db
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: push outbox: {what}: {exc}") from exc
+                raise StoreError(f"{self._db.where}: push outbox: {what}: {exc}") from exc
+            except StoreError as exc:  # PostgreSQL's (they name the database)
+                raise StoreError(f"push outbox: {what}: {exc}") from exc
 
     def owed(self, target: str, limit: int) -> list[str]:
         """Up to ``limit`` ids of statements ``target`` is owed, oldest first."""
@@ -154,8 +173,8 @@ class PushOutbox:
         """The statement's stored bytes, exactly as kept."""
         try:
             return self._statements.document(statement)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: reading statement {statement}: {exc}") from exc
+        except sqlite3.Error as exc:  # PostgreSQL's are StoreError already
+            raise StoreError(f"{self._db.where}: reading statement {statement}: {exc}") from exc
 
     def failed(
         self, target: str, statement: str, *, at_ms: int, next_ms: int, error: str, http_status: int | None
@@ -196,7 +215,7 @@ class PushOutbox:
         """``target``'s rows in ``state``, the latest attempt first."""
         with self._sql(f"listing {state} deliveries of {target}") as db:
             rows = db.execute(
-                "SELECT * FROM push_deliveries WHERE target = ? AND state = ? "
+                f"SELECT {_COLUMNS} FROM push_deliveries WHERE target = ? AND state = ? "
                 "ORDER BY last_attempt_ms DESC, statement LIMIT ?",
                 (target, state, limit),
             ).fetchall()
@@ -216,7 +235,7 @@ class PushOutbox:
                 (target,),
             ).fetchall()
             last = db.execute(
-                "SELECT * FROM push_deliveries WHERE target = ? AND state = 'pending' "
+                f"SELECT {_COLUMNS} FROM push_deliveries WHERE target = ? AND state = 'pending' "
                 "ORDER BY last_attempt_ms DESC LIMIT 1",
                 (target,),
             ).fetchone()

@@ -45,6 +45,7 @@ from aggregator.package import build_package
 from aggregator.push.errors import PushSetupError
 from aggregator.push.outbox import PushOutbox, TargetStatus
 from aggregator.store import open_evidence_store
+from aggregator.store.sqldb import open_programme_db
 
 if TYPE_CHECKING:
     from aggregator.store import AnyEvidenceStore
@@ -159,7 +160,9 @@ class Pusher:
         else:  # first: see __init__
             self._evidence = open_evidence_store(self.config.store)
             self._stack.callback(self._evidence.close)
-        self._outbox = PushOutbox(path)
+        db = open_programme_db(self.config.store)  # PostgreSQL's when the evidence is there
+        self._stack.callback(db.close)
+        self._outbox = PushOutbox(db)
         self._stack.callback(self._outbox.close)
         key_file = self.config.key_file
         if key_file.exists():  # it signs the packages' key list, and is in the history from now

@@ -208,18 +208,7 @@ class PostgresEvidenceStore:
     ) -> PostgresEvidenceStore:
         """The store a config's ``store.postgres`` names (the password read from its file or
         variable now)."""
-        s = settings
-        info: dict[str, Any] = {"host": s.host, "port": s.port, "dbname": s.dbname, "user": s.user,
-                                "connect_timeout": s.connect_timeout_s}  # fmt: skip
-        if s.password is not None:
-            try:
-                info["password"] = read_secret(s.password, "store.postgres.password")
-            except SecretError as exc:
-                raise StoreError(str(exc)) from exc
-        if s.insecure:
-            info["sslmode"] = "disable"
-        else:
-            info.update(sslmode=s.sslmode, sslrootcert=str(s.sslrootcert))
+        info = connection_info(settings)
         return cls(info, rejection_rows_per_source=rejection_rows_per_source)
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -908,6 +897,24 @@ class PostgresEvidenceStore:
         ):
             out[str(reason)] = out.get(str(reason), 0) + int(n)
         return out
+
+
+def connection_info(settings: PostgresSettings) -> dict[str, Any]:
+    """:func:`psycopg.connect`'s keyword arguments for a config's ``store.postgres`` (the
+    password read from its file or variable now). Raises :class:`StoreError`."""
+    s = settings
+    info: dict[str, Any] = {"host": s.host, "port": s.port, "dbname": s.dbname, "user": s.user,
+                            "connect_timeout": s.connect_timeout_s}  # fmt: skip
+    if s.password is not None:
+        try:
+            info["password"] = read_secret(s.password, "store.postgres.password")
+        except SecretError as exc:
+            raise StoreError(str(exc)) from exc
+    if s.insecure:
+        info["sslmode"] = "disable"
+    else:
+        info.update(sslmode=s.sslmode, sslrootcert=str(s.sslrootcert))
+    return info
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -1,12 +1,11 @@
-"""Three aggregators' statement schedulers, one PostgreSQL: only the holder of the leadership
-lock (a session advisory lock) signs; when its database session ends (as when its process is
-killed) another takes over; every unit and period is stated once."""
+"""Three aggregators' statement schedulers, one PostgreSQL (their programme state in it too):
+only the holder of the leadership lock (a session advisory lock) signs; when its database
+session ends (as when its process is killed) another takes over; every unit and period is
+stated once."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from contextlib import closing
 from typing import Any
 
 import psycopg
@@ -100,14 +99,13 @@ async def test_one_scheduler_signs_at_a_time_and_another_takes_over(
             s.close()
     assert [e for e in ended if not isinstance(e, asyncio.CancelledError)] == []  # never two leaders
     assert len(set(took)) >= 2  # the leadership moved
-    with closing(sqlite3.connect(street.db)) as db:
-        rows = db.execute(
-            "SELECT unit, period_start, period_end, count(*) FROM programme_statements"
-            " GROUP BY unit, period_start, period_end"
-        ).fetchall()
+    rows = street.sql(
+        "SELECT unit, period_start, period_end, count(*) FROM programme_statements"
+        " GROUP BY unit, period_start, period_end"
+    )
     assert len(rows) == 4 and all(n == 1 for *_, n in rows), rows  # one statement per unit and stretch
 
 
 @pytest.fixture
-def street(tmp_path: Any) -> Setup:
-    return Setup(tmp_path)
+def street(tmp_path: Any, postgres_db: dict[str, Any]) -> Setup:
+    return Setup(tmp_path, postgres_db)

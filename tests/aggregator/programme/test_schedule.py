@@ -1,13 +1,15 @@
 """Statements on a calendar (issue 18): a month of evidence yields one statement per unit and
-beneficiary with nobody running a command; late evidence yields a signed supplement."""
+beneficiary with nobody running a command; late evidence yields a signed supplement.
+
+The programme's state (units, schedule, statements) in SQLite and in PostgreSQL (issue 21),
+the evidence in SQLite for both: the scheduler reads it through its narrow protocol."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,7 @@ from aggregator.package import build_package
 from aggregator.programme.schedule import StatementScheduler, calendar_periods
 from aggregator.programme.units import UnitRegistry
 from aggregator.store import SQLiteEvidenceStore
+from aggregator.store.sqldb import Db, PostgresDb, SQLiteDb
 from evidence import generate_key
 from puhui.verify import verify_package
 
@@ -46,10 +49,14 @@ class StillClock:
 
 
 class Setup:
-    def __init__(self, tmp: Path) -> None:
+    """``conninfo``: the programme's state in that PostgreSQL database, else in the SQLite file
+    beside the evidence."""
+
+    def __init__(self, tmp: Path, conninfo: dict[str, Any] | None = None) -> None:
         self.tmp, self.db, self.key, self.street = tmp, tmp / "agg.sqlite3", generate_key(), Street()
+        self.conninfo = conninfo
         self.clock = StillClock(MONTH)
-        with UnitRegistry(self.db) as units:
+        with self.open_db() as db, UnitRegistry(db) as units:
             now = MONTH * 1000
             units.add("house-7-pv", gateway=GATEWAY, meters=["pv-01"], scenario="pv", beneficiary="acct-0001",
                       start_ms=now, now_ms=now)  # fmt: skip
@@ -60,15 +67,24 @@ class Setup:
                       beneficiary="acct-0004", start_ms=now, now_ms=now)  # fmt: skip
         self._enrolled = False
 
+    def open_db(self) -> Any:
+        """Where the programme's state is (a new connection; a context manager closing it)."""
+        return _Closing(SQLiteDb(self.db) if self.conninfo is None else PostgresDb(self.conninfo))
+
+    def sql(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.open_db() as db:
+            return db.execute(sql, args).fetchall()  # type: ignore[no-any-return]
+
     def deliver(self, start: int, end: int) -> None:
         deliver(self.db, self.tmp, self.key, self.street, start, end, enrol=not self._enrolled)
         self._enrolled = True
 
-    def scheduler(self) -> Iterator[StatementScheduler]:
+    def scheduler(self) -> Generator[StatementScheduler]:
         evidence = SQLiteEvidenceStore(self.db)
-        units, statements = UnitRegistry(self.db), StatementStore(self.db)
+        db: Db = SQLiteDb(self.db) if self.conninfo is None else PostgresDb(self.conninfo)
+        units, statements = UnitRegistry(db), StatementStore(db)
         sched = StatementScheduler(
-            db=self.db, units=units, statements=statements, evidence=evidence, key=self.key, clock=self.clock,  # type: ignore[arg-type]
+            db=db, units=units, statements=statements, evidence=evidence, key=self.key, clock=self.clock,  # type: ignore[arg-type]
             parameter_sets=SETS, period="month", settle_s=48 * 3600,
         )  # fmt: skip
         try:
@@ -77,11 +93,25 @@ class Setup:
             sched.close()
             units.close()
             statements.close()
+            db.close()
             evidence.close()
 
 
-@pytest.fixture
-def street(tmp_path: Path) -> Setup:
+class _Closing:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    def __enter__(self) -> Db:
+        return self.db
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def street(tmp_path: Path, request: pytest.FixtureRequest) -> Setup:
+    if request.param == "postgres":
+        return Setup(tmp_path, request.getfixturevalue("postgres_db"))
     return Setup(tmp_path)
 
 
@@ -191,9 +221,8 @@ def test_a_statement_saved_just_before_a_crash_is_found_not_signed_again(street:
     street.clock.t = MONTH_END + 3 * DAY
     for sched in street.scheduler():
         signed = sched.tick().signed
-    with closing(sqlite3.connect(street.db)) as db, db:  # the crash: statements saved, rows not written
-        db.execute("DELETE FROM programme_statements")
-        db.execute("DELETE FROM programme_checks")
+    street.sql("DELETE FROM programme_statements")  # the crash: statements saved, rows not written
+    street.sql("DELETE FROM programme_checks")
     for sched in street.scheduler():
         report = sched.tick()
         assert report.signed == [] and report.problems == []
@@ -248,3 +277,82 @@ def test_in_production_the_schedule_signs_only_with_a_filed_set_the_rule_picks(s
         assert m["parameter_set"]["id"] == "ev-hebei" and m["selection"]["reason"] == "tier"
         assert m["filing"]["number"] == "TEST-ev-hebei-2.0.0 (fictitious)"
         assert [p[0] for p in sched.problems()] == ["house-7-pv", "house-9-pv", "house-9-pv"]  # still unfiled
+
+
+def test_a_signer_that_loses_the_race_mid_look_saves_nothing(
+    street: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leadership moved while a look computed: the other aggregator signed the same stretches
+    first. The slower one's claim finds them and saves nothing (no double statement, and no
+    ledger refusal either: it never gets that far); its next look counts them."""
+    from aggregator.methodology.statements import issue_statement as issue
+
+    street.deliver(MONTH, MONTH_END + 3 * DAY)
+    street.clock.t = MONTH_END + 3 * DAY
+    slow_gen, fast_gen = street.scheduler(), street.scheduler()
+    slow, fast = next(slow_gen), next(fast_gen)
+    raced: list[Any] = []
+
+    def issue_then_lose(*args: Any, **kwargs: Any) -> Any:
+        statement = issue(*args, **kwargs)
+        if not raced:  # the first statement the slow one computed: the other signs everything now
+            raced.append(None)
+            raced[0] = fast.tick()
+        return statement
+
+    try:
+        monkeypatch.setattr("aggregator.programme.schedule.issue_statement", issue_then_lose)
+        lost = slow.tick()
+        monkeypatch.setattr("aggregator.programme.schedule.issue_statement", issue)
+        assert len(raced[0].signed) == 4 and raced[0].problems == []
+        assert lost.problems == []  # no DoubleClaim: the claim stopped it first
+        assert lost.signed == []  # every stretch was signed by the other one meanwhile
+        street.clock.t += 600
+        again = slow.tick()  # its next look finds them and signs nothing
+        assert again.signed == [] and again.problems == []
+        assert {s.statement for s in slow.signed()} == {s.statement for s in raced[0].signed}
+    finally:
+        slow_gen.close()
+        fast_gen.close()
+    rows = street.sql(
+        "SELECT unit, period_start, period_end, count(*) FROM programme_statements"
+        " GROUP BY unit, period_start, period_end"
+    )
+    assert len(rows) == 4 and all(n == 1 for *_, n in rows), rows
+    assert street.sql("SELECT count(*) FROM reduction_statements") == [(4,)]
+
+
+def test_the_database_refuses_a_second_scheduled_statement_for_a_stretch(street: Setup) -> None:
+    from aggregator.errors import StoreError
+
+    street.deliver(MONTH, MONTH_END + 3 * DAY)
+    street.clock.t = MONTH_END + 3 * DAY
+    for sched in street.scheduler():
+        [first, *_] = sched.tick().signed
+    other = street.sql("SELECT statement FROM programme_statements WHERE statement != ?", (first.statement,))
+    with pytest.raises((StoreError, __import__("sqlite3").IntegrityError)):  # another row, same stretch
+        street.sql(
+            "INSERT INTO programme_statements (statement, unit, period_start, period_end, beneficiary, kind, "
+            "evidence_mark, created_ms) VALUES (?, ?, ?, ?, 'acct-0009', 'scheduled', 0, 0)",
+            (other[0][0], first.unit, first.period_start, first.period_end),
+        )
+
+
+def test_an_older_file_with_two_scheduled_rows_for_a_stretch_opens_and_keeps_the_first(
+    tmp_path: Path,
+) -> None:
+    """Before the unique index, two statements found for one stretch were both recorded as
+    scheduled: the later becomes a supplement, and the index is created."""
+    import sqlite3
+
+    from aggregator.programme.schedule import _SCHEMA
+
+    db = sqlite3.connect(tmp_path / "old.sqlite3", isolation_level=None)
+    db.executescript(_SCHEMA.split("-- files from")[0])  # the tables as they were
+    db.execute("INSERT INTO programme_statements VALUES ('late', 'u', 0, 10, 'acct-1', 'scheduled', 0, 5)")
+    db.execute("INSERT INTO programme_statements VALUES ('early', 'u', 0, 10, 'acct-1', 'scheduled', 0, 3)")
+    db.executescript(_SCHEMA)
+    assert db.execute("SELECT statement, kind FROM programme_statements ORDER BY statement").fetchall() == [
+        ("early", "scheduled"), ("late", "supplementary"),
+    ]  # fmt: skip
+    db.close()
