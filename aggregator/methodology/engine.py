@@ -32,6 +32,7 @@ from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
 from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.heating import HeatingRules
+from aggregator.methodology.meter_signed import ChainLookup, read_chain_sessions
 from aggregator.methodology.params import (
     EVMethod,
     GridFactor,
@@ -283,16 +284,23 @@ def compute(
     recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`);
     ``earlier``: the statements of the same subject and period this one supplements;
     ``sessions``: a network's imported sessions, credited at platform_attested
-    (:mod:`.assurance`)."""
+    (:mod:`.assurance`). EV charging: the gateway's OCPP session records (chain sessions) are
+    looked up in the source where it can (:mod:`.meter_signed`); meter-signed ones are credited
+    at meter_signed in place of the intervals they span."""
     infos = _meter_infos(source, params.params, subject, period, commissioned or {})
     intervals = list(
         source.attested_intervals(
             gateway=subject.gateway, meters=subject.meters, start=period.start, end=period.end
         )
     )
+    chain = (
+        read_chain_sessions(source, subject, period)
+        if params.params.method.scenario == "ev_charging"
+        else None
+    )
     return compute_from(
         intervals, infos, params, subject, period,
-        baselines=baselines, earlier=earlier, beneficiary=beneficiary, sessions=sessions,
+        baselines=baselines, earlier=earlier, beneficiary=beneficiary, sessions=sessions, chain=chain,
     )  # fmt: skip
 
 
@@ -307,8 +315,10 @@ def compute_from(
     earlier: Sequence[EarlierClaims] = (),
     beneficiary: str | None = None,
     sessions: Sequence[StoredSession] = (),
+    chain: ChainLookup | None = None,
 ) -> Computation:
-    """The object path over intervals already read (the verifier re-derives them)."""
+    """The object path over intervals already read (the verifier re-derives them); ``chain``:
+    the chain sessions looked up (None: not considered, as before meter-signed crediting)."""
     items = list(intervals)
     p = params.params
     rules = rules_for(p)
@@ -345,6 +355,9 @@ def compute_from(
         p.refused_assurance,
         sessions,
         _session_mpe(p, infos),
+        chain,
+        interval_s,
+        accuracy,
     )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,

@@ -22,6 +22,7 @@ from typing import Any
 
 from aggregator.methodology.engine import Computation, EarlierClaims
 from aggregator.methodology.errors import StatementFormatError
+from aggregator.methodology.meter_signed import chain_sessions_json
 from aggregator.methodology.params import Factor
 from evidence.keys import SIGNATURE_ALGORITHM, GatewayKey
 
@@ -188,6 +189,8 @@ def build_body(
         evidence = body["evidence"]
         if comp.assurance.sessions and isinstance(evidence, dict):
             evidence["sessions"] = _sessions(comp)
+        if comp.assurance.chain_considered and isinstance(evidence, dict):
+            evidence["chain_sessions"] = chain_sessions_json(comp.assurance.chain)
     if comp.earlier:
         # A supplementary statement: late evidence for a period already stated. It credits
         # only what these did not, and says so; they stay as they were.

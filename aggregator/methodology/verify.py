@@ -38,6 +38,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from aggregator.methodology.filing import (
     select_for_unit,
     unit_region,
 )
+from aggregator.methodology.meter_signed import ChainLookup, read_chain_sessions
 from aggregator.methodology.params import (
     PARAMS_DIR,
     LoadedParameterSet,
@@ -306,11 +308,12 @@ def _recompute(
     sessions = (
         [] if listed is None else reread_sessions(listed, session_reader, subject, period, report.problems)
     )
+    chain = _chain_lookup(body, source, subject, period, report)
     if report.problems:
         return
     comp = compute_from(
         intervals, infos, loaded, subject, period, baselines=_signed_baselines(body), earlier=supplemented,
-        beneficiary=body["subject"].get("beneficiary"), sessions=sessions,
+        beneficiary=body["subject"].get("beneficiary"), sessions=sessions, chain=chain,
     )  # fmt: skip
     # statements signed before issue 24 carry no assurance section: they rebuild without one
     rebuilt = json.loads(
@@ -433,6 +436,56 @@ def _rederive(
         if isinstance(rec, IntervalRecord) and rec.meter in meters:
             out.append(AttestedInterval(ref, i, rec, issues.get((seq, i), ())))
     return out
+
+
+def _chain_lookup(
+    body: Mapping[str, Any],
+    source: EvidenceSource,
+    subject: Subject,
+    period: Period,
+    report: VerificationReport,
+) -> ChainLookup | None:
+    """The chain sessions as the statement considered them, looked up again; each one it
+    credits must sit, with the same bytes, in a batch that verifies with its gateway's key."""
+    listed = body["evidence"].get("chain_sessions")
+    if listed is None:  # signed before meter-signed crediting
+        return None
+    if not listed.get("looked_up"):
+        return ChainLookup(None)
+    found = read_chain_sessions(source, subject, period)
+    if found.sessions is None:
+        report.problems.append("chain_sessions: the statement looked up OCPP session records; this "
+                               "evidence source cannot look them up")  # fmt: skip
+        return None
+    credited = {
+        (i.get("seq"), i.get("index")) for i in listed.get("items", []) if i.get("status") == "credited"
+    }
+    leaves: dict[int, list[bytes] | None] = {}
+    for s in found.sessions:
+        if (s.batch.seq, s.index) not in credited:
+            continue
+        if s.batch.seq not in leaves:
+            leaves[s.batch.seq] = _verified_leaves(s.batch, source, report)
+        held = leaves[s.batch.seq]
+        if held is not None and (s.index >= len(held) or sha256(held[s.index]).hexdigest() != s.sha256):
+            report.problems.append(f"chain_sessions: {s.batch.gateway}#{s.batch.seq} record {s.index}: "
+                                   "not the record its verified batch holds")  # fmt: skip
+    return found
+
+
+def _verified_leaves(ref: BatchRef, source: EvidenceSource, report: VerificationReport) -> list[bytes] | None:
+    label = f"chain_sessions: batch {ref.gateway}#{ref.seq}"
+    data = source.batch_bytes(ref.gateway, ref.seq)
+    key = source.gateway_public_key(ref.gateway, ref.key_id)
+    if data is None or key is None:
+        report.problems.append(f"{label}: " + ("not in the evidence store" if data is None else
+                                              f"gateway key {ref.key_id} is unknown"))  # fmt: skip
+        return None
+    try:
+        return list(verify_batch(data, key).sealed.records)
+    except EvidenceError as exc:
+        report.problems.append(f"{label}: {exc}")
+        return None
 
 
 def _header_key_id(data: bytes) -> str:
