@@ -170,10 +170,10 @@ def place_chain_sessions(
 def _status(
     r: SessionRecord, wh: float | None, period: Period, spans: Sequence[tuple[float, float]], refused: bool
 ) -> str:
-    if r.assurance != "meter_signed":
-        return NOT_SIGNED
     if "signature_failed" in r.flags:
         return SIGNATURE_FAILED
+    if r.assurance != "meter_signed":
+        return NOT_SIGNED
     if wh is None or r.start_time_ms is None:
         return NO_ENERGY
     if r.start_time_ms < period.start * 1000 or r.stop_time_ms > period.end * 1000:
