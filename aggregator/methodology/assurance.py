@@ -1,18 +1,23 @@
-"""Assurance levels in a computation (evidence/assurance.py, docs/ev-sessions.md).
+"""Assurance levels in a computation (evidence/assurance.py, docs/ev-sessions.md, "Which level
+a kWh gets").
 
-Every credited quantity rests on evidence at one level: interval records sealed by a puhui
+Every credited quantity rests on evidence at one level: OCPP session records whose readings the
+meter signed are ``meter_signed`` (:mod:`.meter_signed`); interval records sealed by a puhui
 gateway are ``gateway_signed``; sessions imported from a network's platform are
-``platform_attested`` (``meter_signed`` evidence, OCMF, is another helper's: no interval in
-this engine carries it yet, so its level is listed with nothing credited). A parameter set may
-refuse levels (``refused_assurance``): evidence at a refused level credits nothing, and the
-statement says how much was offered at it.
+``platform_attested``. A parameter set may refuse levels (``refused_assurance``): evidence at a
+refused level credits nothing, and the statement says how much was offered at it.
 
-Imported sessions (EV only) are credited to the unit whose meter is the session's charger,
-whole (the completeness threshold is a rule for interval series), unless
+A kWh is credited once, from the strongest evidence that covers it (EV only, per meter):
 
-- ``assurance_refused``: the parameter set refuses ``platform_attested``;
-- ``gateway_evidence_covers``: the charger has gateway-signed intervals credited within the
-  session's time: the stronger evidence is credited there, crediting both would count twice.
+- a ``meter_signed`` session record (not flagged ``signature_failed``, inside the period, not
+  overlapping another credited one) is credited whole with its signed energy, and the
+  gateway-signed intervals of its meter credited within its span are displaced; if the set
+  refuses ``meter_signed``, the intervals stand;
+- imported sessions are credited to the unit whose meter is the session's charger, whole (the
+  completeness threshold is a rule for interval series), unless ``assurance_refused`` (the set
+  refuses ``platform_attested``), ``meter_signed_evidence_covers`` (a credited meter-signed
+  session of the charger overlaps it) or ``gateway_evidence_covers`` (the charger has
+  gateway-signed intervals credited within the session's time).
 
 The scenario rules are linear in activity (EV: BE, PE and LE are proportional to E), so the
 figures of each level are the rules applied to that level's activity, and they add up.
