@@ -219,3 +219,22 @@ def test_each_kwh_is_credited_once(spans: list[tuple[int, int, int]]) -> None:
     for a in credited:  # credited sessions never overlap
         for b in credited:
             assert a is b or a["stop_ms"] <= b["start_ms"] or b["stop_ms"] <= a["start_ms"]
+
+
+def test_a_source_that_cannot_look_up_verifies_the_listed_sessions_from_their_batches() -> None:
+    """A package's source holds batches but no index: the listed records are read from them."""
+    src = chain_source(SIGNED, LIAR)
+    doc = issue_statement(compute(src, v2("ev-charging-jjj"), SUBJECT, PERIOD), KEY, created_ms=0).to_bytes()
+    batches_only = SealedEvidence()
+    batches_only.__dict__.update({k: v for k, v in src.__dict__.items() if k != "_chain"})
+    report = verify_statement(doc, issuer_key=KEY.public_key, source=batches_only)
+    assert report.ok, str(report)
+    seq = src._chain[0][0].seq
+    held = batches_only.batch_bytes("gw-ev", seq)
+    assert held is not None
+    batches_only.replace_bytes("gw-ev", seq, held.replace(b"109500.0", b"110500.0"))
+    report = verify_statement(doc, issuer_key=KEY.public_key, source=batches_only)
+    assert not report.ok and "chain_sessions: batch gw-ev#2" in str(report)
+    batches_only.drop_batch("gw-ev", seq)
+    report = verify_statement(doc, issuer_key=KEY.public_key, source=batches_only)
+    assert not report.ok and "gw-ev#2: not in the evidence store" in str(report)
