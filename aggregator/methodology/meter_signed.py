@@ -46,7 +46,13 @@ class ChainSessionLookup(Protocol):
     """A source that finds chain sessions (aggregator.store.protocols.ChainSessionStore)."""
 
     def chain_sessions(
-        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+        self,
+        *,
+        gateway: str | None = None,
+        charger: str | None = None,
+        transaction_id: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
     ) -> list[tuple[BatchRef, int, bytes]]: ...
 
 
@@ -64,7 +70,10 @@ def read_chain_sessions(source: object, subject: Subject, period: Period) -> Cha
         return ChainLookup(None)
     meters = set(subject.meters)
     out = []
-    for ref, index, raw in source.chain_sessions(gateway=subject.gateway):
+    found = source.chain_sessions(
+        gateway=subject.gateway, start_ms=period.start * 1000, end_ms=period.end * 1000
+    )
+    for ref, index, raw in found:
         try:
             record = decode_record(raw)
         except EvidenceError as exc:

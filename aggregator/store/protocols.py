@@ -138,10 +138,16 @@ class ChainSessionStore(Protocol):
     that meter-signed evidence was not looked up."""
 
     def chain_sessions(
-        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+        self,
+        *,
+        gateway: str | None = None,
+        charger: str | None = None,
+        transaction_id: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
     ) -> list[tuple[BatchRef, int, bytes]]:
         """``(batch, leaf index, the record's exact bytes)`` of the matching chain sessions,
-        in arrival order."""
+        in arrival order; ``start_ms``/``end_ms``: only those overlapping ``[start_ms, end_ms)``."""
         ...
 
 
