@@ -131,15 +131,21 @@ def apply_assurance(
     chain: ChainLookup | None = None,
     interval_s: int = 900,
     accuracy: np.ndarray | None = None,
+    earlier_sessions: Collection[tuple[str, int, int]] = (),
+    earlier_slots: np.ndarray | None = None,
 ) -> tuple[Evaluation, AssuranceSplit]:
     """The evaluation with meter-signed chain sessions and imported sessions added (and the
     intervals they displace or that cover them taken out) and refused levels removed, and the
     split. ``mpe``: per charger (an enrolled meter), the permissible error its sessions are
-    taken at; ``chain``: the gateways' OCPP session records (None: not considered at all)."""
+    taken at; ``chain``: the gateways' OCPP session records (None: not considered at all);
+    ``earlier_sessions``: the session records statements this one supplements credited
+    (ledger entries ``(meter, start, stop)``); ``earlier_slots``: per series row and slot,
+    credited by them."""
     found = () if chain is None or chain.sessions is None else chain.sessions
     signed = place_chain_sessions(
-        found, series, subject, period, result, interval_s, "meter_signed" in refused, mpe, accuracy
-    )
+        found, series, subject, period, result, interval_s, "meter_signed" in refused, mpe, accuracy,
+        earlier_sessions, earlier_slots,
+    )  # fmt: skip
     if any(u.status == CREDITED for u in signed.uses) and rules.scenario != "ev_charging":
         raise ComputationError(f"OCPP session records are EV charging evidence, not {rules.scenario}")
     result = _displace(result, rules, signed, grid, period)

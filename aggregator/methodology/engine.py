@@ -32,7 +32,7 @@ from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
 from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.heating import HeatingRules
-from aggregator.methodology.meter_signed import ChainLookup, read_chain_sessions
+from aggregator.methodology.meter_signed import SESSION_LEDGER, ChainLookup, read_chain_sessions
 from aggregator.methodology.params import (
     EVMethod,
     GridFactor,
@@ -332,6 +332,7 @@ def compute_from(
     if earlier and be_cap is not None:  # the cap is the period's: what was credited before uses it up
         spent = np.array([sum(e.unit_be.get(u.id, 0.0) for e in earlier) for u in subject.units])
         be_cap = np.maximum(be_cap - spent, 0.0)
+    before = _earlier_mask(series, period, interval_s, earlier)
     result = evaluate(
         series,
         len(subject.units),
@@ -342,7 +343,7 @@ def compute_from(
         threshold=p.completeness.threshold,
         accuracy=accuracy,
         be_cap=be_cap,
-        earlier=_earlier_mask(series, period, interval_s, earlier),
+        earlier=before,
     )
     grid_values = np.array([g.value for g in grid])
     result, split = apply_assurance(
@@ -358,6 +359,8 @@ def compute_from(
         chain,
         interval_s,
         accuracy,
+        frozenset((m, a, b) for e in earlier for m, q, a, b in e.runs if q == SESSION_LEDGER),
+        before,
     )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,

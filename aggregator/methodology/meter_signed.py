@@ -11,7 +11,7 @@ is chosen: docs/ev-sessions.md, "Which level a kWh gets".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -35,6 +35,9 @@ SIGNATURE_FAILED = "signature_failed"  # flagged: never credited as meter-signed
 NO_ENERGY = "no_signed_energy"  # a bound missing or the register went down
 ACROSS_PERIOD = "across_period_bound"  # starts before or stops after the period: intervals stand
 OVERLAPS = "overlaps_credited_session"  # its span is credited already by another session record
+CREDITED_EARLIER = "credited_earlier"  # by a statement this one supplements: displaces, earns nothing
+EARLIER_INTERVALS = "intervals_credited_earlier"  # its span's intervals were, by a supplemented statement
+SESSION_LEDGER = "ocpp_session"  # the statement ledger's quantity for a credited session record
 NOT_LOOKED_UP = (
     "meter-signed evidence was not looked up: this evidence source does not index OCPP session "
     "records (chain sessions); every kWh here is credited from intervals or imported sessions"
@@ -88,6 +91,12 @@ def read_chain_sessions(source: object, subject: Subject, period: Period) -> Cha
     return ChainLookup(tuple(out))
 
 
+def ledger_span(r: SessionRecord) -> tuple[int, int]:
+    """A session record's span in the statement ledger: whole seconds, rounded outwards."""
+    start = r.start_time_ms if r.start_time_ms is not None else r.stop_time_ms
+    return start // 1000, -(-r.stop_time_ms // 1000)
+
+
 def signed_wh(r: SessionRecord) -> float | None:
     """The session's energy from its bounding register readings, if both are there and in order."""
     if r.register_start_wh is None or r.register_stop_wh is None or r.register_stop_wh < r.register_start_wh:
@@ -138,8 +147,14 @@ def place_chain_sessions(
     refused: bool,
     mpe: Mapping[str, float],
     accuracy: np.ndarray | None,
+    earlier: Collection[tuple[str, int, int]] = (),
+    earlier_slots: np.ndarray | None = None,
 ) -> MeterSignedPart:
-    """Decide each chain session; for the credited ones, the interval slots they displace."""
+    """Decide each chain session; for the credited ones, the interval slots they displace.
+    ``earlier``: ledger spans ``(meter, start, stop)`` of session records credited by a
+    statement this one supplements: they displace intervals again and credit nothing;
+    ``earlier_slots`` (series row x slot): intervals those statements credited: a session
+    over any of them credits nothing (that energy was credited), the intervals stand."""
     n = len(subject.units)
     unit_of = {m: i for i, u in enumerate(subject.units) for m in u.meters}
     rows_of: dict[str, list[int]] = {}
@@ -159,13 +174,21 @@ def place_chain_sessions(
             continue
         unit, wh = unit_of[r.meter], signed_wh(r)
         status = _status(r, wh, period, part.spans.get(r.meter, ()), refused)
+        if status == CREDITED and (r.meter, *ledger_span(r)) in earlier:
+            status = CREDITED_EARLIER
+        elif status == CREDITED and earlier_slots is not None and r.start_time_ms is not None:
+            a, b = r.start_time_ms / 1000, r.stop_time_ms / 1000
+            span = _slots([(period.start, period.end)], a, b, period.start, interval_s, n_slots)
+            if any(earlier_slots[row][span].any() for row in rows_of.get(r.meter, [])):
+                status = EARLIER_INTERVALS
         displaced = 0
         if status in (CREDITED, REFUSED) and wh is not None:
             part.offered += wh * TO_MWH["Wh"]
-        if status == CREDITED and wh is not None and r.start_time_ms is not None:
+        if status in (CREDITED, CREDITED_EARLIER) and wh is not None and r.start_time_ms is not None:
             a, b = r.start_time_ms / 1000, r.stop_time_ms / 1000
             part.spans.setdefault(r.meter, []).append((a, b))
-            _add(part.activity, unit, wh * TO_MWH["Wh"], mpe.get(r.meter, 0.0))
+            if status == CREDITED:
+                _add(part.activity, unit, wh * TO_MWH["Wh"], mpe.get(r.meter, 0.0))
             for row in rows_of.get(r.meter, []):
                 mask = _slots(result.runs[row], a, b, period.start, interval_s, n_slots) & ~taken[row]
                 taken[row] |= mask

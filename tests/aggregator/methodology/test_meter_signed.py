@@ -16,7 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.methodology import Subject, compute, issue_statement, load_parameter_set, verify_statement
+from aggregator.methodology import (
+    DoubleClaim,
+    StatementStore,
+    Subject,
+    compute,
+    issue_statement,
+    load_parameter_set,
+    verify_statement,
+)
+from aggregator.methodology.statements import earlier_claims
 from aggregator.sessions.intake import enrol_network, import_sessions
 from aggregator.store import SQLiteEvidenceStore
 from aggregator.view import BatchRef
@@ -244,3 +253,42 @@ def test_a_source_that_cannot_look_up_verifies_the_listed_sessions_from_their_ba
     batches_only.drop_batch("gw-ev", seq)
     report = verify_statement(doc, issuer_key=KEY.public_key, source=batches_only)
     assert not report.ok and "gw-ev#2: not in the evidence store" in str(report)
+
+
+def test_a_session_record_credited_once_cannot_be_credited_by_another_statement(tmp_path: Path) -> None:
+    src = chain_source(SIGNED)
+    first = issue_statement(compute(src, v2("ev-charging-jjj"), SUBJECT, PERIOD), KEY, created_ms=0)
+    no_intervals = load_parameter_set(DATA / "ev-charging-jjj-2.3.0.yaml")  # its runs cannot clash
+    again = issue_statement(compute(src, no_intervals, SUBJECT, PERIOD), KEY, created_ms=1)
+    assert again.body["evidence"]["chain_sessions"]["by_status"] == {"credited": 1}
+    with StatementStore(tmp_path / "statements.db") as store:
+        store.save(first)
+        with pytest.raises(DoubleClaim, match=r"gw-ev/alfen-1/ocpp_session \[1750482090, 1750485780\)"):
+            store.save(again)
+
+
+def test_a_supplementary_statement_does_not_credit_a_session_record_again(tmp_path: Path) -> None:
+    src = chain_source(SIGNED)
+    first = issue_statement(compute(src, v2("ev-charging-jjj"), SUBJECT, PERIOD), KEY, created_ms=0)
+    claims = earlier_claims(first)
+    assert ("alfen-1", "ocpp_session", 1750482090, 1750485780) in claims.runs
+    late = session("t-9", 3.1, 3.9, 1_000.0, first=200_000.0)  # sealed late, over the gap at slot 3
+    over_credited = session("t-8", 26.1, 26.9, 1_500.0, first=300_000.0)  # slot 26 was credited
+    src.seal_sessions("gw-ev", [late, over_credited])
+    supplement = issue_statement(
+        compute(src, v2("ev-charging-jjj"), SUBJECT, PERIOD, earlier=[claims]), KEY, created_ms=1
+    )
+    chain = supplement.body["evidence"]["chain_sessions"]
+    assert {i["transaction_id"]: i["status"] for i in chain["items"]} == {
+        "t-1": "credited_earlier",
+        "t-9": "credited",
+        "t-8": "intervals_credited_earlier",
+    }
+    assert supplement.body["assurance"]["levels"]["meter_signed"]["kwh"] == pytest.approx(1.0)
+    assert supplement.body["assurance"]["levels"]["gateway_signed"]["kwh"] == 0.0  # all credited before
+    with StatementStore(tmp_path / "statements.db") as store:
+        store.save(first)
+        store.save(supplement)  # no double claim
+    assert verify_statement(
+        supplement.to_bytes(), issuer_key=KEY.public_key, source=src, earlier=lambda sid: first.to_bytes()
+    ).ok
