@@ -174,13 +174,8 @@ def place_chain_sessions(
             continue
         unit, wh = unit_of[r.meter], signed_wh(r)
         status = _status(r, wh, period, part.spans.get(r.meter, ()), refused)
-        if status == CREDITED and (r.meter, *ledger_span(r)) in earlier:
-            status = CREDITED_EARLIER
-        elif status == CREDITED and earlier_slots is not None and r.start_time_ms is not None:
-            a, b = r.start_time_ms / 1000, r.stop_time_ms / 1000
-            span = _slots([(period.start, period.end)], a, b, period.start, interval_s, n_slots)
-            if any(earlier_slots[row][span].any() for row in rows_of.get(r.meter, [])):
-                status = EARLIER_INTERVALS
+        if status == CREDITED:
+            status = _against_earlier(r, rows_of.get(r.meter, []), earlier, earlier_slots, period, interval_s)
         displaced = 0
         if status in (CREDITED, REFUSED) and wh is not None:
             part.offered += wh * TO_MWH["Wh"]
@@ -197,6 +192,25 @@ def place_chain_sessions(
                 displaced += int(mask.sum())
         part.uses.append(ChainSessionUse(s, unit, status, displaced))
     return part
+
+
+def _against_earlier(
+    r: SessionRecord,
+    rows: Sequence[int],
+    earlier: Collection[tuple[str, int, int]],
+    earlier_slots: np.ndarray | None,
+    period: Period,
+    interval_s: int,
+) -> str:
+    """CREDITED, unless a statement this one supplements credited the record or its time."""
+    if (r.meter, *ledger_span(r)) in earlier:
+        return CREDITED_EARLIER
+    if earlier_slots is not None and r.start_time_ms is not None:
+        a, b = r.start_time_ms / 1000, r.stop_time_ms / 1000
+        span = _slots([(period.start, period.end)], a, b, period.start, interval_s, earlier_slots.shape[1])
+        if any(earlier_slots[row][span].any() for row in rows):
+            return EARLIER_INTERVALS
+    return CREDITED
 
 
 def _status(
