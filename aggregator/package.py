@@ -4,8 +4,9 @@ verifier needs to check it without the aggregator's database.
 A package is a zip file written canonically (stored, fixed timestamps, members in a fixed
 order), so one set of members has exactly one spelling: the statement, every signed batch it
 relies on (the exact bytes as received), the gateway's enrolment document and keys, the
-parameter set file, the aggregator's keys and the aggregator's plausibility verdicts, listed
-with their sha256 in ``manifest.json``. Format and checks: docs/evidence-package.md;
+parameter set file, the aggregator's keys and the aggregator's plausibility verdicts, and for
+a statement listing imported sessions their source files, the networks' signed manifests and
+pinned keys, listed with their sha256 in ``manifest.json``. Format and checks: docs/evidence-package.md;
 the verifier: :mod:`puhui.verify`.
 """
 
@@ -54,7 +55,13 @@ ROLES = (
     "verdicts",
     "supplemented",  # a supplementary statement's earlier statements (what they credited is not again)
     "candidate-set",  # the other parameter sets the precedence rule weighed (methodology.selection)
+    "network-keys",  # imported sessions (issue 24): the networks' pinned manifest keys
+    "session-source",  # the exact bytes of a session file the statement's sessions came from
+    "session-manifest",  # the network's signed manifest of that file
 )
+NETWORK_KEYS = "sessions/networks.json"
+NETWORK_KEYS_FORMAT = "puhui-network-keys/1"
+PINNED_BY = "the aggregator's evidence store (ev_networks), pinned with puhui aggregator networks add"
 
 
 class PackageError(AggregatorError):
@@ -63,6 +70,14 @@ class PackageError(AggregatorError):
 
 def batch_name(seq: int) -> str:
     return f"batches/{seq:010d}.batch"
+
+
+def session_source_name(sha256: str) -> str:
+    return f"sessions/{sha256}.source"
+
+
+def session_manifest_name(sha256: str) -> str:
+    return f"sessions/{sha256}.manifest"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -113,6 +128,7 @@ def build_package(
         if earlier is None:
             raise PackageError(f"statement {st.id} supplements {entry['statement']}, which is not stored")
         members[f"supplemented/{entry['statement']}.statement"] = ("supplemented", earlier)
+    _add_sessions(store, st, members)
     keys = [_fields(k) for k in store.aggregator_keys()]
     members[AGGREGATOR_KEYS] = ("aggregator-keys", canonical_json({"aggregator_keys": keys}))
     if keylist is not None:
@@ -133,8 +149,9 @@ def build_package(
 def _add_batches(
     store: AnyEvidenceStore, st: Statement, members: dict[str, tuple[str, bytes]]
 ) -> dict[tuple[int, int], tuple[str, ...]]:
-    """Every batch from the first to the last the statement relies on (the ones it lists and
-    the ones holding intervals of its subject in its period, as the verifier finds them), so
+    """Every batch from the first to the last the statement relies on (the ones it lists, the
+    ones holding intervals of its subject in its period, as the verifier finds them, and the ones
+    holding the OCPP session records it lists), so
     the hash chain is checkable across them; returns the verdicts of the subject's intervals."""
     body = st.body
     meters = [m for u in body["subject"]["units"] for m in u["meters"]]
@@ -144,6 +161,8 @@ def _add_batches(
         )
     )
     needed = {int(b["seq"]) for b in body["evidence"]["batches"]} | {ai.batch.seq for ai in held}
+    chain = body["evidence"].get("chain_sessions") or {}  # OCPP session records it considered
+    needed |= {int(item["seq"]) for item in chain.get("items", []) if item["gateway"] == st.gateway}
     if not needed:
         return {}
     for seq in range(min(needed), max(needed) + 1):
@@ -207,6 +226,38 @@ def _add_parameter_set(st: Statement, params_dir: Path, members: dict[str, tuple
         )
 
 
+def _add_sessions(store: AnyEvidenceStore, st: Statement, members: dict[str, tuple[str, bytes]]) -> None:
+    """For a statement listing imported sessions: every source file they came from with its
+    signed manifest, and the network's pinned key (nothing for a statement without sessions)."""
+    listed = st.body["evidence"].get("sessions")
+    if not listed or not listed.get("items"):
+        return
+    network = str(listed["network"])
+    if not isinstance(store, SQLiteEvidenceStore):  # imported sessions are kept in SQLite only
+        raise PackageError(f"statement {st.id} lists sessions of {network}; this store keeps no sessions")
+    entry = next((n for n in store.networks() if n.network == network), None)
+    if entry is None:
+        raise PackageError(f"network {network}: not enrolled in the evidence store (no pinned key)")
+    for sha in sorted({str(item["source_sha256"]) for item in listed["items"]}):
+        source = store.session_source(sha)
+        if source is None:
+            raise PackageError(f"session source {sha} of network {network}: the store does not keep it")
+        members[session_source_name(sha)] = ("session-source", source[0])
+        members[session_manifest_name(sha)] = ("session-manifest", source[1])
+    key = {
+        "network": entry.network,
+        "key_id": entry.key_id,
+        "public_key_pem": entry.public_key_pem,
+        "region": entry.region,
+        "added_ms": entry.added_ms,
+        "pinned_by": PINNED_BY,
+    }
+    members[NETWORK_KEYS] = (
+        "network-keys",
+        canonical_json({"format": NETWORK_KEYS_FORMAT, "networks": [key]}),
+    )
+
+
 def _fields(entry: Any) -> dict[str, Any]:
     return {name: getattr(entry, name) for name in entry.__slots__}
 
@@ -235,8 +286,10 @@ def write_package_file(args: Any, ref: str, fail: Callable[[str], int]) -> int:
         return fail(str(exc))
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     batches = sum(n.startswith("batches/") for n in names)
+    sources = sum(n.startswith("sessions/") and n.endswith(".source") for n in names)
     print(
         f"{args.out}: evidence package of statement {st.id}: {len(names)} members, {batches} batches, "
-        f"{len(data)} bytes{', signed key list' if keylist else ''}"
+        f"{f'{sources} session sources, ' if sources else ''}{len(data)} bytes"
+        f"{', signed key list' if keylist else ''}"
     )
     return 0

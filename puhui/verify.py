@@ -25,7 +25,7 @@ import json
 import struct
 import sys
 import zipfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ from evidence.enrolment import parse_enrolment
 from evidence.errors import EvidenceError
 from evidence.keylist import GatewayKeyEntry, verify_keylist
 from evidence.keys import PublicKey, key_id, load_public_key
-from evidence.records import IntervalRecord, decode_record
+from evidence.records import IntervalRecord, SessionRecord, decode_record
+from puhui.verify_sessions import check_chain_sessions, check_sessions
 
 MAX_PACKAGE_BYTES = 2 << 30  # a month of a 35-meter site is tens of MB
 MAX_MEMBERS = 1_000_000
@@ -247,6 +248,28 @@ class PackageSource:
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
         return self._batches.get(seq) if gateway == self.gateway else None
 
+    def chain_sessions(
+        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """``(batch, leaf index, exact bytes)`` of the OCPP session records in the package's
+        batches, by seq and index (as :class:`aggregator.store.protocols.ChainSessionStore`)."""
+        if gateway not in (None, self.gateway):
+            return []
+        out = []
+        for seq in sorted(self._batches):
+            sealed = parse_batch(self._batches[seq])
+            h = sealed.header
+            ref = BatchRef(self.gateway, seq, sealed.header_sha256, h.root, h.key_id)
+            for index, raw in enumerate(sealed.records):
+                rec = decode_record(raw)
+                if (
+                    isinstance(rec, SessionRecord)
+                    and charger in (None, rec.charger)
+                    and (transaction_id in (None, rec.transaction_id))
+                ):
+                    out.append((ref, index, raw))
+        return out
+
     def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None:
         return self._keys.get(key_id) if gateway == self.gateway else None
 
@@ -254,9 +277,12 @@ class PackageSource:
 # -- verification ---------------------------------------------------------------------------
 
 
-def verify_package(data: bytes, issuer_key: PublicKey) -> PackageReport:
-    """Verify an evidence package against a pinned aggregator key; the report lists what was
-    checked and every problem found."""
+def verify_package(
+    data: bytes, issuer_key: PublicKey, network_keys: Mapping[str, PublicKey] | None = None
+) -> PackageReport:
+    """Verify an evidence package against a pinned aggregator key (and, for imported sessions,
+    the networks' keys pinned here, by network name); the report lists what was checked and
+    every problem found."""
     report = PackageReport()
     try:
         contents = read_package(data)
@@ -266,7 +292,7 @@ def verify_package(data: bytes, issuer_key: PublicKey) -> PackageReport:
         document = contents.members[STATEMENT]
         st = parse_statement(document)
         report.statement_id = st.id
-        _verify_contents(contents, st, issuer_key, report)
+        _verify_contents(contents, st, issuer_key, report, network_keys or {})
     except (PackageInvalid, EvidenceError, MethodologyError) as exc:
         report.problems.append(str(exc))
     except KeyError as exc:
@@ -275,7 +301,11 @@ def verify_package(data: bytes, issuer_key: PublicKey) -> PackageReport:
 
 
 def _verify_contents(
-    contents: PackageContents, st: Statement, pinned: PublicKey, report: PackageReport
+    contents: PackageContents,
+    st: Statement,
+    pinned: PublicKey,
+    report: PackageReport,
+    network_keys: Mapping[str, PublicKey],
 ) -> None:
     gateway = st.gateway
     if contents.manifest.get("statement") != st.id or contents.manifest.get("gateway") != gateway:
@@ -290,6 +320,9 @@ def _verify_contents(
     meters = _enrolment(contents, gateway, entries, report)
     batches = {_seq(n): contents.members[n] for n in contents.role("batch")}
     _check_batches(gateway, batches, entries, report)
+    roles = {m["name"]: m["role"] for m in contents.manifest["members"]}
+    sessions = check_sessions(contents.members, roles, st.body, network_keys, report.checked, report.problems)
+    check_chain_sessions(st.body, gateway, batches, report.checked, report.problems)
     if report.problems:
         return
     params = _parameter_set(contents)
@@ -302,7 +335,7 @@ def _verify_contents(
     ]
     result = verify_statement(
         contents.members[STATEMENT], issuer_key=issuer, source=source, params=params, earlier=earlier.get,
-        candidates=candidates,
+        candidates=candidates, sessions=sessions,
     )  # fmt: skip
     report.problems += [f"statement: {p}" for p in result.problems]
     if result.ok:
@@ -314,6 +347,12 @@ def _verify_contents(
             f"aggregator's plausibility verdicts are the ones it names",
             f"statement: recomputed ER {result.recomputed_er_tco2e!r} tCO2e equals the signed figures",
         ]
+        if sessions is not None:
+            level = st.body.get("assurance", {}).get("levels", {}).get("platform_attested", {})
+            report.checked.append(
+                f"statement: platform_attested recomputed from the package's session sources: "
+                f"{level.get('kwh')!r} kWh"
+            )
 
 
 def _issuer(
@@ -457,25 +496,50 @@ def _verdicts(contents: PackageContents, gateway: str) -> dict[tuple[int, int], 
 # -- command line ---------------------------------------------------------------------------
 
 
+class _NotAKey(Exception):
+    """A key file given on the command line holds no public key."""
+
+
+def _public_key(path: Path) -> PublicKey:
+    data = path.read_bytes()
+    try:
+        return load_public_key(data)
+    except (EvidenceError, ValueError, binascii.Error) as exc:
+        raise _NotAKey(f"{path}: not a public key: {exc}") from exc
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", type=Path, help="an evidence package (.zip, docs/evidence-package.md)")
     parser.add_argument(
         "--issuer", type=Path, required=True, help="the aggregator's public key, pinned (PEM or DER)"
     )
+    parser.add_argument(
+        "--network-key", action="append", default=[], metavar="NETWORK=KEY", type=_network_key_arg,
+        help="pin a charging network's manifest key (PEM) for the imported sessions a statement lists; "
+        "repeatable (without it the package's copy of the key is used, and the report says so)",
+    )  # fmt: skip
     parser.set_defaults(func=_run)
+
+
+def _network_key_arg(text: str) -> tuple[str, Path]:
+    network, sep, path = text.partition("=")
+    if not sep or not network or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NETWORK=KEY.pem")
+    return network, Path(path)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         data = args.package.read_bytes()
-        issuer = load_public_key(args.issuer.read_bytes())
+        issuer = _public_key(args.issuer)
+        networks = {name: _public_key(path) for name, path in args.network_key}
     except OSError as exc:
         print(f"puhui verify: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except (EvidenceError, ValueError, binascii.Error) as exc:
-        print(f"puhui verify: {args.issuer}: not a public key: {exc}", file=sys.stderr)
+    except _NotAKey as exc:
+        print(f"puhui verify: {exc}", file=sys.stderr)
         return 2
-    report = verify_package(data, issuer)
+    report = verify_package(data, issuer, networks)
     print(f"{args.package}:\n{report}", file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 

@@ -83,6 +83,7 @@ COLLECTD = shutil.which("collectd") or "/usr/sbin/collectd"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FLOOR = "bare pymodbus loop"
 START_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 180.0  # a 1-minute interval closes and is sealed (seal_age_s 10 s)
 RESULTS = ROOT / "bench" / "results.md"
 
 
@@ -265,6 +266,10 @@ class Contender:
     def seen(self) -> dict[str, dict[str, float]]:
         raise NotImplementedError
 
+    async def settle(self) -> None:
+        """After the window, before it stops (not measured): wait until what :meth:`seen`
+        reads is there. Most contenders deliver each value as it is read."""
+
 
 @contextlib.asynccontextmanager
 async def _process(argv: list[str], log: Path, *, env: dict[str, str] | None = None,
@@ -355,6 +360,14 @@ class Puhui(Contender):
     async def delivered(self) -> int:
         status = (await self.client.get(f"http://127.0.0.1:{self.port}/status")).json()
         return len(self.w.fields) * sum(int(d.get("ok") or 0) for d in status["devices"].values())
+
+    async def settle(self) -> None:
+        """Interval records are sealed once a minute closes (and ``seal_age_s`` later): a short
+        window (``--quick``) ends before the first, so wait for one per meter (up to 3 min)."""
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            want = {m.name for m in self.w.meters}
+            while not want <= {r.meter for r in self.acker.records(GATEWAY) if isinstance(r, IntervalRecord)}:  # noqa: ASYNC110
+                await asyncio.sleep(1.0)
 
     def seen(self) -> dict[str, dict[str, float]]:
         """Values in the interval records the aggregator stand-in stored: counter readings, and
@@ -537,6 +550,7 @@ async def measure_one(w: World, make: Callable[[World], Contender], plan: Plan) 
             cpu1, v1, r1, t1 = tree_cpu_s(pids), await c.delivered(), w.requests(), time.monotonic()
             ticks = tree_ticks_s(pids) - ticks0
             hwm = tree_hwm_kib(pids)
+            await c.settle()
         check = compare(c.seen(), w.truth())
     return Result(c.name, len(w.meters), w.period_s, budget, t1 - t0, cpu1 - cpu0, v1 - v0, hwm, r1 - r0,
                   check, len(w.fields),

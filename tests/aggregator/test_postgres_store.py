@@ -21,6 +21,7 @@ from aggregator.registry import GatewayRegistry
 from aggregator.store import Rejection, SQLiteEvidenceStore, open_evidence_store
 from aggregator.store.postgres import PostgresEvidenceStore
 from aggregator.store.postgres_schema import SCHEMA_VERSION
+from aggregator.store.protocols import ChainSessionStore, SessionStore
 from evidence.keylist import AggregatorKey
 from testbed.servers import PrivatePostgres
 from tests.aggregator.ingest_support import STEP, T0, SimGateway
@@ -35,8 +36,13 @@ def test_it_has_every_method_of_the_sqlite_store_with_the_same_signature() -> No
     methods = inspect.getmembers(SQLiteEvidenceStore, inspect.isfunction)
     public = {name for name, _ in methods if not name.startswith("_")}
     missing = sorted(n for n in public if not hasattr(PostgresEvidenceStore, n))
-    assert missing == []
-    for name in sorted(public):
+    # Imported sessions (SessionStore) and chain sessions (ChainSessionStore) are SQLite only so
+    # far: their callers open the store through aggregator.sessions.intake.open_session_store
+    # and ingest's isinstance check, which refuse PostgreSQL with a message, not a traceback.
+    sqlite_only = {n for p in (SessionStore, ChainSessionStore) for n in vars(p) if not n.startswith("_")}
+    sqlite_only.add("session_imports")  # the sessions CLI's list, behind the same refusal
+    assert sorted(set(missing) - sqlite_only) == []
+    for name in sorted(public - set(missing)):
         want = inspect.signature(getattr(SQLiteEvidenceStore, name))
         got = inspect.signature(getattr(PostgresEvidenceStore, name))
         assert list(got.parameters) == list(want.parameters), name
