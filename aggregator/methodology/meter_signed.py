@@ -46,16 +46,20 @@ NOT_LOOKED_UP = (
 
 @runtime_checkable
 class ChainSessionLookup(Protocol):
-    """A source that finds chain sessions (aggregator.store.protocols.ChainSessionStore)."""
+    """A source that finds chain sessions (aggregator.store.protocols.ChainSessionStore; an
+    evidence package's batches in ``puhui verify``)."""
 
     def chain_sessions(
-        self,
-        *,
-        gateway: str | None = None,
-        charger: str | None = None,
-        transaction_id: str | None = None,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
+        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+    ) -> list[tuple[BatchRef, int, bytes]]: ...
+
+
+@runtime_checkable
+class ChainSessionsOverlapping(Protocol):
+    """A store that finds them by time too (SQLite, PostgreSQL): a period's only."""
+
+    def chain_sessions_overlapping(
+        self, gateway: str, start_ms: int, end_ms: int
     ) -> list[tuple[BatchRef, int, bytes]]: ...
 
 
@@ -69,13 +73,14 @@ class ChainLookup:
 
 def read_chain_sessions(source: object, subject: Subject, period: Period) -> ChainLookup:
     """The chain sessions of the subject's meters that overlap the period, as the source has them."""
-    if not isinstance(source, ChainSessionLookup):
+    if isinstance(source, ChainSessionsOverlapping):
+        found = source.chain_sessions_overlapping(subject.gateway, period.start * 1000, period.end * 1000)
+    elif isinstance(source, ChainSessionLookup):
+        found = source.chain_sessions(gateway=subject.gateway)
+    else:
         return ChainLookup(None)
     meters = set(subject.meters)
     out = []
-    found = source.chain_sessions(
-        gateway=subject.gateway, start_ms=period.start * 1000, end_ms=period.end * 1000
-    )
     for ref, index, raw in found:
         try:
             record = decode_record(raw)

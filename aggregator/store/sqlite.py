@@ -532,6 +532,13 @@ class SQLiteEvidenceStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: reading: {exc}") from exc
 
+    def chain_sessions_overlapping(
+        self, gateway: str, start_ms: int, end_ms: int
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """The chain sessions of ``gateway`` overlapping ``[start_ms, end_ms)`` (the methodology's
+        lookup: :class:`aggregator.methodology.meter_signed.ChainSessionsOverlapping`)."""
+        return self.chain_sessions(gateway=gateway, start_ms=start_ms, end_ms=end_ms)
+
     def chain_sessions(
         self,
         *,

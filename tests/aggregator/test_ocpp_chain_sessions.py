@@ -232,6 +232,7 @@ async def test_both_stores_index_chain_sessions_for_the_methodology(
     at = (T0 + 7200) * 1000  # 101 runs T0+600 .. T0+2400, 102 from T0+7200
     assert [i for _, i, _ in evidence_store.chain_sessions(gateway="gw-ev", start_ms=at)] == [5]
     assert [i for _, i, _ in evidence_store.chain_sessions(gateway="gw-ev", end_ms=at)] == [4]
+    assert [i for _, i, _ in evidence_store.chain_sessions_overlapping("gw-ev", at, at + 3_600_000)] == [5]
     subject = Subject.of_meters("gw-ev", ["CP-1.1"])
     lookup = read_chain_sessions(evidence_store, subject, Period(T0, T0 + 86_400))
     assert lookup.sessions is not None and [s.record for s in lookup.sessions] == records

@@ -79,14 +79,8 @@ class ChainEvidence(SealedEvidence):
         return seq + 1
 
     def chain_sessions(
-        self,
-        *,
-        gateway: str | None = None,
-        charger: str | None = None,
-        transaction_id: str | None = None,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-    ) -> list[tuple[BatchRef, int, bytes]]:  # the methodology filters by time itself too
+        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+    ) -> list[tuple[BatchRef, int, bytes]]:
         return [c for c in self._chain if gateway in (None, c[0].gateway)]
 
 
