@@ -150,6 +150,11 @@ async def test_chargers_to_a_statement_credit_each_kwh_once_at_its_level(
         main(["aggregator", "reductions", "verify", "--db", db, "--issuer", str(issuer), statement_id]) == 0
     )
     check_statement(body, fleet, EPOCH, end)
+    package = tmp_path / "statement.zip"  # offline: the package carries the session records' batches
+    assert main(["aggregator", "reductions", "package", "--db", db, statement_id, "--out", str(package)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(package), "--issuer", str(issuer)]) == 0, capsys.readouterr().err
+    assert "OCPP session record(s) found in the batches" in capsys.readouterr().out
 
 
 def check_statement(body: dict[str, Any], fleet: OcppFleet, start: float, end: float) -> None:
