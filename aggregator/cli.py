@@ -136,7 +136,9 @@ def _chain_sessions(args: argparse.Namespace, **match: str | None) -> list[tuple
         raise AggregatorError(f"{args.db}: no such evidence store")
     store = SQLiteEvidenceStore(args.db)
     try:
-        found = store.chain_sessions(gateway=args.gateway, **match)
+        found = store.chain_sessions(
+            gateway=args.gateway, charger=match.get("charger"), transaction_id=match.get("transaction_id")
+        )
     finally:
         store.close()
     out = []

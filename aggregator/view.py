@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-from evidence.records import IntervalRecord
+from evidence.records import IntervalRecord, SessionRecord
 
 Scenario = Literal["pv", "ev_charging", "clean_heating"]
 
@@ -57,3 +57,14 @@ class AttestedInterval:
     @property
     def plausible(self) -> bool:
         return not self.issues
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSession:
+    """One OCPP ``session`` record sealed in a gateway's chain ("chain session", not an imported
+    one): its batch, its leaf index, the record, and the SHA-256 (hex) of its exact bytes."""
+
+    batch: BatchRef
+    index: int
+    record: SessionRecord
+    sha256: str

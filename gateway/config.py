@@ -822,16 +822,17 @@ def mbus_series_specs(meter: MbusMeter) -> list[SeriesSpec]:
 def ocpp_series_specs(meter: OcppMeter) -> list[SeriesSpec]:
     """The interval builder's series for an OCPP connector: lifetime registers in Wh (no
     modulus: a charger reports the register as a number, it does not wrap at a width), power
-    in W as the gauge for stats."""
+    in W as the gauge for stats. ``events``: a transaction's Begin/End readings come on top of
+    the clock-aligned ones, so they are not excess samples at the aggregator."""
     stats = OCPP_QUANTITIES.get(meter.stats_quantity or "")
     out: list[SeriesSpec] = []
     for q in meter.counts:
         unit, kind = OCPP_QUANTITIES[q]
         if kind == "gauge":
-            out.append(SeriesSpec(meter.id, q, unit, "gauge", meter.expected_period_s))
+            out.append(SeriesSpec(meter.id, q, unit, "gauge", meter.expected_period_s, events=True))
             continue
         out.append(SeriesSpec(
-            meter.id, q, unit, "counter", meter.expected_period_s,
+            meter.id, q, unit, "counter", meter.expected_period_s, events=True,
             reset_tolerance=meter.reset_tolerance,
             max_rate=energy_rate_limit(meter.nameplate.rated_power_kw, unit),
             stats_quantity=meter.stats_quantity if stats is not None and stats[1] == "gauge" else None,

@@ -60,10 +60,11 @@ Semantics (also in docs/gateway-config.md, "Intervals"):
   the interval containing "now" is flagged.
 - **Coverage**: ``samples`` = accepted samples in the interval; ``expected`` =
   interval length / poll period (from the builder's start time for the first, partial
-  interval), at least 1. **gap**: samples < expected, or no counter reading in the
-  interval, or ``counter_start`` older than the previous interval (the delta spans a gap).
-  An interval with no data is still emitted (samples=0, counters null, ``gap``), never
-  skipped.
+  interval), at least 1; for a series whose readings also come with events (``events``: an
+  OCPP charger's transaction Begin/End readings), at least the samples taken. **gap**:
+  samples < expected, or no counter reading in the interval, or ``counter_start`` older than
+  the previous interval (the delta spans a gap). An interval with no data is still emitted
+  (samples=0, counters null, ``gap``), never skipped.
 - **Power stats**: a counter series may name a gauge quantity of the same meter
   (``stats_quantity``, usually ``power``); its min / arithmetic sample mean / max over the
   interval's samples become the record's :class:`Stats`. Gauges get their own stats the
@@ -110,6 +111,7 @@ class SeriesSpec:
     stats_quantity: str | None = None  # counters: gauge quantity (same meter) for Stats
     stats_unit: str = ""
     valid_range: tuple[float, float] | None = None  # gauges: values outside are invalid
+    events: bool = False  # readings also come with events (OCPP transaction starts and stops)
 
 
 @dataclass
@@ -457,6 +459,8 @@ class IntervalBuilder:
         acc = s.open.pop(start, None) or _Acc()
         spec, end = s.spec, start + self.interval_s
         expected = self._expected(s, start, end)
+        if spec.events:  # a transaction's Begin/End readings come on top of the schedule's
+            expected = max(expected, acc.samples)
         flags = acc.flags
         if acc.samples < expected:
             flags.add("gap")

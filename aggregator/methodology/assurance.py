@@ -1,18 +1,23 @@
-"""Assurance levels in a computation (evidence/assurance.py, docs/ev-sessions.md).
+"""Assurance levels in a computation (evidence/assurance.py, docs/ev-sessions.md, "Which level
+a kWh gets").
 
-Every credited quantity rests on evidence at one level: interval records sealed by a puhui
+Every credited quantity rests on evidence at one level: OCPP session records whose readings the
+meter signed are ``meter_signed`` (:mod:`.meter_signed`); interval records sealed by a puhui
 gateway are ``gateway_signed``; sessions imported from a network's platform are
-``platform_attested`` (``meter_signed`` evidence, OCMF, is another helper's: no interval in
-this engine carries it yet, so its level is listed with nothing credited). A parameter set may
-refuse levels (``refused_assurance``): evidence at a refused level credits nothing, and the
-statement says how much was offered at it.
+``platform_attested``. A parameter set may refuse levels (``refused_assurance``): evidence at a
+refused level credits nothing, and the statement says how much was offered at it.
 
-Imported sessions (EV only) are credited to the unit whose meter is the session's charger,
-whole (the completeness threshold is a rule for interval series), unless
+A kWh is credited once, from the strongest evidence that covers it (EV only, per meter):
 
-- ``assurance_refused``: the parameter set refuses ``platform_attested``;
-- ``gateway_evidence_covers``: the charger has gateway-signed intervals credited within the
-  session's time: the stronger evidence is credited there, crediting both would count twice.
+- a ``meter_signed`` session record (not flagged ``signature_failed``, inside the period, not
+  overlapping another credited one) is credited whole with its signed energy, and the
+  gateway-signed intervals of its meter credited within its span are displaced; if the set
+  refuses ``meter_signed``, the intervals stand;
+- imported sessions are credited to the unit whose meter is the session's charger, whole (the
+  completeness threshold is a rule for interval series), unless ``assurance_refused`` (the set
+  refuses ``platform_attested``), ``meter_signed_evidence_covers`` (a credited meter-signed
+  session of the charger overlaps it) or ``gateway_evidence_covers`` (the charger has
+  gateway-signed intervals credited within the session's time).
 
 The scenario rules are linear in activity (EV: BE, PE and LE are proportional to E), so the
 figures of each level are the rules applied to that level's activity, and they add up.
@@ -29,6 +34,12 @@ import numpy as np
 
 from aggregator.methodology.errors import ComputationError
 from aggregator.methodology.evaluation import Evaluation
+from aggregator.methodology.meter_signed import (
+    ChainLookup,
+    ChainSessionUse,
+    MeterSignedPart,
+    place_chain_sessions,
+)
 from aggregator.methodology.scenario import TO_MWH, Credited, ScenarioRules
 from aggregator.sessions.records import StoredSession
 from evidence.assurance import LEVELS, Assurance
@@ -39,6 +50,8 @@ if TYPE_CHECKING:
 
 SESSION_ROLE = "energy_mwh"
 CREDITED, REFUSED, COVERED = "credited", "assurance_refused", "gateway_evidence_covers"
+SIGNED_COVERS = "meter_signed_evidence_covers"
+COVERS = (COVERED, SIGNED_COVERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +104,15 @@ class LevelFigures:
 
 @dataclass(frozen=True, slots=True)
 class AssuranceSplit:
-    """Every level, strongest first, and the imported sessions considered."""
+    """Every level, strongest first, the imported sessions considered, and the chain sessions
+    considered (None: not looked up; ``chain_considered`` False: the computation was not asked
+    to, as for statements signed before meter-signed crediting)."""
 
     levels: tuple[LevelFigures, ...]
     network: str | None
     sessions: tuple[SessionUse, ...]
+    chain: tuple[ChainSessionUse, ...] | None = None
+    chain_considered: bool = False
 
     def level(self, name: Assurance) -> LevelFigures:
         return next(lv for lv in self.levels if lv.level == name)
@@ -111,23 +128,79 @@ def apply_assurance(
     refused: Sequence[Assurance],
     sessions: Sequence[StoredSession],
     mpe: Mapping[str, float],
+    chain: ChainLookup | None = None,
+    interval_s: int = 900,
+    accuracy: np.ndarray | None = None,
+    earlier_sessions: Collection[tuple[str, int, int]] = (),
+    earlier_slots: np.ndarray | None = None,
 ) -> tuple[Evaluation, AssuranceSplit]:
-    """The evaluation with imported sessions added and refused levels removed, and the split.
-    ``mpe``: per charger (an enrolled meter), the permissible error its sessions are taken at."""
+    """The evaluation with meter-signed chain sessions and imported sessions added (and the
+    intervals they displace or that cover them taken out) and refused levels removed, and the
+    split. ``mpe``: per charger (an enrolled meter), the permissible error its sessions are
+    taken at; ``chain``: the gateways' OCPP session records (None: not considered at all);
+    ``earlier_sessions``: the session records statements this one supplements credited
+    (ledger entries ``(meter, start, stop)``); ``earlier_slots``: per series row and slot,
+    credited by them."""
+    found = () if chain is None or chain.sessions is None else chain.sessions
+    signed = place_chain_sessions(
+        found, series, subject, period, result, interval_s, "meter_signed" in refused, mpe, accuracy,
+        earlier_sessions, earlier_slots,
+    )  # fmt: skip
+    if any(u.status == CREDITED for u in signed.uses) and rules.scenario != "ev_charging":
+        raise ComputationError(f"OCPP session records are EV charging evidence, not {rules.scenario}")
+    result = _displace(result, rules, signed, grid, period)
     offered_gw = {role: float(t.sum()) for role, t in result.totals.items()}
     gw_refused = "gateway_signed" in refused
     if gw_refused:
         result = _without_intervals(result)
     gateway = _level("gateway_signed", gw_refused, result, offered_gw)
-    uses, per_unit = _place(sessions, series, subject, period, result, "platform_attested" in refused, mpe)
+    uses, per_unit = _place(
+        sessions, series, subject, period, result, "platform_attested" in refused, mpe, signed.spans
+    )
     network = sessions[0].record.network if sessions else None
     if any(u.status == CREDITED for u in uses) and rules.scenario != "ev_charging":
         raise ComputationError(f"imported sessions are EV charging evidence, not {rules.scenario}")
-    platform, result = _add_sessions(result, rules, per_unit, uses, grid, period, refused)
-    zeros = {role: 0.0 for role in rules.roles}
-    meter = LevelFigures("meter_signed", "meter_signed" in refused, zeros, zeros, 0.0, 0.0, 0.0)
+    offered_pa = sum(u.session.record.energy_wh for u in uses if u.status not in COVERS) * TO_MWH["Wh"]
+    platform, result = _add_level(
+        "platform_attested", result, rules, per_unit, offered_pa, bool(uses), grid, period, refused
+    )
+    meter, result = _add_level(
+        "meter_signed", result, rules, signed.activity, signed.offered,
+        any(u.status in (CREDITED, REFUSED) for u in signed.uses), grid, period, refused,
+    )  # fmt: skip
     by_name = {"gateway_signed": gateway, "platform_attested": platform, "meter_signed": meter}
-    return result, AssuranceSplit(tuple(by_name[lv] for lv in LEVELS), network, tuple(uses))
+    chain_uses = None if chain is None or chain.sessions is None else tuple(signed.uses)
+    split = AssuranceSplit(
+        tuple(by_name[lv] for lv in LEVELS), network, tuple(uses), chain_uses, chain is not None
+    )
+    return result, split
+
+
+def _displace(
+    r: Evaluation, rules: ScenarioRules, signed: MeterSignedPart, grid: np.ndarray, period: Period
+) -> Evaluation:
+    """The evaluation without the gateway-signed interval activity meter-signed sessions displace."""
+    d_tot, d_low, d_high = signed.displaced
+    if not d_tot.any():
+        return r
+    totals = {role: np.maximum(t - d_tot, 0.0) if role == SESSION_ROLE else t for role, t in r.totals.items()}
+    bounds = None
+    if r.bounds is not None:
+        bounds = Credited(
+            {**r.bounds.low, SESSION_ROLE: np.maximum(r.bounds.low[SESSION_ROLE] - d_low, 0.0)},
+            {**r.bounds.high, SESSION_ROLE: np.maximum(r.bounds.high[SESSION_ROLE] - d_high, 0.0)},
+        )
+    at = bounds if bounds is not None else Credited(totals, totals)
+    present = {role: np.ones(len(r.credited), bool) for role in rules.roles}
+    figs = rules.figures(at, present, grid, period.year, None)
+    return replace(
+        r,
+        totals=totals,
+        bounds=bounds,
+        be=figs.be * r.credited,
+        pe=figs.pe * r.credited,
+        le=figs.le * r.credited,
+    )
 
 
 def _level(name: Assurance, refused: bool, r: Evaluation, offered: dict[str, float]) -> LevelFigures:
@@ -160,6 +233,7 @@ def _place(
     result: Evaluation,
     refused: bool,
     mpe: Mapping[str, float],
+    signed_spans: Mapping[str, Sequence[tuple[float, float]]],
 ) -> tuple[list[SessionUse], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     unit_of = {m: i for i, u in enumerate(subject.units) for m in u.meters}
     runs: dict[str, list[tuple[int, int]]] = {}
@@ -173,7 +247,9 @@ def _place(
             continue
         unit = unit_of[r.charger]
         a, b = r.start_ms / 1000, r.stop_ms / 1000
-        if any(x < b and a < y for x, y in runs.get(r.charger, ())):
+        if any(x < b and a < y for x, y in signed_spans.get(r.charger, ())):
+            status = SIGNED_COVERS
+        elif any(x < b and a < y for x, y in runs.get(r.charger, ())):
             status = COVERED
         elif refused:
             status = REFUSED
@@ -187,27 +263,29 @@ def _place(
     return uses, (per_unit, low, high)
 
 
-def _add_sessions(
+def _add_level(
+    name: Assurance,
     r: Evaluation,
     rules: ScenarioRules,
     activity: tuple[np.ndarray, np.ndarray, np.ndarray],
-    uses: list[SessionUse],
+    offered: float,
+    any_offered: bool,
     grid: np.ndarray,
     period: Period,
     refused: Sequence[Assurance],
 ) -> tuple[LevelFigures, Evaluation]:
+    """Sessions' activity (per unit; at -MPE, +MPE) credited at level ``name``, added to ``r``."""
     per_unit, at_low, at_high = activity
-    offered = sum(u.session.record.energy_wh for u in uses if u.status != COVERED) * TO_MWH["Wh"]
-    is_refused = "platform_attested" in refused
+    is_refused = name in refused
     zeros = {role: 0.0 for role in rules.roles}
     if not per_unit.any():
-        offered_by_role = {**zeros, SESSION_ROLE: offered} if uses else zeros
-        return LevelFigures("platform_attested", is_refused, zeros, offered_by_role, 0.0, 0.0, 0.0), r
+        offered_by_role = {**zeros, SESSION_ROLE: offered} if any_offered else zeros
+        return LevelFigures(name, is_refused, zeros, offered_by_role, 0.0, 0.0, 0.0), r
     low, high = {SESSION_ROLE: at_low}, {SESSION_ROLE: at_high}
     present = {SESSION_ROLE: np.ones(len(per_unit), bool)}
     figs = rules.figures(Credited(low, high), present, grid, period.year, None)
     level = LevelFigures(
-        "platform_attested", False, {SESSION_ROLE: float(per_unit.sum())}, {SESSION_ROLE: offered},
+        name, False, {SESSION_ROLE: float(per_unit.sum())}, {SESSION_ROLE: offered},
         float(figs.be.sum()), float(figs.pe.sum()), float(figs.le.sum()),
     )  # fmt: skip
     totals = dict(r.totals)

@@ -232,6 +232,13 @@ def _summary(body: dict[str, Any], statement_id: str) -> None:
         f"intervals used {ev['intervals_used']}, excluded {ev['intervals_excluded']} "
         f"{json.dumps(ev['excluded_by_reason'])}, missing {ev['intervals_missing']}"
     )
+    kwh = {lv: d["kwh"] for lv, d in body.get("assurance", {}).get("levels", {}).items() if "kwh" in d}
+    if kwh:
+        print("  by assurance: " + ", ".join(f"{lv} {v:.3f} kWh" for lv, v in kwh.items()))
+    chain = ev.get("chain_sessions")
+    if chain is not None:
+        counts = ", ".join(f"{n} {s}" for s, n in chain.get("by_status", {}).items()) or "none"
+        print(f"  OCPP session records: {counts}" if chain["looked_up"] else f"  {chain['why']}")
     m = body["methodology"]
     if "selection" in m:
         sel = m["selection"]

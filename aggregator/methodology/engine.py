@@ -32,6 +32,7 @@ from aggregator.methodology.errors import ComputationError, IneligibleSubject
 from aggregator.methodology.ev import EVRules
 from aggregator.methodology.evaluation import Evaluation
 from aggregator.methodology.heating import HeatingRules
+from aggregator.methodology.meter_signed import SESSION_LEDGER, ChainLookup, read_chain_sessions
 from aggregator.methodology.params import (
     EVMethod,
     GridFactor,
@@ -283,16 +284,23 @@ def compute(
     recorded historical fuel use per heating unit (caps its BE, :mod:`.baseline`);
     ``earlier``: the statements of the same subject and period this one supplements;
     ``sessions``: a network's imported sessions, credited at platform_attested
-    (:mod:`.assurance`)."""
+    (:mod:`.assurance`). EV charging: the gateway's OCPP session records (chain sessions) are
+    looked up in the source where it can (:mod:`.meter_signed`); meter-signed ones are credited
+    at meter_signed in place of the intervals they span."""
     infos = _meter_infos(source, params.params, subject, period, commissioned or {})
     intervals = list(
         source.attested_intervals(
             gateway=subject.gateway, meters=subject.meters, start=period.start, end=period.end
         )
     )
+    chain = (
+        read_chain_sessions(source, subject, period)
+        if params.params.method.scenario == "ev_charging"
+        else None
+    )
     return compute_from(
         intervals, infos, params, subject, period,
-        baselines=baselines, earlier=earlier, beneficiary=beneficiary, sessions=sessions,
+        baselines=baselines, earlier=earlier, beneficiary=beneficiary, sessions=sessions, chain=chain,
     )  # fmt: skip
 
 
@@ -307,8 +315,10 @@ def compute_from(
     earlier: Sequence[EarlierClaims] = (),
     beneficiary: str | None = None,
     sessions: Sequence[StoredSession] = (),
+    chain: ChainLookup | None = None,
 ) -> Computation:
-    """The object path over intervals already read (the verifier re-derives them)."""
+    """The object path over intervals already read (the verifier re-derives them); ``chain``:
+    the chain sessions looked up (None: not considered, as before meter-signed crediting)."""
     items = list(intervals)
     p = params.params
     rules = rules_for(p)
@@ -322,6 +332,7 @@ def compute_from(
     if earlier and be_cap is not None:  # the cap is the period's: what was credited before uses it up
         spent = np.array([sum(e.unit_be.get(u.id, 0.0) for e in earlier) for u in subject.units])
         be_cap = np.maximum(be_cap - spent, 0.0)
+    before = _earlier_mask(series, period, interval_s, earlier)
     result = evaluate(
         series,
         len(subject.units),
@@ -332,7 +343,7 @@ def compute_from(
         threshold=p.completeness.threshold,
         accuracy=accuracy,
         be_cap=be_cap,
-        earlier=_earlier_mask(series, period, interval_s, earlier),
+        earlier=before,
     )
     grid_values = np.array([g.value for g in grid])
     result, split = apply_assurance(
@@ -345,6 +356,11 @@ def compute_from(
         p.refused_assurance,
         sessions,
         _session_mpe(p, infos),
+        chain,
+        interval_s,
+        accuracy,
+        frozenset((m, a, b) for e in earlier for m, q, a, b in e.runs if q == SESSION_LEDGER),
+        before,
     )
     return Computation(
         params, subject, period, interval_s, infos, grid, series, evidence, result, accuracy, be_cap,

@@ -22,6 +22,7 @@ from typing import Any
 
 from aggregator.methodology.engine import Computation, EarlierClaims
 from aggregator.methodology.errors import StatementFormatError
+from aggregator.methodology.meter_signed import SESSION_LEDGER, chain_sessions_json
 from aggregator.methodology.params import Factor
 from evidence.keys import SIGNATURE_ALGORITHM, GatewayKey
 
@@ -59,11 +60,19 @@ class Statement:
         return str(self.body["subject"]["gateway"])
 
     def credited_runs(self) -> list[tuple[str, str, int, int]]:
-        """(meter, quantity, start, end) of every credited run: the ledger entries."""
-        return [
+        """(meter, quantity, start, end) of every credited run: the ledger entries. A credited
+        OCPP session record is one too, ``(meter, "ocpp_session", start, stop)`` (seconds,
+        rounded outwards): a second statement crediting it is a double claim."""
+        runs = [
             (s["meter"], s["quantity"], int(a), int(b))
             for s in self.body["evidence"]["series"]
             for a, b in s["credited_runs"]
+        ]
+        chain = self.body["evidence"].get("chain_sessions") or {}
+        return runs + [
+            (str(i["meter"]), SESSION_LEDGER, int(i["start_ms"]) // 1000, -(-int(i["stop_ms"]) // 1000))
+            for i in chain.get("items", [])
+            if i.get("status") == "credited"
         ]
 
 
@@ -188,6 +197,8 @@ def build_body(
         evidence = body["evidence"]
         if comp.assurance.sessions and isinstance(evidence, dict):
             evidence["sessions"] = _sessions(comp)
+        if comp.assurance.chain_considered and isinstance(evidence, dict):
+            evidence["chain_sessions"] = chain_sessions_json(comp.assurance.chain)
     if comp.earlier:
         # A supplementary statement: late evidence for a period already stated. It credits
         # only what these did not, and says so; they stay as they were.

@@ -38,6 +38,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from aggregator.methodology.filing import (
     select_for_unit,
     unit_region,
 )
+from aggregator.methodology.meter_signed import ChainLookup, read_chain_sessions
 from aggregator.methodology.params import (
     PARAMS_DIR,
     LoadedParameterSet,
@@ -71,11 +73,11 @@ from aggregator.methodology.statements import (
     parse_statement,
 )
 from aggregator.methodology.subject import Period, Subject, Unit
-from aggregator.view import AttestedInterval, BatchRef, MeterInfo
+from aggregator.view import AttestedInterval, BatchRef, ChainSession, MeterInfo
 from evidence.batch import verify_batch
 from evidence.errors import EvidenceError
 from evidence.keys import PublicKey, key_id, verify_signature
-from evidence.records import IntervalRecord, decode_record
+from evidence.records import IntervalRecord, SessionRecord, decode_record
 
 REL_TOL = 1e-9
 
@@ -306,11 +308,12 @@ def _recompute(
     sessions = (
         [] if listed is None else reread_sessions(listed, session_reader, subject, period, report.problems)
     )
+    chain = _chain_lookup(body, source, subject, period, report)
     if report.problems:
         return
     comp = compute_from(
         intervals, infos, loaded, subject, period, baselines=_signed_baselines(body), earlier=supplemented,
-        beneficiary=body["subject"].get("beneficiary"), sessions=sessions,
+        beneficiary=body["subject"].get("beneficiary"), sessions=sessions, chain=chain,
     )  # fmt: skip
     # statements signed before issue 24 carry no assurance section: they rebuild without one
     rebuilt = json.loads(
@@ -433,6 +436,102 @@ def _rederive(
         if isinstance(rec, IntervalRecord) and rec.meter in meters:
             out.append(AttestedInterval(ref, i, rec, issues.get((seq, i), ())))
     return out
+
+
+def _chain_lookup(
+    body: Mapping[str, Any],
+    source: EvidenceSource,
+    subject: Subject,
+    period: Period,
+    report: VerificationReport,
+) -> ChainLookup | None:
+    """The chain sessions as the statement considered them: looked up again where the source
+    can (a store), else the ones it lists, read from their batches (a package). Each one it
+    credits must sit, with the same bytes, in a batch that verifies with its gateway's key."""
+    listed = body["evidence"].get("chain_sessions")
+    if listed is None:  # signed before meter-signed crediting
+        return None
+    if not listed.get("looked_up"):
+        return ChainLookup(None)
+    items = [i for i in listed.get("items", []) if isinstance(i, dict)]
+    found = read_chain_sessions(source, subject, period)
+    if found.sessions is None:
+        return ChainLookup(tuple(_listed_sessions(items, source, report)))
+    credited = {(i.get("seq"), i.get("index")) for i in items if i.get("status") == "credited"}
+    leaves: dict[tuple[str, int], list[bytes] | None] = {}
+    for s in found.sessions:
+        if (s.batch.seq, s.index) not in credited:
+            continue
+        held = _leaves(leaves, s.batch.gateway, s.batch.seq, source, report)
+        if held is not None and (s.index >= len(held) or sha256(held[s.index]).hexdigest() != s.sha256):
+            report.problems.append(f"chain_sessions: {s.batch.gateway}#{s.batch.seq} record {s.index}: "
+                                   "not the record its verified batch holds")  # fmt: skip
+    return found
+
+
+def _listed_sessions(
+    items: Sequence[Mapping[str, Any]], source: EvidenceSource, report: VerificationReport
+) -> list[ChainSession]:
+    """The session records a statement lists, each read from its verified batch."""
+    leaves: dict[tuple[str, int], list[bytes] | None] = {}
+    refs: dict[tuple[str, int], BatchRef] = {}
+    out = []
+    for item in items:
+        gw, seq, index = str(item.get("gateway")), item.get("seq"), item.get("index")
+        where = f"chain_sessions: {gw}#{seq} record {index}"
+        if not isinstance(seq, int) or not isinstance(index, int):
+            report.problems.append(f"{where}: seq and index must be integers")
+            continue
+        held = _leaves(leaves, gw, seq, source, report, refs)
+        if held is None:
+            continue
+        if not 0 <= index < len(held) or sha256(held[index]).hexdigest() != item.get("sha256"):
+            report.problems.append(f"{where}: not the record the statement names")
+            continue
+        try:
+            record = decode_record(held[index])
+        except EvidenceError as exc:
+            report.problems.append(f"{where}: {exc}")
+            continue
+        if not isinstance(record, SessionRecord):
+            report.problems.append(f"{where}: a {record.type} record, not a session")
+            continue
+        out.append(ChainSession(refs[(gw, seq)], index, record, str(item.get("sha256"))))
+    return out
+
+
+def _leaves(
+    cache: dict[tuple[str, int], list[bytes] | None],
+    gateway: str,
+    seq: int,
+    source: EvidenceSource,
+    report: VerificationReport,
+    refs: dict[tuple[str, int], BatchRef] | None = None,
+) -> list[bytes] | None:
+    """The records of batch ``gateway#seq`` if it verifies with its gateway's key (once each)."""
+    if (gateway, seq) in cache:
+        return cache[(gateway, seq)]
+    label = f"chain_sessions: batch {gateway}#{seq}"
+    cache[(gateway, seq)] = None
+    data = source.batch_bytes(gateway, seq)
+    if data is None:
+        report.problems.append(f"{label}: not in the evidence store")
+        return None
+    kid = _header_key_id(data)
+    key = source.gateway_public_key(gateway, kid)
+    if key is None:
+        report.problems.append(f"{label}: gateway key {kid} is unknown")
+        return None
+    try:
+        verified = verify_batch(data, key)
+    except EvidenceError as exc:
+        report.problems.append(f"{label}: {exc}")
+        return None
+    if refs is not None:
+        h = verified.header
+        refs[(gateway, seq)] = BatchRef(gateway, h.seq, verified.sealed.header_sha256, h.root, h.key_id)
+    cache[(gateway, seq)] = list(verified.sealed.records)
+    return cache[(gateway, seq)]
 
 
 def _header_key_id(data: bytes) -> str:

@@ -435,6 +435,18 @@ class PostgresEvidenceStore:
             for i, (b, _) in zip(ids, todo, strict=True):
                 for row in _series_rows(i, b):
                     copy.write_row(row)
+        sessions = [
+            (i, r.index, b.gateway, r.charger, r.connector, r.meter, r.transaction_id, r.start_time_ms,
+             r.stop_time_ms, r.energy_wh, r.assurance, ",".join(r.flags) or None)
+            for i, (b, _) in zip(ids, todo, strict=True) for r in b.chain_sessions
+        ]  # fmt: skip
+        if sessions:
+            cur.executemany(
+                "INSERT INTO ocpp_chain_sessions (batch_id, idx, gateway, charger, connector, meter,"
+                " transaction_id, start_time_ms, stop_time_ms, energy_wh, assurance, flags)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                sessions,
+            )
         with conn.pipeline():  # the statements that answer nothing: one round trip
             self._chain_effects(conn, [b for b, _ in todo])
 
@@ -773,6 +785,53 @@ class PostgresEvidenceStore:
             " m.calibrated_until FROM meters m JOIN gateways g USING (gateway) ORDER BY m.gateway, m.meter"
         )
         return [MeterInfo(*row) for row in rows]
+
+    def chain_sessions_overlapping(
+        self, gateway: str, start_ms: int, end_ms: int
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """The chain sessions of ``gateway`` overlapping ``[start_ms, end_ms)`` (the methodology's
+        lookup: :class:`aggregator.methodology.meter_signed.ChainSessionsOverlapping`)."""
+        return self.chain_sessions(gateway=gateway, start_ms=start_ms, end_ms=end_ms)
+
+    def chain_sessions(
+        self,
+        *,
+        gateway: str | None = None,
+        charger: str | None = None,
+        transaction_id: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """``(batch, leaf index, the record's exact bytes)`` of the matching OCPP chain
+        sessions, in arrival order (:class:`aggregator.store.protocols.ChainSessionStore`);
+        ``start_ms``/``end_ms``: only those that overlap ``[start_ms, end_ms)``."""
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("gateway", gateway), ("charger", charger), ("transaction_id", transaction_id)):
+            if value is not None:
+                where.append(f"s.{column} = %s")
+                params.append(value)
+        if start_ms is not None:
+            where.append("s.stop_time_ms > %s")
+            params.append(start_ms)
+        if end_ms is not None:
+            where.append("coalesce(s.start_time_ms, s.stop_time_ms) < %s")
+            params.append(end_ms)
+        rows = self._read(
+            "SELECT s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data, b.data_codec"
+            " FROM ocpp_chain_sessions s JOIN batches b ON b.id = s.batch_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY s.batch_id, s.idx",
+            params,
+        )
+        out: list[tuple[BatchRef, int, bytes]] = []
+        split: dict[tuple[str, int], list[bytes]] = {}  # rows come batch by batch: decode each once
+        for idx, gw, seq, digest, root, kid, data, codec in rows:
+            ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
+            if (ref.gateway, ref.seq) not in split:
+                split = {(ref.gateway, ref.seq): _data(data, codec).split(b"\n")[2:-1]}
+            out.append((ref, int(idx), split[(ref.gateway, ref.seq)][int(idx)]))
+        return out
 
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
         """The exact signed bytes of a stored batch, or None."""

@@ -12,6 +12,9 @@ times and sequence numbers, ``bytea`` batch bytes, ``date`` calibration days), p
 - ``batches.influx_owner`` / ``influx_lease_ms`` (version 2): which aggregator's InfluxDB writer
   has claimed a pending batch, until when (the database's clock, ms): several writers drain
   one outbox without writing a batch at once; a killed writer's claims lapse and are taken over.
+- ``ocpp_chain_sessions`` (version 3): SQLite's table of the same name, one row per OCPP
+  ``session`` record of a stored batch (issue 24). Batches stored before version 3 are not
+  indexed (ingest logged each of them); their records are in the batch bytes.
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ CREATE TABLE counter_state (
         2,
         """
 ALTER TABLE batches ADD COLUMN influx_owner text, ADD COLUMN influx_lease_ms bigint;
+""",
+    ),
+    (
+        3,
+        """
+CREATE TABLE ocpp_chain_sessions (
+    batch_id bigint NOT NULL, idx integer NOT NULL, gateway text NOT NULL, charger text NOT NULL,
+    connector integer, meter text, transaction_id text NOT NULL, start_time_ms bigint,
+    stop_time_ms bigint NOT NULL, energy_wh double precision, assurance text NOT NULL, flags text,
+    PRIMARY KEY (batch_id, idx));
+CREATE INDEX ocpp_chain_sessions_by_gateway ON ocpp_chain_sessions (gateway, charger, transaction_id);
 """,
     ),
 )

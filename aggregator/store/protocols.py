@@ -9,7 +9,7 @@ against exactly what is used, and a consumer cannot reach past its part.
   exact batch bytes, gateway keys), and :class:`ScheduleEvidence` (when evidence arrived);
 - :class:`AggregatorKeyStore`: the aggregator's own key history;
 - :class:`SessionStore`: imported charging sessions (:mod:`aggregator.sessions`, SQLite only);
-- :class:`ChainSessionStore`: OCPP session records sealed by gateways (SQLite only so far);
+- :class:`ChainSessionStore`: OCPP session records sealed by gateways (SQLite, PostgreSQL);
 - :class:`EvidenceStore`: all of them (what one backend provides).
 """
 
@@ -133,14 +133,21 @@ class ChainSessionStore(Protocol):
     """OCPP session records sealed by gateways ("chain sessions", not imported ones): a store
     that implements this keeps a row per record of ``AcceptedBatch.chain_sessions`` in the
     batch's own transaction. Ingest asks ``isinstance(store, ChainSessionStore)``: with a store
-    that does not (PostgreSQL so far), the records stay in the stored batch bytes only and
-    ingest says so in its log for every such batch (docs/ocpp.md)."""
+    that does not, the records stay in the stored batch bytes only and ingest says so in its
+    log for every such batch (docs/ocpp.md); the EV methodology then says in its statements
+    that meter-signed evidence was not looked up."""
 
     def chain_sessions(
-        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+        self,
+        *,
+        gateway: str | None = None,
+        charger: str | None = None,
+        transaction_id: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
     ) -> list[tuple[BatchRef, int, bytes]]:
         """``(batch, leaf index, the record's exact bytes)`` of the matching chain sessions,
-        in arrival order."""
+        in arrival order; ``start_ms``/``end_ms``: only those overlapping ``[start_ms, end_ms)``."""
         ...
 
 

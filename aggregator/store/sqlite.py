@@ -532,16 +532,37 @@ class SQLiteEvidenceStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: reading: {exc}") from exc
 
+    def chain_sessions_overlapping(
+        self, gateway: str, start_ms: int, end_ms: int
+    ) -> list[tuple[BatchRef, int, bytes]]:
+        """The chain sessions of ``gateway`` overlapping ``[start_ms, end_ms)`` (the methodology's
+        lookup: :class:`aggregator.methodology.meter_signed.ChainSessionsOverlapping`)."""
+        return self.chain_sessions(gateway=gateway, start_ms=start_ms, end_ms=end_ms)
+
     def chain_sessions(
-        self, *, gateway: str | None = None, charger: str | None = None, transaction_id: str | None = None
+        self,
+        *,
+        gateway: str | None = None,
+        charger: str | None = None,
+        transaction_id: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
     ) -> list[tuple[BatchRef, int, bytes]]:
         """``(batch, leaf index, the record's exact bytes)`` of the matching OCPP chain
-        sessions, in arrival order (:class:`aggregator.store.protocols.ChainSessionStore`)."""
-        where, params = [], []
+        sessions, in arrival order (:class:`aggregator.store.protocols.ChainSessionStore`);
+        ``start_ms``/``end_ms``: only those that overlap ``[start_ms, end_ms)``."""
+        where: list[str] = []
+        params: list[object] = []
         for column, value in (("gateway", gateway), ("charger", charger), ("transaction_id", transaction_id)):
             if value is not None:
                 where.append(f"s.{column} = ?")
                 params.append(value)
+        if start_ms is not None:
+            where.append("s.stop_time_ms > ?")
+            params.append(start_ms)
+        if end_ms is not None:
+            where.append("coalesce(s.start_time_ms, s.stop_time_ms) < ?")
+            params.append(end_ms)
         rows = self._read(
             "SELECT s.batch_id, s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data,"
             " b.data_codec"
@@ -551,10 +572,12 @@ class SQLiteEvidenceStore:
             params,
         )
         out: list[tuple[BatchRef, int, bytes]] = []
+        split: dict[tuple[str, int], list[bytes]] = {}  # rows come batch by batch: decode each once
         for _, idx, gw, seq, digest, root, kid, data, codec in rows:
-            lines = _data(data, codec).split(b"\n")[2:-1]
             ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
-            out.append((ref, int(idx), lines[int(idx)]))
+            if (ref.gateway, ref.seq) not in split:
+                split = {(ref.gateway, ref.seq): _data(data, codec).split(b"\n")[2:-1]}
+            out.append((ref, int(idx), split[(ref.gateway, ref.seq)][int(idx)]))
         return out
 
     def chain_links(self, gateway: str) -> list[tuple[int, str, str]]:

@@ -15,6 +15,8 @@ import pytest
 
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import BatchIngest
+from aggregator.methodology import Period, Subject
+from aggregator.methodology.meter_signed import read_chain_sessions
 from aggregator.ocmf_export import ExportError, ocmf_text
 from aggregator.registry import GatewayRegistry
 from aggregator.service import StoreThreads
@@ -197,3 +199,40 @@ async def test_a_store_without_chain_sessions_keeps_the_batch_and_says_so(
         finally:
             store.close()
     assert "2 OCPP session record(s) kept in the batch bytes only" in caplog.text
+
+
+async def test_both_stores_index_chain_sessions_for_the_methodology(
+    evidence_store: SQLiteEvidenceStore, tmp_path: Path
+) -> None:
+    """SQLite and PostgreSQL (schema version 3) keep a row per chain session in the batch's
+    transaction; the methodology finds them (aggregator/methodology/meter_signed.py)."""
+    records, _ = make_sessions()
+    config = AggregatorConfig.model_validate(
+        {"mqtt": {"insecure": True}, "store": {"path": str(tmp_path / "unused.db")},
+         "influx": {"url": "http://127.0.0.1:9", "database": "unused"}, "key_file": str(tmp_path / "k.pem")}
+    )  # fmt: skip
+    gw = SimGateway("gw-ev", meters=("pv-01",))
+    assert isinstance(evidence_store, ChainSessionStore)
+    with StoreThreads() as threads:
+        registry = GatewayRegistry(evidence_store)
+        registry.enrol(gw.enrolment(), at_ms=0)
+        ingest = BatchIngest(config, store=evidence_store, registry=registry, key=generate_key(),
+                             clock=SystemClock(), run_db=threads.run_db)  # fmt: skip
+        sealed = gw.seal([*gw.intervals(4), *records], created_ms=(T0 + 3600 + 5) * 1000)
+        answer = await ingest.process(batch_topic("gw-ev"), sealed.to_bytes())
+        assert answer is not None and isinstance(answer[1], Ack), answer
+    found = evidence_store.chain_sessions(gateway="gw-ev")
+    assert [(ref.seq, index) for ref, index, _ in found] == [(1, 4), (1, 5)]
+    assert [raw for _, _, raw in found] == [encode_record(r) for r in records]
+    assert found[0][0].header_sha256 == sealed.header_sha256
+    assert evidence_store.chain_sessions(gateway="gw-ev", charger="CP-1", transaction_id="102")[0][2] == (
+        encode_record(records[1])
+    )
+    assert evidence_store.chain_sessions(gateway="other") == []
+    at = (T0 + 7200) * 1000  # 101 runs T0+600 .. T0+2400, 102 from T0+7200
+    assert [i for _, i, _ in evidence_store.chain_sessions(gateway="gw-ev", start_ms=at)] == [5]
+    assert [i for _, i, _ in evidence_store.chain_sessions(gateway="gw-ev", end_ms=at)] == [4]
+    assert [i for _, i, _ in evidence_store.chain_sessions_overlapping("gw-ev", at, at + 3_600_000)] == [5]
+    subject = Subject.of_meters("gw-ev", ["CP-1.1"])
+    lookup = read_chain_sessions(evidence_store, subject, Period(T0, T0 + 86_400))
+    assert lookup.sessions is not None and [s.record for s in lookup.sessions] == records
