@@ -233,8 +233,8 @@ def test_the_package_carries_sources_manifests_and_key_and_verifies_offline(
     assert body["evidence"]["sessions"]["by_status"] == {"credited": len(week_orders())}
     batch = _members(built.package)["batches/0000000002.batch"]
     assert b'"type":"session"' in batch  # an OCPP session record sealed beside the intervals
-    if "chain_sessions" in body["evidence"]:  # with meter-signed crediting (the evcredit branch)
-        assert levels["meter_signed"]["kwh"] == pytest.approx(12.345)
+    assert body["evidence"]["chain_sessions"]["looked_up"] is True
+    assert levels["meter_signed"]["kwh"] == pytest.approx(12.345)  # the OCMF-signed session, credited
 
     shutil.copy(built.directory / "sessions.zip", tmp_path / "s.zip")
     for key in ("agg.pub.pem", "net.pub.pem"):
