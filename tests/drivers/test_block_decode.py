@@ -121,9 +121,9 @@ def field_sets(draw: st.DrawFn) -> list[RegisterField]:
             spec |= {"type": "string", "length": draw(st.integers(1, 4)), "kind": "info",
                      "order": draw(st.sampled_from(["AB", "BA"])), "function": 3}  # fmt: skip
         elif kind == "bits":
-            rtype = draw(st.sampled_from(["uint16", "int16", "uint32", "int64"]))
-            spec |= {"type": rtype, "bit": draw(st.integers(0, 15)), "bits": draw(st.integers(1, 3)),
-                     "order": "CDAB" if rtype != "uint16" and rtype != "int16" else "BA", "function": 3,
+            word_type = draw(st.sampled_from(["uint16", "int16", "uint32", "int64"]))
+            spec |= {"type": word_type, "bit": draw(st.integers(0, 15)), "bits": draw(st.integers(1, 3)),
+                     "order": "BA" if word_type in ("uint16", "int16") else "CDAB", "function": 3,
                      "not_implemented": draw(st.sampled_from(["none", "sunspec"]))}  # fmt: skip
         else:
             spec |= {"function": draw(st.sampled_from([1, 2]))}
@@ -169,7 +169,7 @@ def test_each_order_unpacks_the_raw_value_decode_raw_gives(
 
 
 def test_a_coil_that_is_not_a_bit_still_raises_as_before() -> None:
-    coil = RegisterField(name="c", quantity="c", function=1, address=0)
+    coil = RegisterField(name="c", quantity="c", function=1, address=0, type=RegisterType.BIT)
     requests = plan_reads([coil.span(1)])
     with pytest.raises(CodecError):
         PlanDecoder(requests, [coil]).samples("m1", [([2], 0.0)], None, "modbus")
