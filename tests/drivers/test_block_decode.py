@@ -107,8 +107,8 @@ def field_sets(draw: st.DrawFn) -> list[RegisterField]:
                      "not_implemented": draw(st.sampled_from(["none", "sunspec", (0, 65535, -1)])),
                      "function": draw(st.sampled_from([3, 4]))}  # fmt: skip
             sfs = [f.name for f in out if f.type is RegisterType.SUNSSF]
-            if sfs and draw(st.booleans()):
-                spec["scale_factor"] = draw(st.sampled_from(sfs))
+            if sfs:
+                spec["scale_factor"] = draw(st.sampled_from([None, *sfs]))
             flags = [f.name for f in out if f.kind == "status" and f.type is not RegisterType.BIT]
             spec["invalid_when"] = (
                 tuple(draw(st.lists(st.sampled_from(flags), unique=True, max_size=2))) if flags else ()
