@@ -29,7 +29,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from drivers.contract import Invalid, Sample
+from drivers.contract import Invalid, Sample, new_sample
 from drivers.errors import CodecError, ResponseLengthError
 from drivers.modbus.decode import (
     FLOAT_TYPES,
@@ -188,7 +188,7 @@ class PlanDecoder:
                 continue  # not read (a later request failed), or a text field
             if step.field.invalid_when:
                 value = flagged(step.field, value, decoded)
-            out.append(Sample(meter, step.quantity, value, responses[step.request][1], source, slot))
+            out.append(new_sample(meter, step.quantity, value, responses[step.request][1], source, slot))
         return tuple(out)
 
     def _decode(self, raw: dict[str, int | float], sliced: dict[str, Sequence[int]]) -> dict[str, Decoded]:

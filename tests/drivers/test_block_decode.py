@@ -10,6 +10,7 @@ order, scale, scale factor, marker policy, bit field, overlap and ``invalid_when
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from common.clock import ManualClock
-from drivers.contract import Sample
+from drivers.contract import Invalid, Sample, new_sample
 from drivers.errors import CodecError
 from drivers.modbus.block import PlanDecoder, layout
 from drivers.modbus.decode import ByteOrder, Decoded, FieldFormat, RegisterType, decode_fields, decode_raw
@@ -187,3 +188,25 @@ def test_the_source_caches_one_compiled_plan_per_group_set() -> None:
     assert source.plan(["fast", "slow"]) == source.plan(("slow", "fast"))
     assert source._compiled(["fast", "slow"]) is source._compiled(frozenset({"slow", "fast"}))
     assert [len(r.fields) for r in source.plan(["fast", "slow"])] == [13]
+
+
+@given(
+    meter=st.text(max_size=5),
+    quantity=st.text(max_size=5),
+    value=st.floats(allow_nan=False)
+    | st.builds(Invalid, st.sampled_from(["nan", "flagged"]), st.text(max_size=3)),
+    time=st.floats(allow_nan=False),
+    source=st.text(max_size=5),
+    slot=st.none() | st.floats(allow_nan=False),
+)
+def test_new_sample_is_the_sample_the_dataclass_builds(
+    meter: str, quantity: str, value: float | Invalid, time: float, source: str, slot: float | None
+) -> None:
+    fast, slow = (
+        new_sample(meter, quantity, value, time, source, slot),
+        Sample(meter, quantity, value, time, source, slot),
+    )
+    assert type(fast) is Sample
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = 0.0  # type: ignore[misc]
