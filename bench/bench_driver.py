@@ -15,10 +15,14 @@ concurrently once per ``--period`` wall seconds for ``--window`` seconds each:
   the SDM630 profile (:func:`bench.bench_acquisition.gateway_sources`), ``poll(groups,
   slot=...)``: policy, breaker, plan, decode, checks, ``Sample`` objects, ``PollResult``.
 
+Garbage collection as the gateway sets it once polling (``gateway/cli.py``: ``gc.freeze()``,
+threshold 10,000 allocations), for both readers; ``--gc default`` leaves Python's default
+(700), which charges an allocating reader more.
+
 CPU is ``time.process_time()`` of this process over each window (the readers never run at
 once); the two readers alternate ``--pairs`` times (bare, driver, bare, driver, ...) so a
 change in the machine's load falls on both. The figure is the driver's CPU per 1,000 reads
-over the bare loop's (lowest ratio of the pairs and the ratio of the totals are printed).
+over the bare loop's (the ratio of the totals, and of each pair, are printed).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -136,7 +141,15 @@ async def driver_reader(devices: list[Device]) -> AsyncIterator[Cycle]:
 READERS = {"bare": bare_reader, "driver": driver_reader}
 
 
-async def measure(devices: int, window_s: float, period_s: float, pairs: int) -> tuple[list[Window], str]:
+GATEWAY_GC = (10_000, 10, 10)  # gateway/cli.py, once polling
+
+
+async def measure(
+    devices: int, window_s: float, period_s: float, pairs: int, gc_mode: str = "gateway"
+) -> tuple[list[Window], str]:
+    if gc_mode == "gateway":
+        gc.freeze()
+        gc.set_threshold(*GATEWAY_GC)
     cores = _cores()
     mine, sim_cores = cores if cores else (None, None)
     async with simulator(devices, sim_cores) as (found, _sim):
@@ -147,7 +160,7 @@ async def measure(devices: int, window_s: float, period_s: float, pairs: int) ->
                     async with reader(found) as cycle:
                         windows.append(await paced(name, cycle, window_s, period_s))
     pinning = f"readers on cores {mine}, simulator on {sim_cores}" if cores else "none"
-    return windows, pinning
+    return windows, f"{pinning}; gc {gc_mode} (threshold {gc.get_threshold()[0]})"
 
 
 def totals(windows: list[Window], reader: str) -> Window:
@@ -177,7 +190,7 @@ def report(windows: list[Window], pinning: str) -> str:
         f"driver / bare CPU per read: {driver.cpu_per_1000_reads_ms / bare.cpu_per_1000_reads_ms:.2f} "
         f"(totals), per pair {', '.join(f'{r:.2f}' for r in pair_ratios)}"
     )
-    rows.append(f"pinning: {pinning}")
+    rows.append(f"setup: {pinning}")
     return "\n".join(rows)
 
 
@@ -193,8 +206,9 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=WINDOW_S, help="wall seconds per reader window")
     parser.add_argument("--period", type=float, default=PERIOD_S, help="seconds between cycles (0: no pause)")
     parser.add_argument("--pairs", type=int, default=PAIRS, help="bare/driver windows, alternating")
+    parser.add_argument("--gc", choices=["gateway", "default"], default="gateway", help="garbage collection")
     args = parser.parse_args()
-    windows, pinning = asyncio.run(measure(args.devices, args.window, args.period, args.pairs))
+    windows, pinning = asyncio.run(measure(args.devices, args.window, args.period, args.pairs, args.gc))
     print(report(windows, pinning))
     return 0
 
