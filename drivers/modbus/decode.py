@@ -278,6 +278,12 @@ def decode(registers: Sequence[int], field: FieldFormat, *, sf: float | Invalid 
     raw = decode_raw(registers, field)
     if isinstance(raw, str):
         return raw if raw.isascii() else Invalid("not_ascii", repr(raw))
+    return finish(raw, field, sf)
+
+
+def finish(raw: int | float, field: FieldFormat, sf: float | Invalid | None = None) -> Decoded:
+    """A numeric raw value (:func:`decode_raw`'s) as :func:`decode` returns it: marker and
+    NaN/inf checks, bit field, scale and scale factor."""
     if _marker(raw, field):
         return Invalid("not_implemented", f"raw {raw!r}")
     if isinstance(raw, float) and not math.isfinite(raw):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,14 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.backoff import Backoff
 from common.clock import Clock
 from drivers.breaker import BreakerState, CircuitBreaker
-from drivers.contract import Invalid, PollResult, Sample
+from drivers.contract import PollResult, Sample
 from drivers.errors import DriverError
-from drivers.modbus.decode import Decoded, FieldFormat, decode_fields
+from drivers.modbus.block import PlanDecoder, flagged
 from drivers.modbus.errors import DeviceTimeout, ModbusError
-from drivers.modbus.plan import ReadRequest, plan_reads, slice_response
+from drivers.modbus.plan import ReadRequest, plan_reads
 from drivers.modbus.profiles import RegisterField, select_fields
 
 SAMPLE_SOURCE = "modbus"
+__all__ = ["SAMPLE_SOURCE", "ModbusSource", "ReadPolicy", "RegisterReader", "describe", "flagged"]
 
 
 class RegisterReader(Protocol):
@@ -62,20 +63,6 @@ class ReadPolicy(BaseModel):
     backoff_max_s: float = Field(default=10.0, ge=0)
     breaker_threshold: int = Field(default=3, ge=1, description="consecutive failed polls that open it")
     breaker_cooldown_s: float = Field(default=60.0, ge=0, description="clock seconds before a probe")
-
-
-def flagged(field: RegisterField, value: float | Invalid, decoded: Mapping[str, Decoded]) -> float | Invalid:
-    """``value``, or ``Invalid("flagged")`` when one of the field's ``invalid_when`` status
-    fields is set, unreadable or was not read: a reading its own meter disowns is no reading."""
-    if isinstance(value, Invalid):
-        return value
-    for name in field.invalid_when:
-        flag = decoded.get(name)
-        if flag is None or isinstance(flag, Invalid | str):
-            return Invalid("flagged", f"{name} is {'not read' if flag is None else flag}")
-        if flag:
-            return Invalid("flagged", f"{name} = {flag:g}")
-    return value
 
 
 def describe(request: ReadRequest) -> str:
@@ -112,7 +99,8 @@ class ModbusSource:
         self._backoff = Backoff(
             self.policy.backoff_base_s, self.policy.backoff_max_s, rng=rng or random.Random()
         )
-        self._plans: dict[frozenset[str], list[ReadRequest]] = {}
+        self._plans: dict[frozenset[str], PlanDecoder] = {}
+        self._groups = frozenset(f.poll_group for f in self.fields)
         self._sent = 0
 
     async def __aenter__(self) -> ModbusSource:
@@ -124,15 +112,20 @@ class ModbusSource:
     @property
     def groups(self) -> frozenset[str]:
         """The poll groups of this device's fields."""
-        return frozenset(f.poll_group for f in self.fields)
+        return self._groups
 
     def plan(self, groups: Iterable[str]) -> list[ReadRequest]:
         """The requests that read the fields of ``groups`` (cached per group set)."""
-        key = frozenset(groups)
-        if key not in self._plans:
+        return list(self._compiled(groups).requests)
+
+    def _compiled(self, groups: Iterable[str]) -> PlanDecoder:
+        key = groups if isinstance(groups, frozenset) else frozenset(groups)
+        compiled = self._plans.get(key)
+        if compiled is None:
             chosen = select_fields(self.fields, key)
-            self._plans[key] = plan_reads((f.span(self.unit) for f in chosen), max_gap=self._max_gap)
-        return self._plans[key]
+            requests = plan_reads((f.span(self.unit) for f in chosen), max_gap=self._max_gap)
+            compiled = self._plans[key] = PlanDecoder(requests, self.fields)
+        return compiled
 
     async def poll(self, groups: Collection[str] | None = None, *, slot: float | None = None) -> PollResult:
         """Read the fields of ``groups`` (default: all). Reports failures, never raises them.
@@ -141,21 +134,21 @@ class ModbusSource:
         if not self.breaker.allows():
             return self._result(started, t0, (), "circuit breaker open", skipped=True)
         self._sent = 0
-        registers: dict[str, Sequence[int]] = {}
-        times: dict[str, float] = {}
+        compiled = self._compiled(self._groups if groups is None else groups)
+        responses: list[tuple[Sequence[int], float]] = []
         error: str | None = None
         try:
-            for request in self.plan(self.groups if groups is None else groups):
+            for request, block in zip(compiled.requests, compiled.blocks, strict=True):
                 words = await self._read_with_retries(request)
-                now = self._clock.now()
-                for key, regs in slice_response(request, words).items():
-                    registers[key], times[key] = regs, now
+                block.check(words)
+                responses.append((words, self._clock.now()))
         except DriverError as exc:
             error = f"{self.meter} ({self._reader.label}): {exc}"
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
-        return self._result(started, t0, self._samples(registers, times, slot), error)
+        samples = compiled.samples(self.meter, responses, slot, SAMPLE_SOURCE)
+        return self._result(started, t0, samples, error)
 
     async def _read_with_retries(self, request: ReadRequest) -> list[int]:
         probing = self.breaker.state is BreakerState.HALF_OPEN
@@ -174,20 +167,6 @@ class ModbusSource:
             if attempt + 1 < attempts:
                 await self._clock.sleep(self._backoff.delay(attempt))
         raise error
-
-    def _samples(
-        self, registers: dict[str, Sequence[int]], times: dict[str, float], slot: float | None
-    ) -> tuple[Sample, ...]:
-        formats: dict[str, FieldFormat] = {f.name: f for f in self.fields if f.name in registers}
-        decoded: dict[str, Decoded] = decode_fields(formats, registers)
-        out = []
-        for f in self.fields:
-            value = decoded.get(f.name)
-            if f.quantity is None or value is None or isinstance(value, str):
-                continue  # scale factors and text fields are not samples
-            value = flagged(f, value, decoded)
-            out.append(Sample(self.meter, f.quantity, value, times[f.name], SAMPLE_SOURCE, slot))
-        return tuple(out)
 
     def _result(
         self, started: float, t0: float, samples: tuple[Sample, ...], error: str | None, skipped: bool = False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -80,22 +80,31 @@ def describe_reply(data: bytes) -> str:
     return " ".join(f"{b:02x}" for b in data[:16]) + (" ..." if len(data) > 16 else "")
 
 
+class _NotModbusReply(Exception):
+    """Set on pymodbus' pending response by a :class:`ReplyWatch` (turned into our error)."""
+
+
 class ReplyWatch:
     """The bytes one pymodbus TCP client received for the request in flight.
 
     It taps the client's asyncio protocol (``data_received``, asyncio's Protocol API; a
     pymodbus client reuses one protocol object for every connection): pymodbus drops a
     chunk longer than a Modbus frame (an HTML error page) before any hook of its own sees
-    it. A client without that protocol object leaves the watch blind: such replies then
-    end as timeouts, as before."""
+    it. Bytes that cannot be Modbus end the read in flight at once: the watch fails the
+    response pymodbus is waiting for (its transaction manager's ``response_future``,
+    pymodbus 3.16), so no task or timer of its own runs per read. A client without that
+    protocol object leaves the watch blind (such replies end as timeouts, then reported
+    as not Modbus from what was received); one without ``response_future`` ends them at
+    its own timeout, reported the same way."""
 
     KEEP = 512  # bytes kept of a reply: enough to describe it
 
     def __init__(self, client: Any) -> None:
         self.received = b""
-        self._garbage: asyncio.Future[bytes] | None = None
+        self._watching = False
+        self._garbage = b""
         quiet_reported_pymodbus_errors()
-        protocol = getattr(client, "ctx", None)
+        self._protocol = protocol = getattr(client, "ctx", None)
         receive = getattr(protocol, "data_received", None)
         if protocol is not None and callable(receive):
 
@@ -107,27 +116,23 @@ class ReplyWatch:
 
     def _saw(self, data: bytes) -> None:
         self.received = (self.received + data)[: self.KEEP]
-        garbage = self._garbage
-        if garbage is not None and not garbage.done() and not plausible_modbus_tcp(self.received):
-            garbage.set_result(self.received)
+        if self._watching and not self._garbage and not plausible_modbus_tcp(self.received):
+            self._garbage = self.received
+            pending = getattr(self._protocol, "response_future", None)
+            if isinstance(pending, asyncio.Future) and not pending.done():
+                pending.set_exception(_NotModbusReply())
 
-    async def guard(self, read: Coroutine[Any, Any, T], where: str) -> T:
-        """Await ``read``, or raise :class:`NotModbusServer` as soon as a reply arrives that
-        cannot be Modbus (the read is then cancelled and awaited)."""
-        loop = asyncio.get_running_loop()
-        self.received = b""
-        self._garbage = garbage = loop.create_future()
-        task = loop.create_task(read)
+    async def guard(self, read: Awaitable[T], request: ReadRequest) -> T:
+        """Await ``read`` (a request on the watched client), or raise :class:`NotModbusServer`
+        as soon as a reply arrives that cannot be Modbus."""
+        self.received = self._garbage = b""
+        self._watching = True
         try:
-            await asyncio.wait((task, garbage), return_when=asyncio.FIRST_COMPLETED)
+            return await read
+        except _NotModbusReply:
+            raise NotModbusServer(not_modbus(describe(request), self._garbage)) from None
         finally:
-            self._garbage = None
-            if not task.done():
-                task.cancel()
-                await asyncio.wait((task,))
-        if task.cancelled() and garbage.done():
-            raise NotModbusServer(not_modbus(where, garbage.result()))
-        return task.result()
+            self._watching = False
 
 
 def not_modbus(where: str, data: bytes) -> str:
@@ -177,14 +182,15 @@ _READS = {
 
 async def read_registers(client: Any, request: ReadRequest, watch: ReplyWatch | None = None) -> list[int]:
     """One read on a connected pymodbus async client, errors translated; with the
-    connection's ``watch``, a reply that is not Modbus ends it as :class:`NotModbusServer`."""
+    connection's ``watch``, a reply that is not Modbus ends it as :class:`NotModbusServer`.
+    (pymodbus' error lines that our errors report are quieted by the watch, or here.)"""
     read = getattr(client, _READS[request.function])
-    where = describe(request)
-    quiet_reported_pymodbus_errors()
+    if watch is None:
+        quiet_reported_pymodbus_errors()
     try:
         pending = read(request.address, count=request.count, device_id=request.unit)
-        response = await (pending if watch is None else watch.guard(pending, where))
+        response = await (pending if watch is None else watch.guard(pending, request))
     except (ModbusException, OSError) as exc:
         reraise_if_cancelling(exc)
-        raise translate(exc, where, watch.received if watch is not None else b"") from exc
+        raise translate(exc, describe(request), watch.received if watch is not None else b"") from exc
     return registers_of(response, request)
