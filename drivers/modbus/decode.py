@@ -294,6 +294,12 @@ def finish(raw: int | float, field: FieldFormat, sf: float | Invalid | None = No
     return _scaled(raw, field, sf)
 
 
+# SunSpec Information Model Specification, "sunssf": a signed power-of-ten exponent whose
+# valid range is -10..10; anything else is a meter fault, not a scale (and 10.0 ** 32767
+# would overflow).
+SUNSSF_LIMIT = 10
+
+
 def _scaled(raw: int | float, field: FieldFormat, sf: float | Invalid | None) -> Decoded:
     if field.type is RegisterType.SUNSSF:
         return float(raw)
@@ -301,6 +307,8 @@ def _scaled(raw: int | float, field: FieldFormat, sf: float | Invalid | None) ->
     if field.scale_factor is not None:
         if sf is None or isinstance(sf, Invalid):
             return Invalid("scale_factor", f"{field.scale_factor} is {'missing' if sf is None else sf}")
+        if not -SUNSSF_LIMIT <= sf <= SUNSSF_LIMIT:
+            return Invalid("scale_factor", f"{field.scale_factor} is {sf:g}, outside ±{SUNSSF_LIMIT}")
         value = value * 10.0 ** int(sf)
     value = float(value)
     if not math.isfinite(value):

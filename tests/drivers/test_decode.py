@@ -136,6 +136,18 @@ def test_scale_and_scale_factor() -> None:
     assert isinstance(decode([5], w), Invalid)
 
 
+@given(st.integers(-(2**15) + 1, 2**15 - 1))
+def test_a_scale_factor_outside_sunspec_range_is_invalid_not_an_overflow(raw_sf: int) -> None:
+    w = FieldFormat(type="int16", scale_factor="W_SF", not_implemented="sunspec")
+    sf = FieldFormat(type="sunssf", not_implemented="sunspec")
+    out = decode_fields({"W": w, "W_SF": sf}, {"W": [5], "W_SF": [raw_sf & 0xFFFF]})
+    if -10 <= raw_sf <= 10:
+        assert out["W"] == pytest.approx(5 * 10.0**raw_sf)
+    else:
+        assert isinstance(out["W"], Invalid) and out["W"].reason == "scale_factor"
+        assert "W_SF" in out["W"].detail
+
+
 def test_bad_fields_and_values() -> None:
     with pytest.raises(ValidationError, match="16-bit"):
         FieldFormat(type="float32", order="AB")
