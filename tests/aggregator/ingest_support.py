@@ -89,8 +89,13 @@ def isolated_mqtt(mqtt_port: int) -> dict[str, Any]:
     share group no other test uses, so a session left on the shared broker takes no batches
     of later tests (:func:`forget_session` removes it)."""
     unique = uuid.uuid4().hex[:12]
-    return {"host": "127.0.0.1", "port": mqtt_port, "client_id": f"puhui-aggregator-{unique}",
-            "share_group": f"test-{unique}", "insecure": True}  # fmt: skip  (the suite's plain broker)
+    return {
+        "host": "127.0.0.1",
+        "port": mqtt_port,
+        "client_id": f"puhui-aggregator-{unique}",
+        "share_group": f"test-{unique}",
+        "insecure": True,
+    }  # the suite's plain broker
 
 
 async def forget_session(mqtt: MqttSettings) -> None:

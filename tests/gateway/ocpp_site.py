@@ -22,6 +22,27 @@ def charger_specs() -> list[OcppChargerSpec]:
     ]
 
 
+def week_fleet() -> list[OcppChargerSpec]:
+    """20 chargers: odd 1.6J, even 2.0.1; every 4th has two connectors; 3 of 5 sign."""
+    specs = []
+    for i in range(20):
+        signing = ALGORITHMS[i % 3] if i % 5 in (1, 3, 4) else None
+        specs.append(
+            OcppChargerSpec(
+                f"CP-{i:03d}",
+                "1.6" if i % 2 else "2.0.1",
+                2 if i % 4 == 0 else 1,
+                seed=700 + i,
+                power_limit_kw=7.4 if i % 3 else 22.0,
+                arrivals_per_day=3.0,
+                signing=signing,
+                signed_as="json" if i % 10 == 3 else "ocmf",
+                quirky_json=i % 3 == 0,
+            )
+        )
+    return specs
+
+
 def ocpp_site(
     specs: list[OcppChargerSpec],
     keys: dict[str, str],

@@ -34,33 +34,12 @@ from drivers.ocpp.config import Listen
 from firmware_sim.ocpp_charger import OcppChargerSpec
 from firmware_sim.ocpp_fleet import OcppFleet
 from testbed.csms import StandInCsms
+from tests.gateway.ocpp_site import ALGORITHMS, week_fleet
 
 EPOCH = 1_741_536_000.0  # 2025-03-09T16:00:00Z, midnight in China
 DAY = 86_400.0
-ALGORITHMS = ["ECDSA-secp256r1-SHA256", "ECDSA-brainpool256r1-SHA256", "ECDSA-secp384r1-SHA512"]
 
 pytestmark = pytest.mark.integration
-
-
-def week_fleet() -> list[OcppChargerSpec]:
-    """20 chargers: odd 1.6J, even 2.0.1; every 4th has two connectors; 3 of 5 sign."""
-    specs = []
-    for i in range(20):
-        signing = ALGORITHMS[i % 3] if i % 5 in (1, 3, 4) else None
-        specs.append(
-            OcppChargerSpec(
-                f"CP-{i:03d}",
-                "1.6" if i % 2 else "2.0.1",
-                2 if i % 4 == 0 else 1,
-                seed=700 + i,
-                power_limit_kw=7.4 if i % 3 else 22.0,
-                arrivals_per_day=3.0,
-                signing=signing,
-                signed_as="json" if i % 10 == 3 else "ocmf",
-                quirky_json=i % 3 == 0,
-            )
-        )
-    return specs
 
 
 def energy_by_meter(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
