@@ -54,7 +54,7 @@ from evidence.enrolment import parse_enrolment
 from evidence.errors import EvidenceError
 from evidence.keylist import GatewayKeyEntry, verify_keylist
 from evidence.keys import PublicKey, key_id, load_public_key
-from evidence.records import IntervalRecord, SessionRecord, decode_record
+from evidence.records import IntervalRecord, Record, SessionRecord, decode_record
 from puhui.verify_sessions import check_chain_sessions, check_sessions
 
 MAX_PACKAGE_BYTES = 2 << 30  # a month of a 35-meter site is tens of MB
@@ -234,16 +234,11 @@ class PackageSource:
     ) -> Iterator[AttestedInterval]:
         if gateway not in (None, self.gateway):
             return
-        for seq in sorted(self._batches):
-            sealed = parse_batch(self._batches[seq])
-            h = sealed.header
-            ref = BatchRef(self.gateway, seq, sealed.header_sha256, h.root, h.key_id)
-            for index, raw in enumerate(sealed.records):
-                rec = decode_record(raw)
-                if not isinstance(rec, IntervalRecord) or (meters is not None and rec.meter not in meters):
-                    continue
-                if (start is None or rec.start >= start) and (end is None or rec.end <= end):
-                    yield AttestedInterval(ref, index, rec, self._verdicts.get((seq, index), ()))
+        for ref, index, rec, _ in self._leaves():
+            if not isinstance(rec, IntervalRecord) or (meters is not None and rec.meter not in meters):
+                continue
+            if (start is None or rec.start >= start) and (end is None or rec.end <= end):
+                yield AttestedInterval(ref, index, rec, self._verdicts.get((ref.seq, index), ()))
 
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
         return self._batches.get(seq) if gateway == self.gateway else None
@@ -255,20 +250,23 @@ class PackageSource:
         batches, by seq and index (as :class:`aggregator.store.protocols.ChainSessionStore`)."""
         if gateway not in (None, self.gateway):
             return []
-        out = []
+        return [
+            (ref, index, raw)
+            for ref, index, rec, raw in self._leaves()
+            if isinstance(rec, SessionRecord)
+            and charger in (None, rec.charger)
+            and transaction_id in (None, rec.transaction_id)
+        ]
+
+    def _leaves(self) -> Iterator[tuple[BatchRef, int, Record, bytes]]:
+        """Every record of the package's batches, by seq and index: its batch, index, decoded
+        record and exact bytes."""
         for seq in sorted(self._batches):
             sealed = parse_batch(self._batches[seq])
             h = sealed.header
             ref = BatchRef(self.gateway, seq, sealed.header_sha256, h.root, h.key_id)
             for index, raw in enumerate(sealed.records):
-                rec = decode_record(raw)
-                if (
-                    isinstance(rec, SessionRecord)
-                    and charger in (None, rec.charger)
-                    and (transaction_id in (None, rec.transaction_id))
-                ):
-                    out.append((ref, index, raw))
-        return out
+                yield ref, index, decode_record(raw), raw
 
     def gateway_public_key(self, gateway: str, key_id: str) -> PublicKey | None:
         return self._keys.get(key_id) if gateway == self.gateway else None

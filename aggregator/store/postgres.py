@@ -42,7 +42,7 @@ from psycopg import pq
 
 from aggregator.config import PostgresSettings
 from aggregator.errors import StoreConflict, StoreError
-from aggregator.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from aggregator.store.postgres_schema import MIGRATIONS, apply_migrations
 from aggregator.store.rows import (
     HELD,
     INFLUX_FAILED,
@@ -56,6 +56,8 @@ from aggregator.store.rows import (
     PendingBatch,
     Rejection,
 )
+from aggregator.store.stored import batch_data as _data
+from aggregator.store.stored import chain_session_leaves, chain_sessions_query
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from common.tls import SecretError, read_secret
 from evidence.keylist import AggregatorKey
@@ -141,15 +143,6 @@ def _issues(text: str | None) -> tuple[str, ...]:
     return tuple(text.split(",")) if text else ()
 
 
-def _data(blob: bytes, codec: str | None) -> bytes:
-    """A batch's exact signed bytes from its stored form."""
-    if codec is None:
-        return bytes(blob)
-    if codec == "zlib":
-        return zlib.decompress(blob)
-    raise StoreError(f"stored batch data has an unknown codec {codec!r} (written by a newer puhui?)")
-
-
 def _series_rows(batch_id: int, b: AcceptedBatch) -> list[tuple[str, str, str, int, int, int]]:
     """One ``batch_series`` row per meter quantity in the batch: first start, last end."""
     spans: dict[tuple[str, str], list[int]] = {}
@@ -233,22 +226,14 @@ class PostgresEvidenceStore:
         """Create the schema or apply the migrations it lacks, once, whoever opens it first."""
 
         def body(conn: psycopg.Connection[Any]) -> None:
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCKS, _MIGRATION_LOCK))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
+            apply_migrations(
+                conn,
+                table="schema_version",
+                migrations=MIGRATIONS,
+                lock=(_LOCKS, _MIGRATION_LOCK),
+                what="the evidence store is",
+                where=self.where,
             )
-            [(version,)] = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.where}: the evidence store is at schema version {version}, newer than this "
-                    f"puhui knows ({SCHEMA_VERSION}): upgrade puhui"
-                )
-            for number, statements in MIGRATIONS:
-                if number > version:
-                    conn.execute(statements.encode())
-                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-                    log.info("%s: evidence store schema migrated to version %d", self.where, number)
 
         self._transaction("creating or migrating the schema", body)
 
@@ -805,33 +790,15 @@ class PostgresEvidenceStore:
         """``(batch, leaf index, the record's exact bytes)`` of the matching OCPP chain
         sessions, in arrival order (:class:`aggregator.store.protocols.ChainSessionStore`);
         ``start_ms``/``end_ms``: only those that overlap ``[start_ms, end_ms)``."""
-        where: list[str] = []
-        params: list[object] = []
-        for column, value in (("gateway", gateway), ("charger", charger), ("transaction_id", transaction_id)):
-            if value is not None:
-                where.append(f"s.{column} = %s")
-                params.append(value)
-        if start_ms is not None:
-            where.append("s.stop_time_ms > %s")
-            params.append(start_ms)
-        if end_ms is not None:
-            where.append("coalesce(s.start_time_ms, s.stop_time_ms) < %s")
-            params.append(end_ms)
-        rows = self._read(
-            "SELECT s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data, b.data_codec"
-            " FROM ocpp_chain_sessions s JOIN batches b ON b.id = s.batch_id"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY s.batch_id, s.idx",
-            params,
+        sql, params = chain_sessions_query(
+            "%s",
+            gateway=gateway,
+            charger=charger,
+            transaction_id=transaction_id,
+            start_ms=start_ms,
+            end_ms=end_ms,
         )
-        out: list[tuple[BatchRef, int, bytes]] = []
-        split: dict[tuple[str, int], list[bytes]] = {}  # rows come batch by batch: decode each once
-        for idx, gw, seq, digest, root, kid, data, codec in rows:
-            ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
-            if (ref.gateway, ref.seq) not in split:
-                split = {(ref.gateway, ref.seq): _data(data, codec).split(b"\n")[2:-1]}
-            out.append((ref, int(idx), split[(ref.gateway, ref.seq)][int(idx)]))
-        return out
+        return chain_session_leaves(self._read(sql, params))
 
     def batch_bytes(self, gateway: str, seq: int) -> bytes | None:
         """The exact signed bytes of a stored batch, or None."""

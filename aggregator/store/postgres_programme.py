@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aggregator.errors import StoreError
+from aggregator.store.postgres_schema import apply_migrations
 
 LOCK_CLASS = 0x70756876  # advisory lock class of the programme's named locks ("puhv")
 
@@ -117,18 +117,11 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 def migrate(conn: Any, where: str) -> None:
     """Bring the programme's tables up to date (``conn``: a psycopg connection in a transaction)."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s::int4, 0)", (LOCK_CLASS,))
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS programme_schema_version (version integer PRIMARY KEY,"
-        " applied_at timestamptz NOT NULL DEFAULT now())"
+    apply_migrations(
+        conn,
+        table="programme_schema_version",
+        migrations=MIGRATIONS,
+        lock=(LOCK_CLASS, 0),
+        what="the programme's tables are",
+        where=where,
     )
-    [(version,)] = conn.execute("SELECT coalesce(max(version), 0) FROM programme_schema_version").fetchall()
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{where}: the programme's tables are at schema version {version}, newer than this puhui "
-            f"knows ({SCHEMA_VERSION}): upgrade puhui"
-        )
-    for number, statements in MIGRATIONS:
-        if number > version:
-            conn.execute(statements.encode())
-            conn.execute("INSERT INTO programme_schema_version (version) VALUES (%s)", (number,))

@@ -19,6 +19,13 @@ times and sequence numbers, ``bytea`` batch bytes, ``date`` calibration days), p
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from aggregator.errors import StoreError
+
+log = logging.getLogger(__name__)
+
 # (version, statements): append only; a released migration is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -97,3 +104,35 @@ CREATE INDEX ocpp_chain_sessions_by_gateway ON ocpp_chain_sessions (gateway, cha
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def apply_migrations(
+    conn: Any,
+    *,
+    table: str,
+    migrations: tuple[tuple[int, str], ...],
+    lock: tuple[int, int],
+    what: str,
+    where: str,
+) -> None:
+    """Apply the ``migrations`` that ``table`` (the version log) has not recorded, each once,
+    under the advisory lock ``lock`` (``conn``: a psycopg connection in a transaction, so
+    whoever opens the database first migrates it and the others wait). A database newer than
+    this puhui is refused: ``what`` and ``where`` name it in the error."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", lock)
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {table} (version integer PRIMARY KEY,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    [(version,)] = conn.execute(f"SELECT coalesce(max(version), 0) FROM {table}").fetchall()
+    latest = migrations[-1][0]
+    if version > latest:
+        raise StoreError(
+            f"{where}: {what} at schema version {version}, newer than this puhui knows ({latest}): "
+            "upgrade puhui"
+        )
+    for number, statements in migrations:
+        if number > version:
+            conn.execute(statements.encode())
+            conn.execute(f"INSERT INTO {table} (version) VALUES (%s)", (number,))
+            log.info("%s: %s migrated to schema version %d", where, what, number)

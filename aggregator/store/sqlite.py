@@ -54,6 +54,8 @@ from aggregator.store.rows import (
     Rejection,
 )
 from aggregator.store.schema import SCHEMA, SCHEMA_VERSION
+from aggregator.store.stored import batch_data as _data
+from aggregator.store.stored import chain_session_leaves, chain_sessions_query
 from aggregator.view import AttestedInterval, BatchRef, MeterInfo
 from evidence.keylist import AggregatorKey
 from evidence.keys import PublicKey, load_public_key
@@ -100,15 +102,6 @@ def _series_rows(batch_id: int, b: AcceptedBatch) -> list[tuple[str, str, str, i
             if r.end > span[1]:
                 span[1] = r.end
     return [(b.gateway, m, q, batch_id, lo, hi) for (m, q), (lo, hi) in spans.items()]
-
-
-def _data(blob: bytes, codec: str | None) -> bytes:
-    """A batch's exact signed bytes from its stored form."""
-    if codec is None:
-        return bytes(blob)
-    if codec == "zlib":
-        return zlib.decompress(blob)
-    raise StoreError(f"stored batch data has an unknown codec {codec!r} (written by a newer puhui?)")
 
 
 def _private(path: Path) -> None:
@@ -551,34 +544,15 @@ class SQLiteEvidenceStore:
         """``(batch, leaf index, the record's exact bytes)`` of the matching OCPP chain
         sessions, in arrival order (:class:`aggregator.store.protocols.ChainSessionStore`);
         ``start_ms``/``end_ms``: only those that overlap ``[start_ms, end_ms)``."""
-        where: list[str] = []
-        params: list[object] = []
-        for column, value in (("gateway", gateway), ("charger", charger), ("transaction_id", transaction_id)):
-            if value is not None:
-                where.append(f"s.{column} = ?")
-                params.append(value)
-        if start_ms is not None:
-            where.append("s.stop_time_ms > ?")
-            params.append(start_ms)
-        if end_ms is not None:
-            where.append("coalesce(s.start_time_ms, s.stop_time_ms) < ?")
-            params.append(end_ms)
-        rows = self._read(
-            "SELECT s.batch_id, s.idx, b.gateway, b.seq, b.header_sha256, b.root, b.key_id, b.data,"
-            " b.data_codec"
-            " FROM ocpp_chain_sessions s JOIN batches b ON b.id = s.batch_id"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY s.batch_id, s.idx",
-            params,
+        sql, params = chain_sessions_query(
+            "?",
+            gateway=gateway,
+            charger=charger,
+            transaction_id=transaction_id,
+            start_ms=start_ms,
+            end_ms=end_ms,
         )
-        out: list[tuple[BatchRef, int, bytes]] = []
-        split: dict[tuple[str, int], list[bytes]] = {}  # rows come batch by batch: decode each once
-        for _, idx, gw, seq, digest, root, kid, data, codec in rows:
-            ref = BatchRef(str(gw), int(seq), str(digest), str(root), str(kid))
-            if (ref.gateway, ref.seq) not in split:
-                split = {(ref.gateway, ref.seq): _data(data, codec).split(b"\n")[2:-1]}
-            out.append((ref, int(idx), split[(ref.gateway, ref.seq)][int(idx)]))
-        return out
+        return chain_session_leaves(self._read(sql, params))
 
     def chain_links(self, gateway: str) -> list[tuple[int, str, str]]:
         """``(seq, header_sha256, prev)`` of every stored batch of ``gateway``, by seq."""
